@@ -64,11 +64,11 @@ def make_hf_fixture(name, config_kwargs, dtype, seed, shard=None):
     config = LlamaConfig(**config_kwargs)
     model = LlamaForCausalLM(config).float()
     randomize(model, generator)
-    # Round the weights to the file dtype first, so the f32 reference uses exactly the stored values.
-    model = model.to(dtype)
     save_kwargs = {"max_shard_size": shard} if shard else {}
-    model.save_pretrained(folder, **save_kwargs)
-    model = model.float()
+    model.to(dtype).save_pretrained(folder, **save_kwargs)
+    # The reference is what transformers computes for the folder as saved, loaded in f32. (Casting the
+    # in-memory model back with .float() would not do: .to(f16) also rounds the RoPE inv_freq buffer.)
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
     input_ids = torch.randint(0, config.vocab_size, (2, 7), generator=generator)
     write_reference(folder, reference(model, input_ids))
     print(name, sorted(os.listdir(folder)))
@@ -152,7 +152,8 @@ def make_gguf_fixture(seed):
     input_ids = torch.randint(0, config.vocab_size, (2, 7), generator=generator)
     data = reference(model, input_ids)
     data["text"] = "ab ab."
-    data["text_ids"] = [tokens.index("ab"), tokens.index("Ġa"), tokens.index("b"), tokens.index(".")]
+    # BPE applies the lower-ranked merge first: "Ġab" is Ġ + (a b), since "a b" outranks "Ġ a".
+    data["text_ids"] = [tokens.index("ab"), tokens.index("Ġ"), tokens.index("ab"), tokens.index(".")]
     write_reference(folder, data)
     print("gguf_tiny", sorted(os.listdir(folder)))
 

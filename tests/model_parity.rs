@@ -38,7 +38,7 @@ fn check_against_reference(model_dir: &Path, reference: &Reference) {
     let flat: Vec<i64> = reference.input_ids.iter().flatten().copied().collect();
     let input_ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, seq]), &device);
     let logits = model.forward(input_ids.clone(), None); // [batch, seq, vocab]
-    let values = logits.clone().into_data().to_vec::<f32>().unwrap();
+    let values = logits.clone().into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(values.len(), reference.logits.len());
     let max_difference = values
         .iter()

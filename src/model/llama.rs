@@ -480,3 +480,189 @@ fn linear(input: usize, output: usize, init: &Initializer, device: &Device) -> L
 pub fn linear_from(weight: Tensor<2>) -> Linear {
     Linear { weight: Param::from_tensor(weight), bias: None }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn tiny_config() -> LlamaConfig {
+        let mut config = LlamaConfig::new(24, 16, 12, 3, 4, 2);
+        config.head_dim = 4;
+        config.rms_norm_eps = 1e-5;
+        config.initializer_range = 0.3; // large enough that the logits are far from uniform
+        config
+    }
+
+    fn ids(device: &Device) -> Tensor<2, Int> {
+        Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 7, 3, 22, 9, 0, 13, 4, 4, 17, 2], [2, 6]), device)
+    }
+
+    fn max_difference(a: Tensor<3>, b: Tensor<3>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    fn indices(keep: &[bool], device: &Device) -> Tensor<1, Int> {
+        let kept: Vec<i64> = keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as i64).collect();
+        let count = kept.len();
+        Tensor::from_data(TensorData::new(kept, [count]), device)
+    }
+
+    fn mask(values: &[bool], device: &Device) -> Tensor<1> {
+        let data: Vec<f32> = values.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+        let count = data.len();
+        Tensor::from_data(TensorData::new(data, [count]), device)
+    }
+
+    fn select_linear(linear: &Linear, dim: usize, keep: &Tensor<1, Int>) -> Linear {
+        linear_from(linear.weight.val().select(dim, keep.clone()))
+    }
+
+    /// Hard 0/1 masks → the physically smaller model (test-only version of consolidation).
+    struct HardMasks {
+        layer: Vec<bool>,
+        groups: Vec<Vec<bool>>,
+        intermediate: Vec<Vec<bool>>,
+        hidden: Vec<bool>,
+    }
+
+    fn slice(model: &Llama, hard: &HardMasks, device: &Device) -> Llama {
+        let keep_hidden = indices(&hard.hidden, device);
+        let norm = |n: &RmsNorm| RmsNorm { weight: Param::from_tensor(n.weight.val().select(0, keep_hidden.clone())), eps: n.eps };
+        let mut layers = Vec::new();
+        for (index, layer) in model.layers.iter().enumerate() {
+            if !hard.layer[index] {
+                continue;
+            }
+            let attn = layer.self_attn.as_ref().unwrap();
+            let per_group = attn.num_heads() / attn.num_key_value_heads();
+            let head_dim = attn.head_dim;
+            let query_columns: Vec<bool> =
+                hard.groups[index].iter().flat_map(|&k| std::iter::repeat_n(k, per_group * head_dim)).collect();
+            let kv_columns: Vec<bool> = hard.groups[index].iter().flat_map(|&k| std::iter::repeat_n(k, head_dim)).collect();
+            let self_attn = query_columns.contains(&true).then(|| {
+                let q = indices(&query_columns, device);
+                let kv = indices(&kv_columns, device);
+                Attention {
+                    q_proj: select_linear(&select_linear(&attn.q_proj, 0, &keep_hidden), 1, &q),
+                    k_proj: select_linear(&select_linear(&attn.k_proj, 0, &keep_hidden), 1, &kv),
+                    v_proj: select_linear(&select_linear(&attn.v_proj, 0, &keep_hidden), 1, &kv),
+                    o_proj: select_linear(&select_linear(&attn.o_proj, 1, &keep_hidden), 0, &q),
+                    head_dim,
+                }
+            });
+            let mlp = layer.mlp.as_ref().unwrap();
+            let keep_intermediate = indices(&hard.intermediate[index], device);
+            let mlp = hard.intermediate[index].contains(&true).then(|| Mlp {
+                gate_proj: select_linear(&select_linear(&mlp.gate_proj, 0, &keep_hidden), 1, &keep_intermediate),
+                up_proj: select_linear(&select_linear(&mlp.up_proj, 0, &keep_hidden), 1, &keep_intermediate),
+                down_proj: select_linear(&select_linear(&mlp.down_proj, 1, &keep_hidden), 0, &keep_intermediate),
+            });
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&layer.input_layernorm),
+                self_attn,
+                post_attention_layernorm: norm(&layer.post_attention_layernorm),
+                mlp,
+            });
+        }
+        let embed_tokens = Embedding { weight: Param::from_tensor(model.embed_tokens.weight.val().select(1, keep_hidden.clone())) };
+        let lm_head = model.lm_head.as_ref().map(|head| select_linear(head, 0, &keep_hidden));
+        Llama::from_parts(&model.settings, embed_tokens, layers, norm(&model.norm), lm_head)
+    }
+
+    fn masks_of(hard: &HardMasks, device: &Device) -> Masks {
+        let rows = |rows: &[Vec<bool>]| Tensor::stack::<2>(rows.iter().map(|r| mask(r, device)).collect(), 0);
+        Masks {
+            layer_z: Some(mask(&hard.layer, device)),
+            head_z: Some(rows(&hard.groups)),
+            intermediate_z: Some(rows(&hard.intermediate)),
+            hidden_z: Some(mask(&hard.hidden, device)),
+        }
+    }
+
+    #[test]
+    fn all_ones_masks_equal_the_plain_forward() {
+        let device = Device::flex();
+        device.seed(3);
+        let config = tiny_config();
+        let model = Llama::new(&config, &device);
+        let masks = Masks {
+            layer_z: Some(Tensor::ones([3], &device)),
+            head_z: Some(Tensor::ones([3, 2], &device)),
+            intermediate_z: Some(Tensor::ones([3, 12], &device)),
+            hidden_z: Some(Tensor::ones([16], &device)),
+        };
+        masks.check(&config).unwrap();
+        let plain = model.forward(ids(&device), None);
+        let masked = model.forward(ids(&device), Some(&masks));
+        assert!(plain.clone().abs().max().into_scalar::<f32>() > 1.0, "logits too small for a meaningful test");
+        assert!(max_difference(plain, masked) < 1e-5);
+    }
+
+    #[test]
+    fn hard_masks_equal_the_sliced_model() {
+        let device = Device::flex();
+        for tied in [false, true] {
+            device.seed(5);
+            let mut config = tiny_config();
+            config.tie_word_embeddings = tied;
+            let model = Llama::new(&config, &device);
+            let hard = HardMasks {
+                layer: vec![true, false, true],
+                // layer 2 loses every group: its attention disappears (identity).
+                groups: vec![vec![false, true], vec![true, true], vec![false, false]],
+                intermediate: (0..3).map(|l| (0..12).map(|i| (i + l) % 3 != 0).collect()).collect(),
+                hidden: (0..16).map(|i| i % 4 != 1).collect(),
+            };
+            let masked = model.forward(ids(&device), Some(&masks_of(&hard, &device)));
+            let sliced = slice(&model, &hard, &device);
+            let config = sliced.config();
+            assert_eq!(config.hidden_size, 12);
+            assert_eq!(config.num_hidden_layers, 2);
+            assert_eq!(config.layer(0).num_attention_heads, 2);
+            assert_eq!(config.layer(1).num_attention_heads, 0);
+            let plain = sliced.forward(ids(&device), None);
+            let difference = max_difference(masked, plain);
+            assert!(difference < 1e-4, "tied={tied}: masked vs sliced differ by {difference}");
+        }
+    }
+
+    #[test]
+    fn masks_receive_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let config = tiny_config();
+        let model = Llama::new(&config, &device);
+        let head_z = Tensor::<2>::random([3, 2], Distribution::Uniform(0.5, 1.0), &device).require_grad();
+        let hidden_z = Tensor::<1>::random([16], Distribution::Uniform(0.5, 1.0), &device).require_grad();
+        let masks = Masks { head_z: Some(head_z.clone()), hidden_z: Some(hidden_z.clone()), ..Masks::default() };
+        let logits = model.forward(ids(&device), Some(&masks));
+        let gradients = logits.sum().backward();
+        let head_gradient = head_z.grad(&gradients).unwrap().abs().sum().into_scalar::<f32>();
+        let hidden_gradient = hidden_z.grad(&gradients).unwrap().abs().sum().into_scalar::<f32>();
+        assert!(head_gradient > 0.0 && hidden_gradient > 0.0);
+    }
+
+    #[test]
+    fn mask_shapes_are_checked() {
+        let device = Device::flex();
+        let config = tiny_config();
+        let masks = Masks { head_z: Some(Tensor::ones([3, 4], &device)), ..Masks::default() };
+        let message = masks.check(&config).unwrap_err().to_string();
+        assert!(message.contains("head_z") && message.contains("[3, 2]"), "{message}");
+    }
+
+    #[test]
+    fn per_layer_widths_survive_config_round_trip() {
+        let device = Device::flex();
+        let mut config = tiny_config();
+        config.set_layer_widths(vec![
+            LayerWidths { num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 12 },
+            LayerWidths { num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 5 },
+            LayerWidths { num_attention_heads: 0, num_key_value_heads: 0, intermediate_size: 7 },
+        ]);
+        let model = Llama::new(&config, &device);
+        assert_eq!(model.config(), config);
+        assert_eq!(model.forward(ids(&device), None).dims(), [2, 6, 24]);
+    }
+}

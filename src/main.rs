@@ -15,6 +15,17 @@ struct Cli {
 enum Command {
     /// List the stage kinds this binary knows.
     Kinds,
+    /// Benchmarks that report ratios against a named peer measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        area: BenchArea,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchArea {
+    /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
+    Data(sheared::bench::data::DataBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +38,9 @@ fn main() -> ExitCode {
                 println!("{kind:<14} {about}");
             }
             Ok(())
+        }
+        Command::Bench { area: BenchArea::Data(args) } => {
+            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
         }
     };
     match result {

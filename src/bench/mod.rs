@@ -1,0 +1,4 @@
+//! Benchmarks behind `sheared bench <area>`: each reports absolute numbers and a ratio against a named peer
+//! measured in the same run (speed targets are never asserted in tests).
+
+pub mod data;

@@ -14,5 +14,6 @@
 //! the [`stages::Stage`] trait and a [`stages::Registry`].
 
 pub mod bench;
+pub mod data;
 pub mod model;
 pub mod stages;

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod command;
+
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -197,5 +199,6 @@ impl Registry {
 pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
+    registry.register(Box::new(command::CommandStage));
     registry
 }

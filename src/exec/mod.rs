@@ -148,6 +148,9 @@ pub fn run(
             }
             let stop = cancel.is_cancelled() || (failure_seen && !options.keep_going);
             let mut progressed = false;
+            // One index open for the whole scan (key resolution, cache lookups); dropped before
+            // waiting on running stages so that other processes can use the index meanwhile.
+            let session = store.index_session()?;
             for &index in &plan.order {
                 if !matches!(state[index], State::Waiting) {
                     continue;
@@ -229,6 +232,7 @@ pub fn run(
                     let _ = sender.send((index, outcome));
                 });
             }
+            drop(session);
             if progressed {
                 continue;
             }

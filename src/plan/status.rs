@@ -202,6 +202,7 @@ pub struct NodeStatus {
 
 /// The status of every node, in plan order of node indices.
 pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
+    let _session = store.index_session()?;
     let mut statuses: Vec<Option<NodeStatus>> = vec![None; plan.nodes.len()];
     for &index in &plan.order {
         let node = &plan.nodes[index];

@@ -439,3 +439,22 @@ fn extends_merges_and_dag_renders() {
     let plan: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
     assert_eq!(plan["stages"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn gc_keeps_what_live_recipes_use_and_reclaims_the_rest() {
+    let project = Project::new();
+    let recipe = chain(&project);
+    let recipe = recipe.to_str().unwrap();
+    project.ok(&["run", recipe, "--set", "stages.b.env.X=\"old\""]);
+    project.ok(&["run", recipe]);
+    let dry = project.ok(&["gc", recipe, "--keep-last", "0", "--dry-run"]);
+    assert!(dry.contains("would remove 2 manifest(s)"), "{dry}");
+    let done = project.ok(&["gc", recipe, "--keep-last", "0"]);
+    assert!(done.contains("removed 2 manifest(s)") && done.contains("reclaimed"), "{done}");
+    let output = project.sheared(&["run", recipe, "--json"]);
+    assert!(output.status.success());
+    assert_eq!(stages_with(&events(&text(&output.stdout)), "cached"), ["a", "b", "c", "d"]);
+    project.ok(&["run", recipe, "--set", "stages.b.env.X=\"old\""]);
+    assert_eq!(project.count("b"), 3);
+    project.ok(&["verify"]);
+}

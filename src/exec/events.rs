@@ -73,7 +73,8 @@ impl Output {
             return None;
         };
         let bar = multi.add(ProgressBar::new_spinner());
-        let style = ProgressStyle::with_template("{spinner} {prefix:<24} {elapsed:>6} {wide_bar} {pos}/{len} {msg}")
+        // No bar until the stage reports progress (see `StageReporter::progress`).
+        let style = ProgressStyle::with_template("{spinner} {prefix:<24} {elapsed:>6} {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         bar.set_style(style);
         bar.set_prefix(stage.to_string());
@@ -112,6 +113,12 @@ fn human(event: &Event) -> String {
         ));
     }
     line
+}
+
+/// The style of a stage bar once it reports progress.
+pub fn progress_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {prefix:<24} {elapsed:>6} {bar:30} {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 pub fn format_seconds(seconds: f64) -> String {

@@ -132,6 +132,9 @@ pub struct StageReporter {
 impl Reporter for StageReporter {
     fn progress(&self, done: u64, total: u64, unit: &str) {
         if let Some(bar) = &self.bar {
+            if bar.length().is_none_or(|length| length != total) {
+                bar.set_style(super::events::progress_style());
+            }
             bar.set_length(total);
             bar.set_position(done);
         } else if self.plain_progress

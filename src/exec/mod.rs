@@ -59,7 +59,7 @@ enum State {
     NotSelected,
     Waiting,
     Running,
-    Done(Committed),
+    Done(Box<Committed>),
     Failed,
     Skipped,
 }
@@ -170,7 +170,7 @@ pub fn run(
                     continue;
                 }
                 let lookup = |up: usize| match &state[up] {
-                    State::Done(commit) => Some(commit.clone()),
+                    State::Done(commit) => Some(commit.as_ref().clone()),
                     _ => None,
                 };
                 let resolved = match &records[index] {
@@ -202,7 +202,7 @@ pub fn run(
                     event.key = Some(record.key.to_hex());
                     output.emit(&event);
                     summary.cached.push(node.id.clone());
-                    state[index] = State::Done(Committed { key: record.key, manifest });
+                    state[index] = State::Done(Box::new(Committed { key: record.key, manifest }));
                     progressed = true;
                     continue;
                 }
@@ -253,7 +253,7 @@ pub fn run(
                     event.seconds = Some(seconds);
                     output.emit(&event);
                     summary.committed.push(node.id.clone());
-                    state[index] = State::Done(commit);
+                    state[index] = State::Done(Box::new(commit));
                 }
                 Outcome::CommittedElsewhere(commit) => {
                     let mut event = Event::new("cached", &node.id);
@@ -261,7 +261,7 @@ pub fn run(
                     event.reason = Some("committed by another sheared process while this one waited".into());
                     output.emit(&event);
                     summary.cached.push(node.id.clone());
-                    state[index] = State::Done(commit);
+                    state[index] = State::Done(Box::new(commit));
                 }
                 Outcome::Failed { message, log } => {
                     let mut event = Event::new("failed", &node.id);

@@ -328,10 +328,7 @@ fn describe_cycle(graph: &DiGraph<&str, ()>, component: &[NodeIndex]) -> String 
     let inside: BTreeSet<NodeIndex> = component.iter().copied().collect();
     let mut path = vec![start];
     let mut current = start;
-    loop {
-        let Some(next) = graph.neighbors(current).find(|next| inside.contains(next)) else {
-            break;
-        };
+    while let Some(next) = graph.neighbors(current).find(|next| inside.contains(next)) {
         if let Some(position) = path.iter().position(|&seen| seen == next) {
             let mut names: Vec<&str> = path[position..].iter().map(|&handle| graph[handle]).collect();
             names.push(graph[next]);

@@ -109,7 +109,7 @@ pub enum KeyError {
         stage: String,
         input: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 
@@ -162,7 +162,7 @@ pub fn resolve_key(
                 let hashed = store.hash_external(path).map_err(|source| KeyError::External {
                     stage: node.id.clone(),
                     input: input.key.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 digests.insert(input.key.clone(), Json::String(hashed.digest.to_hex()));
                 provenance.insert(input.key.clone(), json!({ "path": path.display().to_string() }));
@@ -243,7 +243,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
         {
             status.status = Status::Cached;
             status.output = Some(store.outputs(&manifest)?.display().to_string());
-            status.committed = Some(Committed { key: record.key.clone(), manifest });
+            status.committed = Some(Committed { key: record.key, manifest });
             statuses[index] = Some(status);
             continue;
         }

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sheared", version, about = "Build small, strong language models out of big ones (Sheared LLaMA).")]
+#[command(
+    name = "sheared",
+    version,
+    about = "Build small, strong language models out of big ones (Sheared LLaMA)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,7 +33,7 @@ enum Command {
     Gc(sheared::exec::cli::GcArgs),
     /// Rehash every cached object; drop entries with corrupt or missing objects.
     Verify(sheared::exec::cli::VerifyArgs),
-    /// Benchmarks.
+    /// Run a benchmark and print a markdown table.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -40,6 +44,8 @@ enum Command {
 enum BenchArea {
     /// No-op rerun of a 20-stage recipe with large cached outputs, against rehashing everything.
     Runner(sheared::bench::runner::RunnerBenchArgs),
+    /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
+    Store(sheared::bench::store::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,11 +63,23 @@ fn main() -> ExitCode {
         Command::Kinds => {
             let registry = sheared::stages::builtin();
             for kind in registry.kinds() {
-                let about = registry.get(kind).map(|stage| stage.about()).unwrap_or_default();
+                let about = registry
+                    .get(kind)
+                    .map(|stage| stage.about())
+                    .unwrap_or_default();
                 println!("{kind:<14} {about}");
             }
             Ok(())
         }
+        Command::Bench {
+            area: BenchArea::Store(args),
+        } => sheared::bench::store::run(&args).and_then(|report| {
+            println!("{}", report.to_markdown());
+            match &args.json {
+                Some(path) => report.write_json(path),
+                None => Ok(()),
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

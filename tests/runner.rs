@@ -458,3 +458,40 @@ fn gc_keeps_what_live_recipes_use_and_reclaims_the_rest() {
     assert_eq!(project.count("b"), 3);
     project.ok(&["verify"]);
 }
+
+#[test]
+fn ctrl_c_cancels_keeps_scratch_and_the_next_run_resumes() {
+    let project = Project::new();
+    let marker = project.path("started");
+    let body = format!(
+        "if [ -f {{scratch}}/checkpoint ]; then cat {{scratch}}/checkpoint > {{out}}/result.txt; \
+         else echo half-way > {{scratch}}/checkpoint; touch {}; sleep 20; fi",
+        marker.display()
+    );
+    let script = project.script("slow", &body);
+    let recipe = project.write("slow.toml", &format!("[stages.slow]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"{script}\"]\n"));
+    let recipe = recipe.to_str().unwrap();
+    let child = Command::new(SHEARED)
+        .args(["run", recipe])
+        .current_dir(project.dir.path())
+        .env("SHEARED_CACHE", project.path("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the stage never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "cancelling took {:?}", started.elapsed());
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("interrupted"), "{}", text(&output.stderr));
+    project.ok(&["run", recipe]);
+    let path = project.ok(&["path", recipe, "slow"]);
+    assert_eq!(std::fs::read_to_string(Path::new(path.trim()).join("result.txt")).unwrap(), "half-way\n");
+}

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -108,6 +109,9 @@ impl Stage for CommandStage {
                 substitute(value, &lookup).map_err(|message| StageError::config(format!("env.{name}"), message))?,
             );
         }
+        // Its own process group, so that cancelling stops the program and everything it started
+        // (a shell's children too), not only the direct child.
+        command.process_group(0);
         let mut child = command.spawn().with_context(|| format!("cannot start `{}`", argv[0]))?;
         let forwarders: Vec<_> = [
             child.stdout.take().map(|out| Box::new(out) as Box<dyn Read + Send>),
@@ -142,8 +146,7 @@ impl Stage for CommandStage {
         let status = loop {
             drain(&forwarders);
             if ctx.cancel.is_cancelled() {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop_group(&mut child);
                 return Err(StageError::Cancelled);
             }
             match child.try_wait().context("waiting for the program")? {
@@ -163,6 +166,24 @@ impl Stage for CommandStage {
             Err(StageError::Other(anyhow::anyhow!("`{}` failed ({status})", argv.join(" "))))
         }
     }
+}
+
+/// SIGTERM the child's process group, then SIGKILL it if it has not exited within 5 s.
+fn stop_group(child: &mut std::process::Child) {
+    let group = -(child.id() as libc::pid_t);
+    // SAFETY: kill(2) on the process group we created for this child.
+    unsafe { libc::kill(group, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            // The group may still have members (a shell's children); make sure they go too.
+            unsafe { libc::kill(group, libc::SIGKILL) };
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(group, libc::SIGKILL) };
+    let _ = child.wait();
 }
 
 /// Replace `{name}` placeholders through `lookup`; `{{` and `}}` are literal braces.

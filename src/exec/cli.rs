@@ -9,7 +9,7 @@ use clap::Args;
 use super::{Output, RunOptions};
 use crate::plan::Plan;
 use crate::plan::dag::{DagFormat, render};
-use crate::plan::status::{NodeStatus, Reason, Status, plan_status};
+use crate::plan::status::{NodeStatus, Reason, Status, output_path, plan_status};
 use crate::recipe::{LoadOptions, load};
 use crate::stages::{CancelFlag, builtin};
 use crate::store::Store;
@@ -233,8 +233,8 @@ pub fn path(args: &StageArgs) -> anyhow::Result<()> {
     let nodes = plan.find(&args.stage)?;
     let mut missing = Vec::new();
     for index in &nodes {
-        match &statuses[*index].output {
-            Some(output) => println!("{output}"),
+        match output_path(&store, &statuses[*index])? {
+            Some(output) => println!("{}", output.display()),
             None => missing.push(format!("`{}` is {}", statuses[*index].id, statuses[*index].status)),
         }
     }

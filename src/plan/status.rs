@@ -191,7 +191,7 @@ pub struct NodeStatus {
     pub waits_on: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<Reason>,
-    /// The output folder when cached.
+    /// The output folder when cached (materialised by [`output_path`], not by planning).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     #[serde(skip)]
@@ -242,7 +242,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
             && let Some(manifest) = store.lookup(&record.key)?
         {
             status.status = Status::Cached;
-            status.output = Some(store.outputs(&manifest)?.display().to_string());
+            status.output = Some(store.outputs_path(&record.key).display().to_string());
             status.committed = Some(Committed { key: record.key, manifest });
             statuses[index] = Some(status);
             continue;

@@ -141,148 +141,158 @@ pub fn run(
     // Keys resolved (and looked up) once per node, not on every scan while `--jobs` is saturated.
     let mut records: Vec<Option<KeyRecord>> = vec![None; plan.nodes.len()];
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let mut running = 0usize;
-        loop {
-            if interrupted() {
-                cancel.cancel();
-            }
-            let stop = cancel.is_cancelled() || (failure_seen && !options.keep_going);
-            let mut progressed = false;
-            // One index open for the whole scan (key resolution, cache lookups); dropped before
-            // waiting on running stages so that other processes can use the index meanwhile.
-            let session = store.index_session()?;
-            for &index in &plan.order {
-                if !matches!(state[index], State::Waiting) {
+        // A broken store stops scheduling; running stages are cancelled (scratch kept) rather than
+        // left to finish unobserved.
+        let mut schedule = || -> anyhow::Result<()> {
+            let mut running = 0usize;
+            loop {
+                if interrupted() {
+                    cancel.cancel();
+                }
+                let stop = cancel.is_cancelled() || (failure_seen && !options.keep_going);
+                let mut progressed = false;
+                // One index open for the whole scan (key resolution, cache lookups); dropped before
+                // waiting on running stages so that other processes can use the index meanwhile.
+                let session = store.index_session()?;
+                for &index in &plan.order {
+                    if !matches!(state[index], State::Waiting) {
+                        continue;
+                    }
+                    let node = &plan.nodes[index];
+                    let upstream = plan.upstream(index);
+                    if let Some(&bad) = upstream.iter().find(|&&up| matches!(state[up], State::Failed | State::Skipped))
+                    {
+                        state[index] = State::Skipped;
+                        summary.skipped.push(node.id.clone());
+                        let mut event = Event::new("skipped", &node.id);
+                        event.reason = Some(format!("upstream stage `{}` did not complete", plan.nodes[bad].id));
+                        output.emit(&event);
+                        progressed = true;
+                        continue;
+                    }
+                    if stop || !upstream.iter().all(|&up| matches!(state[up], State::Done(_))) {
+                        continue;
+                    }
+                    let lookup = |up: usize| match &state[up] {
+                        State::Done(commit) => Some(commit.as_ref().clone()),
+                        _ => None,
+                    };
+                    let resolved = match &records[index] {
+                        Some(record) => Ok(Some(record.clone())),
+                        None => resolve_key(plan, index, &lookup, store),
+                    };
+                    let record = match resolved {
+                        Ok(Some(record)) => record,
+                        Ok(None) => continue,
+                        Err(error) => {
+                            state[index] = State::Failed;
+                            summary.failed.push(node.id.clone());
+                            failure_seen = true;
+                            let mut event = Event::new("failed", &node.id);
+                            event.reason = Some(error.to_string());
+                            output.emit(&event);
+                            progressed = true;
+                            continue;
+                        }
+                    };
+                    let first_look = records[index].is_none();
+                    records[index] = Some(record.clone());
+                    if first_look
+                        && !forced.contains(&index)
+                        && let Some(manifest) = store.lookup(&record.key)?
+                    {
+                        record_use(plan, store, index, &record)?;
+                        let mut event = Event::new("cached", &node.id);
+                        event.key = Some(record.key.to_hex());
+                        output.emit(&event);
+                        summary.cached.push(node.id.clone());
+                        state[index] = State::Done(Box::new(Committed { key: record.key, manifest }));
+                        progressed = true;
+                        continue;
+                    }
+                    if running >= jobs {
+                        continue;
+                    }
+                    let inputs = match materialise_inputs(plan, index, store, &state) {
+                        Ok(inputs) => inputs,
+                        Err(error) => {
+                            state[index] = State::Failed;
+                            summary.failed.push(node.id.clone());
+                            failure_seen = true;
+                            let mut event = Event::new("failed", &node.id);
+                            event.reason = Some(format!("{error:#}"));
+                            output.emit(&event);
+                            progressed = true;
+                            continue;
+                        }
+                    };
+                    state[index] = State::Running;
+                    running += 1;
+                    progressed = true;
+                    let sender = sender.clone();
+                    let force = forced.contains(&index);
+                    scope.spawn(move || {
+                        let outcome = execute(plan, index, &record, inputs, force, store, registry, output, cancel);
+                        let _ = sender.send((index, outcome));
+                    });
+                }
+                drop(session);
+                if progressed {
                     continue;
                 }
+                if running == 0 {
+                    break;
+                }
+                let (index, outcome) = match receiver.recv_timeout(Duration::from_millis(100)) {
+                    Ok(message) => message,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                running -= 1;
                 let node = &plan.nodes[index];
-                let upstream = plan.upstream(index);
-                if let Some(&bad) = upstream.iter().find(|&&up| matches!(state[up], State::Failed | State::Skipped)) {
-                    state[index] = State::Skipped;
-                    summary.skipped.push(node.id.clone());
-                    let mut event = Event::new("skipped", &node.id);
-                    event.reason = Some(format!("upstream stage `{}` did not complete", plan.nodes[bad].id));
-                    output.emit(&event);
-                    progressed = true;
-                    continue;
-                }
-                if stop || !upstream.iter().all(|&up| matches!(state[up], State::Done(_))) {
-                    continue;
-                }
-                let lookup = |up: usize| match &state[up] {
-                    State::Done(commit) => Some(commit.as_ref().clone()),
-                    _ => None,
-                };
-                let resolved = match &records[index] {
-                    Some(record) => Ok(Some(record.clone())),
-                    None => resolve_key(plan, index, &lookup, store),
-                };
-                let record = match resolved {
-                    Ok(Some(record)) => record,
-                    Ok(None) => continue,
-                    Err(error) => {
-                        state[index] = State::Failed;
+                match outcome {
+                    Outcome::Committed { commit, seconds } => {
+                        let mut event = Event::new("committed", &node.id);
+                        event.key = Some(commit.key.to_hex());
+                        event.seconds = Some(seconds);
+                        output.emit(&event);
+                        summary.committed.push(node.id.clone());
+                        state[index] = State::Done(Box::new(commit));
+                    }
+                    Outcome::CommittedElsewhere(commit) => {
+                        let mut event = Event::new("cached", &node.id);
+                        event.key = Some(commit.key.to_hex());
+                        event.reason = Some("committed by another sheared process while this one waited".into());
+                        output.emit(&event);
+                        summary.cached.push(node.id.clone());
+                        state[index] = State::Done(Box::new(commit));
+                    }
+                    Outcome::Failed { message, log } => {
+                        let mut event = Event::new("failed", &node.id);
+                        event.reason = Some(message);
+                        if let Some(log) = &log {
+                            event.log = Some(log.display().to_string());
+                            event.log_tail = Some(log_tail(log, 20));
+                        }
+                        output.emit(&event);
                         summary.failed.push(node.id.clone());
                         failure_seen = true;
-                        let mut event = Event::new("failed", &node.id);
-                        event.reason = Some(error.to_string());
-                        output.emit(&event);
-                        progressed = true;
-                        continue;
-                    }
-                };
-                let first_look = records[index].is_none();
-                records[index] = Some(record.clone());
-                if first_look
-                    && !forced.contains(&index)
-                    && let Some(manifest) = store.lookup(&record.key)?
-                {
-                    record_use(plan, store, index, &record)?;
-                    let mut event = Event::new("cached", &node.id);
-                    event.key = Some(record.key.to_hex());
-                    output.emit(&event);
-                    summary.cached.push(node.id.clone());
-                    state[index] = State::Done(Box::new(Committed { key: record.key, manifest }));
-                    progressed = true;
-                    continue;
-                }
-                if running >= jobs {
-                    continue;
-                }
-                let inputs = match materialise_inputs(plan, index, store, &state) {
-                    Ok(inputs) => inputs,
-                    Err(error) => {
                         state[index] = State::Failed;
-                        summary.failed.push(node.id.clone());
-                        failure_seen = true;
-                        let mut event = Event::new("failed", &node.id);
-                        event.reason = Some(format!("{error:#}"));
-                        output.emit(&event);
-                        progressed = true;
-                        continue;
                     }
-                };
-                state[index] = State::Running;
-                running += 1;
-                progressed = true;
-                let sender = sender.clone();
-                let force = forced.contains(&index);
-                scope.spawn(move || {
-                    let outcome = execute(plan, index, &record, inputs, force, store, registry, output, cancel);
-                    let _ = sender.send((index, outcome));
-                });
-            }
-            drop(session);
-            if progressed {
-                continue;
-            }
-            if running == 0 {
-                break;
-            }
-            let (index, outcome) = match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(message) => message,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            running -= 1;
-            let node = &plan.nodes[index];
-            match outcome {
-                Outcome::Committed { commit, seconds } => {
-                    let mut event = Event::new("committed", &node.id);
-                    event.key = Some(commit.key.to_hex());
-                    event.seconds = Some(seconds);
-                    output.emit(&event);
-                    summary.committed.push(node.id.clone());
-                    state[index] = State::Done(Box::new(commit));
-                }
-                Outcome::CommittedElsewhere(commit) => {
-                    let mut event = Event::new("cached", &node.id);
-                    event.key = Some(commit.key.to_hex());
-                    event.reason = Some("committed by another sheared process while this one waited".into());
-                    output.emit(&event);
-                    summary.cached.push(node.id.clone());
-                    state[index] = State::Done(Box::new(commit));
-                }
-                Outcome::Failed { message, log } => {
-                    let mut event = Event::new("failed", &node.id);
-                    event.reason = Some(message);
-                    if let Some(log) = &log {
-                        event.log = Some(log.display().to_string());
-                        event.log_tail = Some(log_tail(log, 20));
+                    Outcome::Cancelled => {
+                        output.emit(&Event::new("cancelled", &node.id));
+                        state[index] = State::Waiting;
+                        summary.cancelled = true;
                     }
-                    output.emit(&event);
-                    summary.failed.push(node.id.clone());
-                    failure_seen = true;
-                    state[index] = State::Failed;
-                }
-                Outcome::Cancelled => {
-                    output.emit(&Event::new("cancelled", &node.id));
-                    state[index] = State::Waiting;
-                    summary.cancelled = true;
                 }
             }
+            Ok(())
+        };
+        let result = schedule();
+        if result.is_err() {
+            cancel.cancel();
         }
-        Ok(())
+        result
     })?;
     summary.cancelled |= cancel.is_cancelled();
     for &index in &requested {

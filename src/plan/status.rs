@@ -265,7 +265,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
             }
             if let Some(old) = KeyRecord::from_json(&previous.preimage) {
                 let current = record.clone().unwrap_or_else(|| partial_record(plan, index, &lookup));
-                status.reasons.extend(explain(plan, store, &current, &old, 0)?);
+                status.reasons.extend(explain(store, &current, &old, 0)?);
             }
         } else if status.status == Status::Missing {
             status.reasons.push(Reason::new(format!("never committed in recipe `{recipe}`")));
@@ -304,13 +304,7 @@ fn partial_record(plan: &Plan, index: usize, committed: &dyn Fn(usize) -> Option
 }
 
 /// The differences between the current key record and an older one of the same stage.
-pub fn explain(
-    plan: &Plan,
-    store: &Store,
-    current: &KeyRecord,
-    old: &KeyRecord,
-    depth: usize,
-) -> Result<Vec<Reason>, StoreError> {
+pub fn explain(store: &Store, current: &KeyRecord, old: &KeyRecord, depth: usize) -> Result<Vec<Reason>, StoreError> {
     let mut reasons = Vec::new();
     let field = |record: &KeyRecord, name: &str| record.preimage.get(name).cloned().unwrap_or(Json::Null);
     let (kind, old_kind) = (field(current, "kind"), field(old, "kind"));
@@ -382,7 +376,7 @@ pub fn explain(
             let new_record = lookup_hex(store, new_key)?.and_then(|manifest| KeyRecord::from_json(&manifest.preimage));
             let old_record = lookup_hex(store, old_key)?.and_then(|manifest| KeyRecord::from_json(&manifest.preimage));
             if let (Some(new_record), Some(old_record)) = (new_record, old_record) {
-                reason.causes = explain(plan, store, &new_record, &old_record, depth + 1)?;
+                reason.causes = explain(store, &new_record, &old_record, depth + 1)?;
             }
         } else if new_key.is_some() && new_key == old_key {
             reason.text = format!(
@@ -396,7 +390,6 @@ pub fn explain(
             reasons.push(Reason::new(format!("input {name} removed")));
         }
     }
-    let _ = plan;
     Ok(reasons)
 }
 
@@ -452,6 +445,46 @@ fn lookup_hex(store: &Store, hex: &str) -> Result<Option<Manifest>, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(kind: &str, version: u32, config: Json, settings: Json, inputs: Json, provenance: Json) -> KeyRecord {
+        let preimage = key::preimage(kind, version, &config, &settings, &inputs);
+        KeyRecord { key: key::key_of(&preimage), preimage, provenance }
+    }
+
+    #[test]
+    fn explain_names_params_settings_versions_and_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = record(
+            "prune",
+            3,
+            json!({ "target": { "hidden": 2560 }, "lr": 0.1, "model": { "input": "model" } }),
+            json!({ "seed": 17 }),
+            json!({ "model": "aa", "data": "bb" }),
+            json!({ "model": { "path": "/m" }, "data": { "stage": "tokenize", "key": "00" } }),
+        );
+        let new = record(
+            "prune",
+            4,
+            json!({ "target": { "hidden": 2048 }, "model": { "input": "model" }, "steps": 5 }),
+            json!({ "seed": 18 }),
+            json!({ "model": "cc", "data": "dd" }),
+            json!({ "model": { "path": "/m" }, "data": { "stage": "tokenize", "key": "11" } }),
+        );
+        let reasons: Vec<String> = explain(&store, &new, &old, 0).unwrap().iter().map(Reason::one_line).collect();
+        assert_eq!(
+            reasons,
+            [
+                "kind prune implementation 3 → 4",
+                "param steps: (unset) → 5",
+                "param target.hidden: 2560 → 2048",
+                "param lr: 0.1 → (unset)",
+                "setting seed: 17 → 18",
+                "input model changed: the content of /m changed",
+                "input data changed because stage tokenize re-ran",
+            ]
+        );
+    }
 
     #[test]
     fn flatten_skips_input_markers() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::plan::status::{Committed, KeyRecord, resolve_key};
+use crate::plan::status::{Committed, KeyRecord, explain, resolve_key};
 use crate::plan::{InputSource, Plan};
 use crate::stages::{CancelFlag, Registry, StageContext, StageError};
 use crate::store::{Acquire, CommitRecord, FailureInfo, Store, log_tail};
@@ -303,6 +303,29 @@ pub fn run(
     Ok(summary)
 }
 
+/// One line on why a stage is about to run: forced, never run, or what changed since its last run.
+fn why_it_runs(store: &Store, recipe: &str, stage: &str, record: &KeyRecord, force: bool) -> String {
+    if force {
+        return "forced (--force)".into();
+    }
+    let previous = match store.last_committed(recipe, stage) {
+        Ok(Some(previous)) => previous,
+        Ok(None) => return format!("never committed in recipe `{recipe}`"),
+        Err(error) => return format!("(history unavailable: {error})"),
+    };
+    let Some(old) = KeyRecord::from_json(&previous.preimage) else { return "not cached".into() };
+    if old.key == record.key {
+        return "its cached output was lost (dropped by verify, gc or a missing object); recomputing".into();
+    }
+    match explain(store, record, &old, 0) {
+        Ok(reasons) if !reasons.is_empty() => {
+            reasons.iter().map(|reason| reason.one_line()).collect::<Vec<_>>().join("; ")
+        }
+        Ok(_) => "not cached".into(),
+        Err(error) => format!("(history unavailable: {error})"),
+    }
+}
+
 /// Record that every (recipe, stage) this node stands for used `record.key` (history for `plan`).
 fn record_use(plan: &Plan, store: &Store, index: usize, record: &KeyRecord) -> anyhow::Result<()> {
     for member in &plan.nodes[index].members {
@@ -412,6 +435,7 @@ fn execute_inner(
     log.line(&format!("preimage {}", record.preimage));
     let mut started = Event::new("started", &node.id);
     started.key = Some(record.key.to_hex());
+    started.reason = Some(why_it_runs(store, recipe_name, &node.stage, record, force));
     output.emit(&started);
     let bar = output.bar(&node.id);
     let reporter = logging::StageReporter {

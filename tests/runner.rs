@@ -537,3 +537,18 @@ fn a_missing_object_is_recomputed_on_reuse() {
     assert_eq!([project.count("a"), project.count("b"), project.count("c"), project.count("d")], [2, 1, 1, 1]);
     project.ok(&["verify"]);
 }
+
+#[test]
+fn a_missing_upstream_file_fails_the_stage_and_plan_says_why() {
+    let project = Project::new();
+    let recipe = project.write(
+        "file.toml",
+        "[stages.a]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"echo 1 > {out}/one.txt\"]\n\
+         [stages.b]\nkind = \"command\"\nargv = [\"cat\", \"{inputs.x}\"]\ninputs = { x = { stage = \"a\", file = \"two.txt\" } }\n",
+    );
+    let recipe = recipe.to_str().unwrap();
+    let stderr = project.fails(&["run", recipe]);
+    assert!(stderr.contains("wants file `two.txt` of stage `a`, which has no such file (it has: one.txt)"), "{stderr}");
+    let plan = project.ok(&["plan", recipe]);
+    assert!(plan.contains("no such file"), "{plan}");
+}

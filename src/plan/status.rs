@@ -218,7 +218,19 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
                 _ => None,
             })
             .collect();
-        let record = if missing_paths.is_empty() { resolve_key(plan, index, &lookup, store)? } else { None };
+        let mut missing_paths = missing_paths;
+        let record = if missing_paths.is_empty() {
+            match resolve_key(plan, index, &lookup, store) {
+                Ok(record) => record,
+                // Shown as a reason; `run` reports it as the stage's failure.
+                Err(error) => {
+                    missing_paths.push(error.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let waits_on: Vec<String> = plan
             .upstream(index)
             .into_iter()

@@ -96,9 +96,12 @@ impl Stage for CommandStage {
                 substitute(argument, &lookup).map_err(|message| StageError::config(format!("argv.{index}"), message))
             })
             .collect::<Result<_, _>>()?;
-        let mut command = Command::new(&argv[0]);
+        let Some((program, arguments)) = argv.split_first() else {
+            return Err(StageError::config("argv", "needs at least the program"));
+        };
+        let mut command = Command::new(program);
         command
-            .args(&argv[1..])
+            .args(arguments)
             .current_dir(&ctx.scratch_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -112,7 +115,7 @@ impl Stage for CommandStage {
         // Its own process group, so that cancelling stops the program and everything it started
         // (a shell's children too), not only the direct child.
         command.process_group(0);
-        let mut child = command.spawn().with_context(|| format!("cannot start `{}`", argv[0]))?;
+        let mut child = command.spawn().with_context(|| format!("cannot start `{program}`"))?;
         let forwarders: Vec<_> = [
             child.stdout.take().map(|out| Box::new(out) as Box<dyn Read + Send>),
             child.stderr.take().map(|err| Box::new(err) as Box<dyn Read + Send>),

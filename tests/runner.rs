@@ -487,6 +487,8 @@ fn ctrl_c_cancels_keeps_scratch_and_the_next_run_resumes() {
         assert!(Instant::now() < deadline, "the stage never started");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let plan = project.ok(&["plan", recipe]);
+    assert!(plan.starts_with("running"), "{plan}");
     let started = Instant::now();
     // SAFETY: plain kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);

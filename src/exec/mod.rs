@@ -515,3 +515,85 @@ fn execute_inner(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{LoadOptions, load};
+    use crate::stages::Stage;
+
+    /// Writes `value` into `out/value.txt`, logs through `tracing`, and reports progress.
+    struct Echo;
+    impl Stage for Echo {
+        fn kind(&self) -> &'static str {
+            "echo"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn about(&self) -> &'static str {
+            "test kind"
+        }
+        fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
+            Ok(table.clone())
+        }
+        fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+            tracing::info!(stage = ctx.name, "hello from the stage");
+            ctx.reporter.progress(1, 2, "steps");
+            if ctx.config.get("fail").and_then(toml::Value::as_bool) == Some(true) {
+                return Err(StageError::Other(anyhow::anyhow!("asked to fail")));
+            }
+            let value = ctx.config.get("value").map(ToString::to_string).unwrap_or_default();
+            std::fs::write(ctx.out_dir.join("value.txt"), value).map_err(anyhow::Error::from)?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn runs_in_order_logs_per_stage_and_reports_failures() {
+        logging::init();
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = dir.path().join("r.toml");
+        std::fs::write(
+            &recipe,
+            "[stages.a]\nkind = \"echo\"\nvalue = 1\n[stages.b]\nkind = \"echo\"\nvalue = { stage = \"a\" }\n\
+             [stages.c]\nkind = \"echo\"\nfail = true\n[stages.d]\nkind = \"echo\"\nafter = { stage = \"c\" }\n",
+        )
+        .unwrap();
+        let mut registry = Registry::new();
+        registry.register(Box::new(Echo));
+        let recipes = load(&recipe, &LoadOptions::default(), &registry).unwrap();
+        let plan = Plan::build(recipes, &registry).unwrap();
+        let store = Store::open(dir.path().join("cache")).unwrap();
+        let options = RunOptions { jobs: 2, keep_going: true, ..RunOptions::default() };
+        let summary = run(&plan, &store, &registry, &options, &Output::Lines, &CancelFlag::default()).unwrap();
+        let mut committed = summary.committed.clone();
+        committed.sort();
+        assert_eq!(committed, ["a", "b"]);
+        assert_eq!(summary.failed, ["c"]);
+        assert_eq!(summary.skipped, ["d"]);
+        assert!(!summary.success());
+        let logs: Vec<String> = walk_files(&store.root().join("logs"))
+            .into_iter()
+            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+            .collect();
+        assert_eq!(logs.len(), 3, "one log per attempt");
+        assert!(logs.iter().all(|log| log.contains("hello from the stage")), "{logs:?}");
+        assert!(logs.iter().any(|log| log.contains("failed: asked to fail")), "{logs:?}");
+        let again =
+            run(&plan, &store, &registry, &RunOptions::default(), &Output::Lines, &CancelFlag::default()).unwrap();
+        let mut cached = again.cached.clone();
+        cached.sort();
+        assert_eq!(cached, ["a", "b"]);
+        assert_eq!(again.failed, ["c"]);
+    }
+
+    fn walk_files(root: &std::path::Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() { files.extend(walk_files(&path)) } else { files.push(path) }
+        }
+        files
+    }
+}

@@ -210,10 +210,7 @@ impl Plan {
                 graph.add_edge(handles[upstream], handles[index], ());
             }
         }
-        // Nodes are created upstream-first within each recipe, so this cannot fail; sort anyway.
-        let order = toposort(&graph, None)
-            .map(|order| order.into_iter().map(|handle| graph[handle]).collect())
-            .unwrap_or_else(|_| (0..nodes.len()).collect());
+        let order = stable_order(&graph);
         Ok(Plan { recipes, nodes, graph, order })
     }
 
@@ -292,6 +289,27 @@ impl Plan {
         let node = &self.nodes[index];
         (self.recipes[node.recipe].name.as_str(), node.stage.as_str())
     }
+}
+
+/// A topological order that prefers lower node indices (creation order: recipe order, then each
+/// recipe's dependency order), so `plan` and `dag` list stages the way the recipes read.
+fn stable_order(graph: &DiGraph<usize, ()>) -> Vec<usize> {
+    let mut waiting: Vec<usize> = graph
+        .node_indices()
+        .map(|handle| graph.neighbors_directed(handle, petgraph::Direction::Incoming).count())
+        .collect();
+    let mut ready: BTreeSet<usize> = (0..waiting.len()).filter(|&index| waiting[index] == 0).collect();
+    let mut order = Vec::with_capacity(waiting.len());
+    while let Some(index) = ready.pop_first() {
+        order.push(graph[NodeIndex::new(index)]);
+        for next in graph.neighbors(NodeIndex::new(index)) {
+            waiting[next.index()] -= 1;
+            if waiting[next.index()] == 0 {
+                ready.insert(next.index());
+            }
+        }
+    }
+    order
 }
 
 /// Stage names of one recipe in dependency order; a cycle is an error that names it.

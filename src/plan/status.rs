@@ -279,8 +279,6 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
                 let current = record.clone().unwrap_or_else(|| partial_record(plan, index, &lookup));
                 status.reasons.extend(explain(store, &current, &old, 0)?);
             }
-        } else if status.status == Status::Missing {
-            status.reasons.push(Reason::new(format!("never committed in recipe `{recipe}`")));
         }
         status.reasons.extend(missing_paths.into_iter().map(Reason::new));
         for upstream in &status.waits_on {

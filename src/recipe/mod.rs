@@ -329,6 +329,14 @@ fn build(
     let kinds: Vec<&str> = registry.kinds().collect();
     let mut stages = BTreeMap::new();
     for (name, value) in &stage_tables {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(at(
+                &["stages", name],
+                format!(
+                    "stage name `{name}`: use letters, digits, `_` and `-` only (it names folders, events and `--only` targets)"
+                ),
+            ));
+        }
         let Value::Table(stage_table) = value else {
             return Err(at(&["stages", name], format!("stage `{name}` must be a table with a `kind`")));
         };

@@ -164,6 +164,9 @@ fn missing_stage_and_unknown_kind() {
     );
     let message = error(&path, &[]);
     assert!(message.contains("r.toml:5:1") && message.contains("did you mean `source`"), "{message}");
+    let path = write(dir.path(), "n.toml", "[stages.\"a.b\"]\nkind = \"toy\"\n");
+    let message = error(&path, &[]);
+    assert!(message.contains("n.toml:1:9") && message.contains("stage name `a.b`"), "{message}");
     let path = write(dir.path(), "k.toml", "[stages.p]\nkind = \"tyo\"\n");
     let message = error(&path, &[]);
     assert!(

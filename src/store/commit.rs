@@ -210,8 +210,8 @@ impl Store {
             })
             .collect();
 
-        // From here until the manifest is in the index, gc must not delete objects.
-        let gc_guard = self.gc_lock(false)?;
+        // Every object this commit references gets a fresh ctime (link, rename or chmod), and gc
+        // spares objects younger than its grace period: no lock is needed against gc.
         let mut touched_dirs = BTreeSet::new();
         for file in &hashed {
             let object = self.object_path(&file.digest);
@@ -264,7 +264,6 @@ impl Store {
                 .map_err(|error| self.index.sled_error(error))?;
             push_history(self, db, &manifest.recipe, &manifest.stage, &attempt.key)
         })?;
-        drop(gc_guard);
 
         for dir in [&attempt.out_dir, &attempt.scratch_dir] {
             if let Err(error) = fsutil::remove_tree(dir) {
@@ -281,7 +280,12 @@ impl Store {
     fn put_object(&self, file: &HashedFile, object: &Path) -> Result<bool, StoreError> {
         let bytes = file.walked.metadata.len();
         match fs::symlink_metadata(object) {
-            Ok(existing) if existing.is_file() && existing.len() == bytes => return Ok(false),
+            Ok(existing) if existing.is_file() && existing.len() == bytes => {
+                // chmod updates the ctime, which protects the object from a concurrent gc.
+                fs::set_permissions(object, fs::Permissions::from_mode(0o444))
+                    .map_err(at("refreshing", object))?;
+                return Ok(false);
+            }
             Ok(_) => {
                 tracing::warn!(
                     "replacing damaged object {} (wrong size or type)",
@@ -446,7 +450,6 @@ impl Store {
         if self.outputs_intact(manifest, &folder) {
             return Ok(folder);
         }
-        let _gc_guard = self.gc_lock(false)?;
         let building = self.dir("outputs").join(format!(
             ".tmp-{}.{}",
             manifest.key.to_hex(),

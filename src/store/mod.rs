@@ -6,7 +6,7 @@
 //! objects/ab/<hex>  files by blake3 digest: write-once, read-only (0444), fan-out by the first byte
 //! index/            sled database: manifests, stat cache, failures, per-stage history
 //! index.lock        flock serialising index access across processes (see `index` module docs)
-//! gc.lock           flock: commits hold it shared while moving objects in, gc/verify exclusive
+//! gc.lock           flock: one gc or verify at a time
 //! attempts/<key>.<pid>-..   fresh, empty output folders of running attempts
 //! scratch/<key>/    persistent per stage key across failed or killed attempts; deleted on commit
 //! outputs/<key>/    materialised outputs: hard links to objects (copies across filesystems)
@@ -44,8 +44,10 @@
 //! - **Concurrent processes.** Index access is serialised by `index.lock` with a per-operation sled
 //!   open; leases are files with kernel `flock`s, so a killed process never leaves a lease that
 //!   blocks anyone (the kernel drops its lock; the next acquirer breaks the stale record with a
-//!   warning). gc takes `gc.lock` exclusively and commits take it shared, so gc never deletes an
-//!   object a commit is about to reference.
+//!   warning). gc spares objects whose ctime is within its grace period (15 minutes); every commit
+//!   refreshes the ctime of each object it references (link, rename or chmod) before writing its
+//!   manifest, so gc never deletes an object a concurrent commit is about to reference, and no
+//!   lock orders between commits, gc and index sessions can deadlock.
 //! - **Clear errors.** A non-writable cache or a full disk yields [`StoreError::NotWritable`] /
 //!   [`StoreError::DiskFull`] naming the path and what to do; committed entries are never touched
 //!   on those paths.
@@ -110,6 +112,8 @@ pub enum StoreError {
     MissingExternal { path: PathBuf },
     #[error("stage output {path}: {message}")]
     InvalidOutput { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Busy { path: PathBuf, message: String },
     #[error(
         "object {digest} of cache entry {key} is missing from {path}; run the stage again (`sheared verify` drops such entries so they recompute)"
     )]
@@ -128,7 +132,12 @@ pub struct Store {
     index: Index,
     host: String,
     lease_timing: LeaseTiming,
+    gc_grace: Duration,
 }
+
+/// gc spares objects, temporary files and half-built folders younger than this (by ctime/mtime),
+/// which covers a commit between its object moves and its manifest write without any lock.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(15 * 60);
 
 impl Store {
     /// Open (creating if needed) the store at `root`. Fails with a clear error if `root` cannot be
@@ -171,12 +180,19 @@ impl Store {
             root,
             host,
             lease_timing: LeaseTiming::default(),
+            gc_grace: DEFAULT_GC_GRACE,
         })
     }
 
     /// Change how often leases heartbeat and when a silent lease counts as stale (tests use short ones).
     pub fn with_lease_timing(mut self, timing: LeaseTiming) -> Store {
         self.lease_timing = timing;
+        self
+    }
+
+    /// Change gc's grace period (tests use zero to collect what they just made).
+    pub fn with_gc_grace(mut self, grace: Duration) -> Store {
+        self.gc_grace = grace;
         self
     }
 
@@ -215,8 +231,9 @@ impl Store {
         self.root.join(name)
     }
 
-    /// Take `gc.lock` shared (commits, materialisation) or exclusive (gc, verify's repairs).
-    fn gc_lock(&self, exclusive: bool) -> Result<fs::File, StoreError> {
+    /// Take `gc.lock` so that only one gc or verify runs at a time. Never blocks (a blocked gc
+    /// inside someone's index session could deadlock): a second gc gets [`StoreError::Busy`].
+    fn gc_lock(&self) -> Result<fs::File, StoreError> {
         let path = self.root.join("gc.lock");
         let file = fs::OpenOptions::new()
             .create(true)
@@ -225,13 +242,14 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(at("opening", &path))?;
-        if exclusive {
-            file.lock()
-        } else {
-            file.lock_shared()
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Busy {
+                path,
+                message: "another `sheared gc` or `sheared verify` is running on this cache; wait for it to finish".into(),
+            }),
+            Err(fs::TryLockError::Error(error)) => Err(fsutil::io_error("locking", &path, error)),
         }
-        .map_err(at("locking", &path))?;
-        Ok(file)
     }
 }
 
@@ -379,5 +397,79 @@ pub(crate) mod testing {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("cache")).unwrap();
         (dir, store)
+    }
+}
+
+/// Full-disk behaviour on a real small filesystem. Needs one (root: `mount -t tmpfs -o size=2m
+/// tmpfs /mnt/small`), hence ignored by default:
+/// `SHEARED_TEST_SMALL_FS=/mnt/small cargo test --lib -- --ignored full_disk`.
+#[cfg(test)]
+mod full_disk_tests {
+    use super::testing::{commit_files, key, record, write_files};
+    use super::*;
+
+    #[test]
+    #[ignore = "needs a small filesystem in SHEARED_TEST_SMALL_FS"]
+    fn full_disk_gives_a_clear_error_keeps_committed_entries_and_a_retry_succeeds() {
+        let small = PathBuf::from(
+            std::env::var("SHEARED_TEST_SMALL_FS").expect("set SHEARED_TEST_SMALL_FS"),
+        );
+        let capacity = fs2_free_bytes(&small);
+        let cache = small.join(format!("cache-{}", fsutil::unique_suffix()));
+        let store = Store::open(&cache).unwrap();
+        let kept = commit_files(
+            &store,
+            &key("kept"),
+            "r",
+            "a",
+            &[("small", b"committed before the disk filled")],
+        );
+
+        // A stage output that links a file from another disk: committing it must copy it in.
+        let outside = tempfile::tempdir().unwrap();
+        let big = outside.path().join("big.bin");
+        fs::write(&big, vec![1u8; capacity as usize + (1 << 20)]).unwrap();
+        let attempt = store.begin(&key("big")).unwrap();
+        write_files(&attempt.out_dir, &[("note", b"n")]);
+        std::os::unix::fs::symlink(&big, attempt.out_dir.join("big.bin")).unwrap();
+        let error = store.commit(&attempt, record("r", "b")).unwrap_err();
+        assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("no space left") && message.contains(cache.to_str().unwrap()),
+            "{message}"
+        );
+        assert_eq!(store.lookup(&key("big")).unwrap(), None);
+        assert_eq!(
+            store.lookup(&kept.key).unwrap(),
+            Some(kept.clone()),
+            "committed entry intact"
+        );
+        assert!(store.verify().unwrap().is_clean());
+        assert_eq!(
+            fs::read_dir(cache.join("tmp")).unwrap().count(),
+            0,
+            "no partial copy left"
+        );
+
+        // After freeing space (here: the stage output shrinks), the same attempt commits.
+        fs::remove_file(attempt.out_dir.join("big.bin")).unwrap();
+        store.commit(&attempt, record("r", "b")).unwrap();
+
+        // Opening a new cache on a full disk says so.
+        let filler = small.join(format!("filler-{}", fsutil::unique_suffix()));
+        let _ = fs::write(&filler, vec![0u8; capacity as usize + (1 << 20)]);
+        let error = Store::open(small.join("another-cache")).unwrap_err();
+        assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+        let _ = fs::remove_file(&filler);
+        let _ = fsutil::remove_tree(&small.join("another-cache"));
+        fsutil::remove_tree(&cache).unwrap();
+    }
+
+    fn fs2_free_bytes(path: &Path) -> u64 {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) }, 0);
+        stats.f_bavail as u64 * stats.f_frsize as u64
     }
 }

@@ -34,6 +34,27 @@ pub struct Attempt {
     pub started_at: SystemTime,
 }
 
+/// Who made an attempt folder, parsed from its name `<key>.<host>.<pid>-<nanos>-<n>`.
+pub(super) struct AttemptOwner {
+    pub key: Digest,
+    pub host: String,
+    pub pid: u32,
+}
+
+impl AttemptOwner {
+    pub fn parse(name: &str) -> Option<AttemptOwner> {
+        let key = name.get(..64)?.parse().ok()?;
+        let rest = name.get(65..)?;
+        let (host, suffix) = rest.rsplit_once('.')?;
+        let pid = suffix.split('-').next()?.parse().ok()?;
+        Some(AttemptOwner {
+            key,
+            host: host.to_string(),
+            pid,
+        })
+    }
+}
+
 /// What the runner knows about a finished attempt, recorded in its manifest.
 #[derive(Debug, Clone)]
 pub struct CommitRecord {
@@ -153,11 +174,15 @@ impl Store {
     /// Start an attempt of `key`: a fresh empty `out_dir`, the key's persistent `scratch_dir`
     /// (created if missing, kept as is otherwise) and a new log path.
     pub fn begin(&self, key: &Digest) -> Result<Attempt, StoreError> {
+        self.remove_dead_attempts(key);
         let scratch_dir = self.scratch_path(key);
         fs::create_dir_all(&scratch_dir).map_err(at("creating", &scratch_dir))?;
-        let out_dir = self
-            .dir("attempts")
-            .join(format!("{}.{}", key.to_hex(), unique_suffix()));
+        let out_dir = self.dir("attempts").join(format!(
+            "{}.{}.{}",
+            key.to_hex(),
+            self.host,
+            unique_suffix()
+        ));
         fs::create_dir(&out_dir).map_err(at("creating", &out_dir))?;
         let logs = self.logs_path(key);
         fs::create_dir_all(&logs).map_err(at("creating", &logs))?;
@@ -174,6 +199,27 @@ impl Store {
             log_path,
             started_at,
         })
+    }
+
+    /// Remove earlier attempt folders of `key` left by dead processes of this host (a killed
+    /// stage may have left gigabytes there; the next attempt would need that space again).
+    fn remove_dead_attempts(&self, key: &Digest) {
+        let Ok(entries) = fs::read_dir(self.dir("attempts")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = AttemptOwner::parse(&name) else {
+                continue;
+            };
+            if owner.key == *key
+                && owner.host == self.host
+                && !super::lease::pid_alive(owner.pid)
+                && let Err(error) = fsutil::remove_tree(&entry.path())
+            {
+                tracing::warn!("could not remove an abandoned attempt: {error}");
+            }
+        }
     }
 
     /// Commit an attempt: hash every file of `out_dir`, put the files into `objects/` (dedup, read
@@ -925,6 +971,47 @@ mod tests {
         assert!(
             attempt.out_dir.join("good").exists(),
             "outputs left for a retry"
+        );
+    }
+
+    #[test]
+    fn begin_removes_attempts_of_dead_processes_of_the_same_key() {
+        let (_dir, store) = store();
+        let stage_key = key("k");
+        let attempts = store.root().join("attempts");
+        let dead = attempts.join(format!(
+            "{}.{}.999999999-1-1",
+            stage_key.to_hex(),
+            store.host()
+        ));
+        let other_key = attempts.join(format!(
+            "{}.{}.999999999-1-1",
+            key("other").to_hex(),
+            store.host()
+        ));
+        let other_host = attempts.join(format!(
+            "{}.elsewhere.example.999999999-1-1",
+            stage_key.to_hex()
+        ));
+        for dir in [&dead, &other_key, &other_host] {
+            write_files(dir, &[("partial", b"left by a killed stage")]);
+        }
+        let live = store.begin(&stage_key).unwrap();
+        assert!(!dead.exists(), "dead attempt of this key removed");
+        assert!(
+            other_key.exists() && other_host.exists(),
+            "other keys and hosts untouched"
+        );
+        store.begin(&stage_key).unwrap();
+        assert!(
+            live.out_dir.exists(),
+            "attempts of live processes untouched"
+        );
+        let owner =
+            AttemptOwner::parse(&other_host.file_name().unwrap().to_string_lossy()).unwrap();
+        assert_eq!(
+            (owner.key, owner.host.as_str(), owner.pid),
+            (stage_key, "elsewhere.example", 999999999)
         );
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::commit::{Manifest, all_history, all_manifests, history_key_of};
+use super::commit::{AttemptOwner, Manifest, all_history, all_manifests, history_key_of};
 use super::digest::Digest;
 use super::fsutil::{self, at};
 use super::index::{self, FAILURES, HISTORY, MANIFESTS};
@@ -194,13 +194,22 @@ impl Store {
         })?;
         report.scratch_dirs = count;
         report.bytes += bytes;
-        let (count, bytes) = self.clear_children(&self.dir("attempts"), dry_run, |name, _| {
-            let pid = name
-                .get(65..)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok());
-            key_of(name).is_some_and(|key| leased.contains(&key)) || pid.is_some_and(pid_alive)
-        })?;
+        // Attempts: kept while their key is leased or their process lives (this host), or while
+        // recent (another host's process cannot be checked).
+        let (count, bytes) =
+            self.clear_children(&self.dir("attempts"), dry_run, |name, path| {
+                match AttemptOwner::parse(name) {
+                    Some(owner) => {
+                        leased.contains(&owner.key)
+                            || if owner.host == self.host {
+                                pid_alive(owner.pid)
+                            } else {
+                                self.recently_changed(path)
+                            }
+                    }
+                    None => self.recently_changed(path),
+                }
+            })?;
         report.attempt_dirs = count;
         report.bytes += bytes;
         self.clear_children(&self.dir("logs"), dry_run, |name, _| {
@@ -393,10 +402,11 @@ mod tests {
         store
             .commit_until(&crashed, record("r", "c"), true)
             .unwrap_err();
-        let dead_attempt = store
-            .root()
-            .join("attempts")
-            .join(format!("{}.999999999-1-1", key("crashed").to_hex()));
+        let dead_attempt = store.root().join("attempts").join(format!(
+            "{}.{}.999999999-1-1",
+            key("crashed").to_hex(),
+            store.host()
+        ));
         fs::create_dir_all(&dead_attempt).unwrap();
         let planned_scratch = store.begin(&key("planned")).unwrap().scratch_dir;
         write_files(&planned_scratch, &[("ckpt", b"resume me")]);

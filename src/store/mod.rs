@@ -7,7 +7,7 @@
 //! index/            sled database: manifests, stat cache, failures, per-stage history
 //! index.lock        flock serialising index access across processes (see `index` module docs)
 //! gc.lock           flock: one gc or verify at a time
-//! attempts/<key>.<pid>-..   fresh, empty output folders of running attempts
+//! attempts/<key>.<host>.<pid>-..   fresh, empty output folders of running attempts
 //! scratch/<key>/    persistent per stage key across failed or killed attempts; deleted on commit
 //! outputs/<key>/    materialised outputs: hard links to objects (copies across filesystems)
 //! logs/<key>/       one log file per attempt
@@ -15,24 +15,46 @@
 //! tmp/              objects being copied in (never trusted; gc empties it)
 //! ```
 //!
+//! # API at a glance
+//! ```text
+//! Store::open(root) -> Store                       .with_lease_timing(..) .with_gc_grace(..)
+//! store.index_session() -> IndexSession            one sled open for a burst of calls (planning)
+//! store.hash_external(path) -> ExternalHash        { digest, is_folder, files, bytes, hashed_bytes }
+//! store.lookup(&key) -> Option<Manifest>           committed and complete (objects checked), else None
+//! store.manifest(&key) / store.manifests()         as stored, unchecked (reports)
+//! store.begin(&key) -> Attempt                     { key, out_dir, scratch_dir, log_path, started_at }
+//! store.commit(&attempt, CommitRecord) -> Manifest { files, output_digest, metrics, preimage, .. }
+//! store.fail(&attempt, FailureInfo) -> FailureRecord;   store.failure(&key) -> Option<FailureRecord>
+//! store.outputs(&manifest) -> PathBuf              outputs/<key>/, rebuilt if damaged
+//! store.record_use(recipe, stage, &key)            history, on commits (automatic) and cache hits
+//! store.last_committed(recipe, stage) -> Option<Manifest>;  store.history(..); store.all_history()
+//! store.acquire(&key) -> Acquire::{Acquired(LeaseGuard), HeldBy(LeaseInfo)}
+//! store.lease_holder(&key) -> Option<LeaseInfo>;  store.wait_released(&key, poll, &should_stop) -> bool
+//! store.gc(&live_keys, keep_last, dry_run) -> GcReport;  store.verify() -> VerifyReport
+//! Digest::{of_bytes, of_file, of_reader, to_hex, short, parse};  folder_digest(&[FileEntry]);  log_tail(path, n)
+//! ```
+//!
 //! # How the runner uses it
 //! ```text
 //! let store = Store::open(cache_dir)?;
 //! let input_digest = store.hash_external(path)?.digest;           // { path = .. } inputs (stat-cached)
 //! // stage key = blake3 over the preimage (plan's job); then, per stage:
-//! if let Some(manifest) = store.lookup(&key)? { /* cached: manifest.output_digest feeds downstream keys */ }
+//! if let Some(manifest) = store.lookup(&key)? {                   // cached: manifest.output_digest
+//!     store.record_use(recipe, stage, &key)?;                     // feeds downstream keys
+//! }
 //! match store.acquire(&key)? {
 //!     Acquire::HeldBy(info) => { store.wait_released(&key, poll, &|| cancelled)?; /* then lookup again */ }
 //!     Acquire::Acquired(lease) => {
 //!         if let Some(manifest) = store.lookup(&key)? { /* someone else committed meanwhile */ }
 //!         let attempt = store.begin(&key)?;       // out_dir (empty), scratch_dir (kept), log_path
 //!         // ... run the stage with inputs from store.outputs(&upstream_manifest)? ...
-//!         let manifest = store.commit(attempt, record)?;     // or store.fail(attempt, failure)?
-//!         store.record_use(recipe, stage, &key)?;            // also on cache hits (history)
-//!         drop(lease);
+//!         let manifest = store.commit(&attempt, record)?;    // or store.fail(&attempt, failure)?
+//!         drop(lease);                                       // hold it until commit/fail returns
 //!     }
 //! }
 //! ```
+//! Stages must treat their inputs as read-only: output folders are hard links to the objects, and
+//! a process running as root can write through the read-only bits (`sheared verify` detects it).
 //!
 //! # Guarantees
 //! - **Crash safety.** [`Store::commit`] hashes the attempt's files, moves them into `objects/`

@@ -570,7 +570,7 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `folder` holds exactly the manifest's files with their sizes.
+    /// Whether `folder` holds exactly the manifest's files, each linked to (or a copy of) its object.
     fn outputs_intact(&self, manifest: &Manifest, folder: &Path) -> bool {
         let Ok(walk) = fsutil::walk(folder) else {
             return false;
@@ -584,7 +584,18 @@ impl Store {
                     found.relative == entry.path
                         && !found.is_symlink
                         && found.metadata.len() == entry.bytes
+                        && self.is_link_or_copy_of(&found.metadata, &entry.digest)
                 })
+    }
+
+    /// On the objects' filesystem an output file must be a hard link to its object (same inode);
+    /// elsewhere it is a copy (size already checked). Catches a re-commit of the key with other
+    /// bytes of the same size, and files replaced by the user.
+    fn is_link_or_copy_of(&self, found: &fs::Metadata, digest: &Digest) -> bool {
+        match fs::metadata(self.object_path(digest)) {
+            Ok(object) => object.dev() != found.dev() || object.ino() == found.ino(),
+            Err(_) => false,
+        }
     }
 
     /// Record that `recipe`'s stage `stage` used `key` (commit or cache hit): the runner diffs
@@ -1025,5 +1036,16 @@ mod tests {
             (owner.key, owner.host.as_str(), owner.pid),
             (stage_key, "elsewhere.example", 999999999)
         );
+    }
+
+    #[test]
+    fn recommitting_a_key_with_other_bytes_of_the_same_size_refreshes_its_outputs() {
+        let (_dir, store) = store();
+        let first = commit_files(&store, &key("k"), "r", "s", &[("model", b"AAAA")]);
+        let folder = store.outputs(&first).unwrap();
+        // `--force` reruns the same key; a nondeterministic stage writes other bytes.
+        let second = commit_files(&store, &key("k"), "r", "s", &[("model", b"BBBB")]);
+        assert_eq!(store.outputs(&second).unwrap(), folder);
+        assert_eq!(fs::read(folder.join("model")).unwrap(), b"BBBB");
     }
 }

@@ -364,6 +364,16 @@ mod tests {
     }
 
     #[test]
+    fn handles_can_be_shared_between_runner_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Store>();
+        shareable::<LeaseGuard>();
+        shareable::<Manifest>();
+        fn sendable<T: Send>() {}
+        sendable::<Attempt>();
+    }
+
+    #[test]
     fn log_tail_returns_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");

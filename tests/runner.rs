@@ -554,3 +554,21 @@ fn a_missing_upstream_file_fails_the_stage_and_plan_says_why() {
     let plan = project.ok(&["plan", recipe]);
     assert!(plan.contains("no such file"), "{plan}");
 }
+
+#[test]
+fn the_example_recipe_runs_and_records_metrics() {
+    let project = Project::new();
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/example-commands.toml");
+    project.ok(&["run", recipe]);
+    let output = project.sheared(&["plan", recipe, "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
+    let top = plan["stages"].as_array().unwrap().iter().find(|stage| stage["id"] == "top").unwrap().clone();
+    assert_eq!(top["status"], "cached");
+    assert!(top["metrics"]["distinct_words"].as_u64().unwrap() > 10, "{top}");
+    let path = project.ok(&["path", recipe, "top"]);
+    let lines = std::fs::read_to_string(Path::new(path.trim()).join("top.txt")).unwrap();
+    assert_eq!(lines.lines().count(), 3, "TOP = 3 in the recipe overrides the pipeline's 5: {lines}");
+    let plan = project.ok(&["plan", recipe, "--set", "stages.top.env.TOP=\"4\""]);
+    assert!(plan.contains("param env.TOP: 3 → 4"), "{plan}");
+}

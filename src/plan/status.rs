@@ -194,6 +194,9 @@ pub struct NodeStatus {
     /// The output folder when cached (materialised by [`output_path`], not by planning).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The `metrics.json` the stage wrote, when cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Json>,
     #[serde(skip)]
     pub record: Option<KeyRecord>,
     #[serde(skip)]
@@ -247,6 +250,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
             waits_on,
             reasons: Vec::new(),
             output: None,
+            metrics: None,
             record: record.clone(),
             committed: None,
         };
@@ -255,6 +259,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
         {
             status.status = Status::Cached;
             status.output = Some(store.outputs_path(&record.key).display().to_string());
+            status.metrics = manifest.metrics.clone();
             status.committed = Some(Committed { key: record.key, manifest });
             statuses[index] = Some(status);
             continue;

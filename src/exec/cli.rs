@@ -10,7 +10,7 @@ use super::{Output, RunOptions};
 use crate::plan::Plan;
 use crate::plan::dag::{DagFormat, render};
 use crate::plan::status::{NodeStatus, Reason, Status, output_path, plan_status};
-use crate::recipe::{LoadOptions, load};
+use crate::recipe::LoadOptions;
 use crate::stages::{CancelFlag, builtin};
 use crate::store::Store;
 
@@ -111,12 +111,7 @@ pub struct VerifyArgs {
 }
 
 fn plan_recipes(recipes: &[PathBuf], load_options: &LoadOptions) -> anyhow::Result<Plan> {
-    let registry = builtin();
-    let mut loaded = Vec::new();
-    for path in recipes {
-        loaded.extend(load(path, load_options, &registry)?);
-    }
-    Ok(Plan::build(loaded, &registry)?)
+    crate::plan::load_plan(recipes, load_options, &builtin())
 }
 
 fn open_store(cache: &Path) -> anyhow::Result<Store> {
@@ -134,13 +129,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let output = Output::choose(args.json);
     let options =
         RunOptions { jobs: args.jobs, only: args.only.clone(), force: args.force.clone(), keep_going: args.keep_going };
+    let clock = std::time::Instant::now();
     let summary = super::run(&plan, &store, &builtin(), &options, &output, &CancelFlag::default())?;
     output.note(&format!(
-        "{} committed, {} cached, {} failed, {} skipped",
+        "{} committed, {} cached, {} failed, {} skipped in {}",
         summary.committed.len(),
         summary.cached.len(),
         summary.failed.len(),
-        summary.skipped.len()
+        summary.skipped.len(),
+        super::events::format_seconds(clock.elapsed().as_secs_f64())
     ));
     if summary.cancelled {
         bail!("interrupted; scratch folders are kept, run the same command again to resume");

@@ -312,6 +312,20 @@ fn stable_order(graph: &DiGraph<usize, ()>) -> Vec<usize> {
     order
 }
 
+/// Load recipe files (each expanded into its sweep variants) and plan them together: what
+/// `sheared run/plan/why/path` do first, exposed for other commands (e.g. `compare`).
+pub fn load_plan(
+    files: &[std::path::PathBuf],
+    options: &crate::recipe::LoadOptions,
+    registry: &Registry,
+) -> anyhow::Result<Plan> {
+    let mut recipes = Vec::new();
+    for file in files {
+        recipes.extend(crate::recipe::load(file, options, registry)?);
+    }
+    Ok(Plan::build(recipes, registry)?)
+}
+
 /// Stage names of one recipe in dependency order; a cycle is an error that names it.
 fn recipe_order(recipe: &Recipe) -> Result<Vec<String>, PlanError> {
     let mut graph = DiGraph::<&str, ()>::new();

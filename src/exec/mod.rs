@@ -243,10 +243,17 @@ pub fn run(
                 if running == 0 {
                     break;
                 }
-                let (index, outcome) = match receiver.recv_timeout(Duration::from_millis(100)) {
-                    Ok(message) => message,
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                // Wait for a stage to finish; Ctrl-C only needs the flag set (running stages watch it).
+                let (index, outcome) = loop {
+                    match receiver.recv_timeout(Duration::from_millis(100)) {
+                        Ok(message) => break message,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if interrupted() {
+                                cancel.cancel();
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                    }
                 };
                 running -= 1;
                 let node = &plan.nodes[index];

@@ -343,3 +343,32 @@ pub fn human_bytes(bytes: u64) -> String {
     }
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.2} {}", units[unit]) }
 }
+
+/// An error and its causes on one line, skipping causes that the message before already quotes
+/// (many `io::Error` wrappers put their source into their own message).
+pub fn format_error(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::other("Not a directory");
+        let error = anyhow::Error::new(io).context("creating x: Not a directory").context("opening the cache");
+        assert_eq!(format_error(&error), "opening the cache: creating x: Not a directory");
+    }
+}

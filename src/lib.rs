@@ -15,5 +15,9 @@
 
 pub mod bench;
 pub mod data;
+pub mod exec;
 pub mod model;
+pub mod plan;
+pub mod recipe;
 pub mod stages;
+pub mod store;

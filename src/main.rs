@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sheared", version, about = "Build small, strong language models out of big ones (Sheared LLaMA).")]
+#[command(
+    name = "sheared",
+    version,
+    about = "Build small, strong language models out of big ones (Sheared LLaMA)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,10 @@ fn main() -> ExitCode {
         Command::Kinds => {
             let registry = sheared::stages::builtin();
             for kind in registry.kinds() {
-                let about = registry.get(kind).map(|stage| stage.about()).unwrap_or_default();
+                let about = registry
+                    .get(kind)
+                    .map(|stage| stage.about())
+                    .unwrap_or_default();
                 println!("{kind:<14} {about}");
             }
             Ok(())
@@ -48,7 +55,9 @@ fn main() -> ExitCode {
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),
-        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
+        Command::Bench {
+            area: BenchArea::Model(args),
+        } => sheared::bench::model::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,12 +35,18 @@ mod tests {
     fn matches_hand_computed_values() {
         let device = Device::flex();
         // batch 2, seq 1, vocab 3.
-        let logits = Tensor::<3>::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0, 1.0, 1.0, 1.0], [2, 1, 3]), &device);
+        let logits = Tensor::<3>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 2.0, 1.0, 1.0, 1.0], [2, 1, 3]),
+            &device,
+        );
         let targets = Tensor::<2, Int>::from_data(TensorData::new(vec![2i64, 0], [2, 1]), &device);
         let log_sum = (1.0f64 + 1f64.exp() + 2f64.exp()).ln();
         let first = log_sum - 2.0;
         let second = 3f64.ln();
-        let per_row = cross_entropy_per_sequence(logits.clone(), targets.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let per_row = cross_entropy_per_sequence(logits.clone(), targets.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert!((per_row[0] as f64 - first).abs() < 1e-6);
         assert!((per_row[1] as f64 - second).abs() < 1e-6);
         let mean = cross_entropy(logits, targets).into_scalar::<f32>() as f64;

@@ -43,14 +43,21 @@ impl Stage for ConvertStage {
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let input = ctx.input("gguf")?;
         if !input.is_file() {
-            return Err(StageError::input("gguf", format!("{} is not a file", input.display())));
+            return Err(StageError::input(
+                "gguf",
+                format!("{} is not a file", input.display()),
+            ));
         }
-        ctx.reporter.message(&format!("converting {}", input.display()));
-        let summary = gguf::convert(input, &ctx.out_dir).map_err(|error| StageError::input("gguf", error.to_string()))?;
+        ctx.reporter
+            .message(&format!("converting {}", input.display()));
+        let summary = gguf::convert(input, &ctx.out_dir)
+            .map_err(|error| StageError::input("gguf", error.to_string()))?;
         if let Some(reason) = &summary.tokenizer_skipped {
-            ctx.reporter.message(&format!("no tokenizer.json written: {reason}"));
+            ctx.reporter
+                .message(&format!("no tokenizer.json written: {reason}"));
         }
-        let metrics = serde_json::to_string_pretty(&summary).context("serialising the conversion summary")?;
+        let metrics =
+            serde_json::to_string_pretty(&summary).context("serialising the conversion summary")?;
         let path = ctx.out_dir.join("metrics.json");
         std::fs::write(&path, metrics).with_context(|| format!("writing {}", path.display()))?;
         Ok(())

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use burn::tensor::Device;
 use sheared::model::gguf::{GgufFile, convert};
-use sheared::model::hf::{model_to_tensors, write_safetensors};
+use sheared::model::hf::{WeightDtype, model_to_tensors, write_safetensors};
 use sheared::model::load_hf;
 
 fn fixture(name: &str) -> PathBuf {
@@ -49,7 +49,12 @@ fn missing_and_unexpected_tensors_are_named() {
     let model = load_hf(dir.path(), &Device::flex()).unwrap();
     let mut tensors = model_to_tensors(&model);
     tensors.retain(|(name, _, _)| name != "model.layers.1.mlp.up_proj.weight");
-    write_safetensors(&dir.path().join("model.safetensors"), tensors.clone()).unwrap();
+    write_safetensors(
+        &dir.path().join("model.safetensors"),
+        tensors.clone(),
+        WeightDtype::F32,
+    )
+    .unwrap();
     let message = load_error(dir.path());
     assert!(
         message.contains("missing") && message.contains("model.layers.1.mlp.up_proj.weight"),
@@ -62,7 +67,12 @@ fn missing_and_unexpected_tensors_are_named() {
         vec![1.0; 4],
         vec![4],
     ));
-    write_safetensors(&dir.path().join("model.safetensors"), tensors).unwrap();
+    write_safetensors(
+        &dir.path().join("model.safetensors"),
+        tensors,
+        WeightDtype::BF16,
+    )
+    .unwrap();
     let message = load_error(dir.path());
     assert!(
         message.contains("not part of") && message.contains("q_norm"),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use sheared::model::{cross_entropy, gguf, load_hf, save_hf};
+use sheared::model::{WeightDtype, cross_entropy, gguf, load_hf, save_hf, save_hf_with_dtype};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -96,6 +96,17 @@ fn save_then_load_keeps_the_function() {
             .unwrap();
     assert_eq!(config["tie_word_embeddings"], true);
     assert_eq!(config["num_key_value_heads"], 2);
+
+    // The fixture's weights are bf16 values, so a bf16 save is lossless.
+    let bf16 = tempfile::tempdir().unwrap();
+    save_hf_with_dtype(&model, bf16.path(), None, WeightDtype::BF16).unwrap();
+    check_against_reference(bf16.path(), &reference(&dir));
+    let size = |dir: &Path| {
+        std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(size(bf16.path()) * 4 < size(out.path()) * 3, "bf16 file is not smaller");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::ModelError;
 use super::config::{LlamaConfig, RopeScaling};
-use super::hf::{HostTensors, expected_tensors, write_safetensors};
+use super::hf::{HostTensors, WeightDtype, expected_tensors, write_safetensors};
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -721,7 +721,11 @@ pub fn convert(gguf_path: &Path, out_dir: &Path) -> Result<ConvertSummary, Model
         .into_iter()
         .map(|(name, (values, shape))| (name, values, shape))
         .collect();
-    write_safetensors(&out_dir.join("model.safetensors"), ordered)?;
+    write_safetensors(
+        &out_dir.join("model.safetensors"),
+        ordered,
+        WeightDtype::F32,
+    )?;
     config.save(&out_dir.join("config.json"))?;
     let generation =
         json!({ "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id.first() });

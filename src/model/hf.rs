@@ -436,31 +436,78 @@ fn host(data: TensorData) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// A tensor owned in memory, for `safetensors::serialize_to_file`.
+/// Float type of the weights [`save_hf_with_dtype`] writes. Compute is always f32; `BF16` halves
+/// the file size (the dtype LLaMA checkpoints are usually published in) at the cost of rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    BF16,
+    F16,
+}
+
+impl WeightDtype {
+    fn safetensors(self) -> Dtype {
+        match self {
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::BF16 => Dtype::BF16,
+            WeightDtype::F16 => Dtype::F16,
+        }
+    }
+    /// The name transformers uses in config.json (`torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "float32",
+            WeightDtype::BF16 => "bfloat16",
+            WeightDtype::F16 => "float16",
+        }
+    }
+}
+
+/// A tensor owned in memory (f32), encoded to the file dtype one tensor at a time while writing.
 struct OwnedView {
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    values: Vec<f32>,
+    dtype: WeightDtype,
 }
 
 impl safetensors::View for &OwnedView {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype.safetensors()
     }
     fn shape(&self) -> &[usize] {
         &self.shape
     }
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
+        match self.dtype {
+            WeightDtype::F32 => std::borrow::Cow::Borrowed(bytemuck::cast_slice(&self.values)),
+            WeightDtype::BF16 => std::borrow::Cow::Owned(
+                self.values
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+            WeightDtype::F16 => std::borrow::Cow::Owned(
+                self.values
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+        }
     }
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        self.values.len() * if self.dtype == WeightDtype::F32 { 4 } else { 2 }
     }
 }
 
-/// Write `tensors` (HF names, layout and shapes) as one f32 safetensors file with `format = pt`.
+/// Write `tensors` (HF names, layout and shapes; f32 values) as one safetensors file of `dtype`
+/// with metadata `format = pt`. Written to a `.partial` file and renamed, so a crash never leaves a
+/// half-written `model.safetensors`.
 pub fn write_safetensors(
     path: &Path,
     tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
+    dtype: WeightDtype,
 ) -> Result<(), ModelError> {
     let views: BTreeMap<String, OwnedView> = tensors
         .into_iter()
@@ -469,7 +516,8 @@ pub fn write_safetensors(
                 name,
                 OwnedView {
                     shape,
-                    bytes: bytemuck::cast_slice(&values).to_vec(),
+                    values,
+                    dtype,
                 },
             )
         })
@@ -489,10 +537,30 @@ pub fn write_safetensors(
 /// `modeling_sheared_llama.py` when layers have different widths, and the tokenizer files found in
 /// `tokenizer_from` (a folder, or a single `tokenizer.json`).
 pub fn save_hf(model: &Llama, dir: &Path, tokenizer_from: Option<&Path>) -> Result<(), ModelError> {
+    save_hf_with_dtype(model, dir, tokenizer_from, WeightDtype::F32)
+}
+
+/// [`save_hf`] with the weights stored as `dtype`.
+pub fn save_hf_with_dtype(
+    model: &Llama,
+    dir: &Path,
+    tokenizer_from: Option<&Path>,
+    dtype: WeightDtype,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|error| ModelError::io(dir, error))?;
     let config = model.config();
-    write_safetensors(&dir.join("model.safetensors"), model_to_tensors(model))?;
-    config.save(&dir.join("config.json"))?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        model_to_tensors(model),
+        dtype,
+    )?;
+    let mut json = config.to_json();
+    json["torch_dtype"] = serde_json::json!(dtype.torch_name());
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&json)
+        .map_err(|error| ModelError::Invalid(error.to_string()))?;
+    std::fs::write(&config_path, text + "\n")
+        .map_err(|error| ModelError::io(&config_path, error))?;
     if config.layer_widths.is_some() {
         let path = dir.join("modeling_sheared_llama.py");
         std::fs::write(&path, SHEARED_MODELING_PY).map_err(|error| ModelError::io(&path, error))?;

@@ -21,9 +21,9 @@ pub mod llama;
 pub mod loss;
 
 pub use config::{LayerWidths, LlamaConfig, ParameterCounts, RopeScaling};
-pub use hf::{load_hf, save_hf};
+pub use hf::{WeightDtype, load_hf, save_hf, save_hf_with_dtype};
 pub use llama::{Attention, DecoderLayer, Llama, Masks, Mlp, RmsNorm};
-pub use loss::{cross_entropy, cross_entropy_per_sequence};
+pub use loss::{cross_entropy, cross_entropy_per_sequence, mean_loss_by_domain};
 
 use std::path::PathBuf;
 

@@ -106,7 +106,10 @@ fn save_then_load_keeps_the_function() {
             .unwrap()
             .len()
     };
-    assert!(size(bf16.path()) * 4 < size(out.path()) * 3, "bf16 file is not smaller");
+    assert!(
+        size(bf16.path()) * 4 < size(out.path()) * 3,
+        "bf16 file is not smaller"
+    );
 }
 
 #[test]

@@ -380,7 +380,10 @@ impl GgufFile {
         if !(2..=3).contains(&version) {
             return Err(ModelError::weights(
                 path,
-                format!("GGUF version {version} is not supported (2 and 3 are)"),
+                format!(
+                    "GGUF version {version} is not supported (little-endian versions 2 and 3 are; \
+                     a huge number here usually means a big-endian file)"
+                ),
             ));
         }
         let tensor_count = reader.count("tensor count", 24)?;

@@ -22,7 +22,7 @@ pub mod loss;
 
 pub use config::{LayerWidths, LlamaConfig, ParameterCounts, RopeScaling};
 pub use hf::{WeightDtype, load_hf, save_hf, save_hf_with_dtype};
-pub use llama::{Attention, DecoderLayer, Llama, Masks, Mlp, RmsNorm};
+pub use llama::{Attention, DecoderLayer, Llama, Masks, Mlp, RmsNorm, linear_from};
 pub use loss::{cross_entropy, cross_entropy_per_sequence, mean_loss_by_domain};
 
 use std::path::PathBuf;

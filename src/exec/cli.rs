@@ -166,6 +166,10 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let width = statuses.iter().map(|status| status.id.len()).max().unwrap_or(5).max(5);
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for status in &statuses {
+        *counts.entry(status.status.to_string()).or_default() += 1;
+    }
     for &index in &plan.order {
         let status = &statuses[index];
         let key = status.key.as_deref().map(|key| &key[..12]).unwrap_or("(pending)");
@@ -176,6 +180,8 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let summary: Vec<String> = counts.iter().map(|(status, count)| format!("{count} {status}")).collect();
+    eprintln!("{} stage(s): {}", statuses.len(), summary.join(", "));
     Ok(())
 }
 

@@ -33,7 +33,13 @@ enum Command {
     Gc(sheared::exec::cli::GcArgs),
     /// Rehash every cached object; drop entries with corrupt or missing objects.
     Verify(sheared::exec::cli::VerifyArgs),
-    /// Run a benchmark and print a markdown table.
+    /// Show a model folder's architecture, per-layer widths and parameter counts.
+    Inspect(sheared::model::cli::InspectArgs),
+    /// Mean token loss and perplexity of a model on a text file or on token ids.
+    Score(sheared::model::cli::ScoreArgs),
+    /// Convert a llama.cpp GGUF file (llama architecture) into a Hugging Face model folder.
+    Convert(sheared::model::cli::ConvertArgs),
+    /// Benchmarks that report ratios against a named peer measured in the same run.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -46,6 +52,10 @@ enum BenchArea {
     Runner(sheared::bench::runner::RunnerBenchArgs),
     /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
     Store(sheared::bench::store::Args),
+    /// Tokens/s of a LLaMA training step (forward + backward) against PyTorch, same config and threads.
+    Model(sheared::bench::model::ModelBenchArgs),
+    /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
+    Data(sheared::bench::data::DataBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +90,13 @@ fn main() -> ExitCode {
                 None => Ok(()),
             }
         }),
+        Command::Inspect(args) => sheared::model::cli::inspect(&args),
+        Command::Score(args) => sheared::model::cli::score(&args),
+        Command::Convert(args) => sheared::model::cli::convert(&args),
+        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
+        Command::Bench { area: BenchArea::Data(args) } => {
+            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

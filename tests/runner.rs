@@ -572,3 +572,36 @@ fn the_example_recipe_runs_and_records_metrics() {
     let plan = project.ok(&["plan", recipe, "--set", "stages.top.env.TOP=\"4\""]);
     assert!(plan.contains("param env.TOP: 3 → 4"), "{plan}");
 }
+
+#[test]
+fn glob_inputs_are_hashed_by_their_matches() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path("texts")).unwrap();
+    project.write("texts/a.txt", "one\n");
+    project.write("texts/b.txt", "two\n");
+    let count = project.script("cat", "cat {inputs.t} > /dev/null; echo ok > {out}/ok.txt");
+    let recipe = project.write(
+        "glob.toml",
+        &format!(
+            "[stages.cat]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"{count}\"]\ninputs = {{ t = {{ path = \"texts/*.txt\" }} }}\n"
+        ),
+    );
+    let recipe = recipe.to_str().unwrap();
+    project.ok(&["run", recipe]);
+    project.ok(&["run", recipe]);
+    assert_eq!(project.count("cat"), 1);
+    project.write("texts/c.txt", "three\n");
+    let plan = project.ok(&["plan", recipe]);
+    assert!(plan.contains("input inputs.t changed: the content of"), "{plan}");
+    project.ok(&["run", recipe]);
+    assert_eq!(project.count("cat"), 2);
+    let missing = project.write(
+        "nomatch.toml",
+        "[stages.a]\nkind = \"command\"\nargv = [\"true\"]\ninputs = { t = { path = \"texts/*.md\" } }\n",
+    );
+    let stderr = project.fails(&["run", missing.to_str().unwrap()]);
+    assert!(
+        stderr.contains("nomatch.toml:4:") && stderr.contains("glob") && stderr.contains("texts/*.md matches no file"),
+        "{stderr}"
+    );
+}

@@ -6,6 +6,7 @@
 //! of the same stage name in the same recipe.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
@@ -159,12 +160,12 @@ pub fn resolve_key(
                 );
             }
             InputSource::Path(path) => {
-                let hashed = store.hash_external(path).map_err(|source| KeyError::External {
+                let digest = external_digest(store, path).map_err(|source| KeyError::External {
                     stage: node.id.clone(),
                     input: input.key.clone(),
                     source: Box::new(source),
                 })?;
-                digests.insert(input.key.clone(), Json::String(hashed.digest.to_hex()));
+                digests.insert(input.key.clone(), Json::String(digest.to_hex()));
                 provenance.insert(input.key.clone(), json!({ "path": path.display().to_string() }));
             }
         }
@@ -175,6 +176,49 @@ pub fn resolve_key(
         preimage: key::sorted(&preimage),
         provenance: Json::Object(provenance),
     }))
+}
+
+/// Whether `{ path = .. }` is a glob pattern (`data/books/*.txt.zst`) rather than one file or folder.
+pub fn is_glob(path: &Path) -> bool {
+    path.to_string_lossy().contains(['*', '?', '['])
+}
+
+/// The files a glob matches, sorted (unreadable entries are skipped).
+pub fn glob_matches(path: &Path) -> Vec<PathBuf> {
+    let mut matches: Vec<PathBuf> = match glob::glob(&path.to_string_lossy()) {
+        Ok(paths) => paths.flatten().collect(),
+        Err(_) => Vec::new(),
+    };
+    matches.sort();
+    matches
+}
+
+/// Whether an external input exists: the file or folder, or at least one match of a glob.
+pub fn external_exists(path: &Path) -> bool {
+    if is_glob(path) { !glob_matches(path).is_empty() } else { path.exists() }
+}
+
+/// The content digest of an external input. A glob's digest covers the list of matched paths and
+/// each match's content (through the store's stat cache), so adding, removing or editing a matched
+/// file changes it.
+pub fn external_digest(store: &Store, path: &Path) -> Result<Digest, StoreError> {
+    if !is_glob(path) {
+        return store.hash_external(path).map(|hashed| hashed.digest);
+    }
+    let matches = glob_matches(path);
+    if matches.is_empty() {
+        return Err(StoreError::MissingExternal { path: path.to_path_buf() });
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"sheared-glob-v1\n");
+    for matched in &matches {
+        let digest = store.hash_external(matched)?.digest;
+        hasher.update(matched.to_string_lossy().as_bytes());
+        hasher.update(b"\0");
+        hasher.update(digest.to_hex().as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok(Digest::from_bytes(*hasher.finalize().as_bytes()))
 }
 
 /// Everything `sheared plan` shows for one node.
@@ -215,7 +259,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
             .inputs
             .iter()
             .filter_map(|input| match &input.source {
-                InputSource::Path(path) if !path.exists() => {
+                InputSource::Path(path) if !external_exists(path) => {
                     Some(format!("input {}: path {} does not exist", input.key, path.display()))
                 }
                 _ => None,

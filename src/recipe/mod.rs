@@ -401,14 +401,21 @@ impl Recipe {
         for (name, decl) in &self.stages {
             for site in &decl.inputs {
                 if let InputRef::Path { path } = &site.reference
-                    && !Path::new(path).exists()
+                    && !crate::plan::status::external_exists(Path::new(path))
                 {
                     return Err(RecipeError::At {
                         location: self.sources.locate_dotted(&["stages", name], &site.key),
-                        message: format!(
-                            "stage `{name}`: input `{}`: path {path} does not exist (relative paths are relative to the recipe file that writes them)",
-                            site.key
-                        ),
+                        message: if crate::plan::status::is_glob(Path::new(path)) {
+                            format!(
+                                "stage `{name}`: input `{}`: glob {path} matches no file (relative paths are relative to the recipe file that writes them)",
+                                site.key
+                            )
+                        } else {
+                            format!(
+                                "stage `{name}`: input `{}`: path {path} does not exist (relative paths are relative to the recipe file that writes them)",
+                                site.key
+                            )
+                        },
                     });
                 }
             }

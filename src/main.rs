@@ -19,6 +19,12 @@ struct Cli {
 enum Command {
     /// List the stage kinds this binary knows.
     Kinds,
+    /// Show a model folder's architecture, per-layer widths and parameter counts.
+    Inspect(sheared::model::cli::InspectArgs),
+    /// Mean token loss and perplexity of a model on a text file or on token ids.
+    Score(sheared::model::cli::ScoreArgs),
+    /// Convert a llama.cpp GGUF file (llama architecture) into a Hugging Face model folder.
+    Convert(sheared::model::cli::ConvertArgs),
     /// Run one or more recipes (shared stages run once; cached stages are skipped).
     Run(sheared::exec::cli::RunArgs),
     /// Show each stage's status (cached, stale, missing, running, failed) and why.
@@ -33,13 +39,7 @@ enum Command {
     Gc(sheared::exec::cli::GcArgs),
     /// Rehash every cached object; drop entries with corrupt or missing objects.
     Verify(sheared::exec::cli::VerifyArgs),
-    /// Show a model folder's architecture, per-layer widths and parameter counts.
-    Inspect(sheared::model::cli::InspectArgs),
-    /// Mean token loss and perplexity of a model on a text file or on token ids.
-    Score(sheared::model::cli::ScoreArgs),
-    /// Convert a llama.cpp GGUF file (llama architecture) into a Hugging Face model folder.
-    Convert(sheared::model::cli::ConvertArgs),
-    /// Benchmarks that report ratios against a named peer measured in the same run.
+    /// Run a benchmark and print a markdown table.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -48,14 +48,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchArea {
-    /// No-op rerun of a 20-stage recipe with large cached outputs, against rehashing everything.
-    Runner(sheared::bench::runner::RunnerBenchArgs),
-    /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
-    Store(sheared::bench::store::Args),
     /// Tokens/s of a LLaMA training step (forward + backward) against PyTorch, same config and threads.
     Model(sheared::bench::model::ModelBenchArgs),
     /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
     Data(sheared::bench::data::DataBenchArgs),
+    /// No-op rerun of a 20-stage recipe with large cached outputs, against rehashing everything.
+    Runner(sheared::bench::runner::RunnerBenchArgs),
+    /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
+    Store(sheared::bench::store::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +81,13 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
+        Command::Inspect(args) => sheared::model::cli::inspect(&args),
+        Command::Score(args) => sheared::model::cli::score(&args),
+        Command::Convert(args) => sheared::model::cli::convert(&args),
+        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
+        Command::Bench { area: BenchArea::Data(args) } => {
+            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
+        }
         Command::Bench {
             area: BenchArea::Store(args),
         } => sheared::bench::store::run(&args).and_then(|report| {
@@ -90,13 +97,6 @@ fn main() -> ExitCode {
                 None => Ok(()),
             }
         }),
-        Command::Inspect(args) => sheared::model::cli::inspect(&args),
-        Command::Score(args) => sheared::model::cli::score(&args),
-        Command::Convert(args) => sheared::model::cli::convert(&args),
-        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
-        Command::Bench { area: BenchArea::Data(args) } => {
-            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

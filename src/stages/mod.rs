@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 pub mod convert;
 pub mod tokenize;
+pub mod train;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
@@ -223,5 +224,6 @@ pub fn builtin() -> Registry {
     let mut registry = Registry::new();
     registry.register(Box::new(convert::ConvertStage));
     registry.register(Box::new(tokenize::TokenizeStage));
+    registry.register(Box::new(train::TrainStage));
     registry
 }

@@ -38,6 +38,8 @@ enum BenchArea {
     Model(sheared::bench::model::ModelBenchArgs),
     /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
     Data(sheared::bench::data::DataBenchArgs),
+    /// Training tokens/s of the `train` loop and its time outside the model, against a bare burn loop.
+    Train(sheared::bench::train::TrainBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,9 +62,13 @@ fn main() -> ExitCode {
         Command::Bench {
             area: BenchArea::Model(args),
         } => sheared::bench::model::run(&args),
-        Command::Bench { area: BenchArea::Data(args) } => {
-            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
-        }
+        Command::Bench {
+            area: BenchArea::Data(args),
+        } => sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report)),
+        Command::Bench {
+            area: BenchArea::Train(args),
+        } => sheared::bench::train::run(&args)
+            .map(|report| sheared::bench::train::print(&report, args.json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,7 +49,10 @@ pub enum LoadingError {
 }
 
 fn config_error(key: impl Into<String>, message: impl Into<String>) -> LoadingError {
-    LoadingError::Config { key: key.into(), message: message.into() }
+    LoadingError::Config {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The `loading = { policy = "...", ... }` table of a stage.
@@ -128,33 +131,57 @@ impl LoadingConfig {
                     check_weight_values("initial_weights", initial)?;
                 }
                 if !dynamic.eta.is_finite() || dynamic.eta < 0.0 {
-                    return Err(config_error("eta", format!("{} must be a finite number >= 0 (the paper uses 1)", dynamic.eta)));
+                    return Err(config_error(
+                        "eta",
+                        format!(
+                            "{} must be a finite number >= 0 (the paper uses 1)",
+                            dynamic.eta
+                        ),
+                    ));
                 }
                 if !(0.0..=1.0).contains(&dynamic.smoothing) {
-                    return Err(config_error("smoothing", format!("{} must be in [0, 1] (code: 1e-4, paper: 0)", dynamic.smoothing)));
+                    return Err(config_error(
+                        "smoothing",
+                        format!(
+                            "{} must be in [0, 1] (code: 1e-4, paper: 0)",
+                            dynamic.smoothing
+                        ),
+                    ));
                 }
                 if dynamic.update_every == Some(0) {
-                    return Err(config_error("update_every", "must be at least 1 step (omit it to update after each evaluation)"));
+                    return Err(config_error(
+                        "update_every",
+                        "must be at least 1 step (omit it to update after each evaluation)",
+                    ));
                 }
                 match &dynamic.reference {
                     ReferenceSpec::Table(table) => {
                         for (domain, loss) in table {
                             if !loss.is_finite() {
-                                return Err(config_error(format!("reference.{domain}"), format!("{loss} is not a finite loss")));
+                                return Err(config_error(
+                                    format!("reference.{domain}"),
+                                    format!("{loss} is not a finite loss"),
+                                ));
                             }
                         }
                         Ok(())
                     }
                     ReferenceSpec::ScalingLaw { scaling_law } => {
-                        if !(scaling_law.target_params > 0.0 && scaling_law.target_params.is_finite()) {
+                        if !(scaling_law.target_params > 0.0
+                            && scaling_law.target_params.is_finite())
+                        {
                             return Err(config_error(
                                 "reference.scaling_law.target_params",
                                 "must be the target model's total parameter count",
                             ));
                         }
                         for (domain, losses) in &scaling_law.losses {
-                            scaling_law::fit(&scaling_law.sizes, losses)
-                                .map_err(|error| config_error(format!("reference.scaling_law.losses.{domain}"), error.to_string()))?;
+                            scaling_law::fit(&scaling_law.sizes, losses).map_err(|error| {
+                                config_error(
+                                    format!("reference.scaling_law.losses.{domain}"),
+                                    error.to_string(),
+                                )
+                            })?;
                         }
                         Ok(())
                     }
@@ -168,12 +195,18 @@ impl LoadingConfig {
 fn check_weight_values(key: &str, weights: &BTreeMap<String, f64>) -> Result<(), LoadingError> {
     for (domain, weight) in weights {
         if !(weight.is_finite() && *weight >= 0.0) {
-            return Err(config_error(format!("{key}.{domain}"), format!("{weight} must be a finite number >= 0")));
+            return Err(config_error(
+                format!("{key}.{domain}"),
+                format!("{weight} must be a finite number >= 0"),
+            ));
         }
     }
     let total: f64 = weights.values().sum();
     if total <= 0.0 {
-        return Err(config_error(key, format!("weights sum to {total}; at least one domain needs a positive weight")));
+        return Err(config_error(
+            key,
+            format!("weights sum to {total}; at least one domain needs a positive weight"),
+        ));
     }
     Ok(())
 }
@@ -197,14 +230,24 @@ pub fn table_in_domain_order<V: Clone>(
     if let Some(unknown) = table.keys().find(|name| !domains.contains(name)) {
         return Err(config_error(
             format!("{key}.{unknown}"),
-            format!("unknown domain{}; the data has domains [{}]", suggestion(unknown, domains), domains.join(", ")),
+            format!(
+                "unknown domain{}; the data has domains [{}]",
+                suggestion(unknown, domains),
+                domains.join(", ")
+            ),
         ));
     }
     domains
         .iter()
         .map(|domain| {
             table.get(domain).cloned().ok_or_else(|| {
-                config_error(key, format!("domain `{domain}` is missing; give a value for every domain [{}]", domains.join(", ")))
+                config_error(
+                    key,
+                    format!(
+                        "domain `{domain}` is missing; give a value for every domain [{}]",
+                        domains.join(", ")
+                    ),
+                )
             })
         })
         .collect()
@@ -218,21 +261,38 @@ fn normalised(weights: &[f64]) -> Vec<f64> {
 /// Reads per-domain losses from a `metrics.json` (a file, or a folder containing one):
 /// `{"domains": {"<domain>": {"loss": <number>}}}`. Returns them in `domains` order.
 pub fn reference_from_metrics(path: &Path, domains: &[String]) -> Result<Vec<f64>, LoadingError> {
-    let file = if path.is_dir() { path.join("metrics.json") } else { path.to_path_buf() };
-    let file_error = |message: String| LoadingError::ReferenceFile { path: file.display().to_string(), message };
+    let file = if path.is_dir() {
+        path.join("metrics.json")
+    } else {
+        path.to_path_buf()
+    };
+    let file_error = |message: String| LoadingError::ReferenceFile {
+        path: file.display().to_string(),
+        message,
+    };
     let text = std::fs::read_to_string(&file).map_err(|error| file_error(error.to_string()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|error| file_error(error.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|error| file_error(error.to_string()))?;
     let table = json
         .get("domains")
         .and_then(|value| value.as_object())
-        .ok_or_else(|| file_error("no `domains` object; expected {\"domains\": {\"<domain>\": {\"loss\": ..}}}".into()))?;
+        .ok_or_else(|| {
+            file_error(
+                "no `domains` object; expected {\"domains\": {\"<domain>\": {\"loss\": ..}}}"
+                    .into(),
+            )
+        })?;
     let mut losses = Vec::with_capacity(domains.len());
     for domain in domains {
         let loss = table
             .get(domain)
             .and_then(|entry| entry.get("loss"))
             .and_then(|loss| loss.as_f64())
-            .ok_or_else(|| file_error(format!("no `domains.{domain}.loss`; the reference must cover every training domain")))?;
+            .ok_or_else(|| {
+                file_error(format!(
+                    "no `domains.{domain}.loss`; the reference must cover every training domain"
+                ))
+            })?;
         if !loss.is_finite() {
             return Err(file_error(format!("`domains.{domain}.loss` is {loss}")));
         }
@@ -243,22 +303,34 @@ pub fn reference_from_metrics(path: &Path, domains: &[String]) -> Result<Vec<f64
 
 /// Resolves `spec` to one reference loss per domain, in `domains` order. `input` is the materialised
 /// path of a `{ stage = .. }` / `{ path = .. }` reference (the runner's input `loading.reference`).
-pub fn resolve_reference(spec: &ReferenceSpec, domains: &[String], input: Option<&Path>) -> Result<Vec<f64>, LoadingError> {
+pub fn resolve_reference(
+    spec: &ReferenceSpec,
+    domains: &[String],
+    input: Option<&Path>,
+) -> Result<Vec<f64>, LoadingError> {
     match spec {
         ReferenceSpec::Table(table) => table_in_domain_order("reference", table, domains),
         ReferenceSpec::Input(_) => {
-            let path = input.ok_or_else(|| config_error("reference", "the reference input was not materialised"))?;
+            let path = input.ok_or_else(|| {
+                config_error("reference", "the reference input was not materialised")
+            })?;
             reference_from_metrics(path, domains)
         }
         ReferenceSpec::ScalingLaw { scaling_law: law } => {
-            let per_domain = table_in_domain_order("reference.scaling_law.losses", &law.losses, domains)?;
+            let per_domain =
+                table_in_domain_order("reference.scaling_law.losses", &law.losses, domains)?;
             domains
                 .iter()
                 .zip(per_domain)
                 .map(|(domain, losses)| {
                     scaling_law::fit(&law.sizes, &losses)
                         .map(|fit| fit.loss(law.target_params))
-                        .map_err(|error| config_error(format!("reference.scaling_law.losses.{domain}"), error.to_string()))
+                        .map_err(|error| {
+                            config_error(
+                                format!("reference.scaling_law.losses.{domain}"),
+                                error.to_string(),
+                            )
+                        })
                 })
                 .collect()
         }
@@ -302,16 +374,27 @@ pub fn dynamic_update(weights: &[f64], losses: &[f64], rule: &DynamicRule) -> (V
         .zip(&rule.reference)
         .map(|(loss, reference)| {
             let delta = loss - reference;
-            if rule.clamp_at_zero { delta.max(0.0) } else { delta }
+            if rule.clamp_at_zero {
+                delta.max(0.0)
+            } else {
+                delta
+            }
         })
         .collect();
     // softmax(ln w + ηΔ), computed with the max subtracted so large Δ cannot overflow
-    let logits: Vec<f64> = weights.iter().zip(&deltas).map(|(w, delta)| w.ln() + rule.eta * delta).collect();
+    let logits: Vec<f64> = weights
+        .iter()
+        .zip(&deltas)
+        .map(|(w, delta)| w.ln() + rule.eta * delta)
+        .collect();
     let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let exponentials: Vec<f64> = logits.iter().map(|logit| (logit - max).exp()).collect();
     let alpha = normalised(&exponentials);
     let domain_count = weights.len() as f64;
-    let smoothed: Vec<f64> = alpha.iter().map(|a| (1.0 - rule.smoothing) * a + rule.smoothing / domain_count).collect();
+    let smoothed: Vec<f64> = alpha
+        .iter()
+        .map(|a| (1.0 - rule.smoothing) * a + rule.smoothing / domain_count)
+        .collect();
     (normalised(&smoothed), deltas)
 }
 
@@ -327,14 +410,20 @@ pub struct LoadingPolicy {
 impl LoadingPolicy {
     /// Binds `config` to `domains`, checking every domain name. `reference_input` is the materialised
     /// path of a `{ stage = .. }` reference. Fails before any compute on a bad table.
-    pub fn new(config: &LoadingConfig, domains: &[String], reference_input: Option<&Path>) -> Result<Self, LoadingError> {
+    pub fn new(
+        config: &LoadingConfig,
+        domains: &[String],
+        reference_input: Option<&Path>,
+    ) -> Result<Self, LoadingError> {
         config.validate()?;
         if domains.is_empty() {
             return Err(config_error("policy", "the data has no domains"));
         }
         let (weights, dynamic) = match config {
             LoadingConfig::Uniform => (vec![1.0; domains.len()], None),
-            LoadingConfig::Static { weights } => (table_in_domain_order("weights", weights, domains)?, None),
+            LoadingConfig::Static { weights } => {
+                (table_in_domain_order("weights", weights, domains)?, None)
+            }
             LoadingConfig::Dynamic(options) => {
                 let weights = match &options.initial_weights {
                     Some(initial) => table_in_domain_order("initial_weights", initial, domains)?,
@@ -351,10 +440,22 @@ impl LoadingPolicy {
             }
         };
         if weights.iter().sum::<f64>() <= 0.0 {
-            let key = if dynamic.is_some() { "initial_weights" } else { "weights" };
-            return Err(config_error(key, "the weights of the data's domains sum to 0; give at least one a positive weight"));
+            let key = if dynamic.is_some() {
+                "initial_weights"
+            } else {
+                "weights"
+            };
+            return Err(config_error(
+                key,
+                "the weights of the data's domains sum to 0; give at least one a positive weight",
+            ));
         }
-        Ok(LoadingPolicy { domains: domains.to_vec(), weights: normalised(&weights), dynamic, history: Vec::new() })
+        Ok(LoadingPolicy {
+            domains: domains.to_vec(),
+            weights: normalised(&weights),
+            dynamic,
+            history: Vec::new(),
+        })
     }
 
     pub fn domains(&self) -> &[String] {
@@ -375,20 +476,36 @@ impl LoadingPolicy {
     /// when the policy updates every `update_every` steps. Policies that update after each eval
     /// return `false` here; the caller updates them when it evaluates.
     pub fn wants_update_at(&self, steps_done: u64) -> bool {
-        matches!(&self.dynamic, Some(DynamicRule { update_every: Some(every), .. }) if steps_done % every == 0)
+        matches!(&self.dynamic, Some(DynamicRule { update_every: Some(every), .. }) if steps_done.is_multiple_of(*every))
     }
 
     /// Whether the policy updates after each evaluation (dynamic without `update_every`).
     pub fn updates_on_eval(&self) -> bool {
-        matches!(&self.dynamic, Some(DynamicRule { update_every: None, .. }))
+        matches!(
+            &self.dynamic,
+            Some(DynamicRule {
+                update_every: None,
+                ..
+            })
+        )
     }
 
     /// Applies the dynamic rule to per-domain eval `losses` (domain order). No-op for static/uniform.
     /// Returns the update made, if any. Non-finite losses are refused and leave the weights unchanged.
-    pub fn update(&mut self, step: u64, losses: &[f64]) -> Result<Option<&PolicyUpdate>, LoadingError> {
-        let Some(rule) = &self.dynamic else { return Ok(None) };
+    pub fn update(
+        &mut self,
+        step: u64,
+        losses: &[f64],
+    ) -> Result<Option<&PolicyUpdate>, LoadingError> {
+        let Some(rule) = &self.dynamic else {
+            return Ok(None);
+        };
         if losses.len() != self.domains.len() {
-            return Err(LoadingError::Update(format!("{} losses for {} domains", losses.len(), self.domains.len())));
+            return Err(LoadingError::Update(format!(
+                "{} losses for {} domains",
+                losses.len(),
+                self.domains.len()
+            )));
         }
         if let Some(index) = losses.iter().position(|loss| !loss.is_finite()) {
             return Err(LoadingError::Update(format!(
@@ -398,7 +515,12 @@ impl LoadingPolicy {
         }
         let (weights, deltas) = dynamic_update(&self.weights, losses, rule);
         self.weights = weights.clone();
-        self.history.push(PolicyUpdate { step, losses: losses.to_vec(), deltas, weights });
+        self.history.push(PolicyUpdate {
+            step,
+            losses: losses.to_vec(),
+            deltas,
+            weights,
+        });
         Ok(self.history.last())
     }
 
@@ -408,11 +530,19 @@ impl LoadingPolicy {
 
     /// `{domain: weight}` in domain order, for `metrics.jsonl`.
     pub fn domain_weights(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.domains.iter().cloned().zip(self.weights.iter().map(|w| serde_json::json!(w))).collect()
+        self.domains
+            .iter()
+            .cloned()
+            .zip(self.weights.iter().map(|w| serde_json::json!(w)))
+            .collect()
     }
 
     pub fn state(&self) -> PolicyState {
-        PolicyState { domains: self.domains.clone(), weights: self.weights.clone(), history: self.history.clone() }
+        PolicyState {
+            domains: self.domains.clone(),
+            weights: self.weights.clone(),
+            history: self.history.clone(),
+        }
     }
 
     /// Restores a state saved by [`Self::state`] of a policy over the same domains.
@@ -424,7 +554,9 @@ impl LoadingPolicy {
                 self.domains.join(", ")
             )));
         }
-        if state.weights.len() != self.domains.len() || state.weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+        if state.weights.len() != self.domains.len()
+            || state.weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+        {
             return Err(LoadingError::State("weights are malformed".into()));
         }
         self.weights = state.weights;
@@ -438,7 +570,10 @@ mod tests {
     use super::*;
 
     fn domains() -> Vec<String> {
-        ["cc", "github", "wiki"].iter().map(|s| s.to_string()).collect()
+        ["cc", "github", "wiki"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn parse(text: &str) -> LoadingConfig {
@@ -447,7 +582,13 @@ mod tests {
     }
 
     fn rule(clamp_at_zero: bool, smoothing: f64) -> DynamicRule {
-        DynamicRule { reference: vec![2.0, 1.0, 1.5], eta: 1.0, smoothing, clamp_at_zero, update_every: None }
+        DynamicRule {
+            reference: vec![2.0, 1.0, 1.5],
+            eta: 1.0,
+            smoothing,
+            clamp_at_zero,
+            update_every: None,
+        }
     }
 
     #[test]
@@ -460,10 +601,16 @@ mod tests {
         }
         let raw = [0.5 * 0.3f64.exp(), 0.2 * (-0.1f64).exp(), 0.3];
         let total: f64 = raw.iter().sum();
-        let expected: Vec<f64> = raw.iter().map(|r| 0.9999 * r / total + 1e-4 / 3.0).collect();
+        let expected: Vec<f64> = raw
+            .iter()
+            .map(|r| 0.9999 * r / total + 1e-4 / 3.0)
+            .collect();
         let expected_total: f64 = expected.iter().sum();
         for (got, want) in new.iter().zip(&expected) {
-            assert!((got - want / expected_total).abs() < 1e-12, "{got} vs {want}");
+            assert!(
+                (got - want / expected_total).abs() < 1e-12,
+                "{got} vs {want}"
+            );
         }
         assert!((new.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
@@ -483,21 +630,43 @@ mod tests {
 
     #[test]
     fn parses_every_policy_form() {
-        assert_eq!(parse("loading = { policy = \"uniform\" }"), LoadingConfig::Uniform);
-        let static_config = parse("loading = { policy = \"static\", weights = { cc = 0.67, github = 0.045, wiki = 0.045 } }");
+        assert_eq!(
+            parse("loading = { policy = \"uniform\" }"),
+            LoadingConfig::Uniform
+        );
+        let static_config = parse(
+            "loading = { policy = \"static\", weights = { cc = 0.67, github = 0.045, wiki = 0.045 } }",
+        );
         let policy = LoadingPolicy::new(&static_config, &domains(), None).unwrap();
         assert!((policy.weights()[0] - 0.67 / 0.76).abs() < 1e-12);
 
-        let table = parse("loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0, wiki = 1.5 } }");
-        let LoadingConfig::Dynamic(options) = &table else { panic!() };
+        let table = parse(
+            "loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0, wiki = 1.5 } }",
+        );
+        let LoadingConfig::Dynamic(options) = &table else {
+            panic!()
+        };
         assert!(!options.clamp_at_zero && options.smoothing == 1e-4 && options.eta == 1.0);
         let policy = LoadingPolicy::new(&table, &domains(), None).unwrap();
-        assert_eq!(policy.dynamic_rule().unwrap().reference, vec![2.0, 1.0, 1.5]);
+        assert_eq!(
+            policy.dynamic_rule().unwrap().reference,
+            vec![2.0, 1.0, 1.5]
+        );
         assert!(policy.updates_on_eval());
 
-        let stage = parse("loading = { policy = \"dynamic\", reference = { stage = \"eval-source\" }, update_every = 10 }");
-        let LoadingConfig::Dynamic(options) = &stage else { panic!() };
-        assert_eq!(options.reference, ReferenceSpec::Input(InputRef::Stage { stage: "eval-source".into(), file: None }));
+        let stage = parse(
+            "loading = { policy = \"dynamic\", reference = { stage = \"eval-source\" }, update_every = 10 }",
+        );
+        let LoadingConfig::Dynamic(options) = &stage else {
+            panic!()
+        };
+        assert_eq!(
+            options.reference,
+            ReferenceSpec::Input(InputRef::Stage {
+                stage: "eval-source".into(),
+                file: None
+            })
+        );
 
         let law = parse(
             "loading = { policy = \"dynamic\", reference = { scaling_law = { sizes = [6738415616, 13015864320, 68976648192], \
@@ -506,29 +675,57 @@ mod tests {
         );
         let policy = LoadingPolicy::new(&law, &domains(), None).unwrap();
         let reference = &policy.dynamic_rule().unwrap().reference;
-        assert!((reference[0] - 1.8712).abs() < 5e-4 && (reference[2] - 1.6297).abs() < 5e-4, "{reference:?}");
+        assert!(
+            (reference[0] - 1.8712).abs() < 5e-4 && (reference[2] - 1.6297).abs() < 5e-4,
+            "{reference:?}"
+        );
 
-        let unknown_key: Result<LoadingConfig, _> =
-            toml::from_str::<toml::Table>("policy = \"dynamic\"\nreference = { cc = 1.0 }\netta = 2.0").unwrap().try_into();
+        let unknown_key: Result<LoadingConfig, _> = toml::from_str::<toml::Table>(
+            "policy = \"dynamic\"\nreference = { cc = 1.0 }\netta = 2.0",
+        )
+        .unwrap()
+        .try_into();
         assert!(unknown_key.is_err());
     }
 
     #[test]
     fn bad_tables_fail_before_compute_with_the_key() {
-        let missing = parse("loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0 } }");
-        let error = LoadingPolicy::new(&missing, &domains(), None).unwrap_err().to_string();
+        let missing =
+            parse("loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0 } }");
+        let error = LoadingPolicy::new(&missing, &domains(), None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("`wiki` is missing"), "{error}");
 
-        let unknown = parse("loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0, wikii = 1.0, wiki = 1.0 } }");
-        let error = LoadingPolicy::new(&unknown, &domains(), None).unwrap_err().to_string();
-        assert!(error.contains("reference.wikii") && error.contains("did you mean `wiki`"), "{error}");
+        let unknown = parse(
+            "loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0, wikii = 1.0, wiki = 1.0 } }",
+        );
+        let error = LoadingPolicy::new(&unknown, &domains(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("reference.wikii") && error.contains("did you mean `wiki`"),
+            "{error}"
+        );
 
-        let zero = parse("loading = { policy = \"static\", weights = { cc = 0.0, github = 0.0, wiki = 0.0 } }");
-        let error = LoadingPolicy::new(&zero, &domains(), None).unwrap_err().to_string();
+        let zero = parse(
+            "loading = { policy = \"static\", weights = { cc = 0.0, github = 0.0, wiki = 0.0 } }",
+        );
+        let error = LoadingPolicy::new(&zero, &domains(), None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("sum to 0"), "{error}");
 
-        let negative = parse("loading = { policy = \"static\", weights = { cc = -1.0, github = 2.0, wiki = 0.0 } }");
-        assert!(negative.validate().unwrap_err().to_string().contains("weights.cc"));
+        let negative = parse(
+            "loading = { policy = \"static\", weights = { cc = -1.0, github = 2.0, wiki = 0.0 } }",
+        );
+        assert!(
+            negative
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("weights.cc")
+        );
     }
 
     #[test]
@@ -539,28 +736,49 @@ mod tests {
             r#"{"domains": {"cc": {"loss": 2.0}, "github": {"loss": 1.0}, "wiki": {"loss": 1.5}, "extra": {"loss": 9.0}}}"#,
         )
         .unwrap();
-        assert_eq!(reference_from_metrics(dir.path(), &domains()).unwrap(), vec![2.0, 1.0, 1.5]);
-        std::fs::write(dir.path().join("metrics.json"), r#"{"domains": {"cc": {"loss": 2.0}}}"#).unwrap();
-        let error = reference_from_metrics(dir.path(), &domains()).unwrap_err().to_string();
+        assert_eq!(
+            reference_from_metrics(dir.path(), &domains()).unwrap(),
+            vec![2.0, 1.0, 1.5]
+        );
+        std::fs::write(
+            dir.path().join("metrics.json"),
+            r#"{"domains": {"cc": {"loss": 2.0}}}"#,
+        )
+        .unwrap();
+        let error = reference_from_metrics(dir.path(), &domains())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("domains.github.loss"), "{error}");
     }
 
     #[test]
     fn updates_are_recorded_and_state_round_trips() {
-        let config = parse("loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0, wiki = 1.5 } }");
+        let config = parse(
+            "loading = { policy = \"dynamic\", reference = { cc = 2.0, github = 1.0, wiki = 1.5 } }",
+        );
         let mut policy = LoadingPolicy::new(&config, &domains(), None).unwrap();
         policy.update(10, &[2.5, 1.0, 1.4]).unwrap();
-        assert!(policy.weights()[0] > policy.weights()[1] && policy.weights()[1] > policy.weights()[2]);
+        assert!(
+            policy.weights()[0] > policy.weights()[1] && policy.weights()[1] > policy.weights()[2]
+        );
         assert!(policy.update(20, &[f64::NAN, 1.0, 1.0]).is_err());
         assert_eq!(policy.history().len(), 1);
 
         let json = serde_json::to_string(&policy.state()).unwrap();
         let mut restored = LoadingPolicy::new(&config, &domains(), None).unwrap();
-        restored.restore(serde_json::from_str(&json).unwrap()).unwrap();
+        restored
+            .restore(serde_json::from_str(&json).unwrap())
+            .unwrap();
         assert_eq!(restored, policy);
 
-        let mut static_policy = LoadingPolicy::new(&LoadingConfig::Uniform, &domains(), None).unwrap();
-        assert!(static_policy.update(10, &[9.0, 9.0, 9.0]).unwrap().is_none());
+        let mut static_policy =
+            LoadingPolicy::new(&LoadingConfig::Uniform, &domains(), None).unwrap();
+        assert!(
+            static_policy
+                .update(10, &[9.0, 9.0, 9.0])
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(static_policy.weights(), &[1.0 / 3.0; 3]);
     }
 }

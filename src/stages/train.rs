@@ -167,7 +167,12 @@ fn default_max_skipped() -> u64 {
 
 impl TrainConfig {
     pub fn adamw(&self) -> AdamWSettings {
-        AdamWSettings { betas: self.betas, eps: self.eps, weight_decay: self.weight_decay, no_decay: self.no_decay.clone() }
+        AdamWSettings {
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            no_decay: self.no_decay.clone(),
+        }
     }
 
     /// Total optimiser steps (validated config).
@@ -215,15 +220,23 @@ impl TrainConfig {
     pub fn check(&self) -> Result<(), StageError> {
         let fail = |key: &str, message: String| Err(StageError::config(key, message));
         match (&self.model, &self.init) {
-            (Some(_), Some(_)) => return fail("init", "give either `model` (a model to continue) or `init` (a random model), not both".into()),
+            (Some(_), Some(_)) => return fail(
+                "init",
+                "give either `model` (a model to continue) or `init` (a random model), not both"
+                    .into(),
+            ),
             (None, None) => {
                 return fail("model", "missing: write `model = { stage = \"...\" }` or `init = { config = { hidden_size = .., ... } }`".into());
             }
             _ => {}
         }
         match (self.steps, self.tokens) {
-            (Some(_), Some(_)) => return fail("tokens", "give either `steps` or `tokens`, not both".into()),
-            (None, None) => return fail("steps", "missing: set `steps = N` or `tokens = N`".into()),
+            (Some(_), Some(_)) => {
+                return fail("tokens", "give either `steps` or `tokens`, not both".into());
+            }
+            (None, None) => {
+                return fail("steps", "missing: set `steps = N` or `tokens = N`".into());
+            }
             (Some(0), _) => return fail("steps", "must be at least 1".into()),
             (None, Some(0)) => return fail("tokens", "must be at least 1".into()),
             _ => {}
@@ -231,10 +244,13 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return fail("batch_size", "must be at least 1".into());
         }
-        if self.grad_accum == 0 || self.batch_size % self.grad_accum != 0 {
+        if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
             return fail(
                 "grad_accum",
-                format!("{} must be at least 1 and divide batch_size = {} (micro-batches are batch_size / grad_accum)", self.grad_accum, self.batch_size),
+                format!(
+                    "{} must be at least 1 and divide batch_size = {} (micro-batches are batch_size / grad_accum)",
+                    self.grad_accum, self.batch_size
+                ),
             );
         }
         if self.seq_len == 0 {
@@ -242,7 +258,10 @@ impl TrainConfig {
         }
         let total = self.total_steps();
         if self.warmup_steps.is_some() && self.warmup_fraction.is_some() {
-            return fail("warmup_fraction", "give either `warmup_steps` or `warmup_fraction`, not both".into());
+            return fail(
+                "warmup_fraction",
+                "give either `warmup_steps` or `warmup_fraction`, not both".into(),
+            );
         }
         if let Some(fraction) = self.warmup_fraction
             && !(0.0..1.0).contains(&fraction)
@@ -251,32 +270,64 @@ impl TrainConfig {
         }
         let warmup = self.warmup_steps();
         if warmup >= total {
-            return fail("warmup_steps", format!("the warm-up ({warmup} steps) must be shorter than the run ({total} steps)"));
+            return fail(
+                "warmup_steps",
+                format!(
+                    "the warm-up ({warmup} steps) must be shorter than the run ({total} steps)"
+                ),
+            );
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            let hint = if warmup > 0 { format!(" (with a warm-up of {warmup} steps the lr would stay 0 throughout)") } else { String::new() };
-            return fail("lr", format!("{} must be a positive number{hint}; the paper uses 1e-4", self.lr));
+            let hint = if warmup > 0 {
+                format!(" (with a warm-up of {warmup} steps the lr would stay 0 throughout)")
+            } else {
+                String::new()
+            };
+            return fail(
+                "lr",
+                format!(
+                    "{} must be a positive number{hint}; the paper uses 1e-4",
+                    self.lr
+                ),
+            );
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return fail("min_lr_ratio", format!("{} must be in [0, 1]", self.min_lr_ratio));
+            return fail(
+                "min_lr_ratio",
+                format!("{} must be in [0, 1]", self.min_lr_ratio),
+            );
         }
-        self.adamw().validate().map_err(|error| StageError::config(error.key, error.message))?;
+        self.adamw()
+            .validate()
+            .map_err(|error| StageError::config(error.key, error.message))?;
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
-            return fail("grad_clip", format!("{} must be >= 0 (0 disables clipping)", self.grad_clip));
+            return fail(
+                "grad_clip",
+                format!("{} must be >= 0 (0 disables clipping)", self.grad_clip),
+            );
         }
         if self.keep_checkpoints == 0 {
-            return fail("keep_checkpoints", "must be at least 1 (the newest checkpoint is what a rerun resumes from)".into());
+            return fail(
+                "keep_checkpoints",
+                "must be at least 1 (the newest checkpoint is what a rerun resumes from)".into(),
+            );
         }
         if self.dtype != "f32" {
             return fail(
                 "dtype",
-                format!("\"{}\" is not supported; use \"f32\" (burn 0.22 has no autocast, so bf16 training is not implemented)", self.dtype),
+                format!(
+                    "\"{}\" is not supported; use \"f32\" (burn 0.22 has no autocast, so bf16 training is not implemented)",
+                    self.dtype
+                ),
             );
         }
         self.loading.validate().map_err(loading_error)?;
         if let LoadingConfig::Dynamic(dynamic) = &self.loading {
             if self.eval_batches == 0 {
-                return fail("eval_batches", "dynamic loading needs per-domain eval losses; set eval_batches >= 1".into());
+                return fail(
+                    "eval_batches",
+                    "dynamic loading needs per-domain eval losses; set eval_batches >= 1".into(),
+                );
             }
             if self.eval_every == 0 && dynamic.update_every.is_none() {
                 return fail("eval_every", "dynamic loading updates after each evaluation; set eval_every >= 1 or loading.update_every".into());
@@ -288,8 +339,12 @@ impl TrainConfig {
 
 fn loading_error(error: LoadingError) -> StageError {
     match error {
-        LoadingError::Config { key, message } => StageError::config(format!("loading.{key}"), message),
-        LoadingError::ReferenceFile { path, message } => StageError::input("loading.reference", format!("{path}: {message}")),
+        LoadingError::Config { key, message } => {
+            StageError::config(format!("loading.{key}"), message)
+        }
+        LoadingError::ReferenceFile { path, message } => {
+            StageError::input("loading.reference", format!("{path}: {message}"))
+        }
         other => StageError::Other(other.into()),
     }
 }
@@ -316,7 +371,9 @@ impl Stage for TrainStage {
         }
         match toml::Value::try_from(&config).map_err(|error| StageError::Other(error.into()))? {
             toml::Value::Table(table) => Ok(table),
-            _ => Err(StageError::Other(anyhow::anyhow!("train config did not serialise to a table"))),
+            _ => Err(StageError::Other(anyhow::anyhow!(
+                "train config did not serialise to a table"
+            ))),
         }
     }
     fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
@@ -332,15 +389,25 @@ impl Stage for TrainStage {
 
 /// Builds the model config of `init = { config = .. }`, taking vocab and special ids from the data.
 fn init_config(spec: &InitSpec, dataset: &TokenizedDataset) -> Result<LlamaConfig, StageError> {
-    let mut json = serde_json::to_value(&spec.config).map_err(|error| StageError::config("init.config", error.to_string()))?;
+    let mut json = serde_json::to_value(&spec.config)
+        .map_err(|error| StageError::config("init.config", error.to_string()))?;
     if let Some(object) = json.as_object_mut() {
-        object.entry("vocab_size").or_insert(serde_json::json!(dataset.vocab_size()));
-        object.entry("bos_token_id").or_insert(serde_json::json!(dataset.bos_id()));
-        object.entry("eos_token_id").or_insert(serde_json::json!(dataset.eos_id()));
+        object
+            .entry("vocab_size")
+            .or_insert(serde_json::json!(dataset.vocab_size()));
+        object
+            .entry("bos_token_id")
+            .or_insert(serde_json::json!(dataset.bos_id()));
+        object
+            .entry("eos_token_id")
+            .or_insert(serde_json::json!(dataset.eos_id()));
     }
     let origin = Path::new("init.config");
-    let config = LlamaConfig::from_json(&json, origin).map_err(|error| StageError::config("init.config", error.to_string()))?;
-    config.validate(origin).map_err(|error| StageError::config("init.config", error.to_string()))?;
+    let config = LlamaConfig::from_json(&json, origin)
+        .map_err(|error| StageError::config("init.config", error.to_string()))?;
+    config
+        .validate(origin)
+        .map_err(|error| StageError::config("init.config", error.to_string()))?;
     Ok(config)
 }
 
@@ -350,13 +417,23 @@ fn train_windows(dataset: &TokenizedDataset, seq_len: usize) -> Vec<u64> {
         .manifest()
         .domains
         .iter()
-        .map(|domain| if domain.train_tokens > seq_len as u64 { (domain.train_tokens - 1) / seq_len as u64 } else { 0 })
+        .map(|domain| {
+            if domain.train_tokens > seq_len as u64 {
+                (domain.train_tokens - 1) / seq_len as u64
+            } else {
+                0
+            }
+        })
         .collect()
 }
 
 /// "A batch size the data cannot fill": one batch needs more distinct windows than the train split
 /// holds, or (with `exhaustion = "error"`) the run needs more than a domain can give.
-fn check_data_fills_batches(config: &TrainConfig, dataset: &TokenizedDataset, weights: &[f64]) -> Result<(), StageError> {
+fn check_data_fills_batches(
+    config: &TrainConfig,
+    dataset: &TokenizedDataset,
+    weights: &[f64],
+) -> Result<(), StageError> {
     let windows = train_windows(dataset, config.seq_len);
     let total_windows: u64 = windows.iter().sum();
     if (config.batch_size as u64) > total_windows {
@@ -391,12 +468,18 @@ fn check_data_fills_batches(config: &TrainConfig, dataset: &TokenizedDataset, we
 
 fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageError> {
     let seed = config.seed.unwrap_or(ctx.settings.seed);
-    let device = crate::model::device::parse(&ctx.settings.device).map_err(|error| StageError::Other(error.into()))?;
+    let device = crate::model::device::parse(&ctx.settings.device)
+        .map_err(|error| StageError::Other(error.into()))?;
     let data_dir = ctx.input("data")?;
-    let dataset = TokenizedDataset::open(data_dir).map_err(|error| StageError::input("data", error.to_string()))?;
+    let dataset = TokenizedDataset::open(data_dir)
+        .map_err(|error| StageError::input("data", error.to_string()))?;
     let domains = dataset.domains().to_vec();
-    let reference_input = ctx.inputs.get("loading.reference").map(|path| path.as_path());
-    let policy = LoadingPolicy::new(&config.loading, &domains, reference_input).map_err(loading_error)?;
+    let reference_input = ctx
+        .inputs
+        .get("loading.reference")
+        .map(|path| path.as_path());
+    let policy =
+        LoadingPolicy::new(&config.loading, &domains, reference_input).map_err(loading_error)?;
     check_data_fills_batches(config, &dataset, policy.weights())?;
 
     // The model: loaded or seeded random init, on an autodiff device.
@@ -404,7 +487,8 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
     let model: Llama = match (&config.model, &config.init) {
         (Some(_), _) => {
             let dir = ctx.input("model")?;
-            load_hf(dir, &train_device).map_err(|error| StageError::input("model", error.to_string()))?
+            load_hf(dir, &train_device)
+                .map_err(|error| StageError::input("model", error.to_string()))?
         }
         (None, Some(spec)) => {
             let model_config = init_config(spec, &dataset)?;
@@ -416,7 +500,11 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
     let model_vocab = model.config().vocab_size;
     if model_vocab != dataset.vocab_size() {
         return Err(StageError::input(
-            if config.model.is_some() { "model" } else { "init.config.vocab_size" },
+            if config.model.is_some() {
+                "model"
+            } else {
+                "init.config.vocab_size"
+            },
             format!(
                 "the model's vocabulary has {model_vocab} tokens but the data's tokenizer has {}; train on data tokenized \
                  with the model's own tokenizer",
@@ -427,8 +515,12 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
 
     let settings = config.loop_settings();
     let eval = if config.eval_batches > 0 {
-        eval_windows(&dataset, config.seq_len, config.eval_batches * settings.micro_batch_size())
-            .map_err(|error| StageError::input("data", error.to_string()))?
+        eval_windows(
+            &dataset,
+            config.seq_len,
+            config.eval_batches * settings.micro_batch_size(),
+        )
+        .map_err(|error| StageError::input("data", error.to_string()))?
     } else {
         Vec::new()
     };
@@ -438,7 +530,19 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
         "config": ctx.config, "seed": seed, "device": ctx.settings.device, "kind": "train", "version": TrainStage.version(),
     }));
 
-    let outcome = match trainer::train(&settings, TrainParts { model, mixture, policy, eval }, ctx.scratch_dir.as_path(), &fingerprint, ctx.reporter, &ctx.cancel) {
+    let outcome = match trainer::train(
+        &settings,
+        TrainParts {
+            model,
+            mixture,
+            policy,
+            eval,
+        },
+        ctx.scratch_dir.as_path(),
+        &fingerprint,
+        ctx.reporter,
+        &ctx.cancel,
+    ) {
         Ok(outcome) => outcome,
         Err(TrainError::Cancelled { .. }) => return Err(StageError::Cancelled),
         Err(error) => return Err(StageError::Other(anyhow::Error::new(error))),
@@ -446,8 +550,9 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
 
     // Outputs: HF folder at the root, metrics, weights.
     let out = ctx.out_dir.as_path();
-    save_hf(&outcome.model.valid(), out, Some(&dataset.tokenizer_path()))
-        .map_err(|error| StageError::Other(anyhow::Error::new(error).context("writing the trained model")))?;
+    save_hf(&outcome.model.valid(), out, Some(&dataset.tokenizer_path())).map_err(|error| {
+        StageError::Other(anyhow::Error::new(error).context("writing the trained model"))
+    })?;
     let metrics_source = ctx.scratch_dir.join(trainer::METRICS_FILE);
     std::fs::copy(&metrics_source, out.join(trainer::METRICS_FILE))
         .with_context(|| format!("copying {}", metrics_source.display()))?;
@@ -485,15 +590,21 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
         "timing": outcome.timing,
     });
     let metrics_path = out.join("metrics.json");
-    std::fs::write(&metrics_path, serde_json::to_string_pretty(&metrics).unwrap_or_default() + "\n")
-        .with_context(|| format!("writing {}", metrics_path.display()))?;
+    std::fs::write(
+        &metrics_path,
+        serde_json::to_string_pretty(&metrics).unwrap_or_default() + "\n",
+    )
+    .with_context(|| format!("writing {}", metrics_path.display()))?;
     let weights_json = serde_json::json!({
         "domain_weights": serde_json::Value::Object(outcome.policy.domain_weights()),
         "history": outcome.policy.history(),
     });
     let weights_path = out.join("domain_weights.json");
-    std::fs::write(&weights_path, serde_json::to_string_pretty(&weights_json).unwrap_or_default() + "\n")
-        .with_context(|| format!("writing {}", weights_path.display()))?;
+    std::fs::write(
+        &weights_path,
+        serde_json::to_string_pretty(&weights_json).unwrap_or_default() + "\n",
+    )
+    .with_context(|| format!("writing {}", weights_path.display()))?;
     Ok(())
 }
 
@@ -513,7 +624,9 @@ pub(crate) mod tests {
     fn stream(kind: u32, length: usize, salt: u64) -> Vec<u32> {
         let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
         let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as u32
         };
         let phrase: Vec<u32> = (0..11).map(|i| (i * 7 + 5) % VOCAB).collect();
@@ -521,7 +634,13 @@ pub(crate) mod tests {
             .map(|i| match kind {
                 0 => (i as u32 * 3 + 2) % VOCAB,
                 1 => next() % VOCAB,
-                _ => if next() % 10 == 0 { next() % VOCAB } else { phrase[i % phrase.len()] },
+                _ => {
+                    if next() % 10 == 0 {
+                        next() % VOCAB
+                    } else {
+                        phrase[i % phrase.len()]
+                    }
+                }
             })
             .collect()
     }
@@ -532,8 +651,14 @@ pub(crate) mod tests {
         let mut entries = Vec::new();
         for (kind, name) in names.iter().enumerate() {
             for (split, length, salt) in [("train", train_tokens, 1), ("eval", 400, 2)] {
-                let mut writer = ShardWriter::create(&dir.join(split).join(format!("{name}.bin")), TokenDtype::U16).unwrap();
-                writer.write(&stream(kind as u32, length, salt + kind as u64 * 10)).unwrap();
+                let mut writer = ShardWriter::create(
+                    &dir.join(split).join(format!("{name}.bin")),
+                    TokenDtype::U16,
+                )
+                .unwrap();
+                writer
+                    .write(&stream(kind as u32, length, salt + kind as u64 * 10))
+                    .unwrap();
                 writer.finish().unwrap();
             }
             entries.push(DomainManifest {
@@ -573,7 +698,9 @@ pub(crate) mod tests {
     "#;
 
     fn table(extra: &str) -> toml::Table {
-        TrainStage.normalize(&toml::from_str(&format!("{TINY_INIT}\n{extra}")).unwrap()).unwrap()
+        TrainStage
+            .normalize(&toml::from_str(&format!("{TINY_INIT}\n{extra}")).unwrap())
+            .unwrap()
     }
 
     struct Run {
@@ -581,13 +708,21 @@ pub(crate) mod tests {
         scratch: PathBuf,
     }
 
-    fn run_stage(config: &toml::Table, data: &Path, run: &Run, reporter: &dyn Reporter, cancel: CancelFlag) -> Result<(), StageError> {
+    fn run_stage(
+        config: &toml::Table,
+        data: &Path,
+        run: &Run,
+        reporter: &dyn Reporter,
+        cancel: CancelFlag,
+    ) -> Result<(), StageError> {
         std::fs::create_dir_all(&run.out).unwrap();
         let settings = Settings::default();
         let ctx = StageContext {
             name: "train",
             config,
-            inputs: [("data".to_string(), data.to_path_buf())].into_iter().collect(),
+            inputs: [("data".to_string(), data.to_path_buf())]
+                .into_iter()
+                .collect(),
             out_dir: run.out.clone(),
             scratch_dir: run.scratch.clone(),
             settings: &settings,
@@ -624,8 +759,16 @@ pub(crate) mod tests {
             .lines()
             .map(|line| {
                 let record: serde_json::Value = serde_json::from_str(line).unwrap();
-                let value = if record["kind"] == "eval" { record["eval_loss"].to_string() } else { record["loss"].to_string() };
-                (record["step"].as_u64().unwrap(), record["kind"].to_string(), value + &record["domain_weights"].to_string())
+                let value = if record["kind"] == "eval" {
+                    record["eval_loss"].to_string()
+                } else {
+                    record["loss"].to_string()
+                };
+                (
+                    record["step"].as_u64().unwrap(),
+                    record["kind"].to_string(),
+                    value + &record["domain_weights"].to_string(),
+                )
             })
             .collect()
     }
@@ -640,31 +783,68 @@ pub(crate) mod tests {
              eval_batches = 1\ncheckpoint_every = 2\nkeep_checkpoints = 3\n\
              loading = { policy = \"dynamic\", reference = { counting = 1.0, noise = 3.0, phrases = 1.5 } }",
         );
-        let whole = Run { out: dir.path().join("a/out"), scratch: dir.path().join("a/scratch") };
+        let whole = Run {
+            out: dir.path().join("a/out"),
+            scratch: dir.path().join("a/scratch"),
+        };
         run_stage(&config, &data, &whole, &NullReporter, CancelFlag::default()).unwrap();
 
         // Cancelled after step 5: the loop writes a checkpoint at 5. Deleting it simulates a hard kill
         // after step 5 whose newest complete checkpoint is step 4 (metrics of step 5 must be dropped).
-        let killed = Run { out: dir.path().join("b/out"), scratch: dir.path().join("b/scratch") };
+        let killed = Run {
+            out: dir.path().join("b/out"),
+            scratch: dir.path().join("b/scratch"),
+        };
         let flag = CancelFlag::default();
-        let reporter = CancelAt { step: 5, flag: flag.clone(), seen: Mutex::new(Vec::new()) };
+        let reporter = CancelAt {
+            step: 5,
+            flag: flag.clone(),
+            seen: Mutex::new(Vec::new()),
+        };
         let error = run_stage(&config, &data, &killed, &reporter, flag).unwrap_err();
         assert!(matches!(error, StageError::Cancelled), "{error}");
         let checkpoints = killed.scratch.join(trainer::CHECKPOINT_DIR);
-        assert_eq!(checkpoint::newest_complete(&checkpoints).unwrap().unwrap().step, 5);
+        assert_eq!(
+            checkpoint::newest_complete(&checkpoints)
+                .unwrap()
+                .unwrap()
+                .step,
+            5
+        );
         std::fs::remove_dir_all(checkpoints.join("step-000000005")).unwrap();
-        let resumed = Run { out: dir.path().join("b/out2"), scratch: killed.scratch.clone() };
-        run_stage(&config, &data, &resumed, &NullReporter, CancelFlag::default()).unwrap();
+        let resumed = Run {
+            out: dir.path().join("b/out2"),
+            scratch: killed.scratch.clone(),
+        };
+        run_stage(
+            &config,
+            &data,
+            &resumed,
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
 
         let weights_a = std::fs::read(whole.out.join("model.safetensors")).unwrap();
         let weights_b = std::fs::read(resumed.out.join("model.safetensors")).unwrap();
-        assert!(weights_a == weights_b, "resumed weights differ from the uninterrupted run");
-        assert_eq!(losses(&whole.out.join("metrics.jsonl")), losses(&resumed.out.join("metrics.jsonl")));
-        let metrics: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(resumed.out.join("metrics.json")).unwrap()).unwrap();
+        assert!(
+            weights_a == weights_b,
+            "resumed weights differ from the uninterrupted run"
+        );
+        assert_eq!(
+            losses(&whole.out.join("metrics.jsonl")),
+            losses(&resumed.out.join("metrics.jsonl"))
+        );
+        let metrics: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(resumed.out.join("metrics.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(metrics["resumed_from_step"], 4);
         assert_eq!(metrics["steps"], 7);
-        let weights: f64 = ["counting", "noise", "phrases"].iter().map(|d| metrics["domains"][d]["weight"].as_f64().unwrap()).sum();
+        let weights: f64 = ["counting", "noise", "phrases"]
+            .iter()
+            .map(|d| metrics["domains"][d]["weight"].as_f64().unwrap())
+            .sum();
         assert!((weights - 1.0).abs() < 1e-12);
         // The policy did move: the noise domain is furthest above... or below its reference; weights are not uniform.
         assert!(metrics["domains"]["noise"]["weight"].as_f64().unwrap() != 1.0 / 3.0);
@@ -675,13 +855,27 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         write_fixture(&data, 2000);
-        let first = table("steps = 2\nbatch_size = 2\nseq_len = 8\ncheckpoint_every = 1\neval_batches = 1");
-        let run = Run { out: dir.path().join("out"), scratch: dir.path().join("scratch") };
+        let first =
+            table("steps = 2\nbatch_size = 2\nseq_len = 8\ncheckpoint_every = 1\neval_batches = 1");
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
         run_stage(&first, &data, &run, &NullReporter, CancelFlag::default()).unwrap();
-        let second = table("steps = 2\nbatch_size = 2\nseq_len = 8\ncheckpoint_every = 1\neval_batches = 1\nlr = 5e-4");
-        let rerun = Run { out: dir.path().join("out2"), scratch: run.scratch.clone() };
-        let error = run_stage(&second, &data, &rerun, &NullReporter, CancelFlag::default()).unwrap_err().to_string();
-        assert!(error.contains("different configuration") && error.contains("delete"), "{error}");
+        let second = table(
+            "steps = 2\nbatch_size = 2\nseq_len = 8\ncheckpoint_every = 1\neval_batches = 1\nlr = 5e-4",
+        );
+        let rerun = Run {
+            out: dir.path().join("out2"),
+            scratch: run.scratch.clone(),
+        };
+        let error = run_stage(&second, &data, &rerun, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("different configuration") && error.contains("delete"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -690,28 +884,63 @@ pub(crate) mod tests {
         let data = dir.path().join("data");
         write_fixture(&data, 2000);
         // lr 1e30 without clipping blows the weights up to ~1e30 in one step; the next loss is NaN.
-        let config = table("steps = 5\nbatch_size = 2\nseq_len = 8\nlr = 1e30\nwarmup_steps = 0\ngrad_clip = 0.0\ncheckpoint_every = 1\neval_batches = 1\neval_first = false");
-        let run = Run { out: dir.path().join("out"), scratch: dir.path().join("scratch") };
-        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default()).unwrap_err().to_string();
-        assert!(error.contains("non-finite") && error.contains("at step 2"), "{error}");
-        assert!(error.contains("last good checkpoint") && error.contains("step-000000001"), "{error}");
-        assert!(["counting×", "noise×", "phrases×"].iter().any(|d| error.contains(d)), "{error}");
-        assert!(!run.out.join("model.safetensors").exists(), "no weights may be written");
+        let config = table(
+            "steps = 5\nbatch_size = 2\nseq_len = 8\nlr = 1e30\nwarmup_steps = 0\ngrad_clip = 0.0\ncheckpoint_every = 1\neval_batches = 1\neval_first = false",
+        );
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("non-finite") && error.contains("at step 2"),
+            "{error}"
+        );
+        assert!(
+            error.contains("last good checkpoint") && error.contains("step-000000001"),
+            "{error}"
+        );
+        assert!(
+            ["counting×", "noise×", "phrases×"]
+                .iter()
+                .any(|d| error.contains(d)),
+            "{error}"
+        );
+        assert!(
+            !run.out.join("model.safetensors").exists(),
+            "no weights may be written"
+        );
 
         let skip = table(
             "steps = 5\nbatch_size = 2\nseq_len = 8\nlr = 1e30\nwarmup_steps = 0\ngrad_clip = 0.0\ncheckpoint_every = 1\n\
              eval_batches = 1\neval_first = false\non_non_finite = \"skip_batch\"\nmax_skipped_batches = 2",
         );
-        let run = Run { out: dir.path().join("out2"), scratch: dir.path().join("scratch2") };
-        let error = run_stage(&skip, &data, &run, &NullReporter, CancelFlag::default()).unwrap_err().to_string();
-        assert!(error.contains("3 batches with a non-finite loss were skipped"), "{error}");
-        let skipped = std::fs::read_to_string(run.scratch.join(trainer::METRICS_FILE)).unwrap().matches("\"skipped\"").count();
+        let run = Run {
+            out: dir.path().join("out2"),
+            scratch: dir.path().join("scratch2"),
+        };
+        let error = run_stage(&skip, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("3 batches with a non-finite loss were skipped"),
+            "{error}"
+        );
+        let skipped = std::fs::read_to_string(run.scratch.join(trainer::METRICS_FILE))
+            .unwrap()
+            .matches("\"skipped\"")
+            .count();
         assert_eq!(skipped, 3);
     }
 
     fn config_error(extra: &str) -> String {
         let table: toml::Table = toml::from_str(&format!("{TINY_INIT}\n{extra}")).unwrap();
-        match TrainStage.normalize(&table).and_then(|normal| TrainStage.validate(&normal)) {
+        match TrainStage
+            .normalize(&table)
+            .and_then(|normal| TrainStage.validate(&normal))
+        {
             Ok(()) => panic!("accepted: {extra}"),
             Err(error) => error.to_string(),
         }
@@ -721,14 +950,26 @@ pub(crate) mod tests {
     fn bad_config_is_rejected_before_compute() {
         assert!(config_error("steps = 0").contains("`steps`: must be at least 1"));
         let error = config_error("steps = 10\nlr = 0.0\nwarmup_steps = 2");
-        assert!(error.contains("`lr`") && error.contains("warm-up of 2 steps"), "{error}");
-        assert!(config_error("steps = 10\nbatch_size = 6\ngrad_accum = 4").contains("`grad_accum`"));
+        assert!(
+            error.contains("`lr`") && error.contains("warm-up of 2 steps"),
+            "{error}"
+        );
+        assert!(
+            config_error("steps = 10\nbatch_size = 6\ngrad_accum = 4").contains("`grad_accum`")
+        );
         assert!(config_error("tokens = 100\nsteps = 3").contains("`tokens`"));
         assert!(config_error("steps = 10\nwarmup_steps = 10").contains("`warmup_steps`"));
         assert!(config_error("steps = 10\nbetas = [0.9, 1.5]").contains("`betas`"));
-        let error = config_error("steps = 10\nloading = { policy = \"static\", weights = { counting = 0.0, noise = 0.0 } }");
-        assert!(error.contains("`loading.weights`") && error.contains("sum to 0"), "{error}");
-        let error = config_error("steps = 10\neval_batches = 0\nloading = { policy = \"dynamic\", reference = { counting = 1.0 } }");
+        let error = config_error(
+            "steps = 10\nloading = { policy = \"static\", weights = { counting = 0.0, noise = 0.0 } }",
+        );
+        assert!(
+            error.contains("`loading.weights`") && error.contains("sum to 0"),
+            "{error}"
+        );
+        let error = config_error(
+            "steps = 10\neval_batches = 0\nloading = { policy = \"dynamic\", reference = { counting = 1.0 } }",
+        );
         assert!(error.contains("`eval_batches`"), "{error}");
         assert!(config_error("steps = 10\ndtype = \"bf16\"").contains("`dtype`"));
         assert!(config_error("steps = 10\nmodel = { stage = \"x\" }").contains("not both"));
@@ -740,24 +981,47 @@ pub(crate) mod tests {
         let data = dir.path().join("data");
         write_fixture(&data, train_tokens);
         let config = table(extra);
-        let run = Run { out: dir.path().join("out"), scratch: dir.path().join("scratch") };
-        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default()).unwrap_err().to_string();
-        assert!(!run.scratch.join(trainer::METRICS_FILE).exists(), "compute started before the error: {error}");
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !run.scratch.join(trainer::METRICS_FILE).exists(),
+            "compute started before the error: {error}"
+        );
         error
     }
 
     #[test]
     fn bad_inputs_are_rejected_before_compute() {
-        let error = run_error("steps = 3\nseq_len = 8\nloading = { policy = \"dynamic\", reference = { counting = 1.0, noise = 3.0 } }", 500);
-        assert!(error.contains("`loading.reference`") && error.contains("`phrases` is missing"), "{error}");
+        let error = run_error(
+            "steps = 3\nseq_len = 8\nloading = { policy = \"dynamic\", reference = { counting = 1.0, noise = 3.0 } }",
+            500,
+        );
+        assert!(
+            error.contains("`loading.reference`") && error.contains("`phrases` is missing"),
+            "{error}"
+        );
         let error = run_error(
             "steps = 3\nseq_len = 8\nloading = { policy = \"dynamic\", reference = { counting = 1.0, noise = 3.0, phrases = 1.0, phrase = 2.0 } }",
             500,
         );
-        assert!(error.contains("loading.reference.phrase") && error.contains("did you mean `phrases`"), "{error}");
+        assert!(
+            error.contains("loading.reference.phrase") && error.contains("did you mean `phrases`"),
+            "{error}"
+        );
         let error = run_error("steps = 3\nseq_len = 8\nbatch_size = 200", 100);
-        assert!(error.contains("`batch_size`") && error.contains("holds only 36"), "{error}");
-        let error = run_error("steps = 100\nseq_len = 8\nbatch_size = 8\nexhaustion = \"error\"", 200);
+        assert!(
+            error.contains("`batch_size`") && error.contains("holds only 36"),
+            "{error}"
+        );
+        let error = run_error(
+            "steps = 100\nseq_len = 8\nbatch_size = 8\nexhaustion = \"error\"",
+            200,
+        );
         assert!(error.contains("`exhaustion`"), "{error}");
 
         // vocabulary mismatch: a model with 99 tokens against the 48-token data
@@ -773,8 +1037,16 @@ pub(crate) mod tests {
                 .unwrap(),
             )
             .unwrap();
-        let run = Run { out: dir.path().join("out"), scratch: dir.path().join("scratch") };
-        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default()).unwrap_err().to_string();
-        assert!(error.contains("99 tokens") && error.contains("48"), "{error}");
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("99 tokens") && error.contains("48"),
+            "{error}"
+        );
     }
 }

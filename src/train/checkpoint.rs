@@ -37,7 +37,10 @@ const TMP_PREFIX: &str = ".tmp-";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint I/O at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path}: {message}")]
     Record { path: PathBuf, message: String },
     #[error("checkpoint state {path} is unreadable: {message}")]
@@ -46,11 +49,18 @@ pub enum CheckpointError {
         "checkpoint {path} was written by a different configuration (fingerprint {found}, this run {expected}); \
          it is not loaded. Restore the configuration it was made with, or delete {path} to start over"
     )]
-    FingerprintMismatch { path: PathBuf, found: String, expected: String },
+    FingerprintMismatch {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `state.json`: the step, the configuration fingerprint and the caller's payload (sampler, loading
@@ -82,7 +92,9 @@ fn step_dir_name(step: u64) -> String {
 }
 
 fn sync_file(path: &Path) -> Result<(), CheckpointError> {
-    fs::File::open(path).and_then(|file| file.sync_all()).map_err(io_error(path))
+    fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(io_error(path))
 }
 
 /// Writes a checkpoint for `step` under `root` atomically, then deletes all but the newest `keep`
@@ -98,7 +110,11 @@ pub fn save<M: Module, T: Serialize>(
 ) -> Result<Checkpoint, CheckpointError> {
     fs::create_dir_all(root).map_err(io_error(root))?;
     let final_dir = root.join(step_dir_name(step));
-    let tmp_dir = root.join(format!("{TMP_PREFIX}{}-{}", step_dir_name(step), std::process::id()));
+    let tmp_dir = root.join(format!(
+        "{TMP_PREFIX}{}-{}",
+        step_dir_name(step),
+        std::process::id()
+    ));
     if tmp_dir.exists() {
         fs::remove_dir_all(&tmp_dir).map_err(io_error(&tmp_dir))?;
     }
@@ -108,17 +124,32 @@ pub fn save<M: Module, T: Serialize>(
     model
         .clone()
         .save_file(&model_path)
-        .map_err(|error| CheckpointError::Record { path: model_path.clone(), message: error.to_string() })?;
+        .map_err(|error| CheckpointError::Record {
+            path: model_path.clone(),
+            message: error.to_string(),
+        })?;
     let optimizer_path = tmp_dir.join(OPTIMIZER_FILE);
     optimizer
         .save(&optimizer_path)
-        .map_err(|error| CheckpointError::Record { path: optimizer_path.clone(), message: error.to_string() })?;
+        .map_err(|error| CheckpointError::Record {
+            path: optimizer_path.clone(),
+            message: error.to_string(),
+        })?;
     let state_path = tmp_dir.join(STATE_FILE);
-    let state = CheckpointState { format_version: FORMAT_VERSION, step, fingerprint: fingerprint.to_string(), payload };
-    let json = serde_json::to_vec_pretty(&state)
-        .map_err(|error| CheckpointError::State { path: state_path.clone(), message: error.to_string() })?;
+    let state = CheckpointState {
+        format_version: FORMAT_VERSION,
+        step,
+        fingerprint: fingerprint.to_string(),
+        payload,
+    };
+    let json = serde_json::to_vec_pretty(&state).map_err(|error| CheckpointError::State {
+        path: state_path.clone(),
+        message: error.to_string(),
+    })?;
     let mut file = fs::File::create(&state_path).map_err(io_error(&state_path))?;
-    file.write_all(&json).and_then(|()| file.sync_all()).map_err(io_error(&state_path))?;
+    file.write_all(&json)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&state_path))?;
     sync_file(&model_path)?;
     sync_file(&optimizer_path)?;
     sync_file(&tmp_dir)?;
@@ -131,7 +162,10 @@ pub fn save<M: Module, T: Serialize>(
     sync_file(root)?;
 
     prune_old(root, keep.max(1))?;
-    Ok(Checkpoint { dir: final_dir, step })
+    Ok(Checkpoint {
+        dir: final_dir,
+        step,
+    })
 }
 
 /// All complete checkpoints under `root`, oldest first. A missing root means none.
@@ -139,18 +173,29 @@ pub fn list_complete(root: &Path) -> Result<Vec<Checkpoint>, CheckpointError> {
     let entries = match fs::read_dir(root) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(CheckpointError::Io { path: root.to_path_buf(), source: error }),
+        Err(error) => {
+            return Err(CheckpointError::Io {
+                path: root.to_path_buf(),
+                source: error,
+            });
+        }
     };
     let mut found = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io_error(root))?;
         let name = entry.file_name();
-        let Some(step) = name.to_str().and_then(|name| name.strip_prefix(STEP_PREFIX)).and_then(|s| s.parse::<u64>().ok())
+        let Some(step) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(STEP_PREFIX))
+            .and_then(|s| s.parse::<u64>().ok())
         else {
             continue;
         };
         let dir = entry.path();
-        if [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].iter().all(|file| dir.join(file).is_file()) {
+        if [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]
+            .iter()
+            .all(|file| dir.join(file).is_file())
+        {
             found.push(Checkpoint { dir, step });
         }
     }
@@ -169,7 +214,11 @@ fn prune_old(root: &Path, keep: usize) -> Result<(), CheckpointError> {
         fs::remove_dir_all(&old.dir).map_err(io_error(&old.dir))?;
     }
     for entry in fs::read_dir(root).map_err(io_error(root))?.flatten() {
-        if entry.file_name().to_str().is_some_and(|name| name.starts_with(TMP_PREFIX)) {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(TMP_PREFIX))
+        {
             let path = entry.path();
             fs::remove_dir_all(&path).map_err(io_error(&path))?;
         }
@@ -178,15 +227,24 @@ fn prune_old(root: &Path, keep: usize) -> Result<(), CheckpointError> {
 }
 
 /// Reads `state.json` of a checkpoint folder and checks its fingerprint against `expected`.
-pub fn read_state<T: DeserializeOwned>(dir: &Path, expected: &str) -> Result<CheckpointState<T>, CheckpointError> {
+pub fn read_state<T: DeserializeOwned>(
+    dir: &Path,
+    expected: &str,
+) -> Result<CheckpointState<T>, CheckpointError> {
     let path = dir.join(STATE_FILE);
     let bytes = fs::read(&path).map_err(io_error(&path))?;
-    let state: CheckpointState<T> = serde_json::from_slice(&bytes)
-        .map_err(|error| CheckpointError::State { path: path.clone(), message: error.to_string() })?;
+    let state: CheckpointState<T> =
+        serde_json::from_slice(&bytes).map_err(|error| CheckpointError::State {
+            path: path.clone(),
+            message: error.to_string(),
+        })?;
     if state.format_version != FORMAT_VERSION {
         return Err(CheckpointError::State {
             path,
-            message: format!("format version {} (this build reads {FORMAT_VERSION})", state.format_version),
+            message: format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                state.format_version
+            ),
         });
     }
     if state.fingerprint != expected {
@@ -212,11 +270,17 @@ pub fn load<M: Module, T: DeserializeOwned>(
     let model_path = checkpoint.dir.join(MODEL_FILE);
     let model = model
         .try_load_file(&model_path)
-        .map_err(|error| CheckpointError::Record { path: model_path.clone(), message: error.to_string() })?;
+        .map_err(|error| CheckpointError::Record {
+            path: model_path.clone(),
+            message: error.to_string(),
+        })?;
     let optimizer_path = checkpoint.dir.join(OPTIMIZER_FILE);
     let optimizer = optimizer
         .load(&optimizer_path)
-        .map_err(|error| CheckpointError::Record { path: optimizer_path.clone(), message: error.to_string() })?;
+        .map_err(|error| CheckpointError::Record {
+            path: optimizer_path.clone(),
+            message: error.to_string(),
+        })?;
     Ok((model, optimizer, state))
 }
 
@@ -237,15 +301,32 @@ mod tests {
     fn tiny(device: &Device, offset: f32) -> Tiny {
         Tiny {
             weight: Param::from_tensor(Tensor::from_data(
-                TensorData::new((0..6).map(|i| i as f32 * 0.1 + offset).collect::<Vec<_>>(), [2, 3]),
+                TensorData::new(
+                    (0..6).map(|i| i as f32 * 0.1 + offset).collect::<Vec<_>>(),
+                    [2, 3],
+                ),
                 device,
             )),
-            norm: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32 + offset; 3], [3]), device)),
+            norm: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![1.0f32 + offset; 3], [3]),
+                device,
+            )),
         }
     }
 
-    fn train_step(model: Tiny, optimizer: &mut ModuleOptimizer, step: u64, device: &Device) -> Tiny {
-        let input = Tensor::<2>::from_data(TensorData::new(vec![0.3f32 * step as f32, -1.0, 0.5, 2.0, 0.1, -0.4], [3, 2]), device);
+    fn train_step(
+        model: Tiny,
+        optimizer: &mut ModuleOptimizer,
+        step: u64,
+        device: &Device,
+    ) -> Tiny {
+        let input = Tensor::<2>::from_data(
+            TensorData::new(
+                vec![0.3f32 * step as f32, -1.0, 0.5, 2.0, 0.1, -0.4],
+                [3, 2],
+            ),
+            device,
+        );
         let out = model.weight.val().matmul(input); // [2, 2]
         let loss = (out.square().sum() + (model.norm.val() - 0.5).square().sum()).sqrt();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -253,16 +334,35 @@ mod tests {
     }
 
     fn bits(model: &Tiny) -> Vec<u32> {
-        let mut out: Vec<u32> =
-            model.weight.val().into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
-        out.extend(model.norm.val().into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()));
+        let mut out: Vec<u32> = model
+            .weight
+            .val()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        out.extend(
+            model
+                .norm
+                .val()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits()),
+        );
         out
     }
 
     #[test]
     fn resume_from_checkpoint_is_bit_identical() {
         let device = Device::flex().autodiff();
-        let settings = AdamWSettings { weight_decay: 0.1, ..Default::default() };
+        let settings = AdamWSettings {
+            weight_decay: 0.1,
+            ..Default::default()
+        };
         let root = tempfile::tempdir().unwrap();
 
         // uninterrupted: 6 steps, checkpoint after 3
@@ -271,7 +371,16 @@ mod tests {
         for step in 0..6 {
             model = train_step(model, &mut optimizer, step, &device);
             if step == 2 {
-                save(root.path(), 3, "abc", &model, &optimizer, &serde_json::json!({"cursor": 42}), 2).unwrap();
+                save(
+                    root.path(),
+                    3,
+                    "abc",
+                    &model,
+                    &optimizer,
+                    &serde_json::json!({"cursor": 42}),
+                    2,
+                )
+                .unwrap();
             }
         }
         let reference = bits(&model);
@@ -300,7 +409,11 @@ mod tests {
         for step in [1, 2, 3, 4] {
             save(root.path(), step, "f", &model, &optimizer, &(), 2).unwrap();
         }
-        let steps: Vec<u64> = list_complete(root.path()).unwrap().iter().map(|c| c.step).collect();
+        let steps: Vec<u64> = list_complete(root.path())
+            .unwrap()
+            .iter()
+            .map(|c| c.step)
+            .collect();
         assert_eq!(steps, vec![3, 4]);
         assert!(!root.path().join(".tmp-step-000000009-1").exists());
         assert_eq!(newest_complete(root.path()).unwrap().unwrap().step, 4);
@@ -312,12 +425,29 @@ mod tests {
         let device = Device::flex();
         let root = tempfile::tempdir().unwrap();
         let optimizer = AdamWSettings::default().build();
-        save(root.path(), 5, &fingerprint(&"config A"), &tiny(&device, 0.0), &optimizer, &(), 1).unwrap();
+        save(
+            root.path(),
+            5,
+            &fingerprint(&"config A"),
+            &tiny(&device, 0.0),
+            &optimizer,
+            &(),
+            1,
+        )
+        .unwrap();
         let checkpoint = newest_complete(root.path()).unwrap().unwrap();
-        let Err(error) = load::<Tiny, ()>(&checkpoint, &fingerprint(&"config B"), tiny(&device, 0.0), optimizer) else {
+        let Err(error) = load::<Tiny, ()>(
+            &checkpoint,
+            &fingerprint(&"config B"),
+            tiny(&device, 0.0),
+            optimizer,
+        ) else {
             panic!("a checkpoint from another configuration was loaded");
         };
         assert!(matches!(error, CheckpointError::FingerprintMismatch { .. }));
-        assert!(error.to_string().contains("different configuration"), "{error}");
+        assert!(
+            error.to_string().contains("different configuration"),
+            "{error}"
+        );
     }
 }

@@ -23,9 +23,13 @@ pub const CLIP_EPSILON: f64 = 1e-6;
 /// training log reports). A non-finite norm is returned unchanged and the gradients are not scaled:
 /// the caller decides what a NaN step means (the train stage stops or skips the batch).
 /// `max_norm <= 0` or non-finite disables scaling but still measures the norm.
-pub fn clip_global_norm<M: Module>(grads: GradientsParams, module: &M, max_norm: f64) -> (GradientsParams, f64) {
+pub fn clip_global_norm<M: Module>(
+    grads: GradientsParams,
+    module: &M,
+    max_norm: f64,
+) -> (GradientsParams, f64) {
     let total_norm = global_norm(&grads, module);
-    if !total_norm.is_finite() || !(max_norm > 0.0 && max_norm.is_finite()) {
+    if !(total_norm.is_finite() && max_norm > 0.0 && max_norm.is_finite()) {
         return (grads, total_norm);
     }
     let coef = max_norm / (total_norm + CLIP_EPSILON);
@@ -41,7 +45,10 @@ pub fn clip_global_norm<M: Module>(grads: GradientsParams, module: &M, max_norm:
 /// The L2 norm of all gradients of `module`'s float parameters (parameters without a gradient, e.g.
 /// frozen ones, count as zero). One device-to-host read.
 pub fn global_norm<M: Module>(grads: &GradientsParams, module: &M) -> f64 {
-    let mut collector = SquaredNorms { grads, squares: Vec::new() };
+    let mut collector = SquaredNorms {
+        grads,
+        squares: Vec::new(),
+    };
     module.visit(&mut collector);
     if collector.squares.is_empty() {
         return 0.0;
@@ -95,12 +102,27 @@ mod tests {
     fn model_and_grads(scale: f32) -> (TwoParams, GradientsParams) {
         let device = Device::flex().autodiff();
         let model = TwoParams {
-            matrix: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.0f32; 4], [2, 2]), &device)),
-            vector: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.0f32; 2], [2]), &device)),
+            matrix: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![0.0f32; 4], [2, 2]),
+                &device,
+            )),
+            vector: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![0.0f32; 2], [2]),
+                &device,
+            )),
         };
         // loss = Σ matrix ⊙ A + Σ vector ⊙ b  →  grads are exactly A and b.
-        let a = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0].iter().map(|x| x * scale).collect(), [2, 2]), &device);
-        let b = Tensor::<1>::from_data(TensorData::new(vec![5.0f32 * scale, 6.0 * scale], [2]), &device);
+        let a = Tensor::<2>::from_data(
+            TensorData::new(
+                [1.0f32, 2.0, 3.0, 4.0].iter().map(|x| x * scale).collect(),
+                [2, 2],
+            ),
+            &device,
+        );
+        let b = Tensor::<1>::from_data(
+            TensorData::new(vec![5.0f32 * scale, 6.0 * scale], [2]),
+            &device,
+        );
         let loss = (model.matrix.val() * a).sum() + (model.vector.val() * b).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         (model, grads)
@@ -120,8 +142,16 @@ mod tests {
         let coef = 1.0 / (expected_norm + 1e-6);
         let matrix = values(grads.get::<2>(model.matrix.id).unwrap());
         let vector = values(grads.get::<1>(model.vector.id).unwrap());
-        for (got, raw) in matrix.iter().chain(vector.iter()).zip([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) {
-            assert!((*got as f64 - raw * coef).abs() < 1e-6, "{got} vs {}", raw * coef);
+        for (got, raw) in matrix
+            .iter()
+            .chain(vector.iter())
+            .zip([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        {
+            assert!(
+                (*got as f64 - raw * coef).abs() < 1e-6,
+                "{got} vs {}",
+                raw * coef
+            );
         }
         // after clipping, the global norm is max_norm (up to the epsilon)
         assert!((global_norm(&grads, &model) - 1.0).abs() < 1e-5);
@@ -132,7 +162,10 @@ mod tests {
         let (model, grads) = model_and_grads(0.01);
         let (grads, norm) = clip_global_norm(grads, &model, 1.0);
         assert!((norm - 0.01 * 91f64.sqrt()).abs() < 1e-6);
-        assert_eq!(values(grads.get::<1>(model.vector.id).unwrap()), vec![5.0f32 * 0.01, 6.0f32 * 0.01]);
+        assert_eq!(
+            values(grads.get::<1>(model.vector.id).unwrap()),
+            vec![5.0f32 * 0.01, 6.0f32 * 0.01]
+        );
     }
 
     #[test]

@@ -53,20 +53,43 @@ impl Default for AdamWSettings {
 impl AdamWSettings {
     /// Rejects values for which AdamW is undefined or surely unintended.
     pub fn validate(&self) -> Result<(), InvalidSettings> {
-        let invalid = |key: &str, message: String| Err(InvalidSettings { key: key.into(), message });
+        let invalid = |key: &str, message: String| {
+            Err(InvalidSettings {
+                key: key.into(),
+                message,
+            })
+        };
         for (index, beta) in self.betas.iter().enumerate() {
             if !(0.0..1.0).contains(beta) {
-                return invalid("betas", format!("beta{} = {beta} must be in [0, 1) (PyTorch default: [0.9, 0.999])", index + 1));
+                return invalid(
+                    "betas",
+                    format!(
+                        "beta{} = {beta} must be in [0, 1) (PyTorch default: [0.9, 0.999])",
+                        index + 1
+                    ),
+                );
             }
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return invalid("eps", format!("{} must be a positive number (typical: 1e-8)", self.eps));
+            return invalid(
+                "eps",
+                format!("{} must be a positive number (typical: 1e-8)", self.eps),
+            );
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return invalid("weight_decay", format!("{} must be >= 0 (0 disables weight decay)", self.weight_decay));
+            return invalid(
+                "weight_decay",
+                format!(
+                    "{} must be >= 0 (0 disables weight decay)",
+                    self.weight_decay
+                ),
+            );
         }
         if self.no_decay.iter().any(String::is_empty) {
-            return invalid("no_decay", "an empty pattern would match every parameter; remove it".into());
+            return invalid(
+                "no_decay",
+                "an empty pattern would match every parameter; remove it".into(),
+            );
         }
         Ok(())
     }
@@ -135,11 +158,23 @@ mod tests {
     }
 
     fn values(param: &Param<Tensor<1>>) -> Vec<f64> {
-        param.val().into_data().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect()
+        param
+            .val()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
     }
 
     /// PyTorch AdamW by hand, in f64.
-    fn by_hand(settings: &AdamWSettings, lr: f64, weight_decay: f64, grads: &[[f32; 3]]) -> Vec<f64> {
+    fn by_hand(
+        settings: &AdamWSettings,
+        lr: f64,
+        weight_decay: f64,
+        grads: &[[f32; 3]],
+    ) -> Vec<f64> {
         let [beta1, beta2] = settings.betas;
         let mut p = vec![1.0f64, -2.0, 0.5];
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
@@ -151,7 +186,8 @@ mod tests {
                 v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
                 let m_hat = m[i] / (1.0 - beta1.powi(t));
                 let v_hat = v[i] / (1.0 - beta2.powi(t));
-                p[i] = p[i] * (1.0 - lr * weight_decay) - lr * m_hat / (v_hat.sqrt() + settings.eps);
+                p[i] =
+                    p[i] * (1.0 - lr * weight_decay) - lr * m_hat / (v_hat.sqrt() + settings.eps);
             }
         }
         p
@@ -160,7 +196,12 @@ mod tests {
     #[test]
     fn two_adamw_steps_equal_the_hand_computation_and_norms_are_not_decayed() {
         let device = Device::flex().autodiff();
-        let settings = AdamWSettings { betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, ..Default::default() };
+        let settings = AdamWSettings {
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
         let mut optimizer = settings.build();
         let lr = 0.01;
         let steps = [[0.1f32, -0.3, 2.0], [-0.2f32, 0.4, 1.0]];
@@ -182,13 +223,25 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_with_their_key() {
-        let bad = AdamWSettings { betas: [0.9, 1.0], ..Default::default() };
+        let bad = AdamWSettings {
+            betas: [0.9, 1.0],
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().key, "betas");
-        let bad = AdamWSettings { eps: 0.0, ..Default::default() };
+        let bad = AdamWSettings {
+            eps: 0.0,
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().key, "eps");
-        let bad = AdamWSettings { weight_decay: -0.1, ..Default::default() };
+        let bad = AdamWSettings {
+            weight_decay: -0.1,
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().key, "weight_decay");
-        let bad = AdamWSettings { no_decay: vec![String::new()], ..Default::default() };
+        let bad = AdamWSettings {
+            no_decay: vec![String::new()],
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().key, "no_decay");
         assert!(AdamWSettings::default().validate().is_ok());
     }

@@ -11,13 +11,22 @@ use serde::{Deserialize, Serialize};
 /// The lr multiplier in `[min_lr_ratio, 1]` (or `[0, 1]` during warm-up) for the 0-based `step`.
 ///
 /// `warmup_steps = 0` starts at the peak. Steps at or past `total_steps` return `min_lr_ratio`.
-pub fn cosine_with_warmup(step: u64, warmup_steps: u64, total_steps: u64, min_lr_ratio: f64) -> f64 {
+pub fn cosine_with_warmup(
+    step: u64,
+    warmup_steps: u64,
+    total_steps: u64,
+    min_lr_ratio: f64,
+) -> f64 {
     if step < warmup_steps {
         return step as f64 / warmup_steps as f64;
     }
     let decay_steps = total_steps.saturating_sub(warmup_steps);
     if decay_steps == 0 || step >= total_steps {
-        return if step >= total_steps && decay_steps > 0 { min_lr_ratio } else { 1.0 };
+        return if step >= total_steps && decay_steps > 0 {
+            min_lr_ratio
+        } else {
+            1.0
+        };
     }
     let progress = (step - warmup_steps) as f64 / decay_steps as f64; // in [0, 1)
     min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
@@ -54,7 +63,8 @@ pub struct LrSchedule {
 impl LrSchedule {
     /// The learning rate used for the update of the 0-based `step`.
     pub fn lr(&self, step: u64) -> f64 {
-        self.peak_lr * cosine_with_warmup(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
+        self.peak_lr
+            * cosine_with_warmup(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
     }
 }
 
@@ -90,7 +100,9 @@ mod tests {
     #[test]
     fn no_warmup_starts_at_peak_and_is_monotone() {
         assert!(close(cosine_with_warmup(0, 0, 50, 0.0), 1.0));
-        let values: Vec<f64> = (0..50).map(|step| cosine_with_warmup(step, 0, 50, 0.0)).collect();
+        let values: Vec<f64> = (0..50)
+            .map(|step| cosine_with_warmup(step, 0, 50, 0.0))
+            .collect();
         assert!(values.windows(2).all(|pair| pair[1] < pair[0]));
         assert!(values[49] > 0.0);
     }
@@ -98,8 +110,12 @@ mod tests {
     #[test]
     fn paper_continued_pretraining_schedule() {
         // 48,000 steps, 3% warm-up (1440), lr 1e-4 decaying to 1e-5 (alpha_f 0.1).
-        let schedule =
-            LrSchedule { peak_lr: 1e-4, warmup_steps: Warmup::Fraction(0.03).steps(48_000), total_steps: 48_000, min_lr_ratio: 0.1 };
+        let schedule = LrSchedule {
+            peak_lr: 1e-4,
+            warmup_steps: Warmup::Fraction(0.03).steps(48_000),
+            total_steps: 48_000,
+            min_lr_ratio: 0.1,
+        };
         assert_eq!(schedule.warmup_steps, 1440);
         assert!((schedule.lr(720) - 5e-5).abs() < 1e-18);
         assert!((schedule.lr(1440) - 1e-4).abs() < 1e-18);

@@ -83,9 +83,22 @@ pub enum TrainError {
          {checkpoint}. No weights were written. Lower `lr`, lengthen the warm-up, check the input model, or set \
          `on_non_finite = \"skip_batch\"` to drop such batches"
     )]
-    NonFinite { step: u64, loss: f64, grad_norm: f64, domains: String, checkpoint: String },
-    #[error("{count} batches with a non-finite loss were skipped (the last at step {step}; `max_skipped_batches` = {max}); {checkpoint}")]
-    TooManySkipped { count: u64, step: u64, max: u64, checkpoint: String },
+    NonFinite {
+        step: u64,
+        loss: f64,
+        grad_norm: f64,
+        domains: String,
+        checkpoint: String,
+    },
+    #[error(
+        "{count} batches with a non-finite loss were skipped (the last at step {step}; `max_skipped_batches` = {max}); {checkpoint}"
+    )]
+    TooManySkipped {
+        count: u64,
+        step: u64,
+        max: u64,
+        checkpoint: String,
+    },
     #[error("the weights became non-finite by step {step}; {checkpoint}. No weights were written")]
     NonFiniteWeights { step: u64, checkpoint: String },
     #[error("cancelled after step {step}; the next run resumes from {checkpoint}")]
@@ -97,7 +110,10 @@ pub enum TrainError {
     #[error(transparent)]
     Loading(#[from] LoadingError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the loop trains with. `model` must live on an autodiff device.
@@ -129,7 +145,11 @@ impl Timing {
     /// Share of the step time spent outside the model (data, policy, logging, checkpointing).
     pub fn outside_model_fraction(&self) -> f64 {
         let total = self.steps_s + self.checkpoint_s;
-        if total > 0.0 { (total - self.model_s) / total } else { 0.0 }
+        if total > 0.0 {
+            (total - self.model_s) / total
+        } else {
+            0.0
+        }
     }
 }
 
@@ -161,7 +181,12 @@ pub const CHECKPOINT_DIR: &str = "checkpoints";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// `[batch, seq_len + 1]` row-major tokens → (inputs `[batch, seq_len]`, targets `[batch, seq_len]`).
-pub fn batch_tensors(rows: &[u32], batch: usize, seq_len: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+pub fn batch_tensors(
+    rows: &[u32],
+    batch: usize,
+    seq_len: usize,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>) {
     let width = seq_len + 1;
     let mut inputs = Vec::with_capacity(batch * seq_len);
     let mut targets = Vec::with_capacity(batch * seq_len);
@@ -212,11 +237,17 @@ pub fn weights_are_finite<M: Module>(model: &M) -> bool {
     if check.0.is_empty() {
         return true;
     }
-    Tensor::cat(check.0, 0).sum().into_scalar::<f32>().is_finite()
+    Tensor::cat(check.0, 0)
+        .sum()
+        .into_scalar::<f32>()
+        .is_finite()
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Keeps the `metrics.jsonl` lines of steps `<= step` (a resumed run rewrites what came after).
@@ -228,8 +259,14 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     let mut kept = String::new();
     for line in std::io::BufReader::new(file).lines() {
         let line = line.map_err(io_error(path))?;
-        let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else { continue }; // torn last line
-        if record.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s <= step) {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        }; // torn last line
+        if record
+            .get("step")
+            .and_then(|s| s.as_u64())
+            .is_some_and(|s| s <= step)
+        {
             kept.push_str(&line);
             kept.push('\n');
         }
@@ -239,7 +276,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
 
 fn describe_checkpoint(root: &Path) -> String {
     match checkpoint::newest_complete(root) {
-        Ok(Some(found)) => format!("last good checkpoint: {} (step {})", found.dir.display(), found.step),
+        Ok(Some(found)) => format!(
+            "last good checkpoint: {} (step {})",
+            found.dir.display(),
+            found.step
+        ),
         _ => "no checkpoint was written yet".to_string(),
     }
 }
@@ -264,13 +305,18 @@ impl MetricsLog<'_> {
     fn write(&mut self, record: serde_json::Value) -> Result<(), TrainError> {
         let mut line = record.to_string();
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(io_error(&self.path))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(io_error(&self.path))?;
         self.reporter.metrics(&record);
         Ok(())
     }
 }
 
-fn named(domains: &[String], values: impl IntoIterator<Item = serde_json::Value>) -> serde_json::Value {
+fn named(
+    domains: &[String],
+    values: impl IntoIterator<Item = serde_json::Value>,
+) -> serde_json::Value {
     serde_json::Value::Object(domains.iter().cloned().zip(values).collect())
 }
 
@@ -285,7 +331,12 @@ pub fn train(
     reporter: &dyn Reporter,
     cancel: &CancelFlag,
 ) -> Result<TrainOutcome, TrainError> {
-    let TrainParts { mut model, mut mixture, mut policy, eval } = parts;
+    let TrainParts {
+        mut model,
+        mut mixture,
+        mut policy,
+        eval,
+    } = parts;
     let domains = policy.domains().to_vec();
     let checkpoint_root = scratch_dir.join(CHECKPOINT_DIR);
     let metrics_path = scratch_dir.join(METRICS_FILE);
@@ -312,26 +363,37 @@ pub fn train(
         step = state.step;
         resumed_from = Some(step);
         truncate_metrics(&metrics_path, step)?;
-        reporter.message(&format!("resuming from checkpoint {} (step {step})", found.dir.display()));
+        reporter.message(&format!(
+            "resuming from checkpoint {} (step {step})",
+            found.dir.display()
+        ));
     } else {
         if metrics_path.exists() {
             fs::remove_file(&metrics_path).map_err(io_error(&metrics_path))?;
         }
         mixture.set_weights(policy.weights())?;
     }
-    let file = fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io_error(&metrics_path))?;
-    let mut log = MetricsLog { file, path: metrics_path.clone(), reporter };
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(io_error(&metrics_path))?;
+    let mut log = MetricsLog {
+        file,
+        path: metrics_path.clone(),
+        reporter,
+    };
     let mut timing = Timing::default();
     let mut last_eval: Option<Vec<f64>> = None;
 
     // Evaluate, update the policy when due, and log. Returns the losses.
     let evaluate_and_update = |model: &Llama,
-                                   step: u64,
-                                   update_policy: bool,
-                                   policy: &mut LoadingPolicy,
-                                   mixture: &mut DomainMixture,
-                                   log: &mut MetricsLog,
-                                   timing: &mut Timing|
+                               step: u64,
+                               update_policy: bool,
+                               policy: &mut LoadingPolicy,
+                               mixture: &mut DomainMixture,
+                               log: &mut MetricsLog,
+                               timing: &mut Timing|
      -> Result<Vec<f64>, TrainError> {
         let started = Instant::now();
         let losses = evaluate(model, &eval, micro_batch);
@@ -353,7 +415,15 @@ pub fn train(
 
     if step == 0 && settings.eval_first && !eval.is_empty() {
         let update = policy.updates_on_eval();
-        last_eval = Some(evaluate_and_update(&model, 0, update, &mut policy, &mut mixture, &mut log, &mut timing)?);
+        last_eval = Some(evaluate_and_update(
+            &model,
+            0,
+            update,
+            &mut policy,
+            &mut mixture,
+            &mut log,
+            &mut timing,
+        )?);
     }
     let mut last_checkpoint_step = resumed_from;
     while step < settings.total_steps {
@@ -366,9 +436,20 @@ pub fn train(
                     skipped_batches,
                     last_loss,
                 };
-                checkpoint::save(&checkpoint_root, step, fingerprint, &model, &optimizer, &payload, settings.keep_checkpoints)?;
+                checkpoint::save(
+                    &checkpoint_root,
+                    step,
+                    fingerprint,
+                    &model,
+                    &optimizer,
+                    &payload,
+                    settings.keep_checkpoints,
+                )?;
             }
-            return Err(TrainError::Cancelled { step, checkpoint: describe_checkpoint(&checkpoint_root) });
+            return Err(TrainError::Cancelled {
+                step,
+                checkpoint: describe_checkpoint(&checkpoint_root),
+            });
         }
         let step_started = Instant::now();
         let mut model_s = 0.0;
@@ -383,13 +464,18 @@ pub fn train(
             for (count, add) in counts.iter_mut().zip(batch.domain_counts(domains.len())) {
                 *count += add;
             }
-            let (inputs, targets) = batch_tensors(&batch.tokens, micro_batch, settings.seq_len, &device);
+            let (inputs, targets) =
+                batch_tensors(&batch.tokens, micro_batch, settings.seq_len, &device);
             data_s += data_started.elapsed().as_secs_f64();
 
             let model_started = Instant::now();
             let logits = model.forward(inputs, None); // [micro_batch, seq_len, vocab]
             let loss = cross_entropy(logits, targets); // [1]
-            let loss = if settings.grad_accum > 1 { loss.div_scalar(settings.grad_accum as f64) } else { loss };
+            let loss = if settings.grad_accum > 1 {
+                loss.div_scalar(settings.grad_accum as f64)
+            } else {
+                loss
+            };
             loss_value += loss.clone().into_scalar::<f32>() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             if settings.grad_accum > 1 {
@@ -462,19 +548,30 @@ pub fn train(
         timing.steps_s += step_started.elapsed().as_secs_f64();
         timing.steps += 1;
 
-        let periodic_eval = settings.eval_every > 0 && step % settings.eval_every == 0;
+        let periodic_eval = settings.eval_every > 0 && step.is_multiple_of(settings.eval_every);
         let scheduled_update = policy.wants_update_at(step);
         let final_step = step == settings.total_steps;
         if (periodic_eval || scheduled_update || final_step) && !eval.is_empty() {
             let update = (periodic_eval && policy.updates_on_eval()) || scheduled_update;
-            last_eval = Some(evaluate_and_update(&model, step, update, &mut policy, &mut mixture, &mut log, &mut timing)?);
+            last_eval = Some(evaluate_and_update(
+                &model,
+                step,
+                update,
+                &mut policy,
+                &mut mixture,
+                &mut log,
+                &mut timing,
+            )?);
         }
 
-        let due = settings.checkpoint_every > 0 && step % settings.checkpoint_every == 0;
+        let due = settings.checkpoint_every > 0 && step.is_multiple_of(settings.checkpoint_every);
         if due || final_step {
             let started = Instant::now();
             if !weights_are_finite(&model) {
-                return Err(TrainError::NonFiniteWeights { step, checkpoint: describe_checkpoint(&checkpoint_root) });
+                return Err(TrainError::NonFiniteWeights {
+                    step,
+                    checkpoint: describe_checkpoint(&checkpoint_root),
+                });
             }
             let payload = Payload {
                 sampler: mixture.state(),
@@ -483,14 +580,25 @@ pub fn train(
                 skipped_batches,
                 last_loss,
             };
-            checkpoint::save(&checkpoint_root, step, fingerprint, &model, &optimizer, &payload, settings.keep_checkpoints)?;
+            checkpoint::save(
+                &checkpoint_root,
+                step,
+                fingerprint,
+                &model,
+                &optimizer,
+                &payload,
+                settings.keep_checkpoints,
+            )?;
             last_checkpoint_step = Some(step);
             timing.checkpoint_s += started.elapsed().as_secs_f64();
         }
     }
     log.file.flush().map_err(io_error(&metrics_path))?;
     if !weights_are_finite(&model) {
-        return Err(TrainError::NonFiniteWeights { step, checkpoint: describe_checkpoint(&checkpoint_root) });
+        return Err(TrainError::NonFiniteWeights {
+            step,
+            checkpoint: describe_checkpoint(&checkpoint_root),
+        });
     }
     let final_eval = match last_eval {
         Some(losses) => losses,

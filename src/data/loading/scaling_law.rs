@@ -31,14 +31,22 @@ pub enum FitError {
     LengthMismatch { sizes: usize, losses: usize },
     #[error("a fit of a/N^b + c has 3 unknowns and needs at least 3 (size, loss) points, got {0}")]
     TooFewPoints(usize),
-    #[error("sizes must be positive parameter counts and losses finite numbers (got size {size}, loss {loss})")]
+    #[error(
+        "sizes must be positive parameter counts and losses finite numbers (got size {size}, loss {loss})"
+    )]
     BadPoint { size: f64, loss: f64 },
-    #[error("the fit did not converge (residual sum of squares {0:e}); check that losses fall as size grows")]
+    #[error(
+        "the fit did not converge (residual sum of squares {0:e}); check that losses fall as size grows"
+    )]
     NoConvergence(f64),
 }
 
 fn sum_of_squares(law: &ScalingLaw, sizes: &[f64], losses: &[f64]) -> f64 {
-    sizes.iter().zip(losses).map(|(&n, &l)| (l - law.loss(n)).powi(2)).sum()
+    sizes
+        .iter()
+        .zip(losses)
+        .map(|(&n, &l)| (l - law.loss(n)).powi(2))
+        .sum()
 }
 
 /// Solves the 3×3 system `m · x = v` by Gaussian elimination with partial pivoting.
@@ -52,8 +60,9 @@ fn solve3(mut m: [[f64; 3]; 3], mut v: [f64; 3]) -> Option<[f64; 3]> {
         v.swap(col, pivot);
         for row in col + 1..3 {
             let factor = m[row][col] / m[col][col];
-            for k in col..3 {
-                m[row][k] -= factor * m[col][k];
+            let pivot_row = m[col];
+            for (entry, pivot_entry) in m[row].iter_mut().zip(pivot_row).skip(col) {
+                *entry -= factor * pivot_entry;
             }
             v[row] -= factor * v[col];
         }
@@ -69,12 +78,19 @@ fn solve3(mut m: [[f64; 3]; 3], mut v: [f64; 3]) -> Option<[f64; 3]> {
 /// Least-squares fit of `a / N^b + c` to (`sizes`, `losses`) by Levenberg–Marquardt from [`INITIAL_GUESS`].
 pub fn fit(sizes: &[f64], losses: &[f64]) -> Result<ScalingLaw, FitError> {
     if sizes.len() != losses.len() {
-        return Err(FitError::LengthMismatch { sizes: sizes.len(), losses: losses.len() });
+        return Err(FitError::LengthMismatch {
+            sizes: sizes.len(),
+            losses: losses.len(),
+        });
     }
     if sizes.len() < 3 {
         return Err(FitError::TooFewPoints(sizes.len()));
     }
-    if let Some((&size, &loss)) = sizes.iter().zip(losses).find(|(n, l)| !(**n > 0.0 && n.is_finite() && l.is_finite())) {
+    if let Some((&size, &loss)) = sizes
+        .iter()
+        .zip(losses)
+        .find(|(n, l)| !(**n > 0.0 && n.is_finite() && l.is_finite()))
+    {
         return Err(FitError::BadPoint { size, loss });
     }
     let [a, b, c] = INITIAL_GUESS;
@@ -104,7 +120,11 @@ pub fn fit(sizes: &[f64], losses: &[f64]) -> Result<ScalingLaw, FitError> {
                 row[i] += damping * jtj[i][i].max(1e-300);
             }
             if let Some(step) = solve3(damped, jtr) {
-                let candidate = ScalingLaw { a: law.a + step[0], b: law.b + step[1], c: law.c + step[2] };
+                let candidate = ScalingLaw {
+                    a: law.a + step[0],
+                    b: law.b + step[1],
+                    c: law.c + step[2],
+                };
                 let candidate_error = sum_of_squares(&candidate, sizes, losses);
                 if candidate_error.is_finite() && candidate_error < error {
                     let relative_change = (error - candidate_error) / error.max(1e-300);
@@ -124,7 +144,9 @@ pub fn fit(sizes: &[f64], losses: &[f64]) -> Result<ScalingLaw, FitError> {
     // Converged when the residual is small relative to the losses (an exact fit for 3 points).
     let rms = (error / sizes.len() as f64).sqrt();
     let mean_loss = losses.iter().sum::<f64>() / losses.len() as f64;
-    if !(law.a.is_finite() && law.b.is_finite() && law.c.is_finite()) || rms > 0.05 * mean_loss.abs().max(1e-12) {
+    if !(law.a.is_finite() && law.b.is_finite() && law.c.is_finite())
+        || rms > 0.05 * mean_loss.abs().max(1e-12)
+    {
         return Err(FitError::NoConvergence(error));
     }
     Ok(law)
@@ -154,11 +176,16 @@ mod tests {
 
     #[test]
     fn reproduces_the_papers_reference_losses() {
-        for (target, expected) in
-            [(2_701_560_320.0, REFERENCE_2_7B), (1_345_423_360.0, REFERENCE_1_3B), (373_867_520.0, REFERENCE_370M)]
-        {
+        for (target, expected) in [
+            (2_701_560_320.0, REFERENCE_2_7B),
+            (1_345_423_360.0, REFERENCE_1_3B),
+            (373_867_520.0, REFERENCE_370M),
+        ] {
             for (got, want) in predicted_row(target).iter().zip(expected) {
-                assert!((got - want).abs() < 5e-4, "target {target}: {got:.5} vs {want}");
+                assert!(
+                    (got - want).abs() < 5e-4,
+                    "target {target}: {got:.5} vs {want}"
+                );
             }
         }
     }
@@ -174,8 +201,20 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_named() {
-        assert_eq!(fit(&[1.0, 2.0], &[1.0, 2.0]), Err(FitError::TooFewPoints(2)));
-        assert_eq!(fit(&[1.0, 2.0, 3.0], &[1.0, 2.0]), Err(FitError::LengthMismatch { sizes: 3, losses: 2 }));
-        assert!(matches!(fit(&[1.0, -2.0, 3.0], &[1.0, 2.0, 3.0]), Err(FitError::BadPoint { .. })));
+        assert_eq!(
+            fit(&[1.0, 2.0], &[1.0, 2.0]),
+            Err(FitError::TooFewPoints(2))
+        );
+        assert_eq!(
+            fit(&[1.0, 2.0, 3.0], &[1.0, 2.0]),
+            Err(FitError::LengthMismatch {
+                sizes: 3,
+                losses: 2
+            })
+        );
+        assert!(matches!(
+            fit(&[1.0, -2.0, 3.0], &[1.0, 2.0, 3.0]),
+            Err(FitError::BadPoint { .. })
+        ));
     }
 }

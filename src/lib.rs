@@ -21,3 +21,4 @@ pub mod plan;
 pub mod recipe;
 pub mod stages;
 pub mod store;
+pub mod train;

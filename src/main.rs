@@ -56,6 +56,8 @@ enum BenchArea {
     Runner(sheared::bench::runner::RunnerBenchArgs),
     /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
     Store(sheared::bench::store::Args),
+    /// Training tokens/s of the `train` loop and its time outside the model, against a bare burn loop.
+    Train(sheared::bench::train::TrainBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +99,10 @@ fn main() -> ExitCode {
                 None => Ok(()),
             }
         }),
+        Command::Bench {
+            area: BenchArea::Train(args),
+        } => sheared::bench::train::run(&args)
+            .map(|report| sheared::bench::train::print(&report, args.json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,3 +5,4 @@ pub mod data;
 pub mod model;
 pub mod runner;
 pub mod store;
+pub mod train;

@@ -266,7 +266,10 @@ fn split_rule(domain: &DomainSpec, files: &[PathBuf], seed: u64, cancel: &Cancel
 }
 
 fn load_tokenizer(path: &Path) -> Result<(Tokenizer, Vec<u8>), DataError> {
-    let bytes = std::fs::read(path).map_err(|error| DataError::io(path, error))?;
+    let bytes = std::fs::read(path).map_err(|error| DataError::Tokenizer {
+        path: path.to_path_buf(),
+        message: format!("cannot be read: {error}"),
+    })?;
     let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|error| DataError::Tokenizer {
         path: path.to_path_buf(),
         message: format!("does not parse as a Hugging Face tokenizer.json: {error}"),

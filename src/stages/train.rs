@@ -1,0 +1,1052 @@
+//! Stage kind `train`: (continued) pre-training of a LLaMA with a loading policy, resumable to the bit.
+//!
+//! ```toml
+//! [stages.continue]
+//! kind = "train"
+//! model = { stage = "consolidate" }          # or: init = { config = { hidden_size = 64, num_hidden_layers = 2, ... } }
+//! data = { stage = "tokenize" }
+//! steps = 1000                                # or: tokens = 50_000_000
+//! batch_size = 16
+//! grad_accum = 2
+//! seq_len = 256
+//! lr = 1e-4
+//! warmup_fraction = 0.03                      # or: warmup_steps = 30
+//! loading = { policy = "dynamic", reference = { stage = "eval-source" } }
+//! ```
+//!
+//! Outputs (the folder is itself a Hugging Face model folder, so later stages take `{ stage = "continue" }`
+//! as a model): `config.json`, `model.safetensors`, tokenizer files, `metrics.jsonl` (one line per step and
+//! per evaluation), `metrics.json` (final numbers, `{"domains": {"<domain>": {"loss", "weight", "tokens_seen"}}}`
+//! so a train output can itself serve as a reference), and `domain_weights.json` (final weights + history).
+
+use std::path::Path;
+
+use anyhow::Context;
+use burn::module::Module;
+use serde::{Deserialize, Serialize};
+
+use crate::data::loading::{LoadingConfig, LoadingError, LoadingPolicy};
+use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
+use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
+use crate::stages::{InputRef, Stage, StageContext, StageError, normalize_typed};
+use crate::train::checkpoint;
+use crate::train::optim::AdamWSettings;
+use crate::train::schedule::LrSchedule;
+use crate::train::trainer::{self, LoopSettings, NonFinitePolicy, TrainError, TrainParts};
+
+/// `init = { config = { ... } }`: a randomly initialised model; keys are Hugging Face `config.json` keys.
+/// `vocab_size`, `bos_token_id` and `eos_token_id` default to the tokenizer's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSpec {
+    pub config: toml::Table,
+}
+
+/// The `train` stage table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<InputRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
+    pub data: InputRef,
+    /// Optimiser steps; exactly one of `steps` and `tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    /// Training tokens; the run takes ceil(tokens / (batch_size · seq_len)) steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// Sequences per optimiser step (global batch).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Micro-batches per step; `batch_size` must be a multiple.
+    #[serde(default = "default_one")]
+    pub grad_accum: usize,
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Peak learning rate (paper: 1e-4).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u64>,
+    /// Warm-up as a fraction of all steps (paper: 0.03); the default when neither warm-up key is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_fraction: Option<f64>,
+    /// Cosine decay ends at `lr · min_lr_ratio` (paper: 0.1).
+    #[serde(default = "default_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Parameter-path substrings exempt from weight decay.
+    #[serde(default = "default_no_decay")]
+    pub no_decay: Vec<String>,
+    /// Global gradient-norm clip (paper: 1.0); 0 disables.
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+    /// Eval batches (of `batch_size / grad_accum` sequences) per domain.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    #[serde(default = "default_true")]
+    pub eval_first: bool,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+    #[serde(default)]
+    pub loading: LoadingConfig,
+    /// When a domain runs out of windows: `wrap` (new shuffled epoch) or `error`.
+    #[serde(default)]
+    pub exhaustion: Exhaustion,
+    /// Overrides `[settings] seed` for this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// `f32` (bf16 training is not implemented: burn 0.22 has no autocast, see docs/training.md).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    #[serde(default)]
+    pub on_non_finite: NonFinitePolicy,
+    #[serde(default = "default_max_skipped")]
+    pub max_skipped_batches: u64,
+}
+
+fn default_batch_size() -> usize {
+    8
+}
+fn default_one() -> usize {
+    1
+}
+fn default_seq_len() -> usize {
+    256
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_min_lr_ratio() -> f64 {
+    0.1
+}
+fn default_betas() -> [f64; 2] {
+    AdamWSettings::default().betas
+}
+fn default_eps() -> f64 {
+    AdamWSettings::default().eps
+}
+fn default_no_decay() -> Vec<String> {
+    AdamWSettings::default().no_decay
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+fn default_eval_every() -> u64 {
+    100
+}
+fn default_eval_batches() -> usize {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+fn default_checkpoint_every() -> u64 {
+    100
+}
+fn default_keep_checkpoints() -> usize {
+    2
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_max_skipped() -> u64 {
+    10
+}
+
+impl TrainConfig {
+    pub fn adamw(&self) -> AdamWSettings {
+        AdamWSettings {
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            no_decay: self.no_decay.clone(),
+        }
+    }
+
+    /// Total optimiser steps (validated config).
+    pub fn total_steps(&self) -> u64 {
+        match (self.steps, self.tokens) {
+            (Some(steps), _) => steps,
+            (None, Some(tokens)) => tokens.div_ceil((self.batch_size * self.seq_len).max(1) as u64),
+            (None, None) => 0,
+        }
+    }
+
+    pub fn warmup_steps(&self) -> u64 {
+        match (self.warmup_steps, self.warmup_fraction) {
+            (Some(steps), _) => steps,
+            (None, Some(fraction)) => (fraction * self.total_steps() as f64).round() as u64,
+            (None, None) => 0,
+        }
+    }
+
+    pub fn loop_settings(&self) -> LoopSettings {
+        let total_steps = self.total_steps();
+        LoopSettings {
+            total_steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            seq_len: self.seq_len,
+            schedule: LrSchedule {
+                peak_lr: self.lr,
+                warmup_steps: self.warmup_steps(),
+                total_steps,
+                min_lr_ratio: self.min_lr_ratio,
+            },
+            adamw: self.adamw(),
+            grad_clip: self.grad_clip,
+            eval_every: self.eval_every,
+            eval_first: self.eval_first,
+            checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep_checkpoints,
+            on_non_finite: self.on_non_finite,
+            max_skipped_batches: self.max_skipped_batches,
+        }
+    }
+
+    /// Every check that needs only the config.
+    pub fn check(&self) -> Result<(), StageError> {
+        let fail = |key: &str, message: String| Err(StageError::config(key, message));
+        match (&self.model, &self.init) {
+            (Some(_), Some(_)) => return fail(
+                "init",
+                "give either `model` (a model to continue) or `init` (a random model), not both"
+                    .into(),
+            ),
+            (None, None) => {
+                return fail("model", "missing: write `model = { stage = \"...\" }` or `init = { config = { hidden_size = .., ... } }`".into());
+            }
+            _ => {}
+        }
+        match (self.steps, self.tokens) {
+            (Some(_), Some(_)) => {
+                return fail("tokens", "give either `steps` or `tokens`, not both".into());
+            }
+            (None, None) => {
+                return fail("steps", "missing: set `steps = N` or `tokens = N`".into());
+            }
+            (Some(0), _) => return fail("steps", "must be at least 1".into()),
+            (None, Some(0)) => return fail("tokens", "must be at least 1".into()),
+            _ => {}
+        }
+        if self.batch_size == 0 {
+            return fail("batch_size", "must be at least 1".into());
+        }
+        if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
+            return fail(
+                "grad_accum",
+                format!(
+                    "{} must be at least 1 and divide batch_size = {} (micro-batches are batch_size / grad_accum)",
+                    self.grad_accum, self.batch_size
+                ),
+            );
+        }
+        if self.seq_len == 0 {
+            return fail("seq_len", "must be at least 1".into());
+        }
+        let total = self.total_steps();
+        if self.warmup_steps.is_some() && self.warmup_fraction.is_some() {
+            return fail(
+                "warmup_fraction",
+                "give either `warmup_steps` or `warmup_fraction`, not both".into(),
+            );
+        }
+        if let Some(fraction) = self.warmup_fraction
+            && !(0.0..1.0).contains(&fraction)
+        {
+            return fail("warmup_fraction", format!("{fraction} must be in [0, 1)"));
+        }
+        let warmup = self.warmup_steps();
+        if warmup >= total {
+            return fail(
+                "warmup_steps",
+                format!(
+                    "the warm-up ({warmup} steps) must be shorter than the run ({total} steps)"
+                ),
+            );
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            let hint = if warmup > 0 {
+                format!(" (with a warm-up of {warmup} steps the lr would stay 0 throughout)")
+            } else {
+                String::new()
+            };
+            return fail(
+                "lr",
+                format!(
+                    "{} must be a positive number{hint}; the paper uses 1e-4",
+                    self.lr
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return fail(
+                "min_lr_ratio",
+                format!("{} must be in [0, 1]", self.min_lr_ratio),
+            );
+        }
+        self.adamw()
+            .validate()
+            .map_err(|error| StageError::config(error.key, error.message))?;
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return fail(
+                "grad_clip",
+                format!("{} must be >= 0 (0 disables clipping)", self.grad_clip),
+            );
+        }
+        if self.keep_checkpoints == 0 {
+            return fail(
+                "keep_checkpoints",
+                "must be at least 1 (the newest checkpoint is what a rerun resumes from)".into(),
+            );
+        }
+        if self.dtype != "f32" {
+            return fail(
+                "dtype",
+                format!(
+                    "\"{}\" is not supported; use \"f32\" (burn 0.22 has no autocast, so bf16 training is not implemented)",
+                    self.dtype
+                ),
+            );
+        }
+        self.loading.validate().map_err(loading_error)?;
+        if let LoadingConfig::Dynamic(dynamic) = &self.loading {
+            if self.eval_batches == 0 {
+                return fail(
+                    "eval_batches",
+                    "dynamic loading needs per-domain eval losses; set eval_batches >= 1".into(),
+                );
+            }
+            if self.eval_every == 0 && dynamic.update_every.is_none() {
+                return fail("eval_every", "dynamic loading updates after each evaluation; set eval_every >= 1 or loading.update_every".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn loading_error(error: LoadingError) -> StageError {
+    match error {
+        LoadingError::Config { key, message } => {
+            StageError::config(format!("loading.{key}"), message)
+        }
+        LoadingError::ReferenceFile { path, message } => {
+            StageError::input("loading.reference", format!("{path}: {message}"))
+        }
+        other => StageError::Other(other.into()),
+    }
+}
+
+pub struct TrainStage;
+
+impl Stage for TrainStage {
+    fn kind(&self) -> &'static str {
+        "train"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "(continued) pre-training with static/uniform/dynamic batch loading; resumable checkpoints"
+    }
+    fn settings_in_key(&self) -> &'static [&'static str] {
+        &["seed", "device"]
+    }
+    fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
+        let (mut config, _) = normalize_typed::<TrainConfig>(table)?;
+        if config.warmup_steps.is_none() && config.warmup_fraction.is_none() {
+            config.warmup_fraction = Some(0.03);
+        }
+        match toml::Value::try_from(&config).map_err(|error| StageError::Other(error.into()))? {
+            toml::Value::Table(table) => Ok(table),
+            _ => Err(StageError::Other(anyhow::anyhow!(
+                "train config did not serialise to a table"
+            ))),
+        }
+    }
+    fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
+        let (config, _) = normalize_typed::<TrainConfig>(config)?;
+        config.check()
+    }
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let (config, _) = normalize_typed::<TrainConfig>(ctx.config)?;
+        config.check()?;
+        run_train(&config, ctx)
+    }
+}
+
+/// Builds the model config of `init = { config = .. }`, taking vocab and special ids from the data.
+fn init_config(spec: &InitSpec, dataset: &TokenizedDataset) -> Result<LlamaConfig, StageError> {
+    let mut json = serde_json::to_value(&spec.config)
+        .map_err(|error| StageError::config("init.config", error.to_string()))?;
+    if let Some(object) = json.as_object_mut() {
+        object
+            .entry("vocab_size")
+            .or_insert(serde_json::json!(dataset.vocab_size()));
+        object
+            .entry("bos_token_id")
+            .or_insert(serde_json::json!(dataset.bos_id()));
+        object
+            .entry("eos_token_id")
+            .or_insert(serde_json::json!(dataset.eos_id()));
+    }
+    let origin = Path::new("init.config");
+    let config = LlamaConfig::from_json(&json, origin)
+        .map_err(|error| StageError::config("init.config", error.to_string()))?;
+    config
+        .validate(origin)
+        .map_err(|error| StageError::config("init.config", error.to_string()))?;
+    Ok(config)
+}
+
+/// Windows of `seq_len + 1` tokens in each domain's train split.
+fn train_windows(dataset: &TokenizedDataset, seq_len: usize) -> Vec<u64> {
+    dataset
+        .manifest()
+        .domains
+        .iter()
+        .map(|domain| {
+            if domain.train_tokens > seq_len as u64 {
+                (domain.train_tokens - 1) / seq_len as u64
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// "A batch size the data cannot fill": one batch needs more distinct windows than the train split
+/// holds, or (with `exhaustion = "error"`) the run needs more than a domain can give.
+fn check_data_fills_batches(
+    config: &TrainConfig,
+    dataset: &TokenizedDataset,
+    weights: &[f64],
+) -> Result<(), StageError> {
+    let windows = train_windows(dataset, config.seq_len);
+    let total_windows: u64 = windows.iter().sum();
+    if (config.batch_size as u64) > total_windows {
+        return Err(StageError::config(
+            "batch_size",
+            format!(
+                "{} sequences of {} tokens per step, but the training data holds only {total_windows} such sequences; \
+                 lower batch_size or seq_len, or add data",
+                config.batch_size,
+                config.seq_len + 1
+            ),
+        ));
+    }
+    if config.exhaustion == Exhaustion::Error {
+        let needed = config.total_steps() as f64 * config.batch_size as f64;
+        for ((domain, available), weight) in dataset.domains().iter().zip(&windows).zip(weights) {
+            let expected = needed * weight;
+            if expected > *available as f64 {
+                return Err(StageError::config(
+                    "exhaustion",
+                    format!(
+                        "domain `{domain}` would be drawn about {expected:.0} times but holds {available} sequences of {} tokens; \
+                         use exhaustion = \"wrap\", fewer steps, or a smaller weight",
+                        config.seq_len + 1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageError> {
+    let seed = config.seed.unwrap_or(ctx.settings.seed);
+    let device = crate::model::device::parse(&ctx.settings.device)
+        .map_err(|error| StageError::Other(error.into()))?;
+    let data_dir = ctx.input("data")?;
+    let dataset = TokenizedDataset::open(data_dir)
+        .map_err(|error| StageError::input("data", error.to_string()))?;
+    let domains = dataset.domains().to_vec();
+    let reference_input = ctx
+        .inputs
+        .get("loading.reference")
+        .map(|path| path.as_path());
+    let policy =
+        LoadingPolicy::new(&config.loading, &domains, reference_input).map_err(loading_error)?;
+    check_data_fills_batches(config, &dataset, policy.weights())?;
+
+    // The model: loaded or seeded random init, on an autodiff device.
+    let train_device = device.clone().autodiff();
+    let model: Llama = match (&config.model, &config.init) {
+        (Some(_), _) => {
+            let dir = ctx.input("model")?;
+            load_hf(dir, &train_device)
+                .map_err(|error| StageError::input("model", error.to_string()))?
+        }
+        (None, Some(spec)) => {
+            let model_config = init_config(spec, &dataset)?;
+            train_device.seed(seed);
+            Llama::new(&model_config, &train_device)
+        }
+        (None, None) => return Err(StageError::config("model", "missing")),
+    };
+    let model_vocab = model.config().vocab_size;
+    if model_vocab != dataset.vocab_size() {
+        return Err(StageError::input(
+            if config.model.is_some() {
+                "model"
+            } else {
+                "init.config.vocab_size"
+            },
+            format!(
+                "the model's vocabulary has {model_vocab} tokens but the data's tokenizer has {}; train on data tokenized \
+                 with the model's own tokenizer",
+                dataset.vocab_size()
+            ),
+        ));
+    }
+
+    let settings = config.loop_settings();
+    let eval = if config.eval_batches > 0 {
+        eval_windows(
+            &dataset,
+            config.seq_len,
+            config.eval_batches * settings.micro_batch_size(),
+        )
+        .map_err(|error| StageError::input("data", error.to_string()))?
+    } else {
+        Vec::new()
+    };
+    let mixture = DomainMixture::new(&dataset, config.seq_len, seed, config.exhaustion)
+        .map_err(|error| StageError::input("data", error.to_string()))?;
+    let fingerprint = checkpoint::fingerprint(&serde_json::json!({
+        "config": ctx.config, "seed": seed, "device": ctx.settings.device, "kind": "train", "version": TrainStage.version(),
+    }));
+
+    let outcome = match trainer::train(
+        &settings,
+        TrainParts {
+            model,
+            mixture,
+            policy,
+            eval,
+        },
+        ctx.scratch_dir.as_path(),
+        &fingerprint,
+        ctx.reporter,
+        &ctx.cancel,
+    ) {
+        Ok(outcome) => outcome,
+        Err(TrainError::Cancelled { .. }) => return Err(StageError::Cancelled),
+        Err(error) => return Err(StageError::Other(anyhow::Error::new(error))),
+    };
+
+    // Outputs: HF folder at the root, metrics, weights.
+    let out = ctx.out_dir.as_path();
+    save_hf(&outcome.model.valid(), out, Some(&dataset.tokenizer_path())).map_err(|error| {
+        StageError::Other(anyhow::Error::new(error).context("writing the trained model"))
+    })?;
+    let metrics_source = ctx.scratch_dir.join(trainer::METRICS_FILE);
+    std::fs::copy(&metrics_source, out.join(trainer::METRICS_FILE))
+        .with_context(|| format!("copying {}", metrics_source.display()))?;
+
+    let weights = outcome.policy.weights();
+    let mut per_domain = serde_json::Map::new();
+    for (index, domain) in domains.iter().enumerate() {
+        let mut entry = serde_json::json!({
+            "weight": weights[index],
+            "tokens_seen": outcome.tokens_per_domain[index],
+        });
+        if let Some(loss) = outcome.final_eval.get(index) {
+            entry["loss"] = serde_json::json!(loss);
+        }
+        if let Some(rule) = outcome.policy.dynamic_rule() {
+            entry["reference_loss"] = serde_json::json!(rule.reference[index]);
+        }
+        per_domain.insert(domain.clone(), entry);
+    }
+    let counts = outcome.model.config().parameter_counts();
+    let metrics = serde_json::json!({
+        "steps": outcome.steps,
+        "tokens": outcome.tokens_per_domain.iter().sum::<u64>(),
+        "final_loss": outcome.final_loss,
+        "eval_loss_mean": if outcome.final_eval.is_empty() { None } else { Some(outcome.final_eval.iter().sum::<f64>() / outcome.final_eval.len() as f64) },
+        "domains": per_domain,
+        "skipped_batches": outcome.skipped_batches,
+        "resumed_from_step": outcome.resumed_from,
+        "parameters": counts.total,
+        "non_embedding_parameters": counts.non_embedding,
+        "tokens_per_s": if outcome.timing.steps_s > 0.0 {
+            Some((outcome.timing.steps as f64 * (config.batch_size * config.seq_len) as f64) / outcome.timing.steps_s)
+        } else { None },
+        "outside_model_fraction": outcome.timing.outside_model_fraction(),
+        "timing": outcome.timing,
+    });
+    let metrics_path = out.join("metrics.json");
+    std::fs::write(
+        &metrics_path,
+        serde_json::to_string_pretty(&metrics).unwrap_or_default() + "\n",
+    )
+    .with_context(|| format!("writing {}", metrics_path.display()))?;
+    let weights_json = serde_json::json!({
+        "domain_weights": serde_json::Value::Object(outcome.policy.domain_weights()),
+        "history": outcome.policy.history(),
+    });
+    let weights_path = out.join("domain_weights.json");
+    std::fs::write(
+        &weights_path,
+        serde_json::to_string_pretty(&weights_json).unwrap_or_default() + "\n",
+    )
+    .with_context(|| format!("writing {}", weights_path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
+    use crate::data::{ShardWriter, TokenDtype};
+    use crate::stages::{CancelFlag, NullReporter, Reporter, Settings};
+
+    pub const VOCAB: u32 = 48;
+
+    /// A small deterministic token stream: `kind` 0 counts, 1 is noise, 2 repeats a phrase.
+    fn stream(kind: u32, length: usize, salt: u64) -> Vec<u32> {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let phrase: Vec<u32> = (0..11).map(|i| (i * 7 + 5) % VOCAB).collect();
+        (0..length)
+            .map(|i| match kind {
+                0 => (i as u32 * 3 + 2) % VOCAB,
+                1 => next() % VOCAB,
+                _ => {
+                    if next() % 10 == 0 {
+                        next() % VOCAB
+                    } else {
+                        phrase[i % phrase.len()]
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Writes a tokenize-stage-shaped folder with three domains and a 48-token vocabulary.
+    pub fn write_fixture(dir: &Path, train_tokens: usize) {
+        let names = ["counting", "noise", "phrases"];
+        let mut entries = Vec::new();
+        for (kind, name) in names.iter().enumerate() {
+            for (split, length, salt) in [("train", train_tokens, 1), ("eval", 400, 2)] {
+                let mut writer = ShardWriter::create(
+                    &dir.join(split).join(format!("{name}.bin")),
+                    TokenDtype::U16,
+                )
+                .unwrap();
+                writer
+                    .write(&stream(kind as u32, length, salt + kind as u64 * 10))
+                    .unwrap();
+                writer.finish().unwrap();
+            }
+            entries.push(DomainManifest {
+                name: name.to_string(),
+                sources: vec![],
+                train_documents: 1,
+                eval_documents: 1,
+                train_tokens: train_tokens as u64,
+                eval_tokens: 400,
+                empty_documents: 0,
+                invalid_utf8_replaced: 0,
+                train_truncated: false,
+            });
+        }
+        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+        Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            dtype: TokenDtype::U16,
+            vocab_size: VOCAB as u64,
+            tokenizer_blake3: String::new(),
+            bos_token: "<s>".into(),
+            bos_id: 0,
+            eos_token: "</s>".into(),
+            eos_id: 1,
+            seq_len: 8,
+            seed: 0,
+            domains: entries,
+        }
+        .save(&dir.join("manifest.json"))
+        .unwrap();
+    }
+
+    pub const TINY_INIT: &str = r#"
+        init = { config = { hidden_size = 16, intermediate_size = 32, num_hidden_layers = 2, num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 64 } }
+        data = { stage = "tokenize" }
+    "#;
+
+    fn table(extra: &str) -> toml::Table {
+        TrainStage
+            .normalize(&toml::from_str(&format!("{TINY_INIT}\n{extra}")).unwrap())
+            .unwrap()
+    }
+
+    struct Run {
+        out: PathBuf,
+        scratch: PathBuf,
+    }
+
+    fn run_stage(
+        config: &toml::Table,
+        data: &Path,
+        run: &Run,
+        reporter: &dyn Reporter,
+        cancel: CancelFlag,
+    ) -> Result<(), StageError> {
+        std::fs::create_dir_all(&run.out).unwrap();
+        let settings = Settings::default();
+        let ctx = StageContext {
+            name: "train",
+            config,
+            inputs: [("data".to_string(), data.to_path_buf())]
+                .into_iter()
+                .collect(),
+            out_dir: run.out.clone(),
+            scratch_dir: run.scratch.clone(),
+            settings: &settings,
+            reporter,
+            cancel,
+        };
+        TrainStage.validate(config)?;
+        TrainStage.run(&ctx)
+    }
+
+    /// Cancels the run when it sees the train record of `step` (a kill between two steps).
+    struct CancelAt {
+        step: u64,
+        flag: CancelFlag,
+        seen: Mutex<Vec<u64>>,
+    }
+    impl Reporter for CancelAt {
+        fn progress(&self, _: u64, _: u64, _: &str) {}
+        fn message(&self, _: &str) {}
+        fn metrics(&self, record: &serde_json::Value) {
+            if record["kind"] == "train" {
+                let step = record["step"].as_u64().unwrap();
+                self.seen.lock().unwrap().push(step);
+                if step == self.step {
+                    self.flag.cancel();
+                }
+            }
+        }
+    }
+
+    fn losses(metrics_jsonl: &Path) -> Vec<(u64, String, String)> {
+        std::fs::read_to_string(metrics_jsonl)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                let value = if record["kind"] == "eval" {
+                    record["eval_loss"].to_string()
+                } else {
+                    record["loss"].to_string()
+                };
+                (
+                    record["step"].as_u64().unwrap(),
+                    record["kind"].to_string(),
+                    value + &record["domain_weights"].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn killed_run_resumes_to_the_same_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, 3000);
+        let config = table(
+            "steps = 7\nbatch_size = 4\ngrad_accum = 2\nseq_len = 8\nlr = 3e-3\nwarmup_steps = 2\neval_every = 2\n\
+             eval_batches = 1\ncheckpoint_every = 2\nkeep_checkpoints = 3\n\
+             loading = { policy = \"dynamic\", reference = { counting = 1.0, noise = 3.0, phrases = 1.5 } }",
+        );
+        let whole = Run {
+            out: dir.path().join("a/out"),
+            scratch: dir.path().join("a/scratch"),
+        };
+        run_stage(&config, &data, &whole, &NullReporter, CancelFlag::default()).unwrap();
+
+        // Cancelled after step 5: the loop writes a checkpoint at 5. Deleting it simulates a hard kill
+        // after step 5 whose newest complete checkpoint is step 4 (metrics of step 5 must be dropped).
+        let killed = Run {
+            out: dir.path().join("b/out"),
+            scratch: dir.path().join("b/scratch"),
+        };
+        let flag = CancelFlag::default();
+        let reporter = CancelAt {
+            step: 5,
+            flag: flag.clone(),
+            seen: Mutex::new(Vec::new()),
+        };
+        let error = run_stage(&config, &data, &killed, &reporter, flag).unwrap_err();
+        assert!(matches!(error, StageError::Cancelled), "{error}");
+        let checkpoints = killed.scratch.join(trainer::CHECKPOINT_DIR);
+        assert_eq!(
+            checkpoint::newest_complete(&checkpoints)
+                .unwrap()
+                .unwrap()
+                .step,
+            5
+        );
+        std::fs::remove_dir_all(checkpoints.join("step-000000005")).unwrap();
+        let resumed = Run {
+            out: dir.path().join("b/out2"),
+            scratch: killed.scratch.clone(),
+        };
+        run_stage(
+            &config,
+            &data,
+            &resumed,
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
+
+        let weights_a = std::fs::read(whole.out.join("model.safetensors")).unwrap();
+        let weights_b = std::fs::read(resumed.out.join("model.safetensors")).unwrap();
+        assert!(
+            weights_a == weights_b,
+            "resumed weights differ from the uninterrupted run"
+        );
+        assert_eq!(
+            losses(&whole.out.join("metrics.jsonl")),
+            losses(&resumed.out.join("metrics.jsonl"))
+        );
+        let metrics: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(resumed.out.join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(metrics["resumed_from_step"], 4);
+        assert_eq!(metrics["steps"], 7);
+        let weights: f64 = ["counting", "noise", "phrases"]
+            .iter()
+            .map(|d| metrics["domains"][d]["weight"].as_f64().unwrap())
+            .sum();
+        assert!((weights - 1.0).abs() < 1e-12);
+        // The policy did move: the noise domain is furthest above... or below its reference; weights are not uniform.
+        assert!(metrics["domains"]["noise"]["weight"].as_f64().unwrap() != 1.0 / 3.0);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_config_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, 2000);
+        let first =
+            table("steps = 2\nbatch_size = 2\nseq_len = 8\ncheckpoint_every = 1\neval_batches = 1");
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        run_stage(&first, &data, &run, &NullReporter, CancelFlag::default()).unwrap();
+        let second = table(
+            "steps = 2\nbatch_size = 2\nseq_len = 8\ncheckpoint_every = 1\neval_batches = 1\nlr = 5e-4",
+        );
+        let rerun = Run {
+            out: dir.path().join("out2"),
+            scratch: run.scratch.clone(),
+        };
+        let error = run_stage(&second, &data, &rerun, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("different configuration") && error.contains("delete"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn non_finite_loss_stops_with_step_domains_and_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, 2000);
+        // lr 1e30 without clipping blows the weights up to ~1e30 in one step; the next loss is NaN.
+        let config = table(
+            "steps = 5\nbatch_size = 2\nseq_len = 8\nlr = 1e30\nwarmup_steps = 0\ngrad_clip = 0.0\ncheckpoint_every = 1\neval_batches = 1\neval_first = false",
+        );
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("non-finite") && error.contains("at step 2"),
+            "{error}"
+        );
+        assert!(
+            error.contains("last good checkpoint") && error.contains("step-000000001"),
+            "{error}"
+        );
+        assert!(
+            ["counting×", "noise×", "phrases×"]
+                .iter()
+                .any(|d| error.contains(d)),
+            "{error}"
+        );
+        assert!(
+            !run.out.join("model.safetensors").exists(),
+            "no weights may be written"
+        );
+
+        let skip = table(
+            "steps = 5\nbatch_size = 2\nseq_len = 8\nlr = 1e30\nwarmup_steps = 0\ngrad_clip = 0.0\ncheckpoint_every = 1\n\
+             eval_batches = 1\neval_first = false\non_non_finite = \"skip_batch\"\nmax_skipped_batches = 2",
+        );
+        let run = Run {
+            out: dir.path().join("out2"),
+            scratch: dir.path().join("scratch2"),
+        };
+        let error = run_stage(&skip, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("3 batches with a non-finite loss were skipped"),
+            "{error}"
+        );
+        let skipped = std::fs::read_to_string(run.scratch.join(trainer::METRICS_FILE))
+            .unwrap()
+            .matches("\"skipped\"")
+            .count();
+        assert_eq!(skipped, 3);
+    }
+
+    fn config_error(extra: &str) -> String {
+        let table: toml::Table = toml::from_str(&format!("{TINY_INIT}\n{extra}")).unwrap();
+        match TrainStage
+            .normalize(&table)
+            .and_then(|normal| TrainStage.validate(&normal))
+        {
+            Ok(()) => panic!("accepted: {extra}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_config_is_rejected_before_compute() {
+        assert!(config_error("steps = 0").contains("`steps`: must be at least 1"));
+        let error = config_error("steps = 10\nlr = 0.0\nwarmup_steps = 2");
+        assert!(
+            error.contains("`lr`") && error.contains("warm-up of 2 steps"),
+            "{error}"
+        );
+        assert!(
+            config_error("steps = 10\nbatch_size = 6\ngrad_accum = 4").contains("`grad_accum`")
+        );
+        assert!(config_error("tokens = 100\nsteps = 3").contains("`tokens`"));
+        assert!(config_error("steps = 10\nwarmup_steps = 10").contains("`warmup_steps`"));
+        assert!(config_error("steps = 10\nbetas = [0.9, 1.5]").contains("`betas`"));
+        let error = config_error(
+            "steps = 10\nloading = { policy = \"static\", weights = { counting = 0.0, noise = 0.0 } }",
+        );
+        assert!(
+            error.contains("`loading.weights`") && error.contains("sum to 0"),
+            "{error}"
+        );
+        let error = config_error(
+            "steps = 10\neval_batches = 0\nloading = { policy = \"dynamic\", reference = { counting = 1.0 } }",
+        );
+        assert!(error.contains("`eval_batches`"), "{error}");
+        assert!(config_error("steps = 10\ndtype = \"bf16\"").contains("`dtype`"));
+        assert!(config_error("steps = 10\nmodel = { stage = \"x\" }").contains("not both"));
+        assert!(config_error("steps = 10\nbatch_sise = 3").contains("batch_sise"));
+    }
+
+    fn run_error(extra: &str, train_tokens: usize) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, train_tokens);
+        let config = table(extra);
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !run.scratch.join(trainer::METRICS_FILE).exists(),
+            "compute started before the error: {error}"
+        );
+        error
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected_before_compute() {
+        let error = run_error(
+            "steps = 3\nseq_len = 8\nloading = { policy = \"dynamic\", reference = { counting = 1.0, noise = 3.0 } }",
+            500,
+        );
+        assert!(
+            error.contains("`loading.reference`") && error.contains("`phrases` is missing"),
+            "{error}"
+        );
+        let error = run_error(
+            "steps = 3\nseq_len = 8\nloading = { policy = \"dynamic\", reference = { counting = 1.0, noise = 3.0, phrases = 1.0, phrase = 2.0 } }",
+            500,
+        );
+        assert!(
+            error.contains("loading.reference.phrase") && error.contains("did you mean `phrases`"),
+            "{error}"
+        );
+        let error = run_error("steps = 3\nseq_len = 8\nbatch_size = 200", 100);
+        assert!(
+            error.contains("`batch_size`") && error.contains("holds only 36"),
+            "{error}"
+        );
+        let error = run_error(
+            "steps = 100\nseq_len = 8\nbatch_size = 8\nexhaustion = \"error\"",
+            200,
+        );
+        assert!(error.contains("`exhaustion`"), "{error}");
+
+        // vocabulary mismatch: a model with 99 tokens against the 48-token data
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, 500);
+        let config = TrainStage
+            .normalize(
+                &toml::from_str(
+                    "init = { config = { vocab_size = 99, hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, \
+                     num_attention_heads = 2, num_key_value_heads = 2 } }\ndata = { stage = \"tokenize\" }\nsteps = 2\nseq_len = 8",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        let error = run_stage(&config, &data, &run, &NullReporter, CancelFlag::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("99 tokens") && error.contains("48"),
+            "{error}"
+        );
+    }
+}

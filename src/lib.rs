@@ -13,4 +13,6 @@
 //! The runner (`recipe`, `plan`, `store`, `exec`) never depends on a stage's internals: it sees only
 //! the [`stages::Stage`] trait and a [`stages::Registry`].
 
+pub mod eval;
+pub mod report;
 pub mod stages;

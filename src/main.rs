@@ -15,6 +15,15 @@ struct Cli {
 enum Command {
     /// List the stage kinds this binary knows.
     Kinds,
+    /// Run every `sheared bench <area>` this binary has and regenerate BENCHMARKS.md.
+    Benchmarks {
+        /// Where to write the Markdown.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+        /// Only these areas (repeatable); default: every area.
+        #[arg(long)]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -28,6 +37,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
+        Command::Benchmarks { out, only } => sheared::report::benchmarks::regenerate(&out, &only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

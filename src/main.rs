@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sheared", version, about = "Build small, strong language models out of big ones (Sheared LLaMA).")]
+#[command(
+    name = "sheared",
+    version,
+    about = "Build small, strong language models out of big ones (Sheared LLaMA)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +28,23 @@ enum Command {
         #[arg(long)]
         only: Vec<String>,
     },
+    /// Show a model folder's architecture, per-layer widths and parameter counts.
+    Inspect(sheared::model::cli::InspectArgs),
+    /// Mean token loss and perplexity of a model on a text file or on token ids.
+    Score(sheared::model::cli::ScoreArgs),
+    /// Convert a llama.cpp GGUF file (llama architecture) into a Hugging Face model folder.
+    Convert(sheared::model::cli::ConvertArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        area: BenchArea,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchArea {
+    /// Tokens/s of a LLaMA training step (forward + backward) against PyTorch, same config and threads.
+    Model(sheared::bench::model::ModelBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,12 +53,21 @@ fn main() -> ExitCode {
         Command::Kinds => {
             let registry = sheared::stages::builtin();
             for kind in registry.kinds() {
-                let about = registry.get(kind).map(|stage| stage.about()).unwrap_or_default();
+                let about = registry
+                    .get(kind)
+                    .map(|stage| stage.about())
+                    .unwrap_or_default();
                 println!("{kind:<14} {about}");
             }
             Ok(())
         }
         Command::Benchmarks { out, only } => sheared::report::benchmarks::regenerate(&out, &only),
+        Command::Inspect(args) => sheared::model::cli::inspect(&args),
+        Command::Score(args) => sheared::model::cli::score(&args),
+        Command::Convert(args) => sheared::model::cli::convert(&args),
+        Command::Bench {
+            area: BenchArea::Model(args),
+        } => sheared::bench::model::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

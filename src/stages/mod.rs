@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod convert;
+
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -37,10 +39,16 @@ pub enum StageError {
 
 impl StageError {
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
-        StageError::Config { key: key.into(), message: message.into() }
+        StageError::Config {
+            key: key.into(),
+            message: message.into(),
+        }
     }
     pub fn input(key: impl Into<String>, message: impl Into<String>) -> Self {
-        StageError::Input { key: key.into(), message: message.into() }
+        StageError::Input {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -56,7 +64,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { device: "cpu".into(), seed: 17 }
+        Settings {
+            device: "cpu".into(),
+            seed: 17,
+        }
     }
 }
 
@@ -89,7 +100,11 @@ impl CancelFlag {
         self.0.load(Ordering::SeqCst)
     }
     pub fn check(&self) -> Result<(), StageError> {
-        if self.is_cancelled() { Err(StageError::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -147,13 +162,21 @@ pub trait Stage: Send + Sync {
 
 /// Deserialise `table` into the kind's typed config `T` (which should use `#[serde(deny_unknown_fields)]`
 /// and defaults) and serialise it back, so the returned table has every default filled in.
-pub fn normalize_typed<T: DeserializeOwned + Serialize>(table: &toml::Table) -> Result<(T, toml::Table), StageError> {
-    let typed: T = toml::Value::Table(table.clone()).try_into().map_err(|error: toml::de::Error| {
-        StageError::config(String::new(), error.message().to_string())
-    })?;
+pub fn normalize_typed<T: DeserializeOwned + Serialize>(
+    table: &toml::Table,
+) -> Result<(T, toml::Table), StageError> {
+    let typed: T =
+        toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|error: toml::de::Error| {
+                StageError::config(String::new(), error.message().to_string())
+            })?;
     match toml::Value::try_from(&typed).map_err(|error| StageError::Other(error.into()))? {
         toml::Value::Table(back) => Ok((typed, back)),
-        other => Err(StageError::Other(anyhow::anyhow!("config serialised to a {} instead of a table", other.type_str()))),
+        other => Err(StageError::Other(anyhow::anyhow!(
+            "config serialised to a {} instead of a table",
+            other.type_str()
+        ))),
     }
 }
 
@@ -197,5 +220,6 @@ impl Registry {
 pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
+    registry.register(Box::new(convert::ConvertStage));
     registry
 }

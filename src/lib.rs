@@ -14,6 +14,7 @@
 //! the [`stages::Stage`] trait and a [`stages::Registry`].
 
 pub mod bench;
+pub mod data;
 pub mod eval;
 pub mod model;
 pub mod report;

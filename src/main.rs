@@ -34,7 +34,7 @@ enum Command {
     Score(sheared::model::cli::ScoreArgs),
     /// Convert a llama.cpp GGUF file (llama architecture) into a Hugging Face model folder.
     Convert(sheared::model::cli::ConvertArgs),
-    /// Benchmarks.
+    /// Benchmarks that report ratios against a named peer measured in the same run.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -45,6 +45,8 @@ enum Command {
 enum BenchArea {
     /// Tokens/s of a LLaMA training step (forward + backward) against PyTorch, same config and threads.
     Model(sheared::bench::model::ModelBenchArgs),
+    /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
+    Data(sheared::bench::data::DataBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,9 @@ fn main() -> ExitCode {
         Command::Bench {
             area: BenchArea::Model(args),
         } => sheared::bench::model::run(&args),
+        Command::Bench { area: BenchArea::Data(args) } => {
+            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,10 +16,12 @@
 //! [`domains`] aggregates per-window losses into per-domain loss / perplexity with error bars.
 
 pub mod domains;
+pub mod llama_scorer;
 pub mod scoring;
 pub mod tasks;
 
 pub use domains::{DomainLoss, domain_loss};
+pub use llama_scorer::LlamaScorer;
 pub use scoring::{
     ContinuationScore, LogLikelihoodScorer, QuestionScore, ScoreRequest, TaskResult, TextEncoder, encode_pair, evaluate_task,
     mean_stderr,

@@ -132,7 +132,31 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Run every `bench` area of `binary` (or only `only`), in help order.
+/// Results from a report that does not use the schema above: every number whose key contains
+/// `ratio` (at any depth) becomes a result named by its dotted key. The report itself is quoted in
+/// BENCHMARKS.md, so what the ratio compares stays readable.
+pub fn ratio_results(report: &Value) -> Vec<BenchResult> {
+    fn walk(prefix: &str, value: &Value, out: &mut Vec<BenchResult>) {
+        if let Value::Object(map) = value {
+            for (key, item) in map {
+                let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                match item {
+                    Value::Number(number) if key.contains("ratio") => {
+                        out.push(BenchResult { name: dotted, ratio: number.as_f64(), ..BenchResult::default() })
+                    }
+                    Value::Object(_) => walk(&dotted, item, out),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", report, &mut out);
+    out
+}
+
+/// Run every `bench` area of `binary` (or only `only`), in help order. An area whose help offers
+/// `--json` is asked for JSON (`--json PATH` when the flag takes a file, plain `--json` otherwise).
 pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>> {
     use anyhow::Context;
     let help = Command::new(binary).args(["bench", "--help"]).output().with_context(|| format!("running {} bench --help", binary.display()))?;
@@ -140,21 +164,37 @@ pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>>
     if !only.is_empty() {
         areas.retain(|area| only.contains(area));
     }
+    let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let mut runs = Vec::new();
     for area in areas {
-        let area_help = Command::new(binary).args(["bench", &area, "--help"]).output()?;
+        let area_help = String::from_utf8_lossy(&Command::new(binary).args(["bench", &area, "--help"]).output()?.stdout).to_string();
         let mut args = vec!["bench".to_string(), area.clone()];
-        if String::from_utf8_lossy(&area_help.stdout).contains("--json") {
+        let json_file = scratch.path().join(format!("{area}.json"));
+        let mut shown = args.clone();
+        let json_to_file = area_help.contains("--json <");
+        if json_to_file {
+            args.extend(["--json".to_string(), json_file.display().to_string()]);
+            shown.extend(["--json".to_string(), format!("{area}.json")]);
+        } else if area_help.contains("--json") {
             args.push("--json".into());
+            shown.push("--json".into());
         }
-        let command = format!("sheared {}", args.join(" "));
+        let command = format!("sheared {}", shown.join(" "));
         eprintln!("running {command}");
         let started = Instant::now();
         let output = Command::new(binary).args(&args).output().with_context(|| format!("running {command}"))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let results = parse_results(&stdout);
-        let raw_tail = (results.is_empty() || !output.status.success())
-            .then(|| tail(&format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)), 40));
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let json_text = if json_to_file { std::fs::read_to_string(&json_file).unwrap_or_default() } else { stdout.clone() };
+        let mut results = parse_results(&json_text);
+        let mut quote = results.is_empty() || !output.status.success();
+        if results.is_empty() {
+            if let Ok(report) = serde_json::from_str::<Value>(json_text.trim()) {
+                results = ratio_results(&report);
+            }
+        }
+        let text = if json_to_file { format!("{stdout}{json_text}") } else { stdout };
+        quote |= results.iter().all(|r| r.peer.is_none());
+        let raw_tail = quote.then(|| tail(&format!("{text}{}", String::from_utf8_lossy(&output.stderr)), 60));
         runs.push(AreaRun { area, command, exit_code: output.status.code(), seconds: started.elapsed().as_secs_f64(), results, raw_tail });
     }
     Ok(runs)
@@ -258,6 +298,13 @@ mod tests {
         let names: Vec<String> = parse_results(lines).into_iter().map(|r| r.name).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert!(parse_results("plain text only").is_empty());
+    }
+
+    #[test]
+    fn other_reports_give_their_ratios() {
+        let report: Value = serde_json::from_str(r#"{"sheared": {"tokens_per_s": 10}, "ratio_train_step": 0.5, "x": {"stage_vs_python_ratio": 1.2}}"#).unwrap();
+        let found: Vec<(String, Option<f64>)> = ratio_results(&report).into_iter().map(|r| (r.name, r.ratio)).collect();
+        assert_eq!(found, vec![("ratio_train_step".to_string(), Some(0.5)), ("x.stage_vs_python_ratio".to_string(), Some(1.2))]);
     }
 
     #[test]

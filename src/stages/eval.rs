@@ -417,4 +417,154 @@ mod tests {
         }
         assert!(EvalStage.normalize(&table("model = { stage = 't' }\ndata = { stage = 'd' }\nsequence = 3")).is_err());
     }
+
+    mod run {
+        use super::*;
+        use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
+        use crate::data::{ShardWriter, TokenDtype};
+        use crate::stages::{CancelFlag, NullReporter, Settings};
+
+        fn fixtures() -> PathBuf {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
+        }
+
+        /// A tokenize-stage folder with two domains of pseudo-random ids below the tiny model's vocabulary.
+        fn write_dataset(dir: &Path) {
+            let mut state = 12345u64;
+            let mut next = move || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 33) % 300) as u32
+            };
+            let mut domains = Vec::new();
+            for (name, eval_tokens) in [("web", 8 * 16 + 1), ("code", 3 * 16 + 5)] {
+                let tokens: Vec<u32> = (0..eval_tokens).map(|_| next()).collect();
+                for split in ["train", "eval"] {
+                    let mut writer = ShardWriter::create(&dir.join(split).join(format!("{name}.bin")), TokenDtype::U16).unwrap();
+                    writer.write(&tokens).unwrap();
+                    writer.finish().unwrap();
+                }
+                domains.push(DomainManifest {
+                    name: name.into(),
+                    sources: vec![],
+                    train_documents: 1,
+                    eval_documents: 1,
+                    train_tokens: tokens.len() as u64,
+                    eval_tokens: tokens.len() as u64,
+                    empty_documents: 0,
+                    invalid_utf8_replaced: 0,
+                    train_truncated: false,
+                });
+            }
+            std::fs::copy(fixtures().join("tiny_model/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+            let manifest = Manifest {
+                format: FORMAT.into(),
+                format_version: FORMAT_VERSION,
+                dtype: TokenDtype::U16,
+                vocab_size: 300,
+                tokenizer_blake3: String::new(),
+                bos_token: "<s>".into(),
+                bos_id: 1,
+                eos_token: "</s>".into(),
+                eos_id: 2,
+                seq_len: 16,
+                seed: 0,
+                domains,
+            };
+            manifest.save(&dir.join("manifest.json")).unwrap();
+        }
+
+        fn run_stage(config_text: &str, inputs: &[(&str, PathBuf)], cancel: CancelFlag) -> (Result<(), StageError>, PathBuf, tempfile::TempDir) {
+            let work = tempfile::tempdir().unwrap();
+            let config = EvalStage.normalize(&table(config_text)).unwrap();
+            let out_dir = work.path().join("out");
+            std::fs::create_dir_all(&out_dir).unwrap();
+            let settings = Settings::default();
+            let ctx = StageContext {
+                name: "eval",
+                config: &config,
+                inputs: inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+                out_dir: out_dir.clone(),
+                scratch_dir: work.path().join("scratch"),
+                settings: &settings,
+                reporter: &NullReporter,
+                cancel,
+            };
+            let result = EvalStage.run(&ctx);
+            (result, out_dir, work)
+        }
+
+        #[test]
+        fn writes_domain_losses_tasks_parameters_and_upstream_tokens() {
+            let data = tempfile::tempdir().unwrap();
+            write_dataset(data.path());
+            let upstream = tempfile::tempdir().unwrap();
+            std::fs::write(upstream.path().join("metrics.json"), r#"{"tokens": 1234, "loss": 3.0}"#).unwrap();
+            let model_dir = fixtures().join("tiny_model");
+            let config = "model = { stage = 'train' }\ndata = { stage = 'tokenize' }\nseq_len = 16\nsequences_per_domain = 4\n\
+                          batch_size = 3\ntasks.arc = { source = { path = 'a' }, limit = 2 }\ntasks.simple = { path = 's' }\n\
+                          tokens_from = { train = { stage = 'train' } }";
+            let inputs = [
+                ("model", model_dir.clone()),
+                ("data", data.path().to_path_buf()),
+                ("tasks.arc.source", fixtures().join("arc_easy/rc_0shot")),
+                ("tasks.simple", fixtures().join("simple.jsonl")),
+                ("tokens_from.train", upstream.path().to_path_buf()),
+            ];
+            let (result, out, _work) = run_stage(config, &inputs, CancelFlag::default());
+            result.unwrap();
+            let metrics: Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+            // web has 8 windows of 16 (asked for 4), code 3.
+            assert_eq!(metrics["domains"]["web"]["sequences"], 4);
+            assert_eq!(metrics["domains"]["web"]["tokens"], 64);
+            assert_eq!(metrics["domains"]["code"]["sequences"], 3);
+            let web = metrics["domains"]["web"]["loss"].as_f64().unwrap();
+            assert!(web.is_finite() && web > 0.0);
+            assert!((metrics["domains"]["web"]["perplexity"].as_f64().unwrap() - web.exp()).abs() < 1e-6 * web.exp());
+            assert!(metrics["domains"]["web"]["stderr"].as_f64().unwrap() > 0.0);
+            assert_eq!(metrics["tasks"]["arc"]["n"], 2);
+            assert_eq!(metrics["tasks"]["arc"]["questions_in_file"], 3);
+            assert_eq!(metrics["tasks"]["simple"]["n"], 3);
+            assert_eq!(metrics["tokens_upstream"], 1234.0);
+            let counts = crate::model::LlamaConfig::load(&model_dir.join("config.json")).unwrap().parameter_counts();
+            assert_eq!(metrics["parameters"]["total"], counts.total);
+            assert_eq!(metrics["device"], "cpu");
+            let predictions = std::fs::read_to_string(out.join("predictions/arc.jsonl")).unwrap();
+            assert_eq!(predictions.lines().count(), 2);
+
+            // The window loss is the same number the task scorer computes for "first token → rest of the window".
+            let dataset = TokenizedDataset::open(data.path()).unwrap();
+            let windows = eval_windows(&dataset, 16, 4).unwrap();
+            let device = Device::flex();
+            let model = load_hf(&model_dir, &device).unwrap();
+            let mut scorer = LlamaScorer::new(&model, device, 256, 1024);
+            let requests: Vec<crate::eval::ScoreRequest> = (0..4)
+                .map(|i| crate::eval::ScoreRequest { context: windows[0].row(i)[..1].to_vec(), continuation: windows[0].row(i)[1..].to_vec() })
+                .collect();
+            use crate::eval::LogLikelihoodScorer;
+            let total: f64 = scorer.score(&requests).unwrap().iter().map(|s| -s.log_likelihood).sum();
+            assert!((total / 64.0 - web).abs() < 1e-4, "{} vs {web}", total / 64.0);
+        }
+
+        #[test]
+        fn bad_inputs_are_named_and_cancel_stops() {
+            let model_dir = fixtures().join("tiny_model");
+            let bad_task = tempfile::tempdir().unwrap();
+            std::fs::write(bad_task.path().join("t.jsonl"), "{\"context\": \"c\", \"choices\": [\"a\"], \"gold\": 0}\n").unwrap();
+            let config = "model = { stage = 'm' }\ntasks.t = { path = 't' }";
+            let (result, _, _w) = run_stage(config, &[("model", model_dir.clone()), ("tasks.t", bad_task.path().join("t.jsonl"))], CancelFlag::default());
+            match result {
+                Err(StageError::Input { key, message }) => assert!(key == "tasks.t" && message.contains("t.jsonl:1"), "{key}: {message}"),
+                other => panic!("expected an input error, got {other:?}"),
+            }
+            let (result, _, _w) = run_stage(config, &[("model", bad_task.path().to_path_buf()), ("tasks.t", bad_task.path().join("t.jsonl"))], CancelFlag::default());
+            assert!(matches!(result, Err(StageError::Input { ref key, .. }) if key == "model"), "{result:?}");
+
+            let data = tempfile::tempdir().unwrap();
+            write_dataset(data.path());
+            let cancel = CancelFlag::default();
+            cancel.cancel();
+            let (result, _, _w) = run_stage("model = { stage = 'm' }\ndata = { stage = 'd' }\nseq_len = 16", &[("model", model_dir), ("data", data.path().to_path_buf())], cancel);
+            assert!(matches!(result, Err(StageError::Cancelled)), "{result:?}");
+        }
+    }
 }

@@ -16,6 +16,10 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod exec;
 pub mod model;
+pub mod plan;
+pub mod recipe;
 pub mod report;
 pub mod stages;
+pub mod store;

@@ -3,3 +3,5 @@
 
 pub mod data;
 pub mod model;
+pub mod runner;
+pub mod store;

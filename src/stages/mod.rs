@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod command;
 pub mod convert;
 pub mod eval;
 pub mod tokenize;
@@ -222,6 +223,7 @@ impl Registry {
 pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
+    registry.register(Box::new(command::CommandStage));
     registry.register(Box::new(convert::ConvertStage));
     registry.register(Box::new(eval::EvalStage));
     registry.register(Box::new(tokenize::TokenizeStage));

@@ -28,6 +28,8 @@ enum Command {
         #[arg(long)]
         only: Vec<String>,
     },
+    /// Recipes or sweep variants side by side: differing parameters, metrics, deltas, reuse; plots.
+    Compare(sheared::report::cli::CompareArgs),
     /// Show a model folder's architecture, per-layer widths and parameter counts.
     Inspect(sheared::model::cli::InspectArgs),
     /// Mean token loss and perplexity of a model on a text file or on token ids.
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
+        Command::Compare(args) => sheared::report::cli::compare_command(&args),
         Command::Benchmarks { out, only } => sheared::report::benchmarks::regenerate(&out, &only),
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),

@@ -29,13 +29,26 @@ pub fn domain_loss(windows: &[(f64, u64)]) -> Option<DomainLoss> {
         return None;
     }
     let total = tokens as f64;
-    let loss = windows.iter().map(|(loss, count)| loss * *count as f64).sum::<f64>() / total;
+    let loss = windows
+        .iter()
+        .map(|(loss, count)| loss * *count as f64)
+        .sum::<f64>()
+        / total;
     let n = windows.iter().filter(|(_, count)| *count > 0).count();
     let stderr = (n >= 2).then(|| {
-        let weighted_squares: f64 = windows.iter().map(|(x, count)| (*count as f64 * (x - loss)).powi(2)).sum();
+        let weighted_squares: f64 = windows
+            .iter()
+            .map(|(x, count)| (*count as f64 * (x - loss)).powi(2))
+            .sum();
         (weighted_squares / (total * total) * n as f64 / (n - 1) as f64).sqrt()
     });
-    Some(DomainLoss { loss, perplexity: loss.exp(), stderr, tokens, sequences: n })
+    Some(DomainLoss {
+        loss,
+        perplexity: loss.exp(),
+        stderr,
+        tokens,
+        sequences: n,
+    })
 }
 
 #[cfg(test)]

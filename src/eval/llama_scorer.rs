@@ -28,7 +28,15 @@ impl<'a> LlamaScorer<'a> {
     /// per forward pass.
     pub fn new(model: &'a Llama, device: Device, max_length: usize, batch_tokens: usize) -> Self {
         let vocab_size = model.config().vocab_size;
-        LlamaScorer { model, device, max_length: max_length.max(1), batch_tokens: batch_tokens.max(1), vocab_size, cancel: None, progress: None }
+        LlamaScorer {
+            model,
+            device,
+            max_length: max_length.max(1),
+            batch_tokens: batch_tokens.max(1),
+            vocab_size,
+            cancel: None,
+            progress: None,
+        }
     }
     /// Stop between batches when `cancel` is set (the scorer then fails with "cancelled").
     pub fn with_cancel(mut self, cancel: CancelFlag) -> Self {
@@ -44,10 +52,18 @@ impl<'a> LlamaScorer<'a> {
 
 /// Host copies of model outputs.
 fn host_f32(tensor: Tensor<3>) -> Result<Vec<f32>, EvalError> {
-    tensor.into_data().convert::<f32>().to_vec::<f32>().map_err(|error| EvalError::Scorer(format!("reading model output: {error:?}")))
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|error| EvalError::Scorer(format!("reading model output: {error:?}")))
 }
 fn host_i64(tensor: Tensor<3, Int>) -> Result<Vec<i64>, EvalError> {
-    tensor.into_data().convert::<i64>().to_vec::<i64>().map_err(|error| EvalError::Scorer(format!("reading model output: {error:?}")))
+    tensor
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .map_err(|error| EvalError::Scorer(format!("reading model output: {error:?}")))
 }
 
 impl LogLikelihoodScorer for LlamaScorer<'_> {
@@ -55,11 +71,21 @@ impl LogLikelihoodScorer for LlamaScorer<'_> {
         // (request index, whole sequence left-truncated to max_length + 1, continuation tokens within it)
         let mut rows: Vec<(usize, Vec<u32>, usize)> = Vec::with_capacity(requests.len());
         for (index, request) in requests.iter().enumerate() {
-            let mut whole: Vec<u32> = request.context.iter().chain(&request.continuation).copied().collect();
+            let mut whole: Vec<u32> = request
+                .context
+                .iter()
+                .chain(&request.continuation)
+                .copied()
+                .collect();
             if whole.len() < 2 || request.continuation.is_empty() {
-                return Err(EvalError::Scorer(format!("request {index} needs a context token and a continuation token")));
+                return Err(EvalError::Scorer(format!(
+                    "request {index} needs a context token and a continuation token"
+                )));
             }
-            if let Some(token) = whole.iter().find(|&&token| token as usize >= self.vocab_size) {
+            if let Some(token) = whole
+                .iter()
+                .find(|&&token| token as usize >= self.vocab_size)
+            {
                 return Err(EvalError::Tokenizer(format!(
                     "token id {token} is outside the model's vocabulary of {}: the tokenizer does not belong to this model",
                     self.vocab_size
@@ -73,7 +99,13 @@ impl LogLikelihoodScorer for LlamaScorer<'_> {
         }
         rows.sort_by_key(|(index, whole, _)| (std::cmp::Reverse(whole.len()), *index));
 
-        let mut scores = vec![ContinuationScore { log_likelihood: 0.0, is_greedy: false }; requests.len()];
+        let mut scores = vec![
+            ContinuationScore {
+                log_likelihood: 0.0,
+                is_greedy: false
+            };
+            requests.len()
+        ];
         let mut start = 0;
         while start < rows.len() {
             if self.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
@@ -90,17 +122,27 @@ impl LogLikelihoodScorer for LlamaScorer<'_> {
                     targets[row * length + position] = i64::from(pair[1]);
                 }
             }
-            let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, length]), &self.device); // [batch, seq]
-            let targets_tensor = Tensor::<2, Int>::from_data(TensorData::new(targets.clone(), [batch, length]), &self.device); // [batch, seq]
+            let inputs =
+                Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, length]), &self.device); // [batch, seq]
+            let targets_tensor = Tensor::<2, Int>::from_data(
+                TensorData::new(targets.clone(), [batch, length]),
+                &self.device,
+            ); // [batch, seq]
             let log_probs = log_softmax(self.model.forward(inputs, None), 2); // [batch, seq, vocab]
             let greedy = host_i64(log_probs.clone().argmax(2))?; // [batch, seq, 1]
             let picked = host_f32(log_probs.gather(2, targets_tensor.unsqueeze_dim::<3>(2)))?; // [batch, seq, 1]
             for (row, (index, whole, continuation)) in chunk.iter().enumerate() {
                 let end = row * length + whole.len() - 1; // one past the last real position of this row
                 let positions = end - continuation..end;
-                let log_likelihood = picked[positions.clone()].iter().map(|&p| f64::from(p)).sum();
+                let log_likelihood = picked[positions.clone()]
+                    .iter()
+                    .map(|&p| f64::from(p))
+                    .sum();
                 let is_greedy = positions.into_iter().all(|p| greedy[p] == targets[p]);
-                scores[*index] = ContinuationScore { log_likelihood, is_greedy };
+                scores[*index] = ContinuationScore {
+                    log_likelihood,
+                    is_greedy,
+                };
             }
             start += batch;
             if let Some(progress) = self.progress {

@@ -23,8 +23,8 @@ pub mod tasks;
 pub use domains::{DomainLoss, domain_loss};
 pub use llama_scorer::LlamaScorer;
 pub use scoring::{
-    ContinuationScore, LogLikelihoodScorer, QuestionScore, ScoreRequest, TaskResult, TextEncoder, encode_pair, evaluate_task,
-    mean_stderr,
+    ContinuationScore, LogLikelihoodScorer, QuestionScore, ScoreRequest, TaskResult, TextEncoder,
+    encode_pair, evaluate_task, mean_stderr,
 };
 pub use tasks::{Choice, Question, Task, TaskFormat, load_task};
 
@@ -42,7 +42,11 @@ pub enum EvalError {
     },
     /// One line of a task file is malformed; `line` is 1-based.
     #[error("{path}:{line}: {message}")]
-    Line { path: PathBuf, line: usize, message: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     /// The file as a whole is inconsistent (missing choices, no questions, ...).
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },

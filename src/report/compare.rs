@@ -79,7 +79,11 @@ pub struct Comparison {
 pub fn flatten_toml(table: &toml::Table) -> BTreeMap<String, String> {
     fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
         for (key, value) in table {
-            let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let dotted = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
             match value {
                 toml::Value::Table(inner) => walk(&dotted, inner, out),
                 toml::Value::String(text) => {
@@ -101,11 +105,26 @@ pub fn flatten_toml(table: &toml::Table) -> BTreeMap<String, String> {
 /// Accepted keys, first found wins: `tokens`, `tokens_seen`, `train_tokens`, `tokens_total`. An eval
 /// stage reports what it read upstream as `tokens_upstream`.
 pub fn stage_tokens(metrics: &Value) -> Option<f64> {
-    ["tokens", "tokens_seen", "train_tokens", "tokens_total"].iter().find_map(|key| metrics.get(key).and_then(Value::as_f64))
+    ["tokens", "tokens_seen", "train_tokens", "tokens_total"]
+        .iter()
+        .find_map(|key| metrics.get(key).and_then(Value::as_f64))
+}
+
+/// Whether a stage reports eval metrics: kind `eval`, or any stage (e.g. a `command` running
+/// lm-eval-harness) whose `metrics.json` has `domains` or `tasks` objects in the eval stage's format.
+fn is_eval_like(stage: &StageInput) -> bool {
+    stage.kind == "eval"
+        || stage.metrics.as_ref().is_some_and(|m| {
+            m.get("domains").is_some_and(Value::is_object)
+                || m.get("tasks").is_some_and(Value::is_object)
+        })
 }
 
 /// Metric columns and values of one variant, in a stable order (see [`compare`]).
-fn variant_metrics(variant: &VariantInput, eval_prefix: &dyn Fn(&str) -> String) -> BTreeMap<(u8, String), f64> {
+fn variant_metrics(
+    variant: &VariantInput,
+    eval_prefix: &dyn Fn(&str) -> String,
+) -> BTreeMap<(u8, String), f64> {
     let mut out = BTreeMap::new();
     let mut tokens_from_training = None::<f64>;
     let mut tokens_from_eval = None::<f64>;
@@ -114,13 +133,15 @@ fn variant_metrics(variant: &VariantInput, eval_prefix: &dyn Fn(&str) -> String)
         if let Some(value) = stage.seconds {
             *seconds.get_or_insert(0.0) += value;
         }
-        let Some(metrics) = &stage.metrics else { continue };
-        if matches!(stage.kind.as_str(), "train" | "prune") {
-            if let Some(tokens) = stage_tokens(metrics) {
-                *tokens_from_training.get_or_insert(0.0) += tokens;
-            }
+        let Some(metrics) = &stage.metrics else {
+            continue;
+        };
+        if matches!(stage.kind.as_str(), "train" | "prune")
+            && let Some(tokens) = stage_tokens(metrics)
+        {
+            *tokens_from_training.get_or_insert(0.0) += tokens;
         }
-        if stage.kind != "eval" {
+        if !is_eval_like(stage) {
             continue;
         }
         let prefix = eval_prefix(&stage.name);
@@ -133,7 +154,10 @@ fn variant_metrics(variant: &VariantInput, eval_prefix: &dyn Fn(&str) -> String)
                 }
             }
             if losses.len() > 1 {
-                out.insert((1, format!("{prefix}loss.mean")), losses.iter().sum::<f64>() / losses.len() as f64);
+                out.insert(
+                    (1, format!("{prefix}loss.mean")),
+                    losses.iter().sum::<f64>() / losses.len() as f64,
+                );
             }
         }
         if let Some(tasks) = metrics.get("tasks").and_then(Value::as_object) {
@@ -146,7 +170,10 @@ fn variant_metrics(variant: &VariantInput, eval_prefix: &dyn Fn(&str) -> String)
             }
         }
         for count in ["total", "non_embedding"] {
-            if let Some(value) = metrics.pointer(&format!("/parameters/{count}")).and_then(Value::as_f64) {
+            if let Some(value) = metrics
+                .pointer(&format!("/parameters/{count}"))
+                .and_then(Value::as_f64)
+            {
                 out.insert((3, format!("{prefix}params.{count}")), value);
             }
         }
@@ -170,7 +197,8 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
     let param_columns: Vec<String> = all_keys
         .into_iter()
         .filter(|key| {
-            let values: Vec<Option<&String>> = variants.iter().map(|v| v.params.get(*key)).collect();
+            let values: Vec<Option<&String>> =
+                variants.iter().map(|v| v.params.get(*key)).collect();
             values.windows(2).any(|pair| pair[0] != pair[1])
         })
         .cloned()
@@ -195,13 +223,23 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
             .stages
             .iter()
             .map(|stage| stage.key.as_str())
-            .filter(|key| rest.iter().all(|v| v.stages.iter().any(|stage| stage.key == *key)))
+            .filter(|key| {
+                rest.iter()
+                    .all(|v| v.stages.iter().any(|stage| stage.key == *key))
+            })
             .collect(),
         _ => BTreeSet::new(),
     };
     let shared_by_all: Vec<String> = variants
         .first()
-        .map(|first| first.stages.iter().filter(|s| shared_keys.contains(s.key.as_str())).map(|s| s.name.clone()).collect())
+        .map(|first| {
+            first
+                .stages
+                .iter()
+                .filter(|s| shared_keys.contains(s.key.as_str()))
+                .map(|s| s.name.clone())
+                .collect()
+        })
         .unwrap_or_default();
 
     // Metrics of stages shared by all would be identical columns: leave them out. Prefix eval metrics
@@ -209,10 +247,16 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
     let contributing_evals: BTreeSet<&str> = variants
         .iter()
         .flat_map(|v| v.stages.iter())
-        .filter(|s| s.kind == "eval" && s.metrics.is_some() && !shared_keys.contains(s.key.as_str()))
+        .filter(|s| is_eval_like(s) && s.metrics.is_some() && !shared_keys.contains(s.key.as_str()))
         .map(|s| s.name.as_str())
         .collect();
-    let prefix = |name: &str| if contributing_evals.len() > 1 { format!("{name}:") } else { String::new() };
+    let prefix = |name: &str| {
+        if contributing_evals.len() > 1 {
+            format!("{name}:")
+        } else {
+            String::new()
+        }
+    };
     let per_variant: Vec<BTreeMap<(u8, String), f64>> = variants
         .iter()
         .map(|variant| {
@@ -220,7 +264,7 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
                 stages: variant
                     .stages
                     .iter()
-                    .filter(|s| !(s.kind == "eval" && shared_keys.contains(s.key.as_str())))
+                    .filter(|s| !(is_eval_like(s) && shared_keys.contains(s.key.as_str())))
                     .cloned()
                     .collect(),
                 ..VariantInput::default()
@@ -245,7 +289,10 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
         .iter()
         .zip(&per_variant)
         .map(|(variant, metrics)| {
-            let values: Vec<Option<f64>> = column_keys.iter().map(|key| metrics.get(*key).copied()).collect();
+            let values: Vec<Option<f64>> = column_keys
+                .iter()
+                .map(|key| metrics.get(*key).copied())
+                .collect();
             let deltas = column_keys
                 .iter()
                 .zip(&values)
@@ -256,19 +303,33 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
                 .iter()
                 .filter_map(|stage| {
                     let owner = *first_owner.get(stage.key.as_str())?;
-                    (owner != variant.name).then(|| Reuse { stage: stage.name.clone(), key: stage.key.clone(), from: owner.to_string() })
+                    (owner != variant.name).then(|| Reuse {
+                        stage: stage.name.clone(),
+                        key: stage.key.clone(),
+                        from: owner.to_string(),
+                    })
                 })
                 .collect();
             Row {
                 variant: variant.name.clone(),
-                params: param_columns.iter().map(|key| variant.params.get(key).cloned()).collect(),
+                params: param_columns
+                    .iter()
+                    .map(|key| variant.params.get(key).cloned())
+                    .collect(),
                 metrics: values,
                 deltas,
                 reused,
             }
         })
         .collect();
-    Comparison { param_columns, metric_columns, rows, shared_by_all, seconds_without_cache, seconds_with_cache }
+    Comparison {
+        param_columns,
+        metric_columns,
+        rows,
+        shared_by_all,
+        seconds_without_cache,
+        seconds_with_cache,
+    }
 }
 
 /// Output formats of `sheared compare`.
@@ -288,7 +349,10 @@ pub enum Format {
 /// Human formatting by column: counts as integers with thousands separators, seconds with one
 /// decimal, everything else with four.
 fn format_value(column: &str, value: f64) -> String {
-    if column.ends_with("params.total") || column.ends_with("params.non_embedding") || column == "tokens" {
+    if column.ends_with("params.total")
+        || column.ends_with("params.non_embedding")
+        || column == "tokens"
+    {
         group_thousands(value.round() as i64)
     } else if column == "seconds" {
         format!("{value:.1}")
@@ -299,14 +363,18 @@ fn format_value(column: &str, value: f64) -> String {
 
 fn format_delta(column: &str, delta: f64) -> String {
     let text = format_value(column, delta.abs());
-    if delta < 0.0 { format!("-{text}") } else { format!("+{text}") }
+    if delta < 0.0 {
+        format!("-{text}")
+    } else {
+        format!("+{text}")
+    }
 }
 
 fn group_thousands(number: i64) -> String {
     let digits = number.unsigned_abs().to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -329,12 +397,25 @@ fn text_cells(comparison: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
         .enumerate()
         .map(|(row_index, row)| {
             let mut cells = vec![row.variant.clone()];
-            cells.extend(row.params.iter().map(|value| value.clone().unwrap_or_else(|| "—".into())));
-            for ((column, value), delta) in comparison.metric_columns.iter().zip(&row.metrics).zip(&row.deltas) {
+            cells.extend(
+                row.params
+                    .iter()
+                    .map(|value| value.clone().unwrap_or_else(|| "—".into())),
+            );
+            for ((column, value), delta) in comparison
+                .metric_columns
+                .iter()
+                .zip(&row.metrics)
+                .zip(&row.deltas)
+            {
                 cells.push(match (value, delta) {
                     (None, _) => "—".into(),
                     (Some(value), Some(delta)) if row_index > 0 => {
-                        format!("{} ({})", format_value(column, *value), format_delta(column, *delta))
+                        format!(
+                            "{} ({})",
+                            format_value(column, *value),
+                            format_delta(column, *delta)
+                        )
                     }
                     (Some(value), _) => format_value(column, *value),
                 });
@@ -352,12 +433,18 @@ fn reuse_lines(comparison: &Comparison) -> Vec<String> {
         if row.reused.is_empty() {
             continue;
         }
-        let items: Vec<String> =
-            row.reused.iter().map(|r| format!("{} ({} from {})", r.stage, short_key(&r.key), r.from)).collect();
+        let items: Vec<String> = row
+            .reused
+            .iter()
+            .map(|r| format!("{} ({} from {})", r.stage, short_key(&r.key), r.from))
+            .collect();
         lines.push(format!("{} reused: {}", row.variant, items.join(", ")));
     }
     if !comparison.shared_by_all.is_empty() {
-        lines.push(format!("shared by every variant: {}", comparison.shared_by_all.join(", ")));
+        lines.push(format!(
+            "shared by every variant: {}",
+            comparison.shared_by_all.join(", ")
+        ));
     }
     let saved = comparison.seconds_without_cache - comparison.seconds_with_cache;
     if comparison.seconds_without_cache > 0.0 {
@@ -373,7 +460,11 @@ fn reuse_lines(comparison: &Comparison) -> Vec<String> {
 }
 
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// Render in `format`. Every format ends with a newline.
@@ -384,16 +475,34 @@ pub fn render(comparison: &Comparison, format: Format) -> String {
             let mut header = vec!["variant".to_string()];
             header.extend(comparison.param_columns.iter().cloned());
             header.extend(comparison.metric_columns.iter().cloned());
-            header.extend(comparison.metric_columns.iter().map(|c| format!("delta.{c}")));
+            header.extend(
+                comparison
+                    .metric_columns
+                    .iter()
+                    .map(|c| format!("delta.{c}")),
+            );
             header.push("reused".into());
-            let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",") + "\n";
+            let mut out = header
+                .iter()
+                .map(|h| csv_field(h))
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n";
             let number = |value: &Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
             for row in &comparison.rows {
                 let mut fields = vec![csv_field(&row.variant)];
-                fields.extend(row.params.iter().map(|p| csv_field(p.as_deref().unwrap_or(""))));
+                fields.extend(
+                    row.params
+                        .iter()
+                        .map(|p| csv_field(p.as_deref().unwrap_or(""))),
+                );
                 fields.extend(row.metrics.iter().map(number));
                 fields.extend(row.deltas.iter().map(number));
-                let reused: Vec<String> = row.reused.iter().map(|r| format!("{}<-{}", r.stage, r.from)).collect();
+                let reused: Vec<String> = row
+                    .reused
+                    .iter()
+                    .map(|r| format!("{}<-{}", r.stage, r.from))
+                    .collect();
                 fields.push(csv_field(&reused.join(" ")));
                 out += &(fields.join(",") + "\n");
             }
@@ -402,10 +511,23 @@ pub fn render(comparison: &Comparison, format: Format) -> String {
         Format::Md => {
             let (header, cells) = text_cells(comparison);
             let escape = |text: &str| text.replace('|', "\\|");
-            let mut out = format!("| {} |\n", header.iter().map(|h| escape(h)).collect::<Vec<_>>().join(" | "));
+            let mut out = format!(
+                "| {} |\n",
+                header
+                    .iter()
+                    .map(|h| escape(h))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
             out += &format!("|{}\n", "---|".repeat(header.len()));
             for row in cells {
-                out += &format!("| {} |\n", row.iter().map(|c| escape(c)).collect::<Vec<_>>().join(" | "));
+                out += &format!(
+                    "| {} |\n",
+                    row.iter()
+                        .map(|c| escape(c))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
             }
             let notes = reuse_lines(comparison);
             if !notes.is_empty() {
@@ -420,13 +542,19 @@ pub fn render(comparison: &Comparison, format: Format) -> String {
             let (header, cells) = text_cells(comparison);
             let widths: Vec<usize> = (0..header.len())
                 .map(|column| {
-                    std::iter::once(&header[column]).chain(cells.iter().map(|row| &row[column])).map(|t| t.chars().count()).max().unwrap_or(0)
+                    std::iter::once(&header[column])
+                        .chain(cells.iter().map(|row| &row[column]))
+                        .map(|t| t.chars().count())
+                        .max()
+                        .unwrap_or(0)
                 })
                 .collect();
             let line = |row: &[String]| {
                 row.iter()
                     .zip(&widths)
-                    .map(|(text, width)| format!("{text}{}", " ".repeat(width - text.chars().count())))
+                    .map(|(text, width)| {
+                        format!("{text}{}", " ".repeat(width - text.chars().count()))
+                    })
                     .collect::<Vec<_>>()
                     .join("  ")
                     .trim_end()
@@ -454,8 +582,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn stage(name: &str, kind: &str, key: &str, seconds: f64, metrics: Option<Value>) -> StageInput {
-        StageInput { name: name.into(), kind: kind.into(), key: key.into(), seconds: Some(seconds), metrics }
+    fn stage(
+        name: &str,
+        kind: &str,
+        key: &str,
+        seconds: f64,
+        metrics: Option<Value>,
+    ) -> StageInput {
+        StageInput {
+            name: name.into(),
+            kind: kind.into(),
+            key: key.into(),
+            seconds: Some(seconds),
+            metrics,
+        }
     }
 
     fn eval_metrics(web: f64, code: f64, arc: f64) -> Value {
@@ -479,10 +619,34 @@ mod tests {
                 params: params("dynamic"),
                 stages: vec![
                     stage("tokenize", "tokenize", "aaaa", 2.0, None),
-                    stage("prune", "prune", "bbbb", 10.0, Some(json!({"tokens": 1000}))),
-                    stage("train", "train", "cccc", 20.0, Some(json!({"tokens": 5000}))),
-                    stage("eval", "eval", "dddd", 1.0, Some(eval_metrics(3.0, 2.0, 0.5))),
-                    stage("eval_source", "eval", "ssss", 1.0, Some(eval_metrics(2.5, 1.5, 0.6))),
+                    stage(
+                        "prune",
+                        "prune",
+                        "bbbb",
+                        10.0,
+                        Some(json!({"tokens": 1000})),
+                    ),
+                    stage(
+                        "train",
+                        "train",
+                        "cccc",
+                        20.0,
+                        Some(json!({"tokens": 5000})),
+                    ),
+                    stage(
+                        "eval",
+                        "eval",
+                        "dddd",
+                        1.0,
+                        Some(eval_metrics(3.0, 2.0, 0.5)),
+                    ),
+                    stage(
+                        "eval_source",
+                        "eval",
+                        "ssss",
+                        1.0,
+                        Some(eval_metrics(2.5, 1.5, 0.6)),
+                    ),
                 ],
             },
             VariantInput {
@@ -490,10 +654,34 @@ mod tests {
                 params: params("static"),
                 stages: vec![
                     stage("tokenize", "tokenize", "aaaa", 2.0, None),
-                    stage("prune", "prune", "bbbb", 10.0, Some(json!({"tokens": 1000}))),
-                    stage("train", "train", "eeee", 22.0, Some(json!({"tokens": 5000}))),
-                    stage("eval", "eval", "ffff", 1.0, Some(eval_metrics(3.2, 1.9, 0.45))),
-                    stage("eval_source", "eval", "ssss", 1.0, Some(eval_metrics(2.5, 1.5, 0.6))),
+                    stage(
+                        "prune",
+                        "prune",
+                        "bbbb",
+                        10.0,
+                        Some(json!({"tokens": 1000})),
+                    ),
+                    stage(
+                        "train",
+                        "train",
+                        "eeee",
+                        22.0,
+                        Some(json!({"tokens": 5000})),
+                    ),
+                    stage(
+                        "eval",
+                        "eval",
+                        "ffff",
+                        1.0,
+                        Some(eval_metrics(3.2, 1.9, 0.45)),
+                    ),
+                    stage(
+                        "eval_source",
+                        "eval",
+                        "ssss",
+                        1.0,
+                        Some(eval_metrics(2.5, 1.5, 0.6)),
+                    ),
                 ],
             },
         ]
@@ -502,7 +690,10 @@ mod tests {
     #[test]
     fn only_differing_params_and_deltas_to_the_first_row() {
         let comparison = compare(&variants());
-        assert_eq!(comparison.param_columns, vec!["stages.train.loading.policy"]);
+        assert_eq!(
+            comparison.param_columns,
+            vec!["stages.train.loading.policy"]
+        );
         assert_eq!(
             comparison.metric_columns,
             vec![
@@ -517,17 +708,28 @@ mod tests {
                 "seconds"
             ]
         );
-        let web = comparison.metric_columns.iter().position(|c| c == "loss.web").unwrap();
+        let web = comparison
+            .metric_columns
+            .iter()
+            .position(|c| c == "loss.web")
+            .unwrap();
         let second = &comparison.rows[1];
         assert_eq!(second.params, vec![Some("static".to_string())]);
         assert!((second.deltas[web].unwrap() - 0.2).abs() < 1e-12);
         assert_eq!(comparison.rows[0].deltas[web], Some(0.0));
-        let tokens = comparison.metric_columns.iter().position(|c| c == "tokens").unwrap();
+        let tokens = comparison
+            .metric_columns
+            .iter()
+            .position(|c| c == "tokens")
+            .unwrap();
         assert_eq!(second.metrics[tokens], Some(6000.0));
         // tokenize, prune and eval_source were computed once for both rows.
         let reused: Vec<&str> = second.reused.iter().map(|r| r.stage.as_str()).collect();
         assert_eq!(reused, vec!["tokenize", "prune", "eval_source"]);
-        assert_eq!(comparison.shared_by_all, vec!["tokenize", "prune", "eval_source"]);
+        assert_eq!(
+            comparison.shared_by_all,
+            vec!["tokenize", "prune", "eval_source"]
+        );
         assert!((comparison.seconds_without_cache - 70.0).abs() < 1e-9);
         assert!((comparison.seconds_with_cache - 57.0).abs() < 1e-9);
     }
@@ -539,10 +741,16 @@ mod tests {
         assert!(table.contains("stages.train.loading.policy"), "{table}");
         assert!(table.contains("3.2000 (+0.2000)"), "{table}");
         assert!(table.contains("1,234,567"), "{table}");
-        assert!(table.contains("static reused: tokenize (aaaa from dynamic)"), "{table}");
+        assert!(
+            table.contains("static reused: tokenize (aaaa from dynamic)"),
+            "{table}"
+        );
         assert!(table.contains("saved 13.0 s"), "{table}");
         let md = render(&comparison, Format::Md);
-        assert!(md.starts_with("| variant | stages.train.loading.policy | loss.code |"), "{md}");
+        assert!(
+            md.starts_with("| variant | stages.train.loading.policy | loss.code |"),
+            "{md}"
+        );
         assert_eq!(md.lines().nth(1).unwrap().matches("---|").count(), 11);
         let csv = render(&comparison, Format::Csv);
         let header = csv.lines().next().unwrap();

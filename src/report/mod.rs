@@ -2,6 +2,7 @@
 //! draws their training curves, [`benchmarks`] gathers every benchmark into BENCHMARKS.md.
 
 pub mod benchmarks;
+pub mod cli;
 pub mod compare;
 pub mod plots;
 

@@ -35,7 +35,11 @@ pub enum PlotError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: not a JSON object ({message})")]
-    Line { path: PathBuf, line: usize, message: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -50,11 +54,17 @@ pub struct SeriesSource {
 /// Read a `metrics.jsonl`. A malformed *last* line is what a killed writer leaves behind: it is
 /// skipped (with a warning); a malformed line before it is an error.
 pub fn read_metrics_jsonl(path: &Path) -> Result<Vec<Value>, PlotError> {
-    let file = std::fs::File::open(path).map_err(|source| PlotError::Read { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| PlotError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let lines: Vec<String> = BufReader::new(file)
         .lines()
         .collect::<Result<_, _>>()
-        .map_err(|source| PlotError::Read { path: path.to_path_buf(), source })?;
+        .map_err(|source| PlotError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let last = lines.iter().rposition(|line| !line.trim().is_empty());
     let mut records = Vec::new();
     for (index, line) in lines.iter().enumerate() {
@@ -63,11 +73,27 @@ pub fn read_metrics_jsonl(path: &Path) -> Result<Vec<Value>, PlotError> {
         }
         match serde_json::from_str::<Value>(line) {
             Ok(value @ Value::Object(_)) => records.push(value),
-            Ok(_) => return Err(PlotError::Line { path: path.to_path_buf(), line: index + 1, message: "not an object".into() }),
-            Err(error) if Some(index) == last => {
-                tracing::warn!("{}:{}: skipping a truncated last line ({error})", path.display(), index + 1);
+            Ok(_) => {
+                return Err(PlotError::Line {
+                    path: path.to_path_buf(),
+                    line: index + 1,
+                    message: "not an object".into(),
+                });
             }
-            Err(error) => return Err(PlotError::Line { path: path.to_path_buf(), line: index + 1, message: error.to_string() }),
+            Err(error) if Some(index) == last => {
+                tracing::warn!(
+                    "{}:{}: skipping a truncated last line ({error})",
+                    path.display(),
+                    index + 1
+                );
+            }
+            Err(error) => {
+                return Err(PlotError::Line {
+                    path: path.to_path_buf(),
+                    line: index + 1,
+                    message: error.to_string(),
+                });
+            }
         }
     }
     Ok(records)
@@ -93,24 +119,34 @@ struct Panel {
 
 /// The x value of a record: tokens when the file has them, else the step.
 fn x_of(record: &Value, by_tokens: bool) -> Option<f64> {
-    record.get(if by_tokens { "tokens" } else { "step" }).and_then(Value::as_f64)
+    record
+        .get(if by_tokens { "tokens" } else { "step" })
+        .and_then(Value::as_f64)
 }
 
 /// An object of numbers (`{"web": 3.1, "code": 2.0}`) as a map.
 fn number_map(value: Option<&Value>) -> Option<BTreeMap<String, f64>> {
     let object = value?.as_object()?;
-    let map: BTreeMap<String, f64> = object.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+    let map: BTreeMap<String, f64> = object
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+        .collect();
     (!map.is_empty()).then_some(map)
 }
 
 fn eval_losses(record: &Value) -> Option<BTreeMap<String, f64>> {
-    ["eval_losses", "eval_loss", "eval"].iter().find_map(|key| number_map(record.get(key)))
+    ["eval_losses", "eval_loss", "eval"]
+        .iter()
+        .find_map(|key| number_map(record.get(key)))
 }
 
 /// Sparsity as `{module: value}`; a plain number becomes `{"": value}`.
 fn sparsity(record: &Value, key: &str) -> Option<BTreeMap<String, f64>> {
     let value = record.get(key)?;
-    value.as_f64().map(|number| BTreeMap::from([(String::new(), number)])).or_else(|| number_map(Some(value)))
+    value
+        .as_f64()
+        .map(|number| BTreeMap::from([(String::new(), number)]))
+        .or_else(|| number_map(Some(value)))
 }
 
 /// Build the panels of every plot from the runs' records.
@@ -120,16 +156,26 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
 
     let mut loss_lines = Vec::new();
     let mut eval_by_domain: BTreeMap<String, Vec<Line>> = BTreeMap::new();
-    let any_tokens = runs.iter().any(|(_, records)| records.iter().any(|r| r.get("tokens").is_some()));
+    let any_tokens = runs
+        .iter()
+        .any(|(_, records)| records.iter().any(|r| r.get("tokens").is_some()));
     for (color, (label, records)) in runs.iter().enumerate() {
         let by_tokens = records.iter().any(|r| r.get("tokens").is_some());
         if by_tokens != any_tokens {
             continue; // cannot share an x axis with the other runs
         }
-        let points: Vec<(f64, f64)> =
-            records.iter().filter_map(|r| Some((x_of(r, by_tokens)?, r.get("loss")?.as_f64()?))).filter(|(_, y)| y.is_finite()).collect();
+        let points: Vec<(f64, f64)> = records
+            .iter()
+            .filter_map(|r| Some((x_of(r, by_tokens)?, r.get("loss")?.as_f64()?)))
+            .filter(|(_, y)| y.is_finite())
+            .collect();
         if !points.is_empty() {
-            loss_lines.push(Line { label: label.clone(), points, color, dashed: false });
+            loss_lines.push(Line {
+                label: label.clone(),
+                points,
+                color,
+                dashed: false,
+            });
         }
         let mut per_domain: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for record in records {
@@ -140,19 +186,34 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
             }
         }
         for (domain, points) in per_domain {
-            eval_by_domain.entry(domain).or_default().push(Line { label: label.clone(), points, color, dashed: false });
+            eval_by_domain.entry(domain).or_default().push(Line {
+                label: label.clone(),
+                points,
+                color,
+                dashed: false,
+            });
         }
     }
     if !loss_lines.is_empty() {
         plots.insert(
             "loss",
-            vec![Panel { title: "training loss".into(), x_label: x_name(any_tokens), y_label: "loss (nats/token)".into(), lines: loss_lines }],
+            vec![Panel {
+                title: "training loss".into(),
+                x_label: x_name(any_tokens),
+                y_label: "loss (nats/token)".into(),
+                lines: loss_lines,
+            }],
         );
     }
     if !eval_by_domain.is_empty() {
         let panels = eval_by_domain
             .into_iter()
-            .map(|(domain, lines)| Panel { title: format!("eval loss: {domain}"), x_label: x_name(any_tokens), y_label: "loss".into(), lines })
+            .map(|(domain, lines)| Panel {
+                title: format!("eval loss: {domain}"),
+                x_label: x_name(any_tokens),
+                y_label: "loss".into(),
+                lines,
+            })
             .collect();
         plots.insert("eval_loss", panels);
     }
@@ -163,22 +224,44 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
         let by_tokens = records.iter().any(|r| r.get("tokens").is_some());
         let mut weights: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for record in records {
-            if let (Some(x), Some(map)) = (x_of(record, by_tokens), number_map(record.get("domain_weights"))) {
+            if let (Some(x), Some(map)) = (
+                x_of(record, by_tokens),
+                number_map(record.get("domain_weights")),
+            ) {
                 for (domain, weight) in map {
                     weights.entry(domain).or_default().push((x, weight));
                 }
             }
         }
         if !weights.is_empty() {
-            let lines = weights.into_iter().enumerate().map(|(color, (label, points))| Line { label, points, color, dashed: false }).collect();
-            weight_panels.push(Panel { title: format!("domain weights: {label}"), x_label: x_name(by_tokens), y_label: "weight".into(), lines });
+            let lines = weights
+                .into_iter()
+                .enumerate()
+                .map(|(color, (label, points))| Line {
+                    label,
+                    points,
+                    color,
+                    dashed: false,
+                })
+                .collect();
+            weight_panels.push(Panel {
+                title: format!("domain weights: {label}"),
+                x_label: x_name(by_tokens),
+                y_label: "weight".into(),
+                lines,
+            });
         }
         let mut series: BTreeMap<(String, bool), Vec<(f64, f64)>> = BTreeMap::new();
         for record in records {
-            let Some(step) = x_of(record, false) else { continue };
+            let Some(step) = x_of(record, false) else {
+                continue;
+            };
             for (key, dashed) in [("expected_sparsity", false), ("target_sparsity", true)] {
                 for (module, value) in sparsity(record, key).unwrap_or_default() {
-                    series.entry((module, dashed)).or_default().push((step, value));
+                    series
+                        .entry((module, dashed))
+                        .or_default()
+                        .push((step, value));
                 }
             }
         }
@@ -192,12 +275,26 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
                 .into_iter()
                 .map(|((module, dashed), points)| {
                     let kind = if dashed { "target" } else { "expected" };
-                    let label = if module.is_empty() { kind.to_string() } else { format!("{module} {kind}") };
+                    let label = if module.is_empty() {
+                        kind.to_string()
+                    } else {
+                        format!("{module} {kind}")
+                    };
                     let color = modules.iter().position(|m| *m == module).unwrap_or(0);
-                    Line { label, points, color, dashed }
+                    Line {
+                        label,
+                        points,
+                        color,
+                        dashed,
+                    }
                 })
                 .collect();
-            sparsity_panels.push(Panel { title: format!("sparsity: {label}"), x_label: "step".into(), y_label: "sparsity".into(), lines });
+            sparsity_panels.push(Panel {
+                title: format!("sparsity: {label}"),
+                x_label: "step".into(),
+                y_label: "sparsity".into(),
+                lines,
+            });
         }
     }
     if !weight_panels.is_empty() {
@@ -236,18 +333,39 @@ fn register_font() {
 
 /// Padded axis range of some values (never empty).
 fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
-    let (low, high) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (low, high) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     if !low.is_finite() {
         return 0.0..1.0;
     }
-    let pad = if high > low { (high - low) * 0.05 } else { low.abs().max(1.0) * 0.05 };
+    let pad = if high > low {
+        (high - low) * 0.05
+    } else {
+        low.abs().max(1.0) * 0.05
+    };
     (low - pad)..(high + pad)
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> Result<(), String> {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+) -> Result<(), String> {
     let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    let x = range(panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)));
-    let y = range(panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+    let x = range(
+        panel
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.0)),
+    );
+    let y = range(
+        panel
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1)),
+    );
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 18))
         .margin(12)
@@ -268,11 +386,17 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         let style = color.stroke_width(2);
         let points = line.points.clone();
         let annotation = if line.dashed {
-            chart.draw_series(DashedLineSeries::new(points, 6, 4, style)).map_err(error)?
+            chart
+                .draw_series(DashedLineSeries::new(points, 6, 4, style))
+                .map_err(error)?
         } else {
-            chart.draw_series(LineSeries::new(points, style)).map_err(error)?
+            chart
+                .draw_series(LineSeries::new(points, style))
+                .map_err(error)?
         };
-        annotation.label(line.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        annotation
+            .label(line.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart
         .configure_series_labels()
@@ -303,7 +427,10 @@ fn compact_number(value: f64) -> String {
 }
 
 /// Draw panels in a grid (up to 2 columns) onto one drawing area.
-fn draw_grid<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<(), String> {
+fn draw_grid<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[Panel],
+) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let columns = panels.len().clamp(1, 2);
     let rows = panels.len().div_ceil(columns);
@@ -322,22 +449,37 @@ fn size_of(panels: &[Panel]) -> (u32, u32) {
 
 /// Write every plot that has data as `DIR/<plot>.svg` and `DIR/<plot>.png`; returns the files written.
 pub fn write_plots(sources: &[SeriesSource], out_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
-    let runs: Vec<(String, Vec<Value>)> =
-        sources.iter().map(|source| Ok((source.label.clone(), read_metrics_jsonl(&source.path)?))).collect::<Result<_, PlotError>>()?;
-    std::fs::create_dir_all(out_dir).map_err(|e| PlotError::Write { path: out_dir.to_path_buf(), message: e.to_string() })?;
+    let runs: Vec<(String, Vec<Value>)> = sources
+        .iter()
+        .map(|source| Ok((source.label.clone(), read_metrics_jsonl(&source.path)?)))
+        .collect::<Result<_, PlotError>>()?;
+    std::fs::create_dir_all(out_dir).map_err(|e| PlotError::Write {
+        path: out_dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     register_font();
     let mut written = Vec::new();
     for (name, panels) in build_panels(&runs) {
         let (width, height) = size_of(&panels);
         let svg_path = out_dir.join(format!("{name}.svg"));
-        let write_error = |path: &Path, message: String| PlotError::Write { path: path.to_path_buf(), message };
-        draw_grid(SVGBackend::new(&svg_path, (width, height)).into_drawing_area(), &panels).map_err(|m| write_error(&svg_path, m))?;
+        let write_error = |path: &Path, message: String| PlotError::Write {
+            path: path.to_path_buf(),
+            message,
+        };
+        draw_grid(
+            SVGBackend::new(&svg_path, (width, height)).into_drawing_area(),
+            &panels,
+        )
+        .map_err(|m| write_error(&svg_path, m))?;
         written.push(svg_path);
 
         let png_path = out_dir.join(format!("{name}.png"));
         let mut pixels = vec![0u8; (width * height * 3) as usize]; // [height, width, rgb]
-        draw_grid(BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area(), &panels)
-            .map_err(|m| write_error(&png_path, m))?;
+        draw_grid(
+            BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area(),
+            &panels,
+        )
+        .map_err(|m| write_error(&png_path, m))?;
         write_png(&png_path, width, height, &pixels).map_err(|m| write_error(&png_path, m))?;
         written.push(png_path);
     }
@@ -386,17 +528,32 @@ mod tests {
             })
             .collect();
         let sources = vec![
-            SeriesSource { label: "dynamic/train".into(), path: write_jsonl(dir.path(), "train.jsonl", &train, "{\"step\": 20, \"lo") },
-            SeriesSource { label: "dynamic/prune".into(), path: write_jsonl(dir.path(), "prune.jsonl", &prune, "") },
+            SeriesSource {
+                label: "dynamic/train".into(),
+                path: write_jsonl(dir.path(), "train.jsonl", &train, "{\"step\": 20, \"lo"),
+            },
+            SeriesSource {
+                label: "dynamic/prune".into(),
+                path: write_jsonl(dir.path(), "prune.jsonl", &prune, ""),
+            },
         ];
         let out = dir.path().join("plots");
         let written = write_plots(&sources, &out).unwrap();
-        let names: Vec<String> = written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         for plot in ["loss", "eval_loss", "domain_weights", "sparsity"] {
-            assert!(names.contains(&format!("{plot}.svg")) && names.contains(&format!("{plot}.png")), "{names:?}");
+            assert!(
+                names.contains(&format!("{plot}.svg")) && names.contains(&format!("{plot}.png")),
+                "{names:?}"
+            );
         }
         let svg = std::fs::read_to_string(out.join("sparsity.svg")).unwrap();
-        assert!(svg.contains("head target") && svg.contains("mlp expected"), "legend missing");
+        assert!(
+            svg.contains("head target") && svg.contains("mlp expected"),
+            "legend missing"
+        );
         let png = std::fs::read(out.join("loss.png")).unwrap();
         assert_eq!(&png[1..4], b"PNG");
         // The PNG has text: some pixels are dark grey/black from glyphs, not only the white background and lines.
@@ -404,14 +561,30 @@ mod tests {
         let mut reader = decoder.read_info().unwrap();
         let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
         reader.next_frame(&mut pixels).unwrap();
-        assert!(pixels.chunks(3).filter(|p| p.iter().all(|c| *c < 80)).count() > 500);
+        assert!(
+            pixels
+                .chunks(3)
+                .filter(|p| p.iter().all(|c| *c < 80))
+                .count()
+                > 500
+        );
     }
 
     #[test]
     fn nothing_to_plot_writes_nothing_and_bad_lines_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_jsonl(dir.path(), "empty.jsonl", &[json!({"step": 1})], "");
-        assert!(write_plots(&[SeriesSource { label: "x".into(), path }], &dir.path().join("p")).unwrap().is_empty());
+        assert!(
+            write_plots(
+                &[SeriesSource {
+                    label: "x".into(),
+                    path
+                }],
+                &dir.path().join("p")
+            )
+            .unwrap()
+            .is_empty()
+        );
         let bad = write_jsonl(dir.path(), "bad.jsonl", &[], "{oops\n{\"step\": 2}\n");
         let message = read_metrics_jsonl(&bad).unwrap_err().to_string();
         assert!(message.contains("bad.jsonl:1"), "{message}");

@@ -110,14 +110,16 @@ pub fn stage_tokens(metrics: &Value) -> Option<f64> {
         .find_map(|key| metrics.get(key).and_then(Value::as_f64))
 }
 
-/// Whether a stage reports eval metrics: kind `eval`, or any stage (e.g. a `command` running
+/// Whether a stage reports eval metrics: kind `eval`, or a `command` stage (e.g. one running
 /// lm-eval-harness) whose `metrics.json` has `domains` or `tasks` objects in the eval stage's format.
+/// (A train stage's `domains` holds its final weights and losses, not an evaluation of the result.)
 fn is_eval_like(stage: &StageInput) -> bool {
     stage.kind == "eval"
-        || stage.metrics.as_ref().is_some_and(|m| {
-            m.get("domains").is_some_and(Value::is_object)
-                || m.get("tasks").is_some_and(Value::is_object)
-        })
+        || (stage.kind == "command"
+            && stage.metrics.as_ref().is_some_and(|m| {
+                m.get("domains").is_some_and(Value::is_object)
+                    || m.get("tasks").is_some_and(Value::is_object)
+            }))
 }
 
 /// Metric columns and values of one variant, in a stable order (see [`compare`]).
@@ -631,7 +633,10 @@ mod tests {
                         "train",
                         "cccc",
                         20.0,
-                        Some(json!({"tokens": 5000})),
+                        // A train stage's own `domains` (final weights/losses) is not an evaluation.
+                        Some(
+                            json!({"tokens": 5000, "domains": {"web": {"loss": 9.9, "weight": 0.5}}}),
+                        ),
                     ),
                     stage(
                         "eval",
@@ -716,6 +721,7 @@ mod tests {
         let second = &comparison.rows[1];
         assert_eq!(second.params, vec![Some("static".to_string())]);
         assert!((second.deltas[web].unwrap() - 0.2).abs() < 1e-12);
+        assert_eq!(comparison.rows[0].metrics[web], Some(3.0));
         assert_eq!(comparison.rows[0].deltas[web], Some(0.0));
         let tokens = comparison
             .metric_columns

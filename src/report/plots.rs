@@ -117,11 +117,34 @@ struct Panel {
     lines: Vec<Line>,
 }
 
-/// The x value of a record: tokens when the file has them, else the step.
-fn x_of(record: &Value, by_tokens: bool) -> Option<f64> {
-    record
-        .get(if by_tokens { "tokens" } else { "step" })
-        .and_then(Value::as_f64)
+/// The x value of every record: tokens when the run logs them, else the step. A record without
+/// `tokens` (the train stage's eval records carry only `step`) gets the tokens of the latest record at
+/// or before its step.
+fn x_values(records: &[Value], by_tokens: bool) -> Vec<Option<f64>> {
+    if !by_tokens {
+        return records
+            .iter()
+            .map(|r| r.get("step").and_then(Value::as_f64))
+            .collect();
+    }
+    let mut seen: Vec<(f64, f64)> = Vec::new(); // (step, tokens), in file order
+    records
+        .iter()
+        .map(|record| {
+            let step = record.get("step").and_then(Value::as_f64);
+            if let Some(tokens) = record.get("tokens").and_then(Value::as_f64) {
+                if let Some(step) = step {
+                    seen.push((step, tokens));
+                }
+                return Some(tokens);
+            }
+            let step = step?;
+            seen.iter()
+                .rev()
+                .find(|(s, _)| *s <= step)
+                .map(|(_, tokens)| *tokens)
+        })
+        .collect()
 }
 
 /// An object of numbers (`{"web": 3.1, "code": 2.0}`) as a map.
@@ -154,23 +177,20 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
     let mut plots: BTreeMap<&'static str, Vec<Panel>> = BTreeMap::new();
     let x_name = |by_tokens: bool| if by_tokens { "tokens" } else { "step" }.to_string();
 
-    let mut loss_lines = Vec::new();
-    let mut eval_by_domain: BTreeMap<String, Vec<Line>> = BTreeMap::new();
-    let any_tokens = runs
-        .iter()
-        .any(|(_, records)| records.iter().any(|r| r.get("tokens").is_some()));
+    // Runs that log tokens share a tokens axis; the others (prune logs steps only) get a step axis.
+    let mut loss_lines: BTreeMap<bool, Vec<Line>> = BTreeMap::new();
+    let mut eval_by_domain: BTreeMap<(String, bool), Vec<Line>> = BTreeMap::new();
     for (color, (label, records)) in runs.iter().enumerate() {
         let by_tokens = records.iter().any(|r| r.get("tokens").is_some());
-        if by_tokens != any_tokens {
-            continue; // cannot share an x axis with the other runs
-        }
+        let xs = x_values(records, by_tokens);
         let points: Vec<(f64, f64)> = records
             .iter()
-            .filter_map(|r| Some((x_of(r, by_tokens)?, r.get("loss")?.as_f64()?)))
+            .zip(&xs)
+            .filter_map(|(r, x)| Some(((*x)?, r.get("loss")?.as_f64()?)))
             .filter(|(_, y)| y.is_finite())
             .collect();
         if !points.is_empty() {
-            loss_lines.push(Line {
+            loss_lines.entry(by_tokens).or_default().push(Line {
                 label: label.clone(),
                 points,
                 color,
@@ -178,39 +198,49 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
             });
         }
         let mut per_domain: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        for record in records {
-            if let (Some(x), Some(losses)) = (x_of(record, by_tokens), eval_losses(record)) {
+        for (record, x) in records.iter().zip(&xs) {
+            if let (Some(x), Some(losses)) = (x, eval_losses(record)) {
                 for (domain, loss) in losses {
-                    per_domain.entry(domain).or_default().push((x, loss));
+                    per_domain.entry(domain).or_default().push((*x, loss));
                 }
             }
         }
         for (domain, points) in per_domain {
-            eval_by_domain.entry(domain).or_default().push(Line {
-                label: label.clone(),
-                points,
-                color,
-                dashed: false,
-            });
+            eval_by_domain
+                .entry((domain, by_tokens))
+                .or_default()
+                .push(Line {
+                    label: label.clone(),
+                    points,
+                    color,
+                    dashed: false,
+                });
         }
     }
+    let both_axes = loss_lines.len() > 1;
     if !loss_lines.is_empty() {
-        plots.insert(
-            "loss",
-            vec![Panel {
-                title: "training loss".into(),
-                x_label: x_name(any_tokens),
+        let panels = loss_lines
+            .into_iter()
+            .rev() // tokens first
+            .map(|(by_tokens, lines)| Panel {
+                title: if both_axes {
+                    format!("training loss (runs logging {})", x_name(by_tokens))
+                } else {
+                    "training loss".into()
+                },
+                x_label: x_name(by_tokens),
                 y_label: "loss (nats/token)".into(),
-                lines: loss_lines,
-            }],
-        );
+                lines,
+            })
+            .collect();
+        plots.insert("loss", panels);
     }
     if !eval_by_domain.is_empty() {
         let panels = eval_by_domain
             .into_iter()
-            .map(|(domain, lines)| Panel {
+            .map(|((domain, by_tokens), lines)| Panel {
                 title: format!("eval loss: {domain}"),
-                x_label: x_name(any_tokens),
+                x_label: x_name(by_tokens),
                 y_label: "loss".into(),
                 lines,
             })
@@ -222,12 +252,10 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
     let mut sparsity_panels = Vec::new();
     for (label, records) in runs {
         let by_tokens = records.iter().any(|r| r.get("tokens").is_some());
+        let xs = x_values(records, by_tokens);
         let mut weights: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        for record in records {
-            if let (Some(x), Some(map)) = (
-                x_of(record, by_tokens),
-                number_map(record.get("domain_weights")),
-            ) {
+        for (record, x) in records.iter().zip(&xs) {
+            if let (Some(x), Some(map)) = (*x, number_map(record.get("domain_weights"))) {
                 for (domain, weight) in map {
                     weights.entry(domain).or_default().push((x, weight));
                 }
@@ -253,7 +281,7 @@ fn build_panels(runs: &[(String, Vec<Value>)]) -> BTreeMap<&'static str, Vec<Pan
         }
         let mut series: BTreeMap<(String, bool), Vec<(f64, f64)>> = BTreeMap::new();
         for record in records {
-            let Some(step) = x_of(record, false) else {
+            let Some(step) = record.get("step").and_then(Value::as_f64) else {
                 continue;
             };
             for (key, dashed) in [("expected_sparsity", false), ("target_sparsity", true)] {
@@ -366,6 +394,18 @@ fn draw_panel<DB: DrawingBackend>(
             .iter()
             .flat_map(|l| l.points.iter().map(|p| p.1)),
     );
+    // The legend goes where the curves end low (rising curves: bottom right; falling: top right).
+    let ends: Vec<f64> = panel
+        .lines
+        .iter()
+        .filter_map(|l| l.points.last().map(|p| p.1))
+        .collect();
+    let mean_end = ends.iter().sum::<f64>() / ends.len().max(1) as f64;
+    let legend_position = if mean_end > (y.start + y.end) / 2.0 {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 18))
         .margin(12)
@@ -403,7 +443,7 @@ fn draw_panel<DB: DrawingBackend>(
         .label_font(("sans-serif", 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_position)
         .draw()
         .map_err(error)?;
     Ok(())
@@ -512,17 +552,21 @@ mod tests {
     #[test]
     fn writes_every_plot_with_data_as_svg_and_png() {
         let dir = tempfile::tempdir().unwrap();
-        let train: Vec<Value> = (0..20)
-            .map(|step| {
-                let w = 0.5 + 0.01 * step as f64;
-                json!({"step": step, "tokens": step * 4096, "loss": 5.0 - 0.1 * step as f64,
-                       "domain_weights": {"web": w, "code": 1.0 - w},
-                       "eval_losses": {"web": 4.0 - 0.05 * step as f64, "code": 3.0}})
-            })
-            .collect();
+        // As the train stage logs: train records with tokens, eval records with only the step.
+        let mut train: Vec<Value> = Vec::new();
+        for step in 0..20 {
+            let w = 0.5 + 0.01 * step as f64;
+            train.push(json!({"kind": "train", "step": step, "tokens": step * 4096, "loss": 5.0 - 0.1 * step as f64,
+                              "domain_weights": {"web": w, "code": 1.0 - w}}));
+            if step % 5 == 0 {
+                train.push(json!({"kind": "eval", "step": step,
+                                  "eval_loss": {"web": 4.0 - 0.05 * step as f64, "code": 3.0}}));
+            }
+        }
+        // As the prune stage logs: steps, no tokens.
         let prune: Vec<Value> = (0..10)
             .map(|step| {
-                json!({"step": step, "tokens": step * 2048, "loss": 4.0,
+                json!({"step": step, "loss": 4.0,
                        "expected_sparsity": {"head": 0.05 * step as f64, "mlp": 0.03 * step as f64},
                        "target_sparsity": {"head": 0.5, "mlp": 0.3}})
             })
@@ -549,6 +593,11 @@ mod tests {
                 "{names:?}"
             );
         }
+        let loss_svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+        assert!(
+            loss_svg.contains("runs logging tokens") && loss_svg.contains("runs logging step"),
+            "one panel per x axis"
+        );
         let svg = std::fs::read_to_string(out.join("sparsity.svg")).unwrap();
         assert!(
             svg.contains("head target") && svg.contains("mlp expected"),
@@ -588,6 +637,27 @@ mod tests {
         let bad = write_jsonl(dir.path(), "bad.jsonl", &[], "{oops\n{\"step\": 2}\n");
         let message = read_metrics_jsonl(&bad).unwrap_err().to_string();
         assert!(message.contains("bad.jsonl:1"), "{message}");
+    }
+
+    #[test]
+    fn records_without_tokens_take_them_from_their_step() {
+        let records = vec![
+            json!({"step": 1, "tokens": 100}),
+            json!({"step": 1, "eval_loss": {"a": 1.0}}),
+            json!({"step": 2, "tokens": 200}),
+            json!({"step": 3, "eval_loss": {"a": 1.0}}),
+            json!({"eval_loss": {"a": 1.0}}),
+        ];
+        assert_eq!(
+            x_values(&records, true),
+            vec![Some(100.0), Some(100.0), Some(200.0), Some(200.0), None]
+        );
+        assert_eq!(x_values(&records, false)[3], Some(3.0));
+        let panels = build_panels(&[("t".into(), records)]);
+        assert_eq!(
+            panels["eval_loss"][0].lines[0].points,
+            vec![(100.0, 1.0), (200.0, 1.0)]
+        );
     }
 
     #[test]

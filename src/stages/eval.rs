@@ -59,7 +59,8 @@ pub struct EvalConfig {
     pub sequences_per_domain: usize,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Tokens (padded rows × length) per forward pass when scoring tasks.
+    /// Tokens (padded rows × length) per forward pass when scoring tasks. Memory is about
+    /// `batch_tokens × vocab_size × 8` bytes (logits and their log-softmax).
     #[serde(default = "default_batch_tokens")]
     pub batch_tokens: usize,
     /// Longest context + continuation fed to the model for tasks (left-truncated like lm-eval);
@@ -82,7 +83,7 @@ fn default_batch_size() -> usize {
     8
 }
 fn default_batch_tokens() -> usize {
-    4096
+    2048
 }
 
 /// One task as configured.

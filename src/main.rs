@@ -27,6 +27,9 @@ enum Command {
         /// Only these areas (repeatable); default: every area.
         #[arg(long)]
         only: Vec<String>,
+        /// Extra arguments for one area, e.g. `--arg "store=--bytes 100000000"` (repeatable).
+        #[arg(long = "arg", value_name = "AREA=ARGS")]
+        area_args: Vec<String>,
     },
     /// Recipes or sweep variants side by side: differing parameters, metrics, deltas, reuse; plots.
     Compare(sheared::report::cli::CompareArgs),
@@ -93,7 +96,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Compare(args) => sheared::report::cli::compare_command(&args),
-        Command::Benchmarks { out, only } => sheared::report::benchmarks::regenerate(&out, &only),
+        Command::Benchmarks { out, only, area_args } => {
+            sheared::report::benchmarks::regenerate(&out, &only, &area_args)
+        }
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),

@@ -16,6 +16,7 @@
 //! time should invert it and say so in `notes`). `value`/`peer_value` with `unit` are accepted for
 //! `ours`/`peer_result`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -136,27 +137,47 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Results from a report that does not use the schema above: every number whose key contains
-/// `ratio` (at any depth) becomes a result named by its dotted key. The report itself is quoted in
-/// BENCHMARKS.md, so what the ratio compares stays readable.
+/// `ratio` or `speedup` (at any depth; array items are named by their `name`) becomes a result named
+/// by its dotted path. The report itself is quoted in BENCHMARKS.md, so what the ratio compares stays
+/// readable.
 pub fn ratio_results(report: &Value) -> Vec<BenchResult> {
     fn walk(prefix: &str, value: &Value, out: &mut Vec<BenchResult>) {
-        if let Value::Object(map) = value {
-            for (key, item) in map {
-                let dotted = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                match item {
-                    Value::Number(number) if key.contains("ratio") => out.push(BenchResult {
-                        name: dotted,
-                        ratio: number.as_f64(),
-                        ..BenchResult::default()
-                    }),
-                    Value::Object(_) => walk(&dotted, item, out),
-                    _ => {}
+        let join = |segment: &str| {
+            if prefix.is_empty() {
+                segment.to_string()
+            } else {
+                format!("{prefix}.{segment}")
+            }
+        };
+        match value {
+            Value::Object(map) => {
+                for (key, item) in map {
+                    match item {
+                        Value::Number(number)
+                            if key.contains("ratio") || key.contains("speedup") =>
+                        {
+                            out.push(BenchResult {
+                                name: join(key),
+                                ratio: number.as_f64(),
+                                ..BenchResult::default()
+                            })
+                        }
+                        Value::Object(_) | Value::Array(_) => walk(&join(key), item, out),
+                        _ => {}
+                    }
                 }
             }
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    let segment = item
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| index.to_string());
+                    walk(&join(&segment), item, out);
+                }
+            }
+            _ => {}
         }
     }
     let mut out = Vec::new();
@@ -164,9 +185,52 @@ pub fn ratio_results(report: &Value) -> Vec<BenchResult> {
     out
 }
 
-/// Run every `bench` area of `binary` (or only `only`), in help order. An area whose help offers
-/// `--json` is asked for JSON (`--json PATH` when the flag takes a file, plain `--json` otherwise).
-pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>> {
+/// Results from plain-text output: lines that mention a ratio and end in a number (optionally
+/// followed by `x`/`×`), e.g. `ratio naive / sheared: 0.2x`.
+pub fn text_ratio_results(text: &str) -> Vec<BenchResult> {
+    text.lines()
+        .filter(|line| line.to_lowercase().contains("ratio") && !line.trim_start().starts_with('|'))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(':')?;
+            let number: f64 = value
+                .trim()
+                .trim_end_matches(['x', '×'])
+                .trim()
+                .parse()
+                .ok()?;
+            Some(BenchResult {
+                name: name.trim().to_string(),
+                ratio: Some(number),
+                ..BenchResult::default()
+            })
+        })
+        .collect()
+}
+
+/// Parse `--arg AREA=ARGS` values into extra arguments per area (split on whitespace).
+pub fn parse_area_args(values: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for value in values {
+        let Some((area, args)) = value.split_once('=') else {
+            anyhow::bail!(
+                "--arg {value:?}: expected AREA=ARGS, e.g. --arg \"store=--bytes 100000000\""
+            );
+        };
+        out.entry(area.trim().to_string())
+            .or_default()
+            .extend(args.split_whitespace().map(str::to_string));
+    }
+    Ok(out)
+}
+
+/// Run every `bench` area of `binary` (or only `only`), in help order, each with its `extra`
+/// arguments. An area whose help offers `--json` is asked for JSON (`--json PATH` when the flag takes
+/// a file, plain `--json` otherwise).
+pub fn run_areas(
+    binary: &Path,
+    only: &[String],
+    extra: &BTreeMap<String, Vec<String>>,
+) -> anyhow::Result<Vec<AreaRun>> {
     use anyhow::Context;
     let help = Command::new(binary)
         .args(["bench", "--help"])
@@ -191,6 +255,7 @@ pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>>
         )
         .to_string();
         let mut args = vec!["bench".to_string(), area.clone()];
+        args.extend(extra.get(&area).cloned().unwrap_or_default());
         let json_file = scratch.path().join(format!("{area}.json"));
         let mut shown = args.clone();
         let json_to_file = area_help.contains("--json <");
@@ -220,6 +285,9 @@ pub fn run_areas(binary: &Path, only: &[String]) -> anyhow::Result<Vec<AreaRun>>
             && let Ok(report) = serde_json::from_str::<Value>(json_text.trim())
         {
             results = ratio_results(&report);
+        }
+        if results.is_empty() {
+            results = text_ratio_results(&stdout);
         }
         let text = if json_to_file {
             format!("{stdout}{json_text}")
@@ -332,10 +400,17 @@ pub fn render_markdown(runs: &[AreaRun], machine: &str, generated_at: &str) -> S
 }
 
 /// `sheared benchmarks`: run every area of this very binary and write the Markdown to `out`.
-pub fn regenerate(out: &Path, only: &[String]) -> anyhow::Result<()> {
+pub fn regenerate(out: &Path, only: &[String], area_args: &[String]) -> anyhow::Result<()> {
     use anyhow::Context;
+    let extra = parse_area_args(area_args)?;
+    if let Some(unknown) = extra
+        .keys()
+        .find(|area| !only.is_empty() && !only.contains(area))
+    {
+        anyhow::bail!("--arg for area `{unknown}`, which --only leaves out");
+    }
     let binary = std::env::current_exe().context("finding the sheared binary")?;
-    let runs = run_areas(&binary, only)?;
+    let runs = run_areas(&binary, only, &extra)?;
     let generated_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let text = render_markdown(&runs, &machine_description(), &generated_at);
     std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
@@ -371,6 +446,48 @@ mod tests {
         let names: Vec<String> = parse_results(lines).into_iter().map(|r| r.name).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert!(parse_results("plain text only").is_empty());
+    }
+
+    #[test]
+    fn arrays_and_text_give_ratios_too() {
+        let report: Value = serde_json::from_str(
+            r#"{"tools": [{"name": "b3sum", "sheared_speedup": 1.14}, {"seconds": 2}]}"#,
+        )
+        .unwrap();
+        let found: Vec<(String, Option<f64>)> = ratio_results(&report)
+            .into_iter()
+            .map(|r| (r.name, r.ratio))
+            .collect();
+        assert_eq!(
+            found,
+            vec![("tools.b3sum.sheared_speedup".to_string(), Some(1.14))]
+        );
+        let text = "cold run: 1.0 s\nratio naive / sheared: 0.2x\n| ratio | 3x |\nno ratio here\n";
+        let found: Vec<(String, Option<f64>)> = text_ratio_results(text)
+            .into_iter()
+            .map(|r| (r.name, r.ratio))
+            .collect();
+        assert_eq!(
+            found,
+            vec![("ratio naive / sheared".to_string(), Some(0.2))]
+        );
+    }
+
+    #[test]
+    fn area_arguments() {
+        let parsed = parse_area_args(&[
+            "store=--bytes 1000 --repeats 1".into(),
+            "model=--skip-torch".into(),
+        ])
+        .unwrap();
+        assert_eq!(parsed["store"], vec!["--bytes", "1000", "--repeats", "1"]);
+        assert_eq!(parsed["model"], vec!["--skip-torch"]);
+        assert!(
+            parse_area_args(&["no equals sign".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("AREA=ARGS")
+        );
     }
 
     #[test]

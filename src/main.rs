@@ -53,7 +53,7 @@ enum Command {
     Gc(sheared::exec::cli::GcArgs),
     /// Rehash every cached object; drop entries with corrupt or missing objects.
     Verify(sheared::exec::cli::VerifyArgs),
-    /// Benchmarks that report ratios against a named peer measured in the same run.
+    /// Run a benchmark and print a markdown table.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -102,9 +102,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),
-        Command::Bench {
-            area: BenchArea::Model(args),
-        } => sheared::bench::model::run(&args),
+        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
         Command::Bench { area: BenchArea::Data(args) } => {
             sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
         }
@@ -121,7 +119,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", sheared::exec::cli::format_error(&error));
             ExitCode::FAILURE
         }
     }

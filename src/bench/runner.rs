@@ -40,9 +40,13 @@ pub fn run(args: &RunnerBenchArgs) -> anyhow::Result<()> {
         bail!("--stages must be at least 1");
     }
     if args.dir.exists() {
-        bail!("{} exists; remove it or pass another --dir", args.dir.display());
+        bail!(
+            "{} exists; remove it or pass another --dir",
+            args.dir.display()
+        );
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let result = measure(args);
     if !args.keep {
         let _ = std::fs::remove_dir_all(&args.dir);
@@ -53,7 +57,10 @@ pub fn run(args: &RunnerBenchArgs) -> anyhow::Result<()> {
 fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
     let dir = args.dir.canonicalize()?;
     let per_stage = args.bytes / args.stages as u64;
-    std::fs::write(dir.join("external.txt"), b"an external input, hashed once and then stat-cached\n")?;
+    std::fs::write(
+        dir.join("external.txt"),
+        b"an external input, hashed once and then stat-cached\n",
+    )?;
     let mut recipe = String::from("name = \"bench-runner\"\n");
     for index in 0..args.stages {
         let upstream = if index == 0 {
@@ -90,7 +97,9 @@ fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
         crate::exec::cli::human_bytes(per_stage * args.stages as u64)
     );
     let cold = sheared_run()?;
-    let mut reruns: Vec<f64> = (0..args.repeats.max(1)).map(|_| sheared_run()).collect::<Result<_, _>>()?;
+    let mut reruns: Vec<f64> = (0..args.repeats.max(1))
+        .map(|_| sheared_run())
+        .collect::<Result<_, _>>()?;
     reruns.sort_by(f64::total_cmp);
     let rerun = reruns[reruns.len() / 2];
     // The naive peer: rehash every output file to find out whether anything changed.
@@ -99,15 +108,25 @@ fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
     let mut hashed_bytes = 0u64;
     for file in &files {
         let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(file).with_context(|| format!("hashing {}", file.display()))?;
+        hasher
+            .update_mmap_rayon(file)
+            .with_context(|| format!("hashing {}", file.display()))?;
         std::hint::black_box(hasher.finalize());
         hashed_bytes += std::fs::metadata(file)?.len();
     }
     let rehash = start.elapsed().as_secs_f64();
     println!("# sheared bench runner");
-    println!("stages: {}, cached output bytes: {} ({} files)", args.stages, hashed_bytes, files.len());
+    println!(
+        "stages: {}, cached output bytes: {} ({} files)",
+        args.stages,
+        hashed_bytes,
+        files.len()
+    );
     println!("cold run (execute + hash + commit): {cold:.3} s");
-    println!("no-op rerun, `sheared run` (median of {}): {rerun:.3} s  [target < 0.5 s]", reruns.len());
+    println!(
+        "no-op rerun, `sheared run` (median of {}): {rerun:.3} s  [target < 0.5 s]",
+        reruns.len()
+    );
     println!(
         "naive peer, rehash every output (blake3, mmap, all cores): {rehash:.3} s ({:.2} GB/s)",
         hashed_bytes as f64 / rehash / 1e9

@@ -10,7 +10,7 @@ use super::{Output, RunOptions};
 use crate::plan::Plan;
 use crate::plan::dag::{DagFormat, render};
 use crate::plan::status::{NodeStatus, Reason, Status, output_path, plan_status};
-use crate::recipe::{LoadOptions, load};
+use crate::recipe::LoadOptions;
 use crate::stages::{CancelFlag, builtin};
 use crate::store::Store;
 
@@ -30,7 +30,10 @@ pub struct RecipeOptions {
 
 impl RecipeOptions {
     fn load_options(&self) -> LoadOptions {
-        LoadOptions { overrides: self.set.clone(), device: self.device.clone() }
+        LoadOptions {
+            overrides: self.set.clone(),
+            device: self.device.clone(),
+        }
     }
 }
 
@@ -111,12 +114,7 @@ pub struct VerifyArgs {
 }
 
 fn plan_recipes(recipes: &[PathBuf], load_options: &LoadOptions) -> anyhow::Result<Plan> {
-    let registry = builtin();
-    let mut loaded = Vec::new();
-    for path in recipes {
-        loaded.extend(load(path, load_options, &registry)?);
-    }
-    Ok(Plan::build(loaded, &registry)?)
+    crate::plan::load_plan(recipes, load_options, &builtin())
 }
 
 fn open_store(cache: &Path) -> anyhow::Result<Store> {
@@ -132,15 +130,28 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let store = open_store(&args.options.cache)?;
     super::install_interrupt_handler();
     let output = Output::choose(args.json);
-    let options =
-        RunOptions { jobs: args.jobs, only: args.only.clone(), force: args.force.clone(), keep_going: args.keep_going };
-    let summary = super::run(&plan, &store, &builtin(), &options, &output, &CancelFlag::default())?;
+    let options = RunOptions {
+        jobs: args.jobs,
+        only: args.only.clone(),
+        force: args.force.clone(),
+        keep_going: args.keep_going,
+    };
+    let clock = std::time::Instant::now();
+    let summary = super::run(
+        &plan,
+        &store,
+        &builtin(),
+        &options,
+        &output,
+        &CancelFlag::default(),
+    )?;
     output.note(&format!(
-        "{} committed, {} cached, {} failed, {} skipped",
+        "{} committed, {} cached, {} failed, {} skipped in {}",
         summary.committed.len(),
         summary.cached.len(),
         summary.failed.len(),
-        summary.skipped.len()
+        summary.skipped.len(),
+        super::events::format_seconds(clock.elapsed().as_secs_f64())
     ));
     if summary.cancelled {
         bail!("interrupted; scratch folders are kept, run the same command again to resume");
@@ -157,7 +168,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
 /// `sheared plan`.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
-    let plan = plan_recipes(std::slice::from_ref(&args.recipe), &args.options.load_options())?;
+    let plan = plan_recipes(
+        std::slice::from_ref(&args.recipe),
+        &args.options.load_options(),
+    )?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
     if args.json {
@@ -168,17 +182,40 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(());
     }
-    let width = statuses.iter().map(|status| status.id.len()).max().unwrap_or(5).max(5);
+    let width = statuses
+        .iter()
+        .map(|status| status.id.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for status in &statuses {
+        *counts.entry(status.status.to_string()).or_default() += 1;
+    }
     for &index in &plan.order {
         let status = &statuses[index];
-        let key = status.key.as_deref().map(|key| &key[..12]).unwrap_or("(pending)");
-        println!("{:<8} {:<width$} {:<12} {key}", status.status.to_string(), status.id, status.kind);
+        let key = status
+            .key
+            .as_deref()
+            .map(|key| &key[..12])
+            .unwrap_or("(pending)");
+        println!(
+            "{:<8} {:<width$} {:<12} {key}",
+            status.status.to_string(),
+            status.id,
+            status.kind
+        );
         if status.status != Status::Cached {
             for reason in &status.reasons {
                 println!("{:<8} {:<width$}   - {}", "", "", reason.one_line());
             }
         }
     }
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(status, count)| format!("{count} {status}"))
+        .collect();
+    eprintln!("{} stage(s): {}", statuses.len(), summary.join(", "));
     Ok(())
 }
 
@@ -191,7 +228,10 @@ fn print_tree(reason: &Reason, depth: usize) {
 
 /// `sheared why`: the stage's status and the full chain of causes through its upstream stages.
 pub fn why(args: &StageArgs) -> anyhow::Result<()> {
-    let plan = plan_recipes(std::slice::from_ref(&args.recipe), &args.options.load_options())?;
+    let plan = plan_recipes(
+        std::slice::from_ref(&args.recipe),
+        &args.options.load_options(),
+    )?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
     for index in plan.find(&args.stage)? {
@@ -200,11 +240,24 @@ pub fn why(args: &StageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain_node(plan: &Plan, statuses: &[NodeStatus], index: usize, depth: usize, seen: &mut Vec<usize>) {
+fn explain_node(
+    plan: &Plan,
+    statuses: &[NodeStatus],
+    index: usize,
+    depth: usize,
+    seen: &mut Vec<usize>,
+) {
     let status = &statuses[index];
     let indent = "  ".repeat(depth);
-    let key = status.key.as_deref().map(|key| format!(" [{}]", &key[..12])).unwrap_or_default();
-    println!("{indent}{} ({}): {}{key}", status.id, status.kind, status.status);
+    let key = status
+        .key
+        .as_deref()
+        .map(|key| format!(" [{}]", &key[..12]))
+        .unwrap_or_default();
+    println!(
+        "{indent}{} ({}): {}{key}",
+        status.id, status.kind, status.status
+    );
     if seen.contains(&index) {
         return;
     }
@@ -227,7 +280,10 @@ fn explain_node(plan: &Plan, statuses: &[NodeStatus], index: usize, depth: usize
 
 /// `sheared path`: the committed output folder of a stage.
 pub fn path(args: &StageArgs) -> anyhow::Result<()> {
-    let plan = plan_recipes(std::slice::from_ref(&args.recipe), &args.options.load_options())?;
+    let plan = plan_recipes(
+        std::slice::from_ref(&args.recipe),
+        &args.options.load_options(),
+    )?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
     let nodes = plan.find(&args.stage)?;
@@ -235,7 +291,10 @@ pub fn path(args: &StageArgs) -> anyhow::Result<()> {
     for index in &nodes {
         match output_path(&store, &statuses[*index])? {
             Some(output) => println!("{}", output.display()),
-            None => missing.push(format!("`{}` is {}", statuses[*index].id, statuses[*index].status)),
+            None => missing.push(format!(
+                "`{}` is {}",
+                statuses[*index].id, statuses[*index].status
+            )),
         }
     }
     if !missing.is_empty() {
@@ -251,8 +310,13 @@ pub fn path(args: &StageArgs) -> anyhow::Result<()> {
 
 /// `sheared dag`.
 pub fn dag(args: &DagArgs) -> anyhow::Result<()> {
-    let plan =
-        plan_recipes(std::slice::from_ref(&args.recipe), &LoadOptions { overrides: args.set.clone(), device: None })?;
+    let plan = plan_recipes(
+        std::slice::from_ref(&args.recipe),
+        &LoadOptions {
+            overrides: args.set.clone(),
+            device: None,
+        },
+    )?;
     print!("{}", render(&plan, args.format));
     Ok(())
 }
@@ -265,7 +329,10 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<()> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(&args.recipes_dir)
             .with_context(|| format!("reading {}", args.recipes_dir.display()))?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|extension| extension == "toml"))
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|extension| extension == "toml")
+            })
             .collect();
         found.sort();
         files.extend(found);
@@ -292,7 +359,11 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<()> {
     }
     let keep_last = (args.keep_last > 0).then_some(args.keep_last);
     let report = store.gc(&live, keep_last, args.dry_run)?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     println!(
         "{verb} {} manifest(s), {} object(s), {} reclaimed ({} live stage key(s) from {} recipe file(s) kept)",
         report.manifests,
@@ -308,7 +379,11 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<()> {
 pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let store = open_store(&args.cache)?;
     let report = store.verify()?;
-    println!("checked {} object(s), {}", report.objects_checked, human_bytes(report.bytes_checked));
+    println!(
+        "checked {} object(s), {}",
+        report.objects_checked,
+        human_bytes(report.bytes_checked)
+    );
     for digest in &report.corrupt {
         println!("corrupt object {}", digest.to_hex());
     }
@@ -344,5 +419,43 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1000.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.2} {}", units[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", units[unit])
+    }
+}
+
+/// An error and its causes on one line, skipping causes that the message before already quotes
+/// (many `io::Error` wrappers put their source into their own message).
+pub fn format_error(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::other("Not a directory");
+        let error = anyhow::Error::new(io)
+            .context("creating x: Not a directory")
+            .context("opening the cache");
+        assert_eq!(
+            format_error(&error),
+            "opening the cache: creating x: Not a directory"
+        );
+    }
 }

@@ -29,7 +29,15 @@ pub struct Event {
 
 impl Event {
     pub fn new(event: &'static str, stage: &str) -> Event {
-        Event { event, stage: stage.to_string(), key: None, seconds: None, reason: None, log: None, log_tail: None }
+        Event {
+            event,
+            stage: stage.to_string(),
+            key: None,
+            seconds: None,
+            reason: None,
+            log: None,
+            log_tail: None,
+        }
     }
 }
 
@@ -99,9 +107,20 @@ impl Output {
 }
 
 fn human(event: &Event) -> String {
-    let key = event.key.as_deref().map(|key| format!(" [{}]", &key[..key.len().min(12)])).unwrap_or_default();
-    let seconds = event.seconds.map(|seconds| format!(" in {}", format_seconds(seconds))).unwrap_or_default();
-    let reason = event.reason.as_deref().map(|reason| format!(": {reason}")).unwrap_or_default();
+    let key = event
+        .key
+        .as_deref()
+        .map(|key| format!(" [{}]", &key[..key.len().min(12)]))
+        .unwrap_or_default();
+    let seconds = event
+        .seconds
+        .map(|seconds| format!(" in {}", format_seconds(seconds)))
+        .unwrap_or_default();
+    let reason = event
+        .reason
+        .as_deref()
+        .map(|reason| format!(": {reason}"))
+        .unwrap_or_default();
     let mut line = format!("{:<10} {}{key}{seconds}{reason}", event.event, event.stage);
     if let Some(tail) = &event.log_tail
         && !tail.trim().is_empty()

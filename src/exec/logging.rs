@@ -29,7 +29,9 @@ impl LogFile {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        Ok(LogFile(Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(path)?))))
+        Ok(LogFile(Arc::new(Mutex::new(
+            OpenOptions::new().create(true).append(true).open(path)?,
+        ))))
     }
 
     pub fn line(&self, text: &str) {
@@ -115,8 +117,14 @@ pub fn init() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter);
-    let _ = tracing_subscriber::registry().with(stderr).with(StageLogLayer).try_init();
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(StageLogLayer)
+        .try_init();
 }
 
 /// The [`Reporter`] a running stage gets: log lines, a live bar on a terminal, and occasional plain

@@ -91,8 +91,14 @@ pub fn install_interrupt_handler() {
     }
     // SAFETY: the handler only touches an atomic (and `_exit`, which is async-signal-safe).
     unsafe {
-        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
     }
 }
 
@@ -128,12 +134,22 @@ pub fn run(
     let mut forced = BTreeSet::new();
     for name in &options.force {
         for index in plan.find(name)? {
-            forced.extend(plan.with_descendants(index).intersection(&selected).copied());
+            forced.extend(
+                plan.with_descendants(index)
+                    .intersection(&selected)
+                    .copied(),
+            );
         }
     }
     let jobs = options.jobs.max(1);
     let mut state: Vec<State> = (0..plan.nodes.len())
-        .map(|index| if selected.contains(&index) { State::Waiting } else { State::NotSelected })
+        .map(|index| {
+            if selected.contains(&index) {
+                State::Waiting
+            } else {
+                State::NotSelected
+            }
+        })
         .collect();
     let mut summary = RunSummary::default();
     let (sender, receiver) = mpsc::channel::<(usize, Outcome)>();
@@ -160,17 +176,26 @@ pub fn run(
                     }
                     let node = &plan.nodes[index];
                     let upstream = plan.upstream(index);
-                    if let Some(&bad) = upstream.iter().find(|&&up| matches!(state[up], State::Failed | State::Skipped))
+                    if let Some(&bad) = upstream
+                        .iter()
+                        .find(|&&up| matches!(state[up], State::Failed | State::Skipped))
                     {
                         state[index] = State::Skipped;
                         summary.skipped.push(node.id.clone());
                         let mut event = Event::new("skipped", &node.id);
-                        event.reason = Some(format!("upstream stage `{}` did not complete", plan.nodes[bad].id));
+                        event.reason = Some(format!(
+                            "upstream stage `{}` did not complete",
+                            plan.nodes[bad].id
+                        ));
                         output.emit(&event);
                         progressed = true;
                         continue;
                     }
-                    if stop || !upstream.iter().all(|&up| matches!(state[up], State::Done(_))) {
+                    if stop
+                        || !upstream
+                            .iter()
+                            .all(|&up| matches!(state[up], State::Done(_)))
+                    {
                         continue;
                     }
                     let lookup = |up: usize| match &state[up] {
@@ -206,7 +231,10 @@ pub fn run(
                         event.key = Some(record.key.to_hex());
                         output.emit(&event);
                         summary.cached.push(node.id.clone());
-                        state[index] = State::Done(Box::new(Committed { key: record.key, manifest }));
+                        state[index] = State::Done(Box::new(Committed {
+                            key: record.key,
+                            manifest,
+                        }));
                         progressed = true;
                         continue;
                     }
@@ -232,7 +260,9 @@ pub fn run(
                     let sender = sender.clone();
                     let force = forced.contains(&index);
                     scope.spawn(move || {
-                        let outcome = execute(plan, index, &record, inputs, force, store, registry, output, cancel);
+                        let outcome = execute(
+                            plan, index, &record, inputs, force, store, registry, output, cancel,
+                        );
                         let _ = sender.send((index, outcome));
                     });
                 }
@@ -243,10 +273,17 @@ pub fn run(
                 if running == 0 {
                     break;
                 }
-                let (index, outcome) = match receiver.recv_timeout(Duration::from_millis(100)) {
-                    Ok(message) => message,
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                // Wait for a stage to finish; Ctrl-C only needs the flag set (running stages watch it).
+                let (index, outcome) = loop {
+                    match receiver.recv_timeout(Duration::from_millis(100)) {
+                        Ok(message) => break message,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if interrupted() {
+                                cancel.cancel();
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                    }
                 };
                 running -= 1;
                 let node = &plan.nodes[index];
@@ -262,7 +299,9 @@ pub fn run(
                     Outcome::CommittedElsewhere(commit) => {
                         let mut event = Event::new("cached", &node.id);
                         event.key = Some(commit.key.to_hex());
-                        event.reason = Some("committed by another sheared process while this one waited".into());
+                        event.reason = Some(
+                            "committed by another sheared process while this one waited".into(),
+                        );
                         output.emit(&event);
                         summary.cached.push(node.id.clone());
                         state[index] = State::Done(Box::new(commit));
@@ -297,14 +336,22 @@ pub fn run(
     summary.cancelled |= cancel.is_cancelled();
     for &index in &requested {
         if !matches!(state[index], State::Done(_)) {
-            summary.incomplete_requested.push(plan.nodes[index].id.clone());
+            summary
+                .incomplete_requested
+                .push(plan.nodes[index].id.clone());
         }
     }
     Ok(summary)
 }
 
 /// One line on why a stage is about to run: forced, never run, or what changed since its last run.
-fn why_it_runs(store: &Store, recipe: &str, stage: &str, record: &KeyRecord, force: bool) -> String {
+fn why_it_runs(
+    store: &Store,
+    recipe: &str,
+    stage: &str,
+    record: &KeyRecord,
+    force: bool,
+) -> String {
     if force {
         return "forced (--force)".into();
     }
@@ -313,14 +360,18 @@ fn why_it_runs(store: &Store, recipe: &str, stage: &str, record: &KeyRecord, for
         Ok(None) => return format!("never committed in recipe `{recipe}`"),
         Err(error) => return format!("(history unavailable: {error})"),
     };
-    let Some(old) = KeyRecord::from_json(&previous.preimage) else { return "not cached".into() };
+    let Some(old) = KeyRecord::from_json(&previous.preimage) else {
+        return "not cached".into();
+    };
     if old.key == record.key {
         return "its cached output was lost (dropped by verify, gc or a missing object); recomputing".into();
     }
     match explain(store, record, &old, 0) {
-        Ok(reasons) if !reasons.is_empty() => {
-            reasons.iter().map(|reason| reason.one_line()).collect::<Vec<_>>().join("; ")
-        }
+        Ok(reasons) if !reasons.is_empty() => reasons
+            .iter()
+            .map(|reason| reason.one_line())
+            .collect::<Vec<_>>()
+            .join("; "),
         Ok(_) => "not cached".into(),
         Err(error) => format!("(history unavailable: {error})"),
     }
@@ -329,7 +380,11 @@ fn why_it_runs(store: &Store, recipe: &str, stage: &str, record: &KeyRecord, for
 /// Record that every (recipe, stage) this node stands for used `record.key` (history for `plan`).
 fn record_use(plan: &Plan, store: &Store, index: usize, record: &KeyRecord) -> anyhow::Result<()> {
     for member in &plan.nodes[index].members {
-        store.record_use(&plan.recipes[member.recipe].name, &member.stage, &record.key)?;
+        store.record_use(
+            &plan.recipes[member.recipe].name,
+            &member.stage,
+            &record.key,
+        )?;
     }
     Ok(())
 }
@@ -346,11 +401,15 @@ fn materialise_inputs(
         let path = match &input.source {
             InputSource::Stage { node, file } => {
                 let State::Done(commit) = &state[*node] else {
-                    anyhow::bail!("input `{}`: stage `{}` is not committed", input.key, plan.nodes[*node].id);
+                    anyhow::bail!(
+                        "input `{}`: stage `{}` is not committed",
+                        input.key,
+                        plan.nodes[*node].id
+                    );
                 };
-                let folder = store
-                    .outputs(&commit.manifest)
-                    .with_context(|| format!("materialising the outputs of `{}`", plan.nodes[*node].id))?;
+                let folder = store.outputs(&commit.manifest).with_context(|| {
+                    format!("materialising the outputs of `{}`", plan.nodes[*node].id)
+                })?;
                 match file {
                     Some(file) => folder.join(file),
                     None => folder,
@@ -376,9 +435,14 @@ fn execute(
     output: &Output,
     cancel: &CancelFlag,
 ) -> Outcome {
-    match execute_inner(plan, index, record, inputs, force, store, registry, output, cancel) {
+    match execute_inner(
+        plan, index, record, inputs, force, store, registry, output, cancel,
+    ) {
         Ok(outcome) => outcome,
-        Err(error) => Outcome::Failed { message: format!("{error:#}"), log: None },
+        Err(error) => Outcome::Failed {
+            message: format!("{error:#}"),
+            log: None,
+        },
     }
 }
 
@@ -397,7 +461,9 @@ fn execute_inner(
     let node = &plan.nodes[index];
     let (recipe_name, _) = plan.record_name(index);
     let recipe = &plan.recipes[node.recipe];
-    let stage = registry.get(&node.kind).with_context(|| format!("unknown stage kind `{}`", node.kind))?;
+    let stage = registry
+        .get(&node.kind)
+        .with_context(|| format!("unknown stage kind `{}`", node.kind))?;
     let lease = loop {
         match store.acquire(&record.key)? {
             Acquire::Acquired(lease) => break lease,
@@ -419,19 +485,31 @@ fn execute_inner(
                 }
                 if !force && let Some(manifest) = store.lookup(&record.key)? {
                     record_use(plan, store, index, record)?;
-                    return Ok(Outcome::CommittedElsewhere(Committed { key: record.key, manifest }));
+                    return Ok(Outcome::CommittedElsewhere(Committed {
+                        key: record.key,
+                        manifest,
+                    }));
                 }
             }
         }
     };
     if !force && let Some(manifest) = store.lookup(&record.key)? {
         record_use(plan, store, index, record)?;
-        return Ok(Outcome::CommittedElsewhere(Committed { key: record.key, manifest }));
+        return Ok(Outcome::CommittedElsewhere(Committed {
+            key: record.key,
+            manifest,
+        }));
     }
     let attempt = store.begin(&record.key)?;
     let log = logging::LogFile::open(&attempt.log_path)
         .with_context(|| format!("opening the log {}", attempt.log_path.display()))?;
-    log.line(&format!("stage `{}` (kind {} v{}) key {}", node.id, node.kind, node.version, record.key.to_hex()));
+    log.line(&format!(
+        "stage `{}` (kind {} v{}) key {}",
+        node.id,
+        node.kind,
+        node.version,
+        record.key.to_hex()
+    ));
     log.line(&format!("preimage {}", record.preimage));
     let mut started = Event::new("started", &node.id);
     started.key = Some(record.key.to_hex());
@@ -445,8 +523,7 @@ fn execute_inner(
         plain_progress: !output.is_json() && bar.is_none(),
         last_line: Mutex::new(None),
     };
-    let span =
-        tracing::info_span!("stage", stage = %node.id, key = %record.key.short(), log = %attempt.log_path.display());
+    let span = tracing::info_span!("stage", stage = %node.id, key = %record.key.short(), log = %attempt.log_path.display());
     let context = StageContext {
         name: &node.stage,
         config: &node.config,
@@ -492,7 +569,13 @@ fn execute_inner(
             )?;
             record_use(plan, store, index, record)?;
             drop(lease);
-            Ok(Outcome::Committed { commit: Committed { key: record.key, manifest }, seconds })
+            Ok(Outcome::Committed {
+                commit: Committed {
+                    key: record.key,
+                    manifest,
+                },
+                seconds,
+            })
         }
         Err(StageError::Cancelled) => {
             log.line("cancelled; scratch kept for the next attempt");
@@ -509,9 +592,16 @@ fn execute_inner(
             log.line(&format!("failed: {message}"));
             store.fail(
                 &attempt,
-                FailureInfo { stage: node.stage.clone(), recipe: recipe_name.to_string(), error: message.clone() },
+                FailureInfo {
+                    stage: node.stage.clone(),
+                    recipe: recipe_name.to_string(),
+                    error: message.clone(),
+                },
             )?;
-            Ok(Outcome::Failed { message, log: Some(attempt.log_path.clone()) })
+            Ok(Outcome::Failed {
+                message,
+                log: Some(attempt.log_path.clone()),
+            })
         }
     }
 }
@@ -543,7 +633,11 @@ mod tests {
             if ctx.config.get("fail").and_then(toml::Value::as_bool) == Some(true) {
                 return Err(StageError::Other(anyhow::anyhow!("asked to fail")));
             }
-            let value = ctx.config.get("value").map(ToString::to_string).unwrap_or_default();
+            let value = ctx
+                .config
+                .get("value")
+                .map(ToString::to_string)
+                .unwrap_or_default();
             std::fs::write(ctx.out_dir.join("value.txt"), value).map_err(anyhow::Error::from)?;
             Ok(())
         }
@@ -565,8 +659,20 @@ mod tests {
         let recipes = load(&recipe, &LoadOptions::default(), &registry).unwrap();
         let plan = Plan::build(recipes, &registry).unwrap();
         let store = Store::open(dir.path().join("cache")).unwrap();
-        let options = RunOptions { jobs: 2, keep_going: true, ..RunOptions::default() };
-        let summary = run(&plan, &store, &registry, &options, &Output::Lines, &CancelFlag::default()).unwrap();
+        let options = RunOptions {
+            jobs: 2,
+            keep_going: true,
+            ..RunOptions::default()
+        };
+        let summary = run(
+            &plan,
+            &store,
+            &registry,
+            &options,
+            &Output::Lines,
+            &CancelFlag::default(),
+        )
+        .unwrap();
         let mut committed = summary.committed.clone();
         committed.sort();
         assert_eq!(committed, ["a", "b"]);
@@ -578,10 +684,23 @@ mod tests {
             .map(|path| std::fs::read_to_string(path).unwrap_or_default())
             .collect();
         assert_eq!(logs.len(), 3, "one log per attempt");
-        assert!(logs.iter().all(|log| log.contains("hello from the stage")), "{logs:?}");
-        assert!(logs.iter().any(|log| log.contains("failed: asked to fail")), "{logs:?}");
-        let again =
-            run(&plan, &store, &registry, &RunOptions::default(), &Output::Lines, &CancelFlag::default()).unwrap();
+        assert!(
+            logs.iter().all(|log| log.contains("hello from the stage")),
+            "{logs:?}"
+        );
+        assert!(
+            logs.iter().any(|log| log.contains("failed: asked to fail")),
+            "{logs:?}"
+        );
+        let again = run(
+            &plan,
+            &store,
+            &registry,
+            &RunOptions::default(),
+            &Output::Lines,
+            &CancelFlag::default(),
+        )
+        .unwrap();
         let mut cached = again.cached.clone();
         cached.sort();
         assert_eq!(cached, ["a", "b"]);
@@ -592,7 +711,11 @@ mod tests {
         let mut files = Vec::new();
         for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
             let path = entry.path();
-            if path.is_dir() { files.extend(walk_files(&path)) } else { files.push(path) }
+            if path.is_dir() {
+                files.extend(walk_files(&path))
+            } else {
+                files.push(path)
+            }
         }
         files
     }

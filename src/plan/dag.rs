@@ -15,17 +15,22 @@ pub fn render(plan: &Plan, format: DagFormat) -> String {
     let label = |index: usize| format!("{} ({})", plan.nodes[index].id, plan.nodes[index].kind);
     let edges = || {
         plan.nodes.iter().enumerate().flat_map(|(index, node)| {
-            node.inputs.iter().filter_map(move |input| match &input.source {
-                InputSource::Stage { node: upstream, file } => Some((
-                    *upstream,
-                    index,
-                    match file {
-                        Some(file) => format!("{}: {file}", input.key),
-                        None => input.key.clone(),
-                    },
-                )),
-                InputSource::Path(_) => None,
-            })
+            node.inputs
+                .iter()
+                .filter_map(move |input| match &input.source {
+                    InputSource::Stage {
+                        node: upstream,
+                        file,
+                    } => Some((
+                        *upstream,
+                        index,
+                        match file {
+                            Some(file) => format!("{}: {file}", input.key),
+                            None => input.key.clone(),
+                        },
+                    )),
+                    InputSource::Path(_) => None,
+                })
         })
     };
     match format {
@@ -41,10 +46,16 @@ pub fn render(plan: &Plan, format: DagFormat) -> String {
         DagFormat::Dot => {
             out.push_str("digraph sheared {\n    rankdir=TB;\n    node [shape=box];\n");
             for &index in &plan.order {
-                out.push_str(&format!("    n{index} [label=\"{}\"];\n", escape(&label(index))));
+                out.push_str(&format!(
+                    "    n{index} [label=\"{}\"];\n",
+                    escape(&label(index))
+                ));
             }
             for (from, to, key) in edges() {
-                out.push_str(&format!("    n{from} -> n{to} [label=\"{}\"];\n", escape(&key)));
+                out.push_str(&format!(
+                    "    n{from} -> n{to} [label=\"{}\"];\n",
+                    escape(&key)
+                ));
             }
             out.push_str("}\n");
         }

@@ -17,9 +17,9 @@ pub fn canonical(value: &Value) -> Json {
     match value {
         Value::String(text) => Json::String(text.clone()),
         Value::Integer(number) => Json::from(*number),
-        Value::Float(number) => {
-            serde_json::Number::from_f64(*number).map(Json::Number).unwrap_or_else(|| Json::String(number.to_string()))
-        }
+        Value::Float(number) => serde_json::Number::from_f64(*number)
+            .map(Json::Number)
+            .unwrap_or_else(|| Json::String(number.to_string())),
         Value::Boolean(flag) => Json::Bool(*flag),
         Value::Datetime(datetime) => Json::String(datetime.to_string()),
         Value::Array(items) => Json::Array(items.iter().map(canonical).collect()),
@@ -41,7 +41,11 @@ pub fn sorted(value: &Json) -> Json {
         Json::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            Json::Object(keys.into_iter().map(|key| (key.clone(), sorted(&map[key]))).collect())
+            Json::Object(
+                keys.into_iter()
+                    .map(|key| (key.clone(), sorted(&map[key])))
+                    .collect(),
+            )
         }
         Json::Array(items) => Json::Array(items.iter().map(sorted).collect()),
         other => other.clone(),
@@ -55,7 +59,13 @@ pub fn key_of(preimage: &Json) -> Digest {
 }
 
 /// Build the preimage of a stage from its parts.
-pub fn preimage(kind: &str, version: u32, config: &Json, settings: &Json, input_digests: &Json) -> Json {
+pub fn preimage(
+    kind: &str,
+    version: u32,
+    config: &Json,
+    settings: &Json,
+    input_digests: &Json,
+) -> Json {
     serde_json::json!({
         "format": FORMAT_VERSION,
         "kind": kind,
@@ -79,7 +89,13 @@ mod tests {
         b.insert("steps".into(), Value::Integer(10));
         b.insert("lr".into(), Value::Float(0.0001));
         let key = |table: &toml::Table| {
-            key_of(&preimage("k", 1, &canonical(&Value::Table(table.clone())), &Json::Null, &Json::Null))
+            key_of(&preimage(
+                "k",
+                1,
+                &canonical(&Value::Table(table.clone())),
+                &Json::Null,
+                &Json::Null,
+            ))
         };
         assert_eq!(key(&a), key(&b));
         b.insert("steps".into(), Value::Integer(11));

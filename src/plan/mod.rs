@@ -29,11 +29,27 @@ pub enum PlanError {
         "stage `{stage}` is defined differently in recipe `{first}` ({first_file}) and recipe `{second}` ({second_file}); \
          in one run a stage name means one stage: run the recipes separately, rename one stage, or make them variants of one recipe with [sweep]"
     )]
-    Conflict { stage: String, first: String, first_file: String, second: String, second_file: String },
-    #[error("recipe `{recipe}`: stage `{stage}` has kind `{kind}`, which this binary does not know")]
-    UnknownKind { recipe: String, stage: String, kind: String },
+    Conflict {
+        stage: String,
+        first: String,
+        first_file: String,
+        second: String,
+        second_file: String,
+    },
+    #[error(
+        "recipe `{recipe}`: stage `{stage}` has kind `{kind}`, which this binary does not know"
+    )]
+    UnknownKind {
+        recipe: String,
+        stage: String,
+        kind: String,
+    },
     #[error("no stage `{stage}` in {recipes}{suggestion}")]
-    NoSuchStage { stage: String, recipes: String, suggestion: String },
+    NoSuchStage {
+        stage: String,
+        recipes: String,
+        suggestion: String,
+    },
 }
 
 /// Where an input comes from.
@@ -102,16 +118,21 @@ impl Plan {
             let mut node_of: HashMap<String, usize> = HashMap::new();
             for stage_name in order {
                 let decl = &recipe.stages[&stage_name];
-                let kind = registry.get(&decl.kind).ok_or_else(|| PlanError::UnknownKind {
-                    recipe: recipe.name.clone(),
-                    stage: stage_name.clone(),
-                    kind: decl.kind.clone(),
-                })?;
+                let kind = registry
+                    .get(&decl.kind)
+                    .ok_or_else(|| PlanError::UnknownKind {
+                        recipe: recipe.name.clone(),
+                        stage: stage_name.clone(),
+                        kind: decl.kind.clone(),
+                    })?;
                 let mut key_config = Value::Table(decl.config.clone());
                 let mut input_keys = decl.inputs.iter().map(|site| site.key.clone());
                 map_inputs(&mut key_config, &mut |_| {
                     let mut marker = Table::new();
-                    marker.insert("input".into(), Value::String(input_keys.next().unwrap_or_default()));
+                    marker.insert(
+                        "input".into(),
+                        Value::String(input_keys.next().unwrap_or_default()),
+                    );
                     Some(Value::Table(marker))
                 });
                 let key_config = key::canonical(&key_config);
@@ -132,18 +153,26 @@ impl Plan {
                     let (source, identity) = match &site.reference {
                         InputRef::Stage { stage, file } => {
                             let upstream = node_of.get(stage).copied().unwrap_or_default();
-                            let upstream_definition = definition_of.get(stage).cloned().unwrap_or_default();
+                            let upstream_definition =
+                                definition_of.get(stage).cloned().unwrap_or_default();
                             (
-                                InputSource::Stage { node: upstream, file: file.clone() },
+                                InputSource::Stage {
+                                    node: upstream,
+                                    file: file.clone(),
+                                },
                                 serde_json::json!({ "stage": upstream_definition, "file": file }),
                             )
                         }
-                        InputRef::Path { path } => {
-                            (InputSource::Path(PathBuf::from(path)), serde_json::json!({ "path": path }))
-                        }
+                        InputRef::Path { path } => (
+                            InputSource::Path(PathBuf::from(path)),
+                            serde_json::json!({ "path": path }),
+                        ),
                     };
                     input_identity.insert(site.key.clone(), identity);
-                    inputs.push(PlanInput { key: site.key.clone(), source });
+                    inputs.push(PlanInput {
+                        key: site.key.clone(),
+                        source,
+                    });
                 }
                 let definition = key::key_of(&key::preimage(
                     &decl.kind,
@@ -158,7 +187,10 @@ impl Plan {
                 let shared_key = format!("{stage_name}\u{0}{definition}");
                 let index = match by_definition.get(&shared_key) {
                     Some(&index) => {
-                        nodes[index].members.push(Member { recipe: recipe_index, stage: stage_name.clone() });
+                        nodes[index].members.push(Member {
+                            recipe: recipe_index,
+                            stage: stage_name.clone(),
+                        });
                         index
                     }
                     None => {
@@ -171,7 +203,10 @@ impl Plan {
                             key_config,
                             settings,
                             inputs,
-                            members: vec![Member { recipe: recipe_index, stage: stage_name.clone() }],
+                            members: vec![Member {
+                                recipe: recipe_index,
+                                stage: stage_name.clone(),
+                            }],
                             recipe: recipe_index,
                         });
                         by_definition.insert(shared_key, nodes.len() - 1);
@@ -192,13 +227,18 @@ impl Plan {
             }
             check_variants_only(stage, entries, &nodes, &recipes)?;
             for (_, index) in entries {
-                let variants: Vec<&Variant> =
-                    nodes[*index].members.iter().filter_map(|member| recipes[member.recipe].variant.as_ref()).collect();
+                let variants: Vec<&Variant> = nodes[*index]
+                    .members
+                    .iter()
+                    .filter_map(|member| recipes[member.recipe].variant.as_ref())
+                    .collect();
                 nodes[*index].id = format!("{stage}[{}]", common_overrides(&variants));
             }
         }
         let mut graph = DiGraph::new();
-        let handles: Vec<NodeIndex> = (0..nodes.len()).map(|index| graph.add_node(index)).collect();
+        let handles: Vec<NodeIndex> = (0..nodes.len())
+            .map(|index| graph.add_node(index))
+            .collect();
         for (index, node) in nodes.iter().enumerate() {
             let mut upstreams = BTreeSet::new();
             for input in &node.inputs {
@@ -211,7 +251,12 @@ impl Plan {
             }
         }
         let order = stable_order(&graph);
-        Ok(Plan { recipes, nodes, graph, order })
+        Ok(Plan {
+            recipes,
+            nodes,
+            graph,
+            order,
+        })
     }
 
     /// Direct upstream nodes of `index`.
@@ -256,16 +301,23 @@ impl Plan {
 
     /// Nodes named `name`: a node id (`prune[prune.target=..]`) or a stage name (all its variants).
     pub fn find(&self, name: &str) -> Result<Vec<usize>, PlanError> {
-        let by_id: Vec<usize> = (0..self.nodes.len()).filter(|&index| self.nodes[index].id == name).collect();
+        let by_id: Vec<usize> = (0..self.nodes.len())
+            .filter(|&index| self.nodes[index].id == name)
+            .collect();
         if !by_id.is_empty() {
             return Ok(by_id);
         }
-        let by_stage: Vec<usize> = (0..self.nodes.len()).filter(|&index| self.nodes[index].stage == name).collect();
+        let by_stage: Vec<usize> = (0..self.nodes.len())
+            .filter(|&index| self.nodes[index].stage == name)
+            .collect();
         if !by_stage.is_empty() {
             return Ok(by_stage);
         }
-        let names: BTreeSet<&str> =
-            self.nodes.iter().flat_map(|node| [node.id.as_str(), node.stage.as_str()]).collect();
+        let names: BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|node| [node.id.as_str(), node.stage.as_str()])
+            .collect();
         Err(PlanError::NoSuchStage {
             stage: name.to_string(),
             recipes: self
@@ -296,9 +348,15 @@ impl Plan {
 fn stable_order(graph: &DiGraph<usize, ()>) -> Vec<usize> {
     let mut waiting: Vec<usize> = graph
         .node_indices()
-        .map(|handle| graph.neighbors_directed(handle, petgraph::Direction::Incoming).count())
+        .map(|handle| {
+            graph
+                .neighbors_directed(handle, petgraph::Direction::Incoming)
+                .count()
+        })
         .collect();
-    let mut ready: BTreeSet<usize> = (0..waiting.len()).filter(|&index| waiting[index] == 0).collect();
+    let mut ready: BTreeSet<usize> = (0..waiting.len())
+        .filter(|&index| waiting[index] == 0)
+        .collect();
     let mut order = Vec::with_capacity(waiting.len());
     while let Some(index) = ready.pop_first() {
         order.push(graph[NodeIndex::new(index)]);
@@ -312,11 +370,28 @@ fn stable_order(graph: &DiGraph<usize, ()>) -> Vec<usize> {
     order
 }
 
+/// Load recipe files (each expanded into its sweep variants) and plan them together: what
+/// `sheared run/plan/why/path` do first, exposed for other commands (e.g. `compare`).
+pub fn load_plan(
+    files: &[std::path::PathBuf],
+    options: &crate::recipe::LoadOptions,
+    registry: &Registry,
+) -> anyhow::Result<Plan> {
+    let mut recipes = Vec::new();
+    for file in files {
+        recipes.extend(crate::recipe::load(file, options, registry)?);
+    }
+    Ok(Plan::build(recipes, registry)?)
+}
+
 /// Stage names of one recipe in dependency order; a cycle is an error that names it.
 fn recipe_order(recipe: &Recipe) -> Result<Vec<String>, PlanError> {
     let mut graph = DiGraph::<&str, ()>::new();
-    let handles: HashMap<&str, NodeIndex> =
-        recipe.stages.keys().map(|name| (name.as_str(), graph.add_node(name.as_str()))).collect();
+    let handles: HashMap<&str, NodeIndex> = recipe
+        .stages
+        .keys()
+        .map(|name| (name.as_str(), graph.add_node(name.as_str())))
+        .collect();
     for (name, decl) in &recipe.stages {
         for site in &decl.inputs {
             if let InputRef::Stage { stage, .. } = &site.reference
@@ -327,13 +402,21 @@ fn recipe_order(recipe: &Recipe) -> Result<Vec<String>, PlanError> {
         }
     }
     match toposort(&graph, None) {
-        Ok(order) => Ok(order.into_iter().map(|handle| graph[handle].to_string()).collect()),
+        Ok(order) => Ok(order
+            .into_iter()
+            .map(|handle| graph[handle].to_string())
+            .collect()),
         Err(_) => {
             let component = kosaraju_scc(&graph)
                 .into_iter()
-                .find(|component| component.len() > 1 || graph.contains_edge(component[0], component[0]))
+                .find(|component| {
+                    component.len() > 1 || graph.contains_edge(component[0], component[0])
+                })
                 .unwrap_or_default();
-            Err(PlanError::Cycle { recipe: recipe.name.clone(), cycle: describe_cycle(&graph, &component) })
+            Err(PlanError::Cycle {
+                recipe: recipe.name.clone(),
+                cycle: describe_cycle(&graph, &component),
+            })
         }
     }
 }
@@ -348,14 +431,20 @@ fn describe_cycle(graph: &DiGraph<&str, ()>, component: &[NodeIndex]) -> String 
     let mut current = start;
     while let Some(next) = graph.neighbors(current).find(|next| inside.contains(next)) {
         if let Some(position) = path.iter().position(|&seen| seen == next) {
-            let mut names: Vec<&str> = path[position..].iter().map(|&handle| graph[handle]).collect();
+            let mut names: Vec<&str> = path[position..]
+                .iter()
+                .map(|&handle| graph[handle])
+                .collect();
             names.push(graph[next]);
             return names.join(" → ");
         }
         path.push(next);
         current = next;
     }
-    path.iter().map(|&handle| graph[handle]).collect::<Vec<_>>().join(" → ")
+    path.iter()
+        .map(|&handle| graph[handle])
+        .collect::<Vec<_>>()
+        .join(" → ")
 }
 
 /// Two definitions of one stage name are fine only between variants of one sweep recipe.
@@ -367,15 +456,21 @@ fn check_variants_only(
 ) -> Result<(), PlanError> {
     let members: Vec<&Member> = entries
         .iter()
-        .flat_map(|(_, index)| nodes[*index].members.iter().filter(|member| member.stage == stage))
+        .flat_map(|(_, index)| {
+            nodes[*index]
+                .members
+                .iter()
+                .filter(|member| member.stage == stage)
+        })
         .collect();
     let first = &recipes[members[0].recipe];
     for member in &members[1..] {
         let other = &recipes[member.recipe];
-        let same_sweep = first.variant.is_some() && other.variant.is_some() && first.file == other.file;
-        let same_definition = entries
-            .iter()
-            .any(|(_, index)| nodes[*index].members.contains(members[0]) && nodes[*index].members.contains(member));
+        let same_sweep =
+            first.variant.is_some() && other.variant.is_some() && first.file == other.file;
+        let same_definition = entries.iter().any(|(_, index)| {
+            nodes[*index].members.contains(members[0]) && nodes[*index].members.contains(member)
+        });
         if !same_sweep && !same_definition {
             return Err(PlanError::Conflict {
                 stage: stage.to_string(),
@@ -397,10 +492,18 @@ fn common_overrides(variants: &[&Variant]) -> String {
     let common: Vec<(String, Value)> = first
         .overrides
         .iter()
-        .filter(|pair| variants.iter().all(|variant| variant.overrides.contains(pair)))
+        .filter(|pair| {
+            variants
+                .iter()
+                .all(|variant| variant.overrides.contains(pair))
+        })
         .cloned()
         .collect();
-    if common.is_empty() { first.name.clone() } else { crate::recipe::variant_name(&common) }
+    if common.is_empty() {
+        first.name.clone()
+    } else {
+        crate::recipe::variant_name(&common)
+    }
 }
 
 #[cfg(test)]
@@ -415,7 +518,10 @@ mod tests {
         for (name, text) in files {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
-            recipes.extend(load(&path, &LoadOptions::default(), &builtin()).map_err(|error| error.to_string())?);
+            recipes.extend(
+                load(&path, &LoadOptions::default(), &builtin())
+                    .map_err(|error| error.to_string())?,
+            );
         }
         Plan::build(recipes, &builtin()).map_err(|error| error.to_string())
     }
@@ -437,16 +543,23 @@ mod tests {
     fn same_name_different_config_is_an_error_outside_sweeps() {
         let other = "name = \"other\"\n[stages.a]\nkind = \"command\"\nargv = [\"false\"]\n";
         let error = plan_of(&[("one.toml", BASE), ("two.toml", other)]).unwrap_err();
-        assert!(error.contains("stage `a` is defined differently"), "{error}");
+        assert!(
+            error.contains("stage `a` is defined differently"),
+            "{error}"
+        );
     }
 
     #[test]
     fn sweep_variants_get_distinct_ids_and_share_the_rest() {
-        let sweep = format!("{BASE}[sweep]\n\"stages.b.argv\" = [[\"echo\", \"1\"], [\"echo\", \"2\"]]\n");
+        let sweep =
+            format!("{BASE}[sweep]\n\"stages.b.argv\" = [[\"echo\", \"1\"], [\"echo\", \"2\"]]\n");
         let plan = plan_of(&[("s.toml", &sweep)]).unwrap();
         assert_eq!(plan.nodes.len(), 3);
         let ids: BTreeSet<&str> = plan.nodes.iter().map(|node| node.id.as_str()).collect();
-        assert!(ids.contains("a") && ids.contains("b[b.argv=[echo,1]]"), "{ids:?}");
+        assert!(
+            ids.contains("a") && ids.contains("b[b.argv=[echo,1]]"),
+            "{ids:?}"
+        );
         assert_eq!(plan.find("b").unwrap().len(), 2);
     }
 
@@ -457,7 +570,9 @@ mod tests {
                     [stages.c]\nkind = \"command\"\nargv = [\"{inputs.x}\"]\ninputs = { x = { stage = \"b\" } }\n";
         let error = plan_of(&[("c.toml", text)]).unwrap_err();
         assert!(
-            error.contains("a → b → c → a") || error.contains("b → c → a → b") || error.contains("c → a → b → c"),
+            error.contains("a → b → c → a")
+                || error.contains("b → c → a → b")
+                || error.contains("c → a → b → c"),
             "{error}"
         );
     }

@@ -6,6 +6,7 @@
 //! of the same stage name in the same recipe.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
@@ -51,7 +52,10 @@ pub struct Reason {
 
 impl Reason {
     fn new(text: impl Into<String>) -> Self {
-        Reason { text: text.into(), causes: Vec::new() }
+        Reason {
+            text: text.into(),
+            causes: Vec::new(),
+        }
     }
 
     /// `text (cause; cause)`, one line.
@@ -59,7 +63,15 @@ impl Reason {
         if self.causes.is_empty() {
             self.text.clone()
         } else {
-            format!("{} ({})", self.text, self.causes.iter().map(Reason::one_line).collect::<Vec<_>>().join("; "))
+            format!(
+                "{} ({})",
+                self.text,
+                self.causes
+                    .iter()
+                    .map(Reason::one_line)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
         }
     }
 }
@@ -103,7 +115,13 @@ pub enum KeyError {
     #[error(
         "stage `{stage}`: input `{input}` wants file `{file}` of stage `{upstream}`, which has no such file (it has: {available})"
     )]
-    NoSuchFile { stage: String, input: String, file: String, upstream: String, available: String },
+    NoSuchFile {
+        stage: String,
+        input: String,
+        file: String,
+        upstream: String,
+        available: String,
+    },
     #[error("stage `{stage}`: input `{input}`: {source}")]
     External {
         stage: String,
@@ -126,13 +144,21 @@ pub fn resolve_key(
     let mut provenance = serde_json::Map::new();
     for input in &node.inputs {
         match &input.source {
-            InputSource::Stage { node: upstream, file } => {
+            InputSource::Stage {
+                node: upstream,
+                file,
+            } => {
                 let Some(upstream_commit) = committed(*upstream) else {
                     return Ok(None);
                 };
                 let digest = match file {
                     None => upstream_commit.manifest.output_digest.to_hex(),
-                    Some(file) => match upstream_commit.manifest.files.iter().find(|entry| entry.path == *file) {
+                    Some(file) => match upstream_commit
+                        .manifest
+                        .files
+                        .iter()
+                        .find(|entry| entry.path == *file)
+                    {
                         Some(entry) => entry.digest.to_hex(),
                         None => {
                             return Err(KeyError::NoSuchFile {
@@ -159,22 +185,80 @@ pub fn resolve_key(
                 );
             }
             InputSource::Path(path) => {
-                let hashed = store.hash_external(path).map_err(|source| KeyError::External {
+                let digest = external_digest(store, path).map_err(|source| KeyError::External {
                     stage: node.id.clone(),
                     input: input.key.clone(),
                     source: Box::new(source),
                 })?;
-                digests.insert(input.key.clone(), Json::String(hashed.digest.to_hex()));
-                provenance.insert(input.key.clone(), json!({ "path": path.display().to_string() }));
+                digests.insert(input.key.clone(), Json::String(digest.to_hex()));
+                provenance.insert(
+                    input.key.clone(),
+                    json!({ "path": path.display().to_string() }),
+                );
             }
         }
     }
-    let preimage = key::preimage(&node.kind, node.version, &node.key_config, &node.settings, &Json::Object(digests));
+    let preimage = key::preimage(
+        &node.kind,
+        node.version,
+        &node.key_config,
+        &node.settings,
+        &Json::Object(digests),
+    );
     Ok(Some(KeyRecord {
         key: key::key_of(&preimage),
         preimage: key::sorted(&preimage),
         provenance: Json::Object(provenance),
     }))
+}
+
+/// Whether `{ path = .. }` is a glob pattern (`data/books/*.txt.zst`) rather than one file or folder.
+pub fn is_glob(path: &Path) -> bool {
+    path.to_string_lossy().contains(['*', '?', '['])
+}
+
+/// The files a glob matches, sorted (unreadable entries are skipped).
+pub fn glob_matches(path: &Path) -> Vec<PathBuf> {
+    let mut matches: Vec<PathBuf> = match glob::glob(&path.to_string_lossy()) {
+        Ok(paths) => paths.flatten().collect(),
+        Err(_) => Vec::new(),
+    };
+    matches.sort();
+    matches
+}
+
+/// Whether an external input exists: the file or folder, or at least one match of a glob.
+pub fn external_exists(path: &Path) -> bool {
+    if is_glob(path) {
+        !glob_matches(path).is_empty()
+    } else {
+        path.exists()
+    }
+}
+
+/// The content digest of an external input. A glob's digest covers the list of matched paths and
+/// each match's content (through the store's stat cache), so adding, removing or editing a matched
+/// file changes it.
+pub fn external_digest(store: &Store, path: &Path) -> Result<Digest, StoreError> {
+    if !is_glob(path) {
+        return store.hash_external(path).map(|hashed| hashed.digest);
+    }
+    let matches = glob_matches(path);
+    if matches.is_empty() {
+        return Err(StoreError::MissingExternal {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"sheared-glob-v1\n");
+    for matched in &matches {
+        let digest = store.hash_external(matched)?.digest;
+        hasher.update(matched.to_string_lossy().as_bytes());
+        hasher.update(b"\0");
+        hasher.update(digest.to_hex().as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok(Digest::from_bytes(*hasher.finalize().as_bytes()))
 }
 
 /// Everything `sheared plan` shows for one node.
@@ -194,6 +278,9 @@ pub struct NodeStatus {
     /// The output folder when cached (materialised by [`output_path`], not by planning).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The `metrics.json` the stage wrote, when cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Json>,
     #[serde(skip)]
     pub record: Option<KeyRecord>,
     #[serde(skip)]
@@ -206,15 +293,20 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
     let mut statuses: Vec<Option<NodeStatus>> = vec![None; plan.nodes.len()];
     for &index in &plan.order {
         let node = &plan.nodes[index];
-        let lookup =
-            |upstream: usize| statuses[upstream].as_ref().and_then(|status: &NodeStatus| status.committed.clone());
+        let lookup = |upstream: usize| {
+            statuses[upstream]
+                .as_ref()
+                .and_then(|status: &NodeStatus| status.committed.clone())
+        };
         let missing_paths: Vec<String> = node
             .inputs
             .iter()
             .filter_map(|input| match &input.source {
-                InputSource::Path(path) if !path.exists() => {
-                    Some(format!("input {}: path {} does not exist", input.key, path.display()))
-                }
+                InputSource::Path(path) if !external_exists(path) => Some(format!(
+                    "input {}: path {} does not exist",
+                    input.key,
+                    path.display()
+                )),
                 _ => None,
             })
             .collect();
@@ -234,7 +326,11 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
         let waits_on: Vec<String> = plan
             .upstream(index)
             .into_iter()
-            .filter(|&upstream| statuses[upstream].as_ref().is_none_or(|status| status.committed.is_none()))
+            .filter(|&upstream| {
+                statuses[upstream]
+                    .as_ref()
+                    .is_none_or(|status| status.committed.is_none())
+            })
             .map(|upstream| plan.nodes[upstream].id.clone())
             .collect();
         let (recipe, stage) = plan.record_name(index);
@@ -247,6 +343,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
             waits_on,
             reasons: Vec::new(),
             output: None,
+            metrics: None,
             record: record.clone(),
             committed: None,
         };
@@ -255,7 +352,11 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
         {
             status.status = Status::Cached;
             status.output = Some(store.outputs_path(&record.key).display().to_string());
-            status.committed = Some(Committed { key: record.key, manifest });
+            status.metrics = manifest.metrics.clone();
+            status.committed = Some(Committed {
+                key: record.key,
+                manifest,
+            });
             statuses[index] = Some(status);
             continue;
         }
@@ -276,18 +377,24 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
                 status.status = Status::Stale;
             }
             if let Some(old) = KeyRecord::from_json(&previous.preimage) {
-                let current = record.clone().unwrap_or_else(|| partial_record(plan, index, &lookup));
+                let current = record
+                    .clone()
+                    .unwrap_or_else(|| partial_record(plan, index, &lookup));
                 status.reasons.extend(explain(store, &current, &old, 0)?);
             }
         }
-        status.reasons.extend(missing_paths.into_iter().map(Reason::new));
+        status
+            .reasons
+            .extend(missing_paths.into_iter().map(Reason::new));
         for upstream in &status.waits_on {
             status.reasons.push(Reason::new(format!(
                 "depends on `{upstream}`, which must run first (its output decides this key)"
             )));
         }
         if status.reasons.is_empty() && status.status == Status::Stale {
-            status.reasons.push(Reason::new("the last committed output of this key is gone (dropped by verify or gc)"));
+            status.reasons.push(Reason::new(
+                "the last committed output of this key is gone (dropped by verify or gc)",
+            ));
         }
         statuses[index] = Some(status);
     }
@@ -295,31 +402,62 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
 }
 
 /// A record with what is known before upstream commits: inputs whose digest is unknown are null.
-fn partial_record(plan: &Plan, index: usize, committed: &dyn Fn(usize) -> Option<Committed>) -> KeyRecord {
+fn partial_record(
+    plan: &Plan,
+    index: usize,
+    committed: &dyn Fn(usize) -> Option<Committed>,
+) -> KeyRecord {
     let node = &plan.nodes[index];
     let mut digests = serde_json::Map::new();
     let mut provenance = serde_json::Map::new();
     for input in &node.inputs {
-        if let InputSource::Stage { node: upstream, file } = &input.source {
+        if let InputSource::Stage {
+            node: upstream,
+            file,
+        } = &input.source
+        {
             let digest = committed(*upstream).map(|commit| commit.manifest.output_digest.to_hex());
-            digests.insert(input.key.clone(), digest.map(Json::String).unwrap_or(Json::Null));
+            digests.insert(
+                input.key.clone(),
+                digest.map(Json::String).unwrap_or(Json::Null),
+            );
             provenance.insert(
                 input.key.clone(),
                 json!({ "stage": plan.nodes[*upstream].stage, "node": plan.nodes[*upstream].id, "file": file }),
             );
         }
     }
-    let preimage = key::preimage(&node.kind, node.version, &node.key_config, &node.settings, &Json::Object(digests));
-    KeyRecord { key: Digest::from_bytes([0; 32]), preimage, provenance: Json::Object(provenance) }
+    let preimage = key::preimage(
+        &node.kind,
+        node.version,
+        &node.key_config,
+        &node.settings,
+        &Json::Object(digests),
+    );
+    KeyRecord {
+        key: Digest::from_bytes([0; 32]),
+        preimage,
+        provenance: Json::Object(provenance),
+    }
 }
 
 /// The differences between the current key record and an older one of the same stage.
-pub fn explain(store: &Store, current: &KeyRecord, old: &KeyRecord, depth: usize) -> Result<Vec<Reason>, StoreError> {
+pub fn explain(
+    store: &Store,
+    current: &KeyRecord,
+    old: &KeyRecord,
+    depth: usize,
+) -> Result<Vec<Reason>, StoreError> {
     let mut reasons = Vec::new();
-    let field = |record: &KeyRecord, name: &str| record.preimage.get(name).cloned().unwrap_or(Json::Null);
+    let field =
+        |record: &KeyRecord, name: &str| record.preimage.get(name).cloned().unwrap_or(Json::Null);
     let (kind, old_kind) = (field(current, "kind"), field(old, "kind"));
     if kind != old_kind {
-        reasons.push(Reason::new(format!("kind {} → {}", show(&old_kind), show(&kind))));
+        reasons.push(Reason::new(format!(
+            "kind {} → {}",
+            show(&old_kind),
+            show(&kind)
+        )));
     } else if field(current, "version") != field(old, "version") {
         reasons.push(Reason::new(format!(
             "kind {} implementation {} → {}",
@@ -340,22 +478,33 @@ pub fn explain(store: &Store, current: &KeyRecord, old: &KeyRecord, depth: usize
         for (key, value) in &now {
             match before.get(key) {
                 Some(previous) if previous == value => {}
-                Some(previous) => {
-                    reasons.push(Reason::new(format!("{label} {key}: {} → {}", show(previous), show(value))))
-                }
-                None => reasons.push(Reason::new(format!("{label} {key}: (unset) → {}", show(value)))),
+                Some(previous) => reasons.push(Reason::new(format!(
+                    "{label} {key}: {} → {}",
+                    show(previous),
+                    show(value)
+                ))),
+                None => reasons.push(Reason::new(format!(
+                    "{label} {key}: (unset) → {}",
+                    show(value)
+                ))),
             }
         }
         for (key, previous) in &before {
             if !now.contains_key(key) {
-                reasons.push(Reason::new(format!("{label} {key}: {} → (unset)", show(previous))));
+                reasons.push(Reason::new(format!(
+                    "{label} {key}: {} → (unset)",
+                    show(previous)
+                )));
             }
         }
     }
     let inputs = field(current, "inputs");
     let old_inputs = field(old, "inputs");
     let empty = serde_json::Map::new();
-    let (inputs, old_inputs) = (inputs.as_object().unwrap_or(&empty), old_inputs.as_object().unwrap_or(&empty));
+    let (inputs, old_inputs) = (
+        inputs.as_object().unwrap_or(&empty),
+        old_inputs.as_object().unwrap_or(&empty),
+    );
     for (name, digest) in inputs {
         let Some(old_digest) = old_inputs.get(name) else {
             reasons.push(Reason::new(format!("input {name} added")));
@@ -368,23 +517,33 @@ pub fn explain(store: &Store, current: &KeyRecord, old: &KeyRecord, depth: usize
         let old_source = old.provenance.get(name).cloned().unwrap_or(Json::Null);
         if let Some(path) = source.get("path").and_then(Json::as_str) {
             match old_source.get("path").and_then(Json::as_str) {
-                Some(old_path) if old_path != path => {
-                    reasons.push(Reason::new(format!("input {name} now reads {path} (was {old_path})")))
-                }
-                _ => reasons.push(Reason::new(format!("input {name} changed: the content of {path} changed"))),
+                Some(old_path) if old_path != path => reasons.push(Reason::new(format!(
+                    "input {name} now reads {path} (was {old_path})"
+                ))),
+                _ => reasons.push(Reason::new(format!(
+                    "input {name} changed: the content of {path} changed"
+                ))),
             }
             continue;
         }
-        let upstream = source.get("stage").and_then(Json::as_str).unwrap_or("?").to_string();
-        let mut reason = Reason::new(format!("input {name} changed because stage {upstream} re-ran"));
+        let upstream = source
+            .get("stage")
+            .and_then(Json::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let mut reason = Reason::new(format!(
+            "input {name} changed because stage {upstream} re-ran"
+        ));
         let new_key = source.get("key").and_then(Json::as_str);
         let old_key = old_source.get("key").and_then(Json::as_str);
         if depth < 16
             && let (Some(new_key), Some(old_key)) = (new_key, old_key)
             && new_key != old_key
         {
-            let new_record = lookup_hex(store, new_key)?.and_then(|manifest| KeyRecord::from_json(&manifest.preimage));
-            let old_record = lookup_hex(store, old_key)?.and_then(|manifest| KeyRecord::from_json(&manifest.preimage));
+            let new_record = lookup_hex(store, new_key)?
+                .and_then(|manifest| KeyRecord::from_json(&manifest.preimage));
+            let old_record = lookup_hex(store, old_key)?
+                .and_then(|manifest| KeyRecord::from_json(&manifest.preimage));
             if let (Some(new_record), Some(old_record)) = (new_record, old_record) {
                 reason.causes = explain(store, &new_record, &old_record, depth + 1)?;
             }
@@ -410,7 +569,11 @@ fn flatten(value: &Json) -> BTreeMap<String, Json> {
         match value {
             Json::Object(map) if !map.is_empty() && !map.contains_key("input") => {
                 for (key, item) in map {
-                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
                     walk(item, &path, out);
                 }
             }
@@ -436,7 +599,10 @@ fn show(value: &Json) -> String {
 }
 
 /// The committed output folder of a stage, if committed (for `sheared path`).
-pub fn output_path(store: &Store, status: &NodeStatus) -> Result<Option<std::path::PathBuf>, StoreError> {
+pub fn output_path(
+    store: &Store,
+    status: &NodeStatus,
+) -> Result<Option<std::path::PathBuf>, StoreError> {
     match &status.committed {
         Some(commit) => store.outputs(&commit.manifest).map(Some),
         None => Ok(None),
@@ -456,9 +622,20 @@ fn lookup_hex(store: &Store, hex: &str) -> Result<Option<Manifest>, StoreError> 
 mod tests {
     use super::*;
 
-    fn record(kind: &str, version: u32, config: Json, settings: Json, inputs: Json, provenance: Json) -> KeyRecord {
+    fn record(
+        kind: &str,
+        version: u32,
+        config: Json,
+        settings: Json,
+        inputs: Json,
+        provenance: Json,
+    ) -> KeyRecord {
         let preimage = key::preimage(kind, version, &config, &settings, &inputs);
-        KeyRecord { key: key::key_of(&preimage), preimage, provenance }
+        KeyRecord {
+            key: key::key_of(&preimage),
+            preimage,
+            provenance,
+        }
     }
 
     #[test]
@@ -481,7 +658,11 @@ mod tests {
             json!({ "model": "cc", "data": "dd" }),
             json!({ "model": { "path": "/m" }, "data": { "stage": "tokenize", "key": "11" } }),
         );
-        let reasons: Vec<String> = explain(&store, &new, &old, 0).unwrap().iter().map(Reason::one_line).collect();
+        let reasons: Vec<String> = explain(&store, &new, &old, 0)
+            .unwrap()
+            .iter()
+            .map(Reason::one_line)
+            .collect();
         assert_eq!(
             reasons,
             [
@@ -500,6 +681,9 @@ mod tests {
     fn flatten_skips_input_markers() {
         let value = json!({ "target": { "hidden": 4, "heads": 2 }, "model": { "input": "model" }, "list": [1, 2] });
         let flat = flatten(&value);
-        assert_eq!(flat.keys().collect::<Vec<_>>(), ["list", "target.heads", "target.hidden"]);
+        assert_eq!(
+            flat.keys().collect::<Vec<_>>(),
+            ["list", "target.heads", "target.hidden"]
+        );
     }
 }

@@ -20,11 +20,17 @@ pub fn as_input(value: &Value) -> Option<InputRef> {
     let table = value.as_table()?;
     let text = |key: &str| table.get(key).and_then(Value::as_str).map(str::to_string);
     match table.len() {
-        1 if table.contains_key("stage") => Some(InputRef::Stage { stage: text("stage")?, file: None }),
-        1 if table.contains_key("path") => Some(InputRef::Path { path: text("path")? }),
-        2 if table.contains_key("stage") && table.contains_key("file") => {
-            Some(InputRef::Stage { stage: text("stage")?, file: Some(text("file")?) })
-        }
+        1 if table.contains_key("stage") => Some(InputRef::Stage {
+            stage: text("stage")?,
+            file: None,
+        }),
+        1 if table.contains_key("path") => Some(InputRef::Path {
+            path: text("path")?,
+        }),
+        2 if table.contains_key("stage") && table.contains_key("file") => Some(InputRef::Stage {
+            stage: text("stage")?,
+            file: Some(text("file")?),
+        }),
         _ => None,
     }
 }
@@ -43,7 +49,11 @@ pub fn find_inputs(table: &Table) -> Vec<InputSite> {
 
 fn walk(value: &Value, path: &mut Vec<String>, found: &mut Vec<InputSite>) {
     if let Some(reference) = as_input(value) {
-        found.push(InputSite { key: path.join("."), path: path.clone(), reference });
+        found.push(InputSite {
+            key: path.join("."),
+            path: path.clone(),
+            reference,
+        });
         return;
     }
     match value {
@@ -98,7 +108,13 @@ mod tests {
             "#,
         )
         .unwrap();
-        let keys: Vec<String> = find_inputs(&table).into_iter().map(|site| site.key).collect();
-        assert_eq!(keys, ["model", "data", "domains.0", "domains.1", "inputs.x"]);
+        let keys: Vec<String> = find_inputs(&table)
+            .into_iter()
+            .map(|site| site.key)
+            .collect();
+        assert_eq!(
+            keys,
+            ["model", "data", "domains.0", "domains.1", "inputs.x"]
+        );
     }
 }

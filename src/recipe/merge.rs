@@ -48,9 +48,12 @@ pub fn parse_key(key: &str) -> Result<Vec<String>, String> {
 pub fn parse_value(text: &str) -> Result<Value, String> {
     let document: Result<Table, _> = toml::from_str(&format!("value = {text}"));
     match document {
-        Ok(mut table) => table.remove("value").ok_or_else(|| format!("`{text}` is not a TOML value")),
+        Ok(mut table) => table
+            .remove("value")
+            .ok_or_else(|| format!("`{text}` is not a TOML value")),
         Err(error) => {
-            let bare = !text.is_empty() && !text.contains(['"', '\'', '[', ']', '{', '}', '=', '\n', ',', ' ']);
+            let bare = !text.is_empty()
+                && !text.contains(['"', '\'', '[', ']', '{', '}', '=', '\n', ',', ' ']);
             if bare {
                 Ok(Value::String(text.to_string()))
             } else {
@@ -78,7 +81,12 @@ pub fn set_existing(root: &mut Table, path: &[String], value: Value) -> Result<(
     result
 }
 
-fn set_in(current: &mut Value, path: &[String], value: Value, depth: usize) -> Result<(), SetFailure> {
+fn set_in(
+    current: &mut Value,
+    path: &[String],
+    value: Value,
+    depth: usize,
+) -> Result<(), SetFailure> {
     let Some((first, rest)) = path.split_first() else {
         *current = value;
         return Ok(());
@@ -86,7 +94,10 @@ fn set_in(current: &mut Value, path: &[String], value: Value, depth: usize) -> R
     let child = match current {
         Value::Table(table) => {
             if !table.contains_key(first) {
-                return Err(SetFailure { existing: depth, candidates: table.keys().cloned().collect() });
+                return Err(SetFailure {
+                    existing: depth,
+                    candidates: table.keys().cloned().collect(),
+                });
             }
             table.get_mut(first)
         }
@@ -106,7 +117,10 @@ fn set_in(current: &mut Value, path: &[String], value: Value, depth: usize) -> R
     };
     match child {
         Some(child) => set_in(child, rest, value, depth + 1),
-        None => Err(SetFailure { existing: depth, candidates: Vec::new() }),
+        None => Err(SetFailure {
+            existing: depth,
+            candidates: Vec::new(),
+        }),
     }
 }
 
@@ -117,7 +131,9 @@ pub fn insert_path(root: &mut Table, path: &[String], value: Value) -> bool {
     };
     let mut current = root;
     for segment in parents {
-        let entry = current.entry(segment.clone()).or_insert_with(|| Value::Table(Table::new()));
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
         match entry {
             Value::Table(table) => current = table,
             _ => return false,
@@ -133,7 +149,10 @@ pub fn has_path(table: &Table, path: &[String]) -> bool {
     for segment in path {
         let next = match &current {
             Value::Table(inner) => inner.get(segment).cloned(),
-            Value::Array(items) => segment.parse::<usize>().ok().and_then(|index| items.get(index).cloned()),
+            Value::Array(items) => segment
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| items.get(index).cloned()),
             _ => None,
         };
         match next {
@@ -159,7 +178,11 @@ pub fn keys_at(table: &Table, path: &[String]) -> Vec<String> {
 /// The closest candidate to `word`, if it is close enough to be a plausible typo (one edit for
 /// short words, a third of the letters for long ones; transpositions count as one edit).
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let allowed = if word.chars().count() <= 4 { 1 } else { word.chars().count().div_ceil(3) };
+    let allowed = if word.chars().count() <= 4 {
+        1
+    } else {
+        word.chars().count().div_ceil(3)
+    };
     candidates
         .into_iter()
         .filter(|candidate| *candidate != word)
@@ -171,7 +194,9 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 
 /// `" (did you mean `x`?)"` or nothing.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
-    suggest(word, candidates).map(|best| format!(" (did you mean `{best}`?)")).unwrap_or_default()
+    suggest(word, candidates)
+        .map(|best| format!(" (did you mean `{best}`?)"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -185,17 +210,32 @@ mod tests {
     #[test]
     fn merge_is_deep_for_tables_and_replaces_scalars_arrays_and_inputs() {
         let mut base = table("a = 1\nlist = [1, 2]\n[t]\nx = 1\ny = 2\ninput = { path = \"p\" }");
-        deep_merge(&mut base, table("list = [3]\n[t]\ny = 5\ninput = { stage = \"s\" }"));
-        assert_eq!(base, table("a = 1\nlist = [3]\n[t]\nx = 1\ny = 5\ninput = { stage = \"s\" }"));
+        deep_merge(
+            &mut base,
+            table("list = [3]\n[t]\ny = 5\ninput = { stage = \"s\" }"),
+        );
+        assert_eq!(
+            base,
+            table("a = 1\nlist = [3]\n[t]\nx = 1\ny = 5\ninput = { stage = \"s\" }")
+        );
     }
 
     #[test]
     fn keys_and_values_parse_as_toml() {
-        assert_eq!(parse_key("stages.prune.target.hidden").unwrap(), ["stages", "prune", "target", "hidden"]);
+        assert_eq!(
+            parse_key("stages.prune.target.hidden").unwrap(),
+            ["stages", "prune", "target", "hidden"]
+        );
         assert_eq!(parse_key("stages.\"a.b\"").unwrap(), ["stages", "a.b"]);
         assert_eq!(parse_value("1024").unwrap(), Value::Integer(1024));
-        assert_eq!(parse_value("cuda:0").unwrap(), Value::String("cuda:0".into()));
-        assert_eq!(parse_value("[1, 2]").unwrap(), Value::Array(vec![Value::Integer(1), Value::Integer(2)]));
+        assert_eq!(
+            parse_value("cuda:0").unwrap(),
+            Value::String("cuda:0".into())
+        );
+        assert_eq!(
+            parse_value("[1, 2]").unwrap(),
+            Value::Array(vec![Value::Integer(1), Value::Integer(2)])
+        );
         assert!(parse_value("[1, ").is_err());
     }
 
@@ -204,10 +244,21 @@ mod tests {
         let mut root = table("[stages.prune.target]\nhidden = 4\nheads = 2");
         let path = parse_key("stages.prune.target.hidden").unwrap();
         assert!(set_existing(&mut root, &path, Value::Integer(8)).is_ok());
-        assert_eq!(root["stages"]["prune"]["target"]["hidden"].as_integer(), Some(8));
-        let failure =
-            set_existing(&mut root, &parse_key("stages.prune.target.hiden").unwrap(), Value::Integer(1)).err().unwrap();
+        assert_eq!(
+            root["stages"]["prune"]["target"]["hidden"].as_integer(),
+            Some(8)
+        );
+        let failure = set_existing(
+            &mut root,
+            &parse_key("stages.prune.target.hiden").unwrap(),
+            Value::Integer(1),
+        )
+        .err()
+        .unwrap();
         assert_eq!(failure.existing, 3);
-        assert_eq!(suggest("hiden", failure.candidates.iter().map(String::as_str)).as_deref(), Some("hidden"));
+        assert_eq!(
+            suggest("hiden", failure.candidates.iter().map(String::as_str)).as_deref(),
+            Some("hidden")
+        );
     }
 }

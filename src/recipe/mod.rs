@@ -84,17 +84,24 @@ impl Recipe {
 const TOP_LEVEL_KEYS: [&str; 4] = ["name", "description", "settings", "stages"];
 
 /// Load a recipe file: every variant if it has a `[sweep]`, else one recipe.
-pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<Vec<Recipe>, RecipeError> {
+pub fn load(
+    path: &Path,
+    options: &LoadOptions,
+    registry: &Registry,
+) -> Result<Vec<Recipe>, RecipeError> {
     let mut chain = Vec::new();
     let (mut table, sources) = load_chain(path, &mut chain)?;
     let file = chain.first().cloned().unwrap_or_else(|| path.to_path_buf());
     let sources = Arc::new(sources);
     let cwd = std::env::current_dir().unwrap_or_default();
     for assignment in &options.overrides {
-        let set_error = |message: String| RecipeError::Set { assignment: assignment.clone(), message };
-        let (key, value_text) = assignment
-            .split_once('=')
-            .ok_or_else(|| set_error("write KEY=VALUE, e.g. `--set stages.prune.target.hidden=1024`".into()))?;
+        let set_error = |message: String| RecipeError::Set {
+            assignment: assignment.clone(),
+            message,
+        };
+        let (key, value_text) = assignment.split_once('=').ok_or_else(|| {
+            set_error("write KEY=VALUE, e.g. `--set stages.prune.target.hidden=1024`".into())
+        })?;
         let path = parse_key(key.trim()).map_err(set_error)?;
         let mut value = parse_value(value_text.trim()).map_err(set_error)?;
         resolve_paths(&mut value, &cwd);
@@ -102,7 +109,9 @@ pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<V
     }
     let sweep = table.remove("sweep");
     match sweep {
-        None => Ok(vec![build(table, None, &file, &sources, options, registry)?]),
+        None => Ok(vec![build(
+            table, None, &file, &sources, options, registry,
+        )?]),
         Some(Value::Table(sweep)) => {
             let variants = sweep::expand(&sweep).map_err(|error| RecipeError::At {
                 location: sources.locate(&["sweep".to_string(), error.key.clone()]),
@@ -117,12 +126,12 @@ pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<V
                             location: sources.locate(&["sweep".to_string(), key.clone()]),
                             message,
                         })?;
-                        apply_override(&mut cell, &path, value.clone(), registry).map_err(|message| {
-                            RecipeError::At {
+                        apply_override(&mut cell, &path, value.clone(), registry).map_err(
+                            |message| RecipeError::At {
                                 location: sources.locate(&["sweep".to_string(), key.clone()]),
                                 message: format!("[sweep] `{key}`: {message}"),
-                            }
-                        })?;
+                            },
+                        )?;
                     }
                     build(cell, Some(variant), &file, &sources, options, registry)
                 })
@@ -137,25 +146,44 @@ pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<V
 
 /// Read `path` and everything it `extends`, merged; `chain` collects the canonical files in order.
 fn load_chain(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Table, SourceMap), RecipeError> {
-    let canonical = path.canonicalize().map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })?;
+    let canonical = path.canonicalize().map_err(|source| RecipeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if chain.contains(&canonical) {
-        let mut names: Vec<String> = chain.iter().map(|file| file.display().to_string()).collect();
+        let mut names: Vec<String> = chain
+            .iter()
+            .map(|file| file.display().to_string())
+            .collect();
         names.push(canonical.display().to_string());
-        return Err(RecipeError::ExtendsCycle { chain: names.join(" → ") });
+        return Err(RecipeError::ExtendsCycle {
+            chain: names.join(" → "),
+        });
     }
     chain.push(canonical.clone());
-    let text =
-        std::fs::read_to_string(&canonical).map_err(|source| RecipeError::Read { path: canonical.clone(), source })?;
+    let text = std::fs::read_to_string(&canonical).map_err(|source| RecipeError::Read {
+        path: canonical.clone(),
+        source,
+    })?;
     let file = source::SourceFile::new(&canonical, &text);
     let mut table: Table = toml::from_str(&text).map_err(|error| RecipeError::At {
         location: match error.span() {
             Some(span) => file.location_of_offset(span.start),
-            None => Location { file: canonical.clone(), line: None },
+            None => Location {
+                file: canonical.clone(),
+                line: None,
+            },
         },
         message: format!("invalid TOML: {}", error.message().trim()),
     })?;
-    let directory = canonical.parent().map(Path::to_path_buf).unwrap_or_default();
-    for value in table.iter_mut().filter(|(key, _)| key.as_str() == "stages" || key.as_str() == "sweep").map(|(_, v)| v)
+    let directory = canonical
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    for value in table
+        .iter_mut()
+        .filter(|(key, _)| key.as_str() == "stages" || key.as_str() == "sweep")
+        .map(|(_, v)| v)
     {
         resolve_paths(value, &directory);
     }
@@ -167,7 +195,10 @@ fn load_chain(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Table, SourceMap
             if !base_path.exists() {
                 return Err(RecipeError::At {
                     location: this_file.locate(&["extends".to_string()]),
-                    message: format!("`extends = \"{base}\"`: {} does not exist", base_path.display()),
+                    message: format!(
+                        "`extends = \"{base}\"`: {} does not exist",
+                        base_path.display()
+                    ),
                 });
             }
             let (mut merged, base_sources) = load_chain(&base_path, chain)?;
@@ -178,7 +209,10 @@ fn load_chain(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Table, SourceMap
         }
         Some(other) => Err(RecipeError::At {
             location: this_file.locate(&["extends".to_string()]),
-            message: format!("`extends` must be a path string, not a {}", other.type_str()),
+            message: format!(
+                "`extends` must be a path string, not a {}",
+                other.type_str()
+            ),
         }),
     }
 }
@@ -188,7 +222,10 @@ fn resolve_paths(value: &mut Value, directory: &Path) {
     map_inputs(value, &mut |reference| match reference {
         InputRef::Path { path } => {
             let mut table = Table::new();
-            table.insert("path".into(), Value::String(absolute(directory, Path::new(path)).display().to_string()));
+            table.insert(
+                "path".into(),
+                Value::String(absolute(directory, Path::new(path)).display().to_string()),
+            );
             Some(Value::Table(table))
         }
         InputRef::Stage { .. } => None,
@@ -197,7 +234,11 @@ fn resolve_paths(value: &mut Value, directory: &Path) {
 
 /// `directory/path` with `.` and `..` removed lexically (the target may not exist yet).
 fn absolute(directory: &Path, path: &Path) -> PathBuf {
-    let joined = if path.is_absolute() { path.to_path_buf() } else { directory.join(path) };
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        directory.join(path)
+    };
     let mut clean = PathBuf::new();
     for component in joined.components() {
         match component {
@@ -213,7 +254,12 @@ fn absolute(directory: &Path, path: &Path) -> PathBuf {
 
 /// Set `path` to `value`. The key must exist in the recipe, or be a key the stage's kind knows
 /// (a default), so that a typo in `--set` is an error rather than a silently ignored value.
-fn apply_override(table: &mut Table, path: &[String], value: Value, registry: &Registry) -> Result<(), String> {
+fn apply_override(
+    table: &mut Table,
+    path: &[String],
+    value: Value,
+    registry: &Registry,
+) -> Result<(), String> {
     let dotted = join_dotted(path);
     let failure = match merge::set_existing(table, path, value.clone()) {
         Ok(()) => return Ok(()),
@@ -221,9 +267,17 @@ fn apply_override(table: &mut Table, path: &[String], value: Value, registry: &R
     };
     // A key the stage's kind fills with a default is settable too.
     if path.len() >= 3 && path[0] == "stages" && failure.existing >= 2 {
-        let stage = table.get("stages").and_then(|stages| stages.get(&path[1])).and_then(Value::as_table);
+        let stage = table
+            .get("stages")
+            .and_then(|stages| stages.get(&path[1]))
+            .and_then(Value::as_table);
         if let Some(stage) = stage
-            && let Some(kind) = registry.get(stage.get("kind").and_then(Value::as_str).unwrap_or_default())
+            && let Some(kind) = registry.get(
+                stage
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            )
         {
             let mut raw = stage.clone();
             raw.remove("kind");
@@ -285,7 +339,12 @@ fn build(
     registry: &Registry,
 ) -> Result<Recipe, RecipeError> {
     let at = |path: &[&str], message: String| RecipeError::At {
-        location: sources.locate(&path.iter().map(|segment| segment.to_string()).collect::<Vec<_>>()),
+        location: sources.locate(
+            &path
+                .iter()
+                .map(|segment| segment.to_string())
+                .collect::<Vec<_>>(),
+        ),
         message,
     };
     for key in table.keys() {
@@ -294,13 +353,19 @@ fn build(
                 &[key],
                 format!(
                     "unknown top-level key `{key}`{}; a recipe has `name`, `extends`, `[settings]`, `[stages.<name>]` and `[sweep]`",
-                    did_you_mean(key, TOP_LEVEL_KEYS.iter().copied().chain(["extends", "sweep"]))
+                    did_you_mean(
+                        key,
+                        TOP_LEVEL_KEYS.iter().copied().chain(["extends", "sweep"])
+                    )
                 ),
             ));
         }
     }
     let base_name = match table.remove("name") {
-        None => file.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into()),
+        None => file
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "recipe".into()),
         Some(Value::String(name)) if !name.trim().is_empty() => name,
         Some(_) => return Err(at(&["name"], "`name` must be a non-empty string".into())),
     };
@@ -310,10 +375,20 @@ fn build(
             let message = error.message().trim().to_string();
             let field = unknown_field(&message);
             let path: Vec<&str> = ["settings"].into_iter().chain(field.as_deref()).collect();
-            at(&path, format!("[settings]: {}{}", message, suggestion_from_message(&message)))
+            at(
+                &path,
+                format!(
+                    "[settings]: {}{}",
+                    message,
+                    suggestion_from_message(&message)
+                ),
+            )
         })?,
         Some(other) => {
-            return Err(at(&["settings"], format!("`settings` must be a table, not a {}", other.type_str())));
+            return Err(at(
+                &["settings"],
+                format!("`settings` must be a table, not a {}", other.type_str()),
+            ));
         }
     };
     if let Some(device) = &options.device {
@@ -323,24 +398,48 @@ fn build(
         None => Table::new(),
         Some(Value::Table(stages)) => stages,
         Some(other) => {
-            return Err(at(&["stages"], format!("`stages` must be a table, not a {}", other.type_str())));
+            return Err(at(
+                &["stages"],
+                format!("`stages` must be a table, not a {}", other.type_str()),
+            ));
         }
     };
     let kinds: Vec<&str> = registry.kinds().collect();
     let mut stages = BTreeMap::new();
     for (name, value) in &stage_tables {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(at(
+                &["stages", name],
+                format!(
+                    "stage name `{name}`: use letters, digits, `_` and `-` only (it names folders, events and `--only` targets)"
+                ),
+            ));
+        }
         let Value::Table(stage_table) = value else {
-            return Err(at(&["stages", name], format!("stage `{name}` must be a table with a `kind`")));
+            return Err(at(
+                &["stages", name],
+                format!("stage `{name}` must be a table with a `kind`"),
+            ));
         };
         let kind_name = match stage_table.get("kind") {
             Some(Value::String(kind)) => kind.clone(),
             Some(_) => {
-                return Err(at(&["stages", name, "kind"], format!("stage `{name}`: `kind` must be a string")));
+                return Err(at(
+                    &["stages", name, "kind"],
+                    format!("stage `{name}`: `kind` must be a string"),
+                ));
             }
             None => {
                 return Err(at(
                     &["stages", name],
-                    format!("stage `{name}` has no `kind`; known kinds: {}", kinds.join(", ")),
+                    format!(
+                        "stage `{name}` has no `kind`; known kinds: {}",
+                        kinds.join(", ")
+                    ),
                 ));
             }
         };
@@ -377,13 +476,29 @@ fn build(
                 _ => {}
             }
         }
-        stages.insert(name.clone(), StageDecl { name: name.clone(), kind: kind_name, config, inputs });
+        stages.insert(
+            name.clone(),
+            StageDecl {
+                name: name.clone(),
+                kind: kind_name,
+                config,
+                inputs,
+            },
+        );
     }
     let name = match &variant {
         Some(variant) => format!("{base_name}[{}]", variant.name),
         None => base_name.clone(),
     };
-    Ok(Recipe { name, base_name, variant, file: file.to_path_buf(), settings, stages, sources: sources.clone() })
+    Ok(Recipe {
+        name,
+        base_name,
+        variant,
+        file: file.to_path_buf(),
+        settings,
+        stages,
+        sources: sources.clone(),
+    })
 }
 
 impl Recipe {
@@ -393,14 +508,21 @@ impl Recipe {
         for (name, decl) in &self.stages {
             for site in &decl.inputs {
                 if let InputRef::Path { path } = &site.reference
-                    && !Path::new(path).exists()
+                    && !crate::plan::status::external_exists(Path::new(path))
                 {
                     return Err(RecipeError::At {
                         location: self.sources.locate_dotted(&["stages", name], &site.key),
-                        message: format!(
-                            "stage `{name}`: input `{}`: path {path} does not exist (relative paths are relative to the recipe file that writes them)",
-                            site.key
-                        ),
+                        message: if crate::plan::status::is_glob(Path::new(path)) {
+                            format!(
+                                "stage `{name}`: input `{}`: glob {path} matches no file (relative paths are relative to the recipe file that writes them)",
+                                site.key
+                            )
+                        } else {
+                            format!(
+                                "stage `{name}`: input `{}`: path {path} does not exist (relative paths are relative to the recipe file that writes them)",
+                                site.key
+                            )
+                        },
                     });
                 }
             }
@@ -427,19 +549,27 @@ fn stage_error_at(sources: &SourceMap, stage: &str, raw: &Table, error: StageErr
             } else {
                 key
             };
-            let shown = if key.is_empty() { String::new() } else { format!("`{key}`: ") };
+            let shown = if key.is_empty() {
+                String::new()
+            } else {
+                format!("`{key}`: ")
+            };
             RecipeError::At {
                 location: sources.locate(&prefix(&key)),
-                message: format!("stage `{stage}`: {shown}{message}{}", suggestion_from_message(&message)),
+                message: format!(
+                    "stage `{stage}`: {shown}{message}{}",
+                    suggestion_from_message(&message)
+                ),
             }
         }
         StageError::Input { key, message } => RecipeError::At {
             location: sources.locate(&prefix(&key)),
             message: format!("stage `{stage}`: input `{key}`: {message}"),
         },
-        other => {
-            RecipeError::At { location: sources.locate(&prefix("")), message: format!("stage `{stage}`: {other:#}") }
-        }
+        other => RecipeError::At {
+            location: sources.locate(&prefix("")),
+            message: format!("stage `{stage}`: {other:#}"),
+        },
     }
 }
 

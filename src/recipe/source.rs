@@ -42,7 +42,12 @@ impl SourceFile {
         }
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(offset, _)| offset + 1));
-        SourceFile { path: path.to_path_buf(), text: text.to_string(), line_starts, keys }
+        SourceFile {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            line_starts,
+            keys,
+        }
     }
 
     /// 1-based (line, column) of a byte offset; the column counts characters, as editors do.
@@ -53,12 +58,20 @@ impl SourceFile {
         };
         let start = self.line_starts.get(line_index).copied().unwrap_or(0);
         let end = offset.min(self.text.len());
-        let column = self.text.get(start..end).map(|prefix| prefix.chars().count()).unwrap_or(0) + 1;
+        let column = self
+            .text
+            .get(start..end)
+            .map(|prefix| prefix.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line_index + 1, column)
     }
 
     pub fn location_of_offset(&self, offset: usize) -> Location {
-        Location { file: self.path.clone(), line: Some(self.line_column(offset)) }
+        Location {
+            file: self.path.clone(),
+            line: Some(self.line_column(offset)),
+        }
     }
 
     fn offset_of(&self, path: &[String]) -> Option<usize> {
@@ -66,7 +79,11 @@ impl SourceFile {
     }
 }
 
-fn index_table(table: &DeTable<'_>, path: &mut Vec<String>, keys: &mut HashMap<Vec<String>, usize>) {
+fn index_table(
+    table: &DeTable<'_>,
+    path: &mut Vec<String>,
+    keys: &mut HashMap<Vec<String>, usize>,
+) {
     for (key, value) in table.iter() {
         path.push(key.get_ref().to_string());
         keys.entry(path.clone()).or_insert(key.span().start);
@@ -75,7 +92,11 @@ fn index_table(table: &DeTable<'_>, path: &mut Vec<String>, keys: &mut HashMap<V
     }
 }
 
-fn index_value(value: &DeValue<'_>, path: &mut Vec<String>, keys: &mut HashMap<Vec<String>, usize>) {
+fn index_value(
+    value: &DeValue<'_>,
+    path: &mut Vec<String>,
+    keys: &mut HashMap<Vec<String>, usize>,
+) {
     match value {
         DeValue::Table(table) => index_table(table, path, keys),
         DeValue::Array(array) => {
@@ -99,7 +120,10 @@ pub struct SourceMap {
 impl SourceMap {
     /// The top recipe file.
     pub fn main_file(&self) -> PathBuf {
-        self.files.first().map(|file| file.path.clone()).unwrap_or_default()
+        self.files
+            .first()
+            .map(|file| file.path.clone())
+            .unwrap_or_default()
     }
 
     /// Where `path` was written: the first file (in override order) that has it, falling back to the
@@ -113,7 +137,10 @@ impl SourceMap {
                 }
             }
         }
-        Location { file: self.main_file(), line: None }
+        Location {
+            file: self.main_file(),
+            line: None,
+        }
     }
 
     pub fn locate_dotted(&self, prefix: &[&str], dotted: &str) -> Location {
@@ -125,16 +152,26 @@ impl SourceMap {
 
 /// Split a dotted key as the runner writes them (`target.hidden`, `inputs.model`, `models.0`).
 pub fn split_dotted(dotted: &str) -> Vec<String> {
-    if dotted.is_empty() { Vec::new() } else { dotted.split('.').map(str::to_string).collect() }
+    if dotted.is_empty() {
+        Vec::new()
+    } else {
+        dotted.split('.').map(str::to_string).collect()
+    }
 }
 
 /// Join key segments into a dotted key, quoting segments that are not bare TOML keys.
 pub fn join_dotted(path: &[String]) -> String {
     path.iter()
         .map(|segment| {
-            let bare =
-                !segment.is_empty() && segment.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if bare { segment.clone() } else { format!("{segment:?}") }
+            let bare = !segment.is_empty()
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if bare {
+                segment.clone()
+            } else {
+                format!("{segment:?}")
+            }
         })
         .collect::<Vec<_>>()
         .join(".")
@@ -147,11 +184,17 @@ mod tests {
     #[test]
     fn locates_nested_keys_and_falls_back_to_parents() {
         let text = "name = \"x\"\n\n[stages.prune]\nkind = \"prune\"\ntarget.hidden = 4\n";
-        let map = SourceMap { files: vec![SourceFile::new(Path::new("r.toml"), text)] };
-        let at = |path: &[&str]| map.locate(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let map = SourceMap {
+            files: vec![SourceFile::new(Path::new("r.toml"), text)],
+        };
+        let at =
+            |path: &[&str]| map.locate(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(at(&["name"]).line, Some((1, 1)));
         assert_eq!(at(&["stages", "prune", "kind"]).line, Some((4, 1)));
-        assert_eq!(at(&["stages", "prune", "target", "hidden"]).line, Some((5, 8)));
+        assert_eq!(
+            at(&["stages", "prune", "target", "hidden"]).line,
+            Some((5, 8))
+        );
         assert_eq!(at(&["stages", "prune", "missing"]).line, Some((3, 9)));
         assert_eq!(at(&["nothing"]).line, None);
     }

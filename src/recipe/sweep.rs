@@ -88,9 +88,15 @@ pub fn expand(sweep: &Table) -> Result<Vec<Variant>, SweepError> {
     Ok(cells
         .into_iter()
         .map(|cell| {
-            let overrides: Vec<(String, Value)> =
-                axes.iter().zip(cell).map(|((key, values), index)| (key.clone(), values[index].clone())).collect();
-            Variant { name: variant_name(&overrides), overrides }
+            let overrides: Vec<(String, Value)> = axes
+                .iter()
+                .zip(cell)
+                .map(|((key, values), index)| (key.clone(), values[index].clone()))
+                .collect();
+            Variant {
+                name: variant_name(&overrides),
+                overrides,
+            }
         })
         .collect())
 }
@@ -99,7 +105,13 @@ pub fn expand(sweep: &Table) -> Result<Vec<Variant>, SweepError> {
 pub fn variant_name(overrides: &[(String, Value)]) -> String {
     overrides
         .iter()
-        .map(|(key, value)| format!("{}={}", key.strip_prefix("stages.").unwrap_or(key), short_value(value)))
+        .map(|(key, value)| {
+            format!(
+                "{}={}",
+                key.strip_prefix("stages.").unwrap_or(key),
+                short_value(value)
+            )
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -109,10 +121,16 @@ fn short_value(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         Value::Table(table) => {
-            let inner: Vec<String> = table.iter().map(|(key, value)| format!("{key}={}", short_value(value))).collect();
+            let inner: Vec<String> = table
+                .iter()
+                .map(|(key, value)| format!("{key}={}", short_value(value)))
+                .collect();
             format!("{{{}}}", inner.join(","))
         }
-        Value::Array(items) => format!("[{}]", items.iter().map(short_value).collect::<Vec<_>>().join(",")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(short_value).collect::<Vec<_>>().join(",")
+        ),
         other => other.to_string(),
     }
 }
@@ -123,12 +141,24 @@ mod tests {
 
     #[test]
     fn grid_and_zip() {
-        let sweep: Table = toml::from_str("\"stages.a.x\" = [1, 2]\n\"stages.b.y\" = [\"p\", \"q\"]").unwrap();
-        let names: Vec<String> = expand(&sweep).unwrap().into_iter().map(|variant| variant.name).collect();
-        assert_eq!(names, ["a.x=1,b.y=p", "a.x=1,b.y=q", "a.x=2,b.y=p", "a.x=2,b.y=q"]);
+        let sweep: Table =
+            toml::from_str("\"stages.a.x\" = [1, 2]\n\"stages.b.y\" = [\"p\", \"q\"]").unwrap();
+        let names: Vec<String> = expand(&sweep)
+            .unwrap()
+            .into_iter()
+            .map(|variant| variant.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["a.x=1,b.y=p", "a.x=1,b.y=q", "a.x=2,b.y=p", "a.x=2,b.y=q"]
+        );
         let mut zipped = sweep.clone();
         zipped.insert("mode".into(), Value::String("zip".into()));
-        let names: Vec<String> = expand(&zipped).unwrap().into_iter().map(|variant| variant.name).collect();
+        let names: Vec<String> = expand(&zipped)
+            .unwrap()
+            .into_iter()
+            .map(|variant| variant.name)
+            .collect();
         assert_eq!(names, ["a.x=1,b.y=p", "a.x=2,b.y=q"]);
         zipped.insert("stages.c.z".into(), Value::Array(vec![Value::Integer(1)]));
         assert_eq!(expand(&zipped).unwrap_err().key, "stages.c.z");
@@ -136,7 +166,11 @@ mod tests {
 
     #[test]
     fn table_values_get_readable_names() {
-        let sweep: Table = toml::from_str("\"stages.p.target\" = [{ hidden = 32, heads = 2 }]").unwrap();
-        assert_eq!(expand(&sweep).unwrap()[0].name, "p.target={hidden=32,heads=2}");
+        let sweep: Table =
+            toml::from_str("\"stages.p.target\" = [{ hidden = 32, heads = 2 }]").unwrap();
+        assert_eq!(
+            expand(&sweep).unwrap()[0].name,
+            "p.target={hidden=32,heads=2}"
+        );
     }
 }

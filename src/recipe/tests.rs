@@ -27,7 +27,10 @@ struct ToyTarget {
 
 impl Default for ToyTarget {
     fn default() -> Self {
-        ToyTarget { hidden: 4, heads: 2 }
+        ToyTarget {
+            hidden: 4,
+            heads: 2,
+        }
     }
 }
 
@@ -76,12 +79,18 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn load_one(path: &Path, overrides: &[&str]) -> Result<Recipe, RecipeError> {
-    let options = LoadOptions { overrides: overrides.iter().map(|s| s.to_string()).collect(), device: None };
+    let options = LoadOptions {
+        overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        device: None,
+    };
     load(path, &options, &registry()).map(|mut recipes| recipes.remove(0))
 }
 
 fn error(path: &Path, overrides: &[&str]) -> String {
-    load_one(path, overrides).err().map(|error| error.to_string()).unwrap_or_else(|| "no error".into())
+    load_one(path, overrides)
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_else(|| "no error".into())
 }
 
 #[test]
@@ -93,9 +102,16 @@ fn extends_chain_merges_deeply_and_resolves_paths_per_file() {
         "pipelines/base.toml",
         "name = \"base\"\n[stages.p]\nkind = \"toy\"\nmodel = { path = \"data/a.txt\" }\n[stages.p.target]\nhidden = 8\nheads = 2\n",
     );
-    write(dir.path(), "mid.toml", "extends = \"pipelines/base.toml\"\n[stages.p.target]\nheads = 4\n");
-    let top =
-        write(dir.path(), "recipes/top.toml", "extends = \"../mid.toml\"\nname = \"top\"\n[stages.p]\nlr = 0.5\n");
+    write(
+        dir.path(),
+        "mid.toml",
+        "extends = \"pipelines/base.toml\"\n[stages.p.target]\nheads = 4\n",
+    );
+    let top = write(
+        dir.path(),
+        "recipes/top.toml",
+        "extends = \"../mid.toml\"\nname = \"top\"\n[stages.p]\nlr = 0.5\n",
+    );
     let recipe = load_one(&top, &[]).unwrap();
     assert_eq!(recipe.name, "top");
     let config = &recipe.stages["p"].config;
@@ -114,7 +130,9 @@ fn extends_cycle_names_the_chain() {
     let a = write(dir.path(), "a.toml", "extends = \"b.toml\"\n");
     let message = error(&a, &[]);
     assert!(
-        message.contains("`extends` cycle") && message.contains("a.toml →") && message.contains("b.toml →"),
+        message.contains("`extends` cycle")
+            && message.contains("a.toml →")
+            && message.contains("b.toml →"),
         "{message}"
     );
 }
@@ -122,7 +140,11 @@ fn extends_cycle_names_the_chain() {
 #[test]
 fn syntax_errors_have_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "bad.toml", "name = \"x\"\n[stages.p]\nkind = \"toy\"\nlr = = 3\n");
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        "name = \"x\"\n[stages.p]\nkind = \"toy\"\nlr = = 3\n",
+    );
     let message = error(&path, &[]);
     assert!(message.contains("bad.toml:4:"), "{message}");
 }
@@ -140,18 +162,31 @@ fn unknown_keys_point_at_their_line_with_a_suggestion() {
     assert!(message.contains("did you mean `hidden`"), "{message}");
     let path = write(dir.path(), "s.toml", "nme = \"x\"\n");
     let message = error(&path, &[]);
-    assert!(message.contains("s.toml:1:1") && message.contains("did you mean `name`"), "{message}");
+    assert!(
+        message.contains("s.toml:1:1") && message.contains("did you mean `name`"),
+        "{message}"
+    );
     let path = write(dir.path(), "t.toml", "[settings]\nsed = 3\n");
     let message = error(&path, &[]);
-    assert!(message.contains("t.toml:2:1") && message.contains("did you mean `seed`"), "{message}");
+    assert!(
+        message.contains("t.toml:2:1") && message.contains("did you mean `seed`"),
+        "{message}"
+    );
 }
 
 #[test]
 fn validate_errors_name_the_key_line() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "r.toml", "[stages.p]\nkind = \"toy\"\nlr = -1.0\n");
+    let path = write(
+        dir.path(),
+        "r.toml",
+        "[stages.p]\nkind = \"toy\"\nlr = -1.0\n",
+    );
     let message = error(&path, &[]);
-    assert!(message.contains("r.toml:3:1") && message.contains("`lr`: must be positive"), "{message}");
+    assert!(
+        message.contains("r.toml:3:1") && message.contains("`lr`: must be positive"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -163,7 +198,16 @@ fn missing_stage_and_unknown_kind() {
         "[stages.source]\nkind = \"toy\"\n[stages.p]\nkind = \"toy\"\nmodel = { stage = \"sourse\" }\n",
     );
     let message = error(&path, &[]);
-    assert!(message.contains("r.toml:5:1") && message.contains("did you mean `source`"), "{message}");
+    assert!(
+        message.contains("r.toml:5:1") && message.contains("did you mean `source`"),
+        "{message}"
+    );
+    let path = write(dir.path(), "n.toml", "[stages.\"a.b\"]\nkind = \"toy\"\n");
+    let message = error(&path, &[]);
+    assert!(
+        message.contains("n.toml:1:9") && message.contains("stage name `a.b`"),
+        "{message}"
+    );
     let path = write(dir.path(), "k.toml", "[stages.p]\nkind = \"tyo\"\n");
     let message = error(&path, &[]);
     assert!(
@@ -177,15 +221,33 @@ fn missing_stage_and_unknown_kind() {
 #[test]
 fn set_overrides_written_and_default_keys_and_rejects_typos() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "r.toml", "[stages.p]\nkind = \"toy\"\n[stages.p.target]\nhidden = 3\nheads = 1\n");
-    let recipe = load_one(&path, &["stages.p.target.hidden=1024", "stages.p.lr=0.01", "settings.seed=5"]).unwrap();
-    assert_eq!(recipe.stages["p"].config["target"]["hidden"].as_integer(), Some(1024));
+    let path = write(
+        dir.path(),
+        "r.toml",
+        "[stages.p]\nkind = \"toy\"\n[stages.p.target]\nhidden = 3\nheads = 1\n",
+    );
+    let recipe = load_one(
+        &path,
+        &[
+            "stages.p.target.hidden=1024",
+            "stages.p.lr=0.01",
+            "settings.seed=5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        recipe.stages["p"].config["target"]["hidden"].as_integer(),
+        Some(1024)
+    );
     assert_eq!(recipe.stages["p"].config["lr"].as_float(), Some(0.01));
     assert_eq!(recipe.settings.seed, 5);
     let message = error(&path, &["stages.p.target.hiden=1"]);
     assert!(message.contains("did you mean `hidden`"), "{message}");
     let message = error(&path, &["stages.q.lr=1"]);
-    assert!(message.contains("`q` is not a key of `stages`"), "{message}");
+    assert!(
+        message.contains("`q` is not a key of `stages`"),
+        "{message}"
+    );
     let message = error(&path, &["stages.p.lr"]);
     assert!(message.contains("KEY=VALUE"), "{message}");
 }
@@ -200,9 +262,28 @@ fn sweeps_expand_into_named_variants() {
     );
     let recipes = load(&path, &LoadOptions::default(), &registry()).unwrap();
     let names: Vec<&str> = recipes.iter().map(|recipe| recipe.name.as_str()).collect();
-    assert_eq!(names, ["abl[p.lr=0.1,p.target={hidden=1,heads=1}]", "abl[p.lr=0.2,p.target={hidden=2,heads=1}]"]);
-    assert_eq!(recipes[1].stages["p"].config["target"]["hidden"].as_integer(), Some(2));
-    let bad = write(dir.path(), "bad.toml", "[stages.p]\nkind = \"toy\"\n[sweep]\n\"stages.p.lx\" = [1]\n");
-    let message = load(&bad, &LoadOptions::default(), &registry()).err().unwrap().to_string();
-    assert!(message.contains("bad.toml:4:1") && message.contains("did you mean `lr`"), "{message}");
+    assert_eq!(
+        names,
+        [
+            "abl[p.lr=0.1,p.target={hidden=1,heads=1}]",
+            "abl[p.lr=0.2,p.target={hidden=2,heads=1}]"
+        ]
+    );
+    assert_eq!(
+        recipes[1].stages["p"].config["target"]["hidden"].as_integer(),
+        Some(2)
+    );
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[stages.p]\nkind = \"toy\"\n[sweep]\n\"stages.p.lx\" = [1]\n",
+    );
+    let message = load(&bad, &LoadOptions::default(), &registry())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("bad.toml:4:1") && message.contains("did you mean `lr`"),
+        "{message}"
+    );
 }

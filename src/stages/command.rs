@@ -66,7 +66,9 @@ impl Stage for CommandStage {
         }
         let known = |name: &str| {
             matches!(name, "out" | "scratch")
-                || name.strip_prefix("inputs.").is_some_and(|input| config.inputs.contains_key(input))
+                || name
+                    .strip_prefix("inputs.")
+                    .is_some_and(|input| config.inputs.contains_key(input))
         };
         for (index, argument) in config.argv.iter().enumerate() {
             substitute(argument, &|name| known(name).then(String::new))
@@ -93,7 +95,8 @@ impl Stage for CommandStage {
             .iter()
             .enumerate()
             .map(|(index, argument)| {
-                substitute(argument, &lookup).map_err(|message| StageError::config(format!("argv.{index}"), message))
+                substitute(argument, &lookup)
+                    .map_err(|message| StageError::config(format!("argv.{index}"), message))
             })
             .collect::<Result<_, _>>()?;
         let Some((program, arguments)) = argv.split_first() else {
@@ -109,16 +112,25 @@ impl Stage for CommandStage {
         for (name, value) in &config.env {
             command.env(
                 name,
-                substitute(value, &lookup).map_err(|message| StageError::config(format!("env.{name}"), message))?,
+                substitute(value, &lookup)
+                    .map_err(|message| StageError::config(format!("env.{name}"), message))?,
             );
         }
         // Its own process group, so that cancelling stops the program and everything it started
         // (a shell's children too), not only the direct child.
         command.process_group(0);
-        let mut child = command.spawn().with_context(|| format!("cannot start `{program}`"))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{program}`"))?;
         let forwarders: Vec<_> = [
-            child.stdout.take().map(|out| Box::new(out) as Box<dyn Read + Send>),
-            child.stderr.take().map(|err| Box::new(err) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|out| Box::new(out) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|err| Box::new(err) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -139,7 +151,10 @@ impl Stage for CommandStage {
             (handle, receiver)
         })
         .collect();
-        let drain = |forwarders: &[(std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<String>)]| {
+        let drain = |forwarders: &[(
+            std::thread::JoinHandle<()>,
+            std::sync::mpsc::Receiver<String>,
+        )]| {
             for (_, receiver) in forwarders {
                 while let Ok(line) = receiver.try_recv() {
                     ctx.reporter.message(&line);
@@ -166,7 +181,10 @@ impl Stage for CommandStage {
         if status.success() {
             Ok(())
         } else {
-            Err(StageError::Other(anyhow::anyhow!("`{}` failed ({status})", argv.join(" "))))
+            Err(StageError::Other(anyhow::anyhow!(
+                "`{}` failed ({status})",
+                argv.join(" ")
+            )))
         }
     }
 }
@@ -200,10 +218,14 @@ fn substitute(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result
             output.push_str(&tail[..1]);
             rest = &tail[2..];
         } else if tail.starts_with('}') {
-            return Err(format!("unmatched `}}` in `{template}` (write `}}}}` for a literal brace)"));
+            return Err(format!(
+                "unmatched `}}` in `{template}` (write `}}}}` for a literal brace)"
+            ));
         } else {
             let Some(end) = tail.find('}') else {
-                return Err(format!("unclosed `{{` in `{template}` (write `{{{{` for a literal brace)"));
+                return Err(format!(
+                    "unclosed `{{` in `{template}` (write `{{{{` for a literal brace)"
+                ));
             };
             let name = &tail[1..end];
             match lookup(name) {
@@ -228,8 +250,15 @@ mod tests {
     #[test]
     fn placeholders() {
         let lookup = |name: &str| (name == "out").then(|| "/o".to_string());
-        assert_eq!(substitute("--out={out}/x {{lit}}", &lookup).unwrap(), "--out=/o/x {lit}");
-        assert!(substitute("{inputs.nope}", &lookup).unwrap_err().contains("unknown placeholder"));
+        assert_eq!(
+            substitute("--out={out}/x {{lit}}", &lookup).unwrap(),
+            "--out=/o/x {lit}"
+        );
+        assert!(
+            substitute("{inputs.nope}", &lookup)
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
         assert!(substitute("{out", &lookup).is_err());
     }
 

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub mod command;
 pub mod convert;
 pub mod eval;
 pub mod tokenize;
+pub mod command;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
@@ -223,9 +223,9 @@ impl Registry {
 pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
-    registry.register(Box::new(command::CommandStage));
     registry.register(Box::new(convert::ConvertStage));
     registry.register(Box::new(eval::EvalStage));
     registry.register(Box::new(tokenize::TokenizeStage));
+    registry.register(Box::new(command::CommandStage));
     registry
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -32,6 +32,27 @@ pub struct Attempt {
     /// `logs/<key>/<time>-<pid>.log` (not created; the runner opens it).
     pub log_path: PathBuf,
     pub started_at: SystemTime,
+}
+
+/// Who made an attempt folder, parsed from its name `<key>.<host>.<pid>-<nanos>-<n>`.
+pub(super) struct AttemptOwner {
+    pub key: Digest,
+    pub host: String,
+    pub pid: u32,
+}
+
+impl AttemptOwner {
+    pub fn parse(name: &str) -> Option<AttemptOwner> {
+        let key = name.get(..64)?.parse().ok()?;
+        let rest = name.get(65..)?;
+        let (host, suffix) = rest.rsplit_once('.')?;
+        let pid = suffix.split('-').next()?.parse().ok()?;
+        Some(AttemptOwner {
+            key,
+            host: host.to_string(),
+            pid,
+        })
+    }
 }
 
 /// What the runner knows about a finished attempt, recorded in its manifest.
@@ -153,11 +174,15 @@ impl Store {
     /// Start an attempt of `key`: a fresh empty `out_dir`, the key's persistent `scratch_dir`
     /// (created if missing, kept as is otherwise) and a new log path.
     pub fn begin(&self, key: &Digest) -> Result<Attempt, StoreError> {
+        self.remove_dead_attempts(key);
         let scratch_dir = self.scratch_path(key);
         fs::create_dir_all(&scratch_dir).map_err(at("creating", &scratch_dir))?;
-        let out_dir = self
-            .dir("attempts")
-            .join(format!("{}.{}", key.to_hex(), unique_suffix()));
+        let out_dir = self.dir("attempts").join(format!(
+            "{}.{}.{}",
+            key.to_hex(),
+            self.host,
+            unique_suffix()
+        ));
         fs::create_dir(&out_dir).map_err(at("creating", &out_dir))?;
         let logs = self.logs_path(key);
         fs::create_dir_all(&logs).map_err(at("creating", &logs))?;
@@ -174,6 +199,27 @@ impl Store {
             log_path,
             started_at,
         })
+    }
+
+    /// Remove earlier attempt folders of `key` left by dead processes of this host (a killed
+    /// stage may have left gigabytes there; the next attempt would need that space again).
+    fn remove_dead_attempts(&self, key: &Digest) {
+        let Ok(entries) = fs::read_dir(self.dir("attempts")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = AttemptOwner::parse(&name) else {
+                continue;
+            };
+            if owner.key == *key
+                && owner.host == self.host
+                && !super::lease::pid_alive(owner.pid)
+                && let Err(error) = fsutil::remove_tree(&entry.path())
+            {
+                tracing::warn!("could not remove an abandoned attempt: {error}");
+            }
+        }
     }
 
     /// Commit an attempt: hash every file of `out_dir`, put the files into `objects/` (dedup, read
@@ -210,8 +256,8 @@ impl Store {
             })
             .collect();
 
-        // From here until the manifest is in the index, gc must not delete objects.
-        let gc_guard = self.gc_lock(false)?;
+        // Every object this commit references gets a fresh ctime (link, rename or chmod), and gc
+        // spares objects younger than its grace period: no lock is needed against gc.
         let mut touched_dirs = BTreeSet::new();
         for file in &hashed {
             let object = self.object_path(&file.digest);
@@ -264,7 +310,6 @@ impl Store {
                 .map_err(|error| self.index.sled_error(error))?;
             push_history(self, db, &manifest.recipe, &manifest.stage, &attempt.key)
         })?;
-        drop(gc_guard);
 
         for dir in [&attempt.out_dir, &attempt.scratch_dir] {
             if let Err(error) = fsutil::remove_tree(dir) {
@@ -281,7 +326,12 @@ impl Store {
     fn put_object(&self, file: &HashedFile, object: &Path) -> Result<bool, StoreError> {
         let bytes = file.walked.metadata.len();
         match fs::symlink_metadata(object) {
-            Ok(existing) if existing.is_file() && existing.len() == bytes => return Ok(false),
+            Ok(existing) if existing.is_file() && existing.len() == bytes => {
+                // chmod updates the ctime, which protects the object from a concurrent gc.
+                fs::set_permissions(object, fs::Permissions::from_mode(0o444))
+                    .map_err(at("refreshing", object))?;
+                return Ok(false);
+            }
             Ok(_) => {
                 tracing::warn!(
                     "replacing damaged object {} (wrong size or type)",
@@ -323,7 +373,19 @@ impl Store {
         let result = (|| {
             let mut reader = HashingReader::new(File::open(source).map_err(at("reading", source))?);
             let mut writer = File::create(&temporary).map_err(at("creating", &temporary))?;
-            io::copy(&mut reader, &mut writer).map_err(at("copying into", &temporary))?;
+            // 1 MiB reads: blake3 hashes large chunks with wide SIMD (io::copy would use 8 KiB).
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let count = match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(count) => count,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => return Err(io_error("reading", source, error)),
+                };
+                writer
+                    .write_all(&buffer[..count])
+                    .map_err(at("copying into", &temporary))?;
+            }
             if reader.digest() != *digest {
                 return Err(StoreError::InvalidOutput {
                     path: source.to_path_buf(),
@@ -446,7 +508,6 @@ impl Store {
         if self.outputs_intact(manifest, &folder) {
             return Ok(folder);
         }
-        let _gc_guard = self.gc_lock(false)?;
         let building = self.dir("outputs").join(format!(
             ".tmp-{}.{}",
             manifest.key.to_hex(),
@@ -509,7 +570,7 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `folder` holds exactly the manifest's files with their sizes.
+    /// Whether `folder` holds exactly the manifest's files, each linked to (or a copy of) its object.
     fn outputs_intact(&self, manifest: &Manifest, folder: &Path) -> bool {
         let Ok(walk) = fsutil::walk(folder) else {
             return false;
@@ -523,7 +584,18 @@ impl Store {
                     found.relative == entry.path
                         && !found.is_symlink
                         && found.metadata.len() == entry.bytes
+                        && self.is_link_or_copy_of(&found.metadata, &entry.digest)
                 })
+    }
+
+    /// On the objects' filesystem an output file must be a hard link to its object (same inode);
+    /// elsewhere it is a copy (size already checked). Catches a re-commit of the key with other
+    /// bytes of the same size, and files replaced by the user.
+    fn is_link_or_copy_of(&self, found: &fs::Metadata, digest: &Digest) -> bool {
+        match fs::metadata(self.object_path(digest)) {
+            Ok(object) => object.dev() != found.dev() || object.ino() == found.ino(),
+            Err(_) => false,
+        }
     }
 
     /// Record that `recipe`'s stage `stage` used `key` (commit or cache hit): the runner diffs
@@ -923,5 +995,57 @@ mod tests {
             attempt.out_dir.join("good").exists(),
             "outputs left for a retry"
         );
+    }
+
+    #[test]
+    fn begin_removes_attempts_of_dead_processes_of_the_same_key() {
+        let (_dir, store) = store();
+        let stage_key = key("k");
+        let attempts = store.root().join("attempts");
+        let dead = attempts.join(format!(
+            "{}.{}.999999999-1-1",
+            stage_key.to_hex(),
+            store.host()
+        ));
+        let other_key = attempts.join(format!(
+            "{}.{}.999999999-1-1",
+            key("other").to_hex(),
+            store.host()
+        ));
+        let other_host = attempts.join(format!(
+            "{}.elsewhere.example.999999999-1-1",
+            stage_key.to_hex()
+        ));
+        for dir in [&dead, &other_key, &other_host] {
+            write_files(dir, &[("partial", b"left by a killed stage")]);
+        }
+        let live = store.begin(&stage_key).unwrap();
+        assert!(!dead.exists(), "dead attempt of this key removed");
+        assert!(
+            other_key.exists() && other_host.exists(),
+            "other keys and hosts untouched"
+        );
+        store.begin(&stage_key).unwrap();
+        assert!(
+            live.out_dir.exists(),
+            "attempts of live processes untouched"
+        );
+        let owner =
+            AttemptOwner::parse(&other_host.file_name().unwrap().to_string_lossy()).unwrap();
+        assert_eq!(
+            (owner.key, owner.host.as_str(), owner.pid),
+            (stage_key, "elsewhere.example", 999999999)
+        );
+    }
+
+    #[test]
+    fn recommitting_a_key_with_other_bytes_of_the_same_size_refreshes_its_outputs() {
+        let (_dir, store) = store();
+        let first = commit_files(&store, &key("k"), "r", "s", &[("model", b"AAAA")]);
+        let folder = store.outputs(&first).unwrap();
+        // `--force` reruns the same key; a nondeterministic stage writes other bytes.
+        let second = commit_files(&store, &key("k"), "r", "s", &[("model", b"BBBB")]);
+        assert_eq!(store.outputs(&second).unwrap(), folder);
+        assert_eq!(fs::read(folder.join("model")).unwrap(), b"BBBB");
     }
 }

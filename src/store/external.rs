@@ -5,6 +5,9 @@
 //! of those four fields means a rehash. Like git's "racily clean" rule, a file modified less than
 //! [`RACY_WINDOW_MS`] before hashing started is hashed but not cached: a write landing in the same
 //! timestamp tick after we hashed would otherwise go unnoticed.
+//!
+//! Large files are memory-mapped for hashing; like `b3sum`, a process truncating a file while we
+//! hash it would crash us with SIGBUS, so inputs must not be rewritten during planning.
 
 use std::collections::HashMap;
 use std::fs;

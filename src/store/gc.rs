@@ -3,9 +3,14 @@
 //! gc keeps: the live keys the caller names (every stage of the recipes it knows), every key with
 //! a live lease, and with `keep_last = Some(n)` the newest `n` committed keys of every (recipe,
 //! stage) history. Everything else goes: manifests, outputs, scratch, logs, failure records,
-//! attempts, and objects that no remaining manifest references. It holds `gc.lock` exclusively
-//! while it deletes, and commits hold it shared from their first object move to their manifest
-//! write, so an object is never deleted between a commit's dedup check and its manifest.
+//! attempts, and objects that no remaining manifest references.
+//!
+//! gc takes no lock against commits. Instead it spares every object, temporary file and
+//! half-built output folder changed within the store's grace period (ctime or mtime; 15 minutes by
+//! default): a commit refreshes the ctime of each object it will reference (link, rename or chmod)
+//! just before writing its manifest, so gc cannot delete an object between a commit's dedup check
+//! and its manifest. Orphans of crashed commits are collected by the first gc after the grace
+//! period. `gc.lock` only keeps two gc/verify runs apart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -14,7 +19,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::commit::{Manifest, all_history, all_manifests, history_key_of};
+use super::commit::{AttemptOwner, Manifest, all_history, all_manifests, history_key_of};
 use super::digest::Digest;
 use super::fsutil::{self, at};
 use super::index::{self, FAILURES, HISTORY, MANIFESTS};
@@ -73,7 +78,7 @@ impl Store {
         keep_last: Option<usize>,
         dry_run: bool,
     ) -> Result<GcReport, StoreError> {
-        let _gc_guard = self.gc_lock(true)?;
+        let _gc_guard = self.gc_lock()?;
         let mut report = GcReport {
             dry_run,
             ..GcReport::default()
@@ -155,7 +160,9 @@ impl Store {
             .flat_map(|manifest| manifest.files.iter().map(|entry| entry.digest))
             .collect();
         for (digest, path, bytes) in self.list_objects()? {
-            if digest.is_some_and(|digest| referenced.contains(&digest)) {
+            if digest.is_some_and(|digest| referenced.contains(&digest))
+                || self.recently_changed(&path)
+            {
                 continue;
             }
             report.objects += 1;
@@ -164,33 +171,48 @@ impl Store {
                 fs::remove_file(&path).map_err(at("removing", &path))?;
             }
         }
-        // Nothing is mid-copy while we hold gc.lock exclusively.
-        report.bytes += self.clear_children(&self.dir("tmp"), dry_run, |_| false)?.1;
+        // Copies in progress are recent; older temporary files belong to dead processes.
+        report.bytes += self
+            .clear_children(&self.dir("tmp"), dry_run, |_, path| {
+                self.recently_changed(path)
+            })?
+            .1;
 
         // Per-key folders.
         let key_of = |name: &str| name.get(..64).and_then(|hex| hex.parse::<Digest>().ok());
-        let (count, _) = self.clear_children(&self.dir("outputs"), dry_run, |name| {
-            // Partly built folders (.tmp-/.trash-) are never in use outside gc.lock.
+        let (count, _) = self.clear_children(&self.dir("outputs"), dry_run, |name, path| {
+            // `.tmp-`/`.trash-` folders may be in use by another process if they are recent.
             key_of(name).is_some_and(|key| remaining.contains(&key))
+                || (name.starts_with('.') && self.recently_changed(path))
         })?;
         report.output_dirs = count;
-        let (count, bytes) = self.clear_children(&self.dir("scratch"), dry_run, |name| {
+        // Scratch is kept for planned keys that have not committed yet (resume) and leased keys.
+        let (count, bytes) = self.clear_children(&self.dir("scratch"), dry_run, |name, _| {
             key_of(name).is_some_and(|key| {
-                keep.contains(&key) && !remaining.contains(&key) || leased.contains(&key)
+                (keep.contains(&key) && !remaining.contains(&key)) || leased.contains(&key)
             })
         })?;
         report.scratch_dirs = count;
         report.bytes += bytes;
-        let (count, bytes) = self.clear_children(&self.dir("attempts"), dry_run, |name| {
-            let pid = name
-                .get(65..)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok());
-            key_of(name).is_some_and(|key| leased.contains(&key)) || pid.is_some_and(pid_alive)
-        })?;
+        // Attempts: kept while their key is leased or their process lives (this host), or while
+        // recent (another host's process cannot be checked).
+        let (count, bytes) =
+            self.clear_children(&self.dir("attempts"), dry_run, |name, path| {
+                match AttemptOwner::parse(name) {
+                    Some(owner) => {
+                        leased.contains(&owner.key)
+                            || if owner.host == self.host {
+                                pid_alive(owner.pid)
+                            } else {
+                                self.recently_changed(path)
+                            }
+                    }
+                    None => self.recently_changed(path),
+                }
+            })?;
         report.attempt_dirs = count;
         report.bytes += bytes;
-        self.clear_children(&self.dir("logs"), dry_run, |name| {
+        self.clear_children(&self.dir("logs"), dry_run, |name, _| {
             key_of(name).is_some_and(|key| remaining.contains(&key) || keep.contains(&key))
         })?;
         report.stat_cache_entries = self.prune_stat_cache(dry_run)?;
@@ -225,21 +247,32 @@ impl Store {
         Ok(out)
     }
 
-    /// Remove the children of `dir` that `keep` rejects. Returns (count, bytes).
+    /// Whether `path` changed (ctime or mtime) within the grace period; unreadable counts as recent.
+    fn recently_changed(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(metadata) = fs::symlink_metadata(path) else {
+            return true;
+        };
+        let changed_s = metadata.ctime().max(metadata.mtime());
+        let now_s = (fsutil::now_unix_ms() / 1000) as i64;
+        now_s - changed_s < self.gc_grace.as_secs() as i64
+    }
+
+    /// Remove the children of `dir` that `keep(name, path)` rejects. Returns (count, bytes).
     fn clear_children(
         &self,
         dir: &Path,
         dry_run: bool,
-        keep: impl Fn(&str) -> bool,
+        keep: impl Fn(&str, &Path) -> bool,
     ) -> Result<(usize, u64), StoreError> {
         let mut count = 0;
         let mut bytes = 0;
         for entry in fs::read_dir(dir).map_err(at("listing", dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if keep(&name) {
+            let path = entry.path();
+            if keep(&name, &path) {
                 continue;
             }
-            let path = entry.path();
             count += 1;
             bytes += fsutil::tree_bytes(&path);
             if !dry_run {
@@ -258,7 +291,8 @@ impl Store {
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let manifests = self.manifests()?;
         let objects = self.list_objects()?;
-        // Hash without locks (this is the long part); repairs happen under gc.lock below.
+        // Hash first (the long part); a concurrent commit that replaces a damaged object only
+        // makes us drop an entry that then recomputes.
         let checked: Vec<(PathBuf, u64, Option<Digest>, bool)> = objects
             .into_par_iter()
             .map(|(digest, path, bytes)| {
@@ -274,7 +308,7 @@ impl Store {
             bytes_checked: checked.iter().map(|(_, bytes, _, _)| bytes).sum(),
             ..VerifyReport::default()
         };
-        let _gc_guard = self.gc_lock(true)?;
+        let _gc_guard = self.gc_lock()?;
         let mut present: BTreeSet<Digest> = BTreeSet::new();
         for (path, _, digest, intact) in &checked {
             if *intact {
@@ -329,10 +363,16 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{commit_files, key, record, store, write_files};
+    use super::super::testing::{commit_files, key, record, write_files};
     use super::super::{Acquire, Digest};
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A store whose gc collects even what was just written.
+    fn store() -> (tempfile::TempDir, Store) {
+        let (dir, store) = super::super::testing::store();
+        (dir, store.with_gc_grace(std::time::Duration::ZERO))
+    }
 
     fn object_count(store: &Store) -> usize {
         store.list_objects().unwrap().len()
@@ -362,10 +402,11 @@ mod tests {
         store
             .commit_until(&crashed, record("r", "c"), true)
             .unwrap_err();
-        let dead_attempt = store
-            .root()
-            .join("attempts")
-            .join(format!("{}.999999999-1-1", key("crashed").to_hex()));
+        let dead_attempt = store.root().join("attempts").join(format!(
+            "{}.{}.999999999-1-1",
+            key("crashed").to_hex(),
+            store.host()
+        ));
         fs::create_dir_all(&dead_attempt).unwrap();
         let planned_scratch = store.begin(&key("planned")).unwrap().scratch_dir;
         write_files(&planned_scratch, &[("ckpt", b"resume me")]);
@@ -503,5 +544,23 @@ mod tests {
         );
         assert_eq!(rerun.output_digest, first.output_digest);
         assert!(store.verify().unwrap().is_clean());
+    }
+
+    #[test]
+    fn recent_orphans_are_spared_within_the_grace_period_and_gc_runs_one_at_a_time() {
+        let (_dir, store) = super::super::testing::store(); // default grace
+        let attempt = store.begin(&key("in-flight")).unwrap();
+        write_files(&attempt.out_dir, &[("f", b"about to be referenced")]);
+        // Objects moved in, manifest not yet written: exactly what a concurrent commit looks like.
+        store
+            .commit_until(&attempt, record("r", "s"), true)
+            .unwrap_err();
+        let report = store.gc(&BTreeSet::new(), None, false).unwrap();
+        assert_eq!(report.objects, 0);
+        assert_eq!(object_count(&store), 1);
+
+        let _running = store.gc_lock().unwrap();
+        let error = store.gc(&BTreeSet::new(), None, true).unwrap_err();
+        assert!(matches!(error, StoreError::Busy { .. }), "{error}");
     }
 }

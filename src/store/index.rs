@@ -280,3 +280,70 @@ mod session_tests {
         assert!(reopened.lookup(&key("k")).unwrap().is_some());
     }
 }
+
+/// Two real processes hammering one index (sled admits one process at a time; our lock + retry
+/// must make that invisible). The child processes re-run this test binary on `child_worker`.
+#[cfg(test)]
+mod cross_process_tests {
+    use super::super::Store;
+    use super::super::testing::{key, store};
+
+    const OPERATIONS: usize = 30;
+
+    #[test]
+    fn two_processes_share_the_index_without_errors_or_lost_writes() {
+        let (_dir, store) = store();
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..2)
+            .map(|worker| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "store::index::cross_process_tests::child_worker",
+                        "--ignored",
+                        "--test-threads=1",
+                    ])
+                    .env("SHEARED_TEST_CACHE", store.root())
+                    .env("SHEARED_TEST_WORKER", worker.to_string())
+                    .output()
+                    .unwrap()
+            })
+            .collect();
+        for (worker, output) in children.iter().enumerate() {
+            assert!(
+                output.status.success(),
+                "worker {worker}: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+            assert!(
+                String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+                "worker {worker} did not run"
+            );
+            assert_eq!(
+                store
+                    .history("r", &format!("worker-{worker}"))
+                    .unwrap()
+                    .len(),
+                OPERATIONS
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "child process of two_processes_share_the_index_without_errors_or_lost_writes"]
+    fn child_worker() {
+        let cache = std::env::var("SHEARED_TEST_CACHE").expect("run by the parent test only");
+        let worker = std::env::var("SHEARED_TEST_WORKER").expect("run by the parent test only");
+        let store = Store::open(cache).unwrap();
+        for index in 0..OPERATIONS {
+            store
+                .record_use(
+                    "r",
+                    &format!("worker-{worker}"),
+                    &key(&format!("{worker}-{index}")),
+                )
+                .unwrap();
+            assert_eq!(store.lookup(&key("nothing")).unwrap(), None);
+        }
+    }
+}

@@ -6,8 +6,8 @@
 //! objects/ab/<hex>  files by blake3 digest: write-once, read-only (0444), fan-out by the first byte
 //! index/            sled database: manifests, stat cache, failures, per-stage history
 //! index.lock        flock serialising index access across processes (see `index` module docs)
-//! gc.lock           flock: commits hold it shared while moving objects in, gc/verify exclusive
-//! attempts/<key>.<pid>-..   fresh, empty output folders of running attempts
+//! gc.lock           flock: one gc or verify at a time
+//! attempts/<key>.<host>.<pid>-..   fresh, empty output folders of running attempts
 //! scratch/<key>/    persistent per stage key across failed or killed attempts; deleted on commit
 //! outputs/<key>/    materialised outputs: hard links to objects (copies across filesystems)
 //! logs/<key>/       one log file per attempt
@@ -15,24 +15,46 @@
 //! tmp/              objects being copied in (never trusted; gc empties it)
 //! ```
 //!
+//! # API at a glance
+//! ```text
+//! Store::open(root) -> Store                       .with_lease_timing(..) .with_gc_grace(..)
+//! store.index_session() -> IndexSession            one sled open for a burst of calls (planning)
+//! store.hash_external(path) -> ExternalHash        { digest, is_folder, files, bytes, hashed_bytes }
+//! store.lookup(&key) -> Option<Manifest>           committed and complete (objects checked), else None
+//! store.manifest(&key) / store.manifests()         as stored, unchecked (reports)
+//! store.begin(&key) -> Attempt                     { key, out_dir, scratch_dir, log_path, started_at }
+//! store.commit(&attempt, CommitRecord) -> Manifest { files, output_digest, metrics, preimage, .. }
+//! store.fail(&attempt, FailureInfo) -> FailureRecord;   store.failure(&key) -> Option<FailureRecord>
+//! store.outputs(&manifest) -> PathBuf              outputs/<key>/, rebuilt if damaged
+//! store.record_use(recipe, stage, &key)            history, on commits (automatic) and cache hits
+//! store.last_committed(recipe, stage) -> Option<Manifest>;  store.history(..); store.all_history()
+//! store.acquire(&key) -> Acquire::{Acquired(LeaseGuard), HeldBy(LeaseInfo)}
+//! store.lease_holder(&key) -> Option<LeaseInfo>;  store.wait_released(&key, poll, &should_stop) -> bool
+//! store.gc(&live_keys, keep_last, dry_run) -> GcReport;  store.verify() -> VerifyReport
+//! Digest::{of_bytes, of_file, of_reader, to_hex, short, parse};  folder_digest(&[FileEntry]);  log_tail(path, n)
+//! ```
+//!
 //! # How the runner uses it
 //! ```text
 //! let store = Store::open(cache_dir)?;
 //! let input_digest = store.hash_external(path)?.digest;           // { path = .. } inputs (stat-cached)
 //! // stage key = blake3 over the preimage (plan's job); then, per stage:
-//! if let Some(manifest) = store.lookup(&key)? { /* cached: manifest.output_digest feeds downstream keys */ }
+//! if let Some(manifest) = store.lookup(&key)? {                   // cached: manifest.output_digest
+//!     store.record_use(recipe, stage, &key)?;                     // feeds downstream keys
+//! }
 //! match store.acquire(&key)? {
 //!     Acquire::HeldBy(info) => { store.wait_released(&key, poll, &|| cancelled)?; /* then lookup again */ }
 //!     Acquire::Acquired(lease) => {
 //!         if let Some(manifest) = store.lookup(&key)? { /* someone else committed meanwhile */ }
 //!         let attempt = store.begin(&key)?;       // out_dir (empty), scratch_dir (kept), log_path
 //!         // ... run the stage with inputs from store.outputs(&upstream_manifest)? ...
-//!         let manifest = store.commit(attempt, record)?;     // or store.fail(attempt, failure)?
-//!         store.record_use(recipe, stage, &key)?;            // also on cache hits (history)
-//!         drop(lease);
+//!         let manifest = store.commit(&attempt, record)?;    // or store.fail(&attempt, failure)?
+//!         drop(lease);                                       // hold it until commit/fail returns
 //!     }
 //! }
 //! ```
+//! Stages must treat their inputs as read-only: output folders are hard links to the objects, and
+//! a process running as root can write through the read-only bits (`sheared verify` detects it).
 //!
 //! # Guarantees
 //! - **Crash safety.** [`Store::commit`] hashes the attempt's files, moves them into `objects/`
@@ -44,8 +66,10 @@
 //! - **Concurrent processes.** Index access is serialised by `index.lock` with a per-operation sled
 //!   open; leases are files with kernel `flock`s, so a killed process never leaves a lease that
 //!   blocks anyone (the kernel drops its lock; the next acquirer breaks the stale record with a
-//!   warning). gc takes `gc.lock` exclusively and commits take it shared, so gc never deletes an
-//!   object a commit is about to reference.
+//!   warning). gc spares objects whose ctime is within its grace period (15 minutes); every commit
+//!   refreshes the ctime of each object it references (link, rename or chmod) before writing its
+//!   manifest, so gc never deletes an object a concurrent commit is about to reference, and no
+//!   lock orders between commits, gc and index sessions can deadlock.
 //! - **Clear errors.** A non-writable cache or a full disk yields [`StoreError::NotWritable`] /
 //!   [`StoreError::DiskFull`] naming the path and what to do; committed entries are never touched
 //!   on those paths.
@@ -110,6 +134,8 @@ pub enum StoreError {
     MissingExternal { path: PathBuf },
     #[error("stage output {path}: {message}")]
     InvalidOutput { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Busy { path: PathBuf, message: String },
     #[error(
         "object {digest} of cache entry {key} is missing from {path}; run the stage again (`sheared verify` drops such entries so they recompute)"
     )]
@@ -128,7 +154,12 @@ pub struct Store {
     index: Index,
     host: String,
     lease_timing: LeaseTiming,
+    gc_grace: Duration,
 }
+
+/// gc spares objects, temporary files and half-built folders younger than this (by ctime/mtime),
+/// which covers a commit between its object moves and its manifest write without any lock.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(15 * 60);
 
 impl Store {
     /// Open (creating if needed) the store at `root`. Fails with a clear error if `root` cannot be
@@ -171,12 +202,19 @@ impl Store {
             root,
             host,
             lease_timing: LeaseTiming::default(),
+            gc_grace: DEFAULT_GC_GRACE,
         })
     }
 
     /// Change how often leases heartbeat and when a silent lease counts as stale (tests use short ones).
     pub fn with_lease_timing(mut self, timing: LeaseTiming) -> Store {
         self.lease_timing = timing;
+        self
+    }
+
+    /// Change gc's grace period (tests use zero to collect what they just made).
+    pub fn with_gc_grace(mut self, grace: Duration) -> Store {
+        self.gc_grace = grace;
         self
     }
 
@@ -215,8 +253,9 @@ impl Store {
         self.root.join(name)
     }
 
-    /// Take `gc.lock` shared (commits, materialisation) or exclusive (gc, verify's repairs).
-    fn gc_lock(&self, exclusive: bool) -> Result<fs::File, StoreError> {
+    /// Take `gc.lock` so that only one gc or verify runs at a time. Never blocks (a blocked gc
+    /// inside someone's index session could deadlock): a second gc gets [`StoreError::Busy`].
+    fn gc_lock(&self) -> Result<fs::File, StoreError> {
         let path = self.root.join("gc.lock");
         let file = fs::OpenOptions::new()
             .create(true)
@@ -225,13 +264,14 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(at("opening", &path))?;
-        if exclusive {
-            file.lock()
-        } else {
-            file.lock_shared()
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Busy {
+                path,
+                message: "another `sheared gc` or `sheared verify` is running on this cache; wait for it to finish".into(),
+            }),
+            Err(fs::TryLockError::Error(error)) => Err(fsutil::io_error("locking", &path, error)),
         }
-        .map_err(at("locking", &path))?;
-        Ok(file)
     }
 }
 
@@ -324,6 +364,16 @@ mod tests {
     }
 
     #[test]
+    fn handles_can_be_shared_between_runner_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Store>();
+        shareable::<LeaseGuard>();
+        shareable::<Manifest>();
+        fn sendable<T: Send>() {}
+        sendable::<Attempt>();
+    }
+
+    #[test]
     fn log_tail_returns_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
@@ -379,5 +429,79 @@ pub(crate) mod testing {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("cache")).unwrap();
         (dir, store)
+    }
+}
+
+/// Full-disk behaviour on a real small filesystem. Needs one (root: `mount -t tmpfs -o size=2m
+/// tmpfs /mnt/small`), hence ignored by default:
+/// `SHEARED_TEST_SMALL_FS=/mnt/small cargo test --lib -- --ignored full_disk`.
+#[cfg(test)]
+mod full_disk_tests {
+    use super::testing::{commit_files, key, record, write_files};
+    use super::*;
+
+    #[test]
+    #[ignore = "needs a small filesystem in SHEARED_TEST_SMALL_FS"]
+    fn full_disk_gives_a_clear_error_keeps_committed_entries_and_a_retry_succeeds() {
+        let small = PathBuf::from(
+            std::env::var("SHEARED_TEST_SMALL_FS").expect("set SHEARED_TEST_SMALL_FS"),
+        );
+        let capacity = fs2_free_bytes(&small);
+        let cache = small.join(format!("cache-{}", fsutil::unique_suffix()));
+        let store = Store::open(&cache).unwrap();
+        let kept = commit_files(
+            &store,
+            &key("kept"),
+            "r",
+            "a",
+            &[("small", b"committed before the disk filled")],
+        );
+
+        // A stage output that links a file from another disk: committing it must copy it in.
+        let outside = tempfile::tempdir().unwrap();
+        let big = outside.path().join("big.bin");
+        fs::write(&big, vec![1u8; capacity as usize + (1 << 20)]).unwrap();
+        let attempt = store.begin(&key("big")).unwrap();
+        write_files(&attempt.out_dir, &[("note", b"n")]);
+        std::os::unix::fs::symlink(&big, attempt.out_dir.join("big.bin")).unwrap();
+        let error = store.commit(&attempt, record("r", "b")).unwrap_err();
+        assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("no space left") && message.contains(cache.to_str().unwrap()),
+            "{message}"
+        );
+        assert_eq!(store.lookup(&key("big")).unwrap(), None);
+        assert_eq!(
+            store.lookup(&kept.key).unwrap(),
+            Some(kept.clone()),
+            "committed entry intact"
+        );
+        assert!(store.verify().unwrap().is_clean());
+        assert_eq!(
+            fs::read_dir(cache.join("tmp")).unwrap().count(),
+            0,
+            "no partial copy left"
+        );
+
+        // After freeing space (here: the stage output shrinks), the same attempt commits.
+        fs::remove_file(attempt.out_dir.join("big.bin")).unwrap();
+        store.commit(&attempt, record("r", "b")).unwrap();
+
+        // Opening a new cache on a full disk says so.
+        let filler = small.join(format!("filler-{}", fsutil::unique_suffix()));
+        let _ = fs::write(&filler, vec![0u8; capacity as usize + (1 << 20)]);
+        let error = Store::open(small.join("another-cache")).unwrap_err();
+        assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+        let _ = fs::remove_file(&filler);
+        let _ = fsutil::remove_tree(&small.join("another-cache"));
+        fsutil::remove_tree(&cache).unwrap();
+    }
+
+    fn fs2_free_bytes(path: &Path) -> u64 {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) }, 0);
+        stats.f_bavail as u64 * stats.f_frsize as u64
     }
 }

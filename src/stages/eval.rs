@@ -19,8 +19,9 @@
 //! lm-eval-harness ([`crate::eval`]). Every task's per-question scores land in `predictions/<task>.jsonl`.
 //!
 //! Tokens seen upstream (`tokens_upstream` in `metrics.json`): the sum of `tokens` (or `tokens_seen`,
-//! `train_tokens`, `tokens_total`) over the `metrics.json` of every `tokens_from` input; without
-//! `tokens_from`, the model folder's own `metrics.json` (a train stage's output) if it has one; else null.
+//! `train_tokens`, `tokens_total`) over the `metrics.json` of every `tokens_from` input (else the last
+//! `metrics.jsonl` record with `tokens`); without `tokens_from`, the model folder's own metrics (a
+//! train stage's output has them) if any; else null. Read before any compute.
 //!
 //! The tokenizer for tasks is the data input's `tokenizer.json`, else the model folder's.
 //! `settings.device` selects where to run but is not part of the key: the same model on CPU or GPU gives
@@ -280,6 +281,8 @@ impl Stage for EvalStage {
         let device = crate::model::device::parse(&ctx.settings.device)
             .map_err(|e| StageError::config("settings.device", e.to_string()))?;
         let model_dir = ctx.input("model")?;
+        // Before any compute, so that a bad `tokens_from` costs nothing.
+        let (tokens_upstream, tokens_source) = upstream_tokens(ctx, &config, model_dir)?;
         ctx.reporter
             .message(&format!("loading {}", model_dir.display()));
         let model =
@@ -408,7 +411,6 @@ impl Stage for EvalStage {
             }
         }
 
-        let (tokens_upstream, tokens_source) = upstream_tokens(ctx, &config, model_dir)?;
         let metrics = json!({
             "domains": domains,
             "tasks": tasks,
@@ -434,14 +436,23 @@ fn upstream_tokens(
     config: &EvalConfig,
     model_dir: &Path,
 ) -> Result<(Option<f64>, Vec<String>), StageError> {
+    // `metrics.json`'s tokens, else the last `metrics.jsonl` record that has them.
     let read = |dir: &Path| -> Option<f64> {
-        let path = if dir.is_dir() {
-            dir.join("metrics.json")
-        } else {
-            dir.to_path_buf()
-        };
-        let text = std::fs::read_to_string(path).ok()?;
-        stage_tokens(&serde_json::from_str::<Value>(&text).ok()?)
+        if !dir.is_dir() {
+            let text = std::fs::read_to_string(dir).ok()?;
+            return stage_tokens(&serde_json::from_str::<Value>(&text).ok()?);
+        }
+        let summary = std::fs::read_to_string(dir.join("metrics.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|value| stage_tokens(&value));
+        summary.or_else(|| {
+            let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+            text.lines()
+                .rev()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find_map(|record| record.get("tokens").and_then(Value::as_f64))
+        })
     };
     if config.tokens_from.is_empty() {
         return Ok(match read(model_dir) {
@@ -458,7 +469,8 @@ fn upstream_tokens(
             StageError::input(
                 &key,
                 format!(
-                    "{} has no metrics.json with a `tokens` number",
+                    "{} has no `tokens` number in metrics.json (nor in metrics.jsonl); name only stages that \
+                     report the tokens they trained on",
                     dir.display()
                 ),
             )
@@ -784,6 +796,41 @@ mod tests {
                 matches!(result, Err(StageError::Input { ref key, .. }) if key == "model"),
                 "{result:?}"
             );
+
+            // tokens_from: metrics.jsonl is the fallback; a folder with neither fails before any compute.
+            let upstream = tempfile::tempdir().unwrap();
+            let simple = fixtures().join("simple.jsonl");
+            let config = "model = { stage = 'm' }\ntasks.t = { path = 't' }\ntokens_from = { prune = { stage = 'p' } }";
+            let inputs = |upstream: &Path| {
+                vec![
+                    ("model", model_dir.clone()),
+                    ("tasks.t", simple.clone()),
+                    ("tokens_from.prune", upstream.to_path_buf()),
+                ]
+            };
+            let (result, _, _w) =
+                run_stage(config, &inputs(upstream.path()), CancelFlag::default());
+            match result {
+                Err(StageError::Input { key, message }) => {
+                    assert!(
+                        key == "tokens_from.prune" && message.contains("no `tokens`"),
+                        "{key}: {message}"
+                    )
+                }
+                other => panic!("expected an input error, got {other:?}"),
+            }
+            std::fs::write(
+                upstream.path().join("metrics.jsonl"),
+                "{\"step\": 1, \"tokens\": 64}\n{\"step\": 2, \"tokens\": 128}\n{\"step\": 2}\n",
+            )
+            .unwrap();
+            let (result, out, _w) =
+                run_stage(config, &inputs(upstream.path()), CancelFlag::default());
+            result.unwrap();
+            let metrics: Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                    .unwrap();
+            assert_eq!(metrics["tokens_upstream"], 128.0);
 
             let data = tempfile::tempdir().unwrap();
             write_dataset(data.path());

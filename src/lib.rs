@@ -15,10 +15,12 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod exec;
 pub mod model;
 pub mod plan;
 pub mod recipe;
+pub mod report;
 pub mod stages;
 pub mod store;
 pub mod train;

@@ -19,6 +19,20 @@ struct Cli {
 enum Command {
     /// List the stage kinds this binary knows.
     Kinds,
+    /// Run every `sheared bench <area>` this binary has and regenerate BENCHMARKS.md.
+    Benchmarks {
+        /// Where to write the Markdown.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+        /// Only these areas (repeatable); default: every area.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Extra arguments for one area, e.g. `--arg "store=--bytes 100000000"` (repeatable).
+        #[arg(long = "arg", value_name = "AREA=ARGS")]
+        area_args: Vec<String>,
+    },
+    /// Recipes or sweep variants side by side: differing parameters, metrics, deltas, reuse; plots.
+    Compare(sheared::report::cli::CompareArgs),
     /// Show a model folder's architecture, per-layer widths and parameter counts.
     Inspect(sheared::model::cli::InspectArgs),
     /// Mean token loss and perplexity of a model on a text file or on token ids.
@@ -82,6 +96,10 @@ fn main() -> ExitCode {
                 println!("{kind:<14} {about}");
             }
             Ok(())
+        }
+        Command::Compare(args) => sheared::report::cli::compare_command(&args),
+        Command::Benchmarks { out, only, area_args } => {
+            sheared::report::benchmarks::regenerate(&out, &only, &area_args)
         }
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),

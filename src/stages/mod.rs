@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod convert;
+pub mod eval;
 pub mod tokenize;
 pub mod command;
 pub mod train;
@@ -224,6 +225,7 @@ pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
     registry.register(Box::new(convert::ConvertStage));
+    registry.register(Box::new(eval::EvalStage));
     registry.register(Box::new(tokenize::TokenizeStage));
     registry.register(Box::new(command::CommandStage));
     registry.register(Box::new(train::TrainStage));

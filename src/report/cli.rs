@@ -1,0 +1,135 @@
+//! `sheared compare RECIPE... [--format table|md|csv|json] [--plots DIR]`: the runner's plan and store
+//! turned into [`super::compare`] rows (one per recipe or sweep variant) and plots.
+//!
+//! Nothing runs here: stages that are not committed yet show as missing metrics, and a line on stderr
+//! says which and how to run them.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::compare::{Format, StageInput, VariantInput, compare, flatten_toml, render};
+use super::plots::{SeriesSource, write_plots};
+use crate::plan::Plan;
+use crate::plan::status::plan_status;
+use crate::recipe::{LoadOptions, load};
+use crate::stages::builtin;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Recipe files; a recipe with a `[sweep]` gives one row per variant. The first row is the baseline.
+    #[arg(required = true)]
+    pub recipes: Vec<PathBuf>,
+    /// The cache folder the runs were stored in.
+    #[arg(long, env = "SHEARED_CACHE", default_value = "cache")]
+    pub cache: PathBuf,
+    /// Override one recipe value (as for `sheared run`), TOML value syntax.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Also write training-loss, eval-loss, domain-weight and sparsity plots (SVG and PNG) here.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+}
+
+/// `sheared compare`.
+pub fn compare_command(args: &CompareArgs) -> anyhow::Result<()> {
+    let registry = builtin();
+    let options = LoadOptions {
+        overrides: args.set.clone(),
+        device: None,
+    };
+    let mut recipes = Vec::new();
+    for path in &args.recipes {
+        recipes.extend(load(path, &options, &registry)?);
+    }
+    let plan = Plan::build(recipes, &registry)?;
+    if !args.cache.is_dir() {
+        anyhow::bail!(
+            "no cache at {}: run the recipes first (`sheared run ...`), or pass --cache DIR",
+            args.cache.display()
+        );
+    }
+    let store = Store::open(&args.cache)
+        .with_context(|| format!("opening the cache {}", args.cache.display()))?;
+    let statuses = plan_status(&plan, &store)?;
+
+    let mut variants = Vec::new();
+    let mut not_run = Vec::new();
+    let mut series = Vec::new();
+    let mut plotted_keys = HashSet::new();
+    for (recipe_index, recipe) in plan.recipes.iter().enumerate() {
+        let mut params = std::collections::BTreeMap::new();
+        for (name, decl) in &recipe.stages {
+            for (key, value) in flatten_toml(&decl.config) {
+                params.insert(format!("stages.{name}.{key}"), value);
+            }
+        }
+        params.insert("settings.device".into(), recipe.settings.device.clone());
+        params.insert("settings.seed".into(), recipe.settings.seed.to_string());
+        let mut stages = Vec::new();
+        for &index in &plan.order {
+            let node = &plan.nodes[index];
+            let Some(member) = node.members.iter().find(|m| m.recipe == recipe_index) else {
+                continue;
+            };
+            let status = &statuses[index];
+            let committed = status.committed.as_ref();
+            if committed.is_none() {
+                not_run.push(format!("{} ({})", member.stage, recipe.name));
+            }
+            stages.push(StageInput {
+                name: member.stage.clone(),
+                kind: node.kind.clone(),
+                // An uncommitted stage has no key yet; its node id keeps shared nodes shared.
+                key: status
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| format!("pending:{}", node.id)),
+                seconds: committed.map(|c| c.manifest.seconds),
+                metrics: committed.and_then(|c| c.manifest.metrics.clone()),
+            });
+            if let (Some(_), Some(commit)) = (&args.plots, committed)
+                && commit
+                    .manifest
+                    .files
+                    .iter()
+                    .any(|f| f.path == "metrics.jsonl")
+                && plotted_keys.insert(status.key.clone())
+            {
+                let folder = store.outputs(&commit.manifest)?;
+                series.push(SeriesSource {
+                    label: format!("{}/{}", recipe.name, member.stage),
+                    path: folder.join("metrics.jsonl"),
+                });
+            }
+        }
+        variants.push(VariantInput {
+            name: recipe.name.clone(),
+            params,
+            stages,
+        });
+    }
+    print!("{}", render(&compare(&variants), args.format));
+    if !not_run.is_empty() {
+        eprintln!(
+            "not run yet (no metrics): {}; run `sheared run` on the same recipes first",
+            not_run.join(", ")
+        );
+    }
+    if let Some(dir) = &args.plots {
+        let written = write_plots(&series, dir)?;
+        if written.is_empty() {
+            eprintln!(
+                "no plots: no committed stage has a metrics.jsonl with loss, eval losses, domain weights or sparsity"
+            );
+        } else {
+            eprintln!("wrote {} plot files to {}", written.len(), dir.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,782 @@
+//! `sheared compare`: recipes (or sweep variants) side by side.
+//!
+//! A library over plain inputs so that whatever produced the runs (the runner's plan + store, or a test)
+//! can feed it: per variant its name, its flattened parameters (`stages.prune.target.hidden` → `1024`)
+//! and, per stage, the cache key, the compute seconds of its committed run and its `metrics.json`.
+//!
+//! Columns are the parameters that differ between variants (the ones that make it an ablation), then
+//! metrics: per-domain eval loss, task accuracies, parameter counts, tokens seen, compute seconds; every
+//! metric also as the delta to the first row (the baseline). Stages whose cache key occurs in an earlier
+//! variant were computed once and reused; the summary says how much compute that saved.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// One stage of one variant, as the runner knows it after (or without) running.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StageInput {
+    /// The stage's name in the recipe (`prune`, `eval_source`).
+    pub name: String,
+    /// Its kind (`prune`, `train`, `eval`, ...).
+    pub kind: String,
+    /// Its cache key (hex); equal keys mean one computation.
+    pub key: String,
+    /// Seconds its committed run took (`None` if not committed).
+    pub seconds: Option<f64>,
+    /// Its `metrics.json`, if it wrote one.
+    pub metrics: Option<Value>,
+}
+
+/// One row: a recipe or a sweep variant.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VariantInput {
+    pub name: String,
+    /// Every parameter of the resolved recipe as dotted key → display text (see [`flatten_toml`]).
+    pub params: BTreeMap<String, String>,
+    pub stages: Vec<StageInput>,
+}
+
+/// A stage a variant did not compute itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reuse {
+    pub stage: String,
+    pub key: String,
+    /// The first variant that has this key.
+    pub from: String,
+}
+
+/// One rendered row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub variant: String,
+    /// Values of [`Comparison::param_columns`] (`None`: the variant does not set it).
+    pub params: Vec<Option<String>>,
+    /// Values of [`Comparison::metric_columns`].
+    pub metrics: Vec<Option<f64>>,
+    /// `metrics[i] − first row's metrics[i]`.
+    pub deltas: Vec<Option<f64>>,
+    pub reused: Vec<Reuse>,
+}
+
+/// The whole comparison, ready to render.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub param_columns: Vec<String>,
+    pub metric_columns: Vec<String>,
+    pub rows: Vec<Row>,
+    /// Stages that have the same key in every variant (they cannot explain a difference).
+    pub shared_by_all: Vec<String>,
+    /// Σ seconds over every (variant, stage) pair: what running each variant alone would cost.
+    pub seconds_without_cache: f64,
+    /// Σ seconds over distinct keys: what the shared runs cost.
+    pub seconds_with_cache: f64,
+}
+
+/// Flatten a TOML table into dotted keys (`a.b.c`) with TOML-formatted values; arrays and inline
+/// values stay whole (`[1, 2]`), tables recurse.
+pub fn flatten_toml(table: &toml::Table) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
+        for (key, value) in table {
+            let dotted = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => walk(&dotted, inner, out),
+                toml::Value::String(text) => {
+                    out.insert(dotted, text.clone());
+                }
+                other => {
+                    out.insert(dotted, other.to_string());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", table, &mut out);
+    out
+}
+
+/// The number of tokens a train/prune stage reports in its `metrics.json`.
+///
+/// Accepted keys, first found wins: `tokens`, `tokens_seen`, `train_tokens`, `tokens_total`. An eval
+/// stage reports what it read upstream as `tokens_upstream`.
+pub fn stage_tokens(metrics: &Value) -> Option<f64> {
+    ["tokens", "tokens_seen", "train_tokens", "tokens_total"]
+        .iter()
+        .find_map(|key| metrics.get(key).and_then(Value::as_f64))
+}
+
+/// Whether a stage reports eval metrics: kind `eval`, or a `command` stage (e.g. one running
+/// lm-eval-harness) whose `metrics.json` has `domains` or `tasks` objects in the eval stage's format.
+/// (A train stage's `domains` holds its final weights and losses, not an evaluation of the result.)
+fn is_eval_like(stage: &StageInput) -> bool {
+    stage.kind == "eval"
+        || (stage.kind == "command"
+            && stage.metrics.as_ref().is_some_and(|m| {
+                m.get("domains").is_some_and(Value::is_object)
+                    || m.get("tasks").is_some_and(Value::is_object)
+            }))
+}
+
+/// Metric columns and values of one variant, in a stable order (see [`compare`]).
+fn variant_metrics(
+    variant: &VariantInput,
+    eval_prefix: &dyn Fn(&str) -> String,
+) -> BTreeMap<(u8, String), f64> {
+    let mut out = BTreeMap::new();
+    let mut tokens_from_training = None::<f64>;
+    let mut tokens_from_eval = None::<f64>;
+    let mut seconds = None::<f64>;
+    for stage in &variant.stages {
+        if let Some(value) = stage.seconds {
+            *seconds.get_or_insert(0.0) += value;
+        }
+        let Some(metrics) = &stage.metrics else {
+            continue;
+        };
+        if matches!(stage.kind.as_str(), "train" | "prune")
+            && let Some(tokens) = stage_tokens(metrics)
+        {
+            *tokens_from_training.get_or_insert(0.0) += tokens;
+        }
+        if !is_eval_like(stage) {
+            continue;
+        }
+        let prefix = eval_prefix(&stage.name);
+        if let Some(domains) = metrics.get("domains").and_then(Value::as_object) {
+            let mut losses = Vec::new();
+            for (domain, values) in domains {
+                if let Some(loss) = values.get("loss").and_then(Value::as_f64) {
+                    out.insert((0, format!("{prefix}loss.{domain}")), loss);
+                    losses.push(loss);
+                }
+            }
+            if losses.len() > 1 {
+                out.insert(
+                    (1, format!("{prefix}loss.mean")),
+                    losses.iter().sum::<f64>() / losses.len() as f64,
+                );
+            }
+        }
+        if let Some(tasks) = metrics.get("tasks").and_then(Value::as_object) {
+            for (task, values) in tasks {
+                for metric in ["acc", "acc_norm"] {
+                    if let Some(value) = values.get(metric).and_then(Value::as_f64) {
+                        out.insert((2, format!("{prefix}{task}.{metric}")), value);
+                    }
+                }
+            }
+        }
+        for count in ["total", "non_embedding"] {
+            if let Some(value) = metrics
+                .pointer(&format!("/parameters/{count}"))
+                .and_then(Value::as_f64)
+            {
+                out.insert((3, format!("{prefix}params.{count}")), value);
+            }
+        }
+        if let Some(tokens) = metrics.get("tokens_upstream").and_then(Value::as_f64) {
+            tokens_from_eval = Some(tokens_from_eval.map_or(tokens, |seen: f64| seen.max(tokens)));
+        }
+    }
+    if let Some(tokens) = tokens_from_training.or(tokens_from_eval) {
+        out.insert((4, "tokens".into()), tokens);
+    }
+    if let Some(seconds) = seconds {
+        out.insert((5, "seconds".into()), seconds);
+    }
+    out
+}
+
+/// Build the comparison. The first variant is the baseline for deltas.
+pub fn compare(variants: &[VariantInput]) -> Comparison {
+    // Parameters that differ (a key missing in some variant differs too).
+    let all_keys: BTreeSet<&String> = variants.iter().flat_map(|v| v.params.keys()).collect();
+    let param_columns: Vec<String> = all_keys
+        .into_iter()
+        .filter(|key| {
+            let values: Vec<Option<&String>> =
+                variants.iter().map(|v| v.params.get(*key)).collect();
+            values.windows(2).any(|pair| pair[0] != pair[1])
+        })
+        .cloned()
+        .collect();
+
+    // Keys shared by every variant, and the first owner of each key.
+    let mut first_owner: HashMap<&str, &str> = HashMap::new();
+    let mut seconds_by_key: HashMap<&str, f64> = HashMap::new();
+    let mut seconds_without_cache = 0.0;
+    for variant in variants {
+        for stage in &variant.stages {
+            first_owner.entry(&stage.key).or_insert(&variant.name);
+            if let Some(seconds) = stage.seconds {
+                seconds_without_cache += seconds;
+                seconds_by_key.insert(&stage.key, seconds);
+            }
+        }
+    }
+    let seconds_with_cache: f64 = seconds_by_key.values().sum();
+    let shared_keys: BTreeSet<&str> = match variants.split_first() {
+        Some((first, rest)) if !rest.is_empty() => first
+            .stages
+            .iter()
+            .map(|stage| stage.key.as_str())
+            .filter(|key| {
+                rest.iter()
+                    .all(|v| v.stages.iter().any(|stage| stage.key == *key))
+            })
+            .collect(),
+        _ => BTreeSet::new(),
+    };
+    let shared_by_all: Vec<String> = variants
+        .first()
+        .map(|first| {
+            first
+                .stages
+                .iter()
+                .filter(|s| shared_keys.contains(s.key.as_str()))
+                .map(|s| s.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+
+    // Metrics of stages shared by all would be identical columns: leave them out. Prefix eval metrics
+    // with the stage name only when more than one eval stage contributes.
+    let contributing_evals: BTreeSet<&str> = variants
+        .iter()
+        .flat_map(|v| v.stages.iter())
+        .filter(|s| is_eval_like(s) && s.metrics.is_some() && !shared_keys.contains(s.key.as_str()))
+        .map(|s| s.name.as_str())
+        .collect();
+    let prefix = |name: &str| {
+        if contributing_evals.len() > 1 {
+            format!("{name}:")
+        } else {
+            String::new()
+        }
+    };
+    let per_variant: Vec<BTreeMap<(u8, String), f64>> = variants
+        .iter()
+        .map(|variant| {
+            let visible = VariantInput {
+                stages: variant
+                    .stages
+                    .iter()
+                    .filter(|s| !(is_eval_like(s) && shared_keys.contains(s.key.as_str())))
+                    .cloned()
+                    .collect(),
+                ..VariantInput::default()
+            };
+            let mut metrics = variant_metrics(&visible, &prefix);
+            // Tokens and seconds are about the whole variant, shared stages included.
+            let whole = variant_metrics(variant, &prefix);
+            for key in [(4, "tokens".to_string()), (5, "seconds".to_string())] {
+                match whole.get(&key) {
+                    Some(value) => metrics.insert(key, *value),
+                    None => metrics.remove(&key),
+                };
+            }
+            metrics
+        })
+        .collect();
+    let column_keys: BTreeSet<&(u8, String)> = per_variant.iter().flat_map(|m| m.keys()).collect();
+    let metric_columns: Vec<String> = column_keys.iter().map(|(_, name)| name.clone()).collect();
+
+    let baseline = per_variant.first();
+    let rows = variants
+        .iter()
+        .zip(&per_variant)
+        .map(|(variant, metrics)| {
+            let values: Vec<Option<f64>> = column_keys
+                .iter()
+                .map(|key| metrics.get(*key).copied())
+                .collect();
+            let deltas = column_keys
+                .iter()
+                .zip(&values)
+                .map(|(key, value)| Some(value.as_ref()? - baseline?.get(*key)?))
+                .collect();
+            let reused = variant
+                .stages
+                .iter()
+                .filter_map(|stage| {
+                    let owner = *first_owner.get(stage.key.as_str())?;
+                    (owner != variant.name).then(|| Reuse {
+                        stage: stage.name.clone(),
+                        key: stage.key.clone(),
+                        from: owner.to_string(),
+                    })
+                })
+                .collect();
+            Row {
+                variant: variant.name.clone(),
+                params: param_columns
+                    .iter()
+                    .map(|key| variant.params.get(key).cloned())
+                    .collect(),
+                metrics: values,
+                deltas,
+                reused,
+            }
+        })
+        .collect();
+    Comparison {
+        param_columns,
+        metric_columns,
+        rows,
+        shared_by_all,
+        seconds_without_cache,
+        seconds_with_cache,
+    }
+}
+
+/// Output formats of `sheared compare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    /// Aligned plain text for a terminal.
+    #[default]
+    Table,
+    /// A Markdown table (for docs/results.md).
+    Md,
+    /// CSV with one column per metric and one per delta.
+    Csv,
+    /// The [`Comparison`] as JSON.
+    Json,
+}
+
+/// Human formatting by column: counts as integers with thousands separators, seconds with one
+/// decimal, everything else with four.
+fn format_value(column: &str, value: f64) -> String {
+    if column.ends_with("params.total")
+        || column.ends_with("params.non_embedding")
+        || column == "tokens"
+    {
+        group_thousands(value.round() as i64)
+    } else if column == "seconds" {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.4}")
+    }
+}
+
+fn format_delta(column: &str, delta: f64) -> String {
+    let text = format_value(column, delta.abs());
+    if delta < 0.0 {
+        format!("-{text}")
+    } else {
+        format!("+{text}")
+    }
+}
+
+fn group_thousands(number: i64) -> String {
+    let digits = number.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    if number < 0 { format!("-{out}") } else { out }
+}
+
+fn short_key(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
+}
+
+/// Header and cell texts shared by the table and Markdown renderers.
+fn text_cells(comparison: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut header = vec!["variant".to_string()];
+    header.extend(comparison.param_columns.iter().cloned());
+    header.extend(comparison.metric_columns.iter().cloned());
+    let cells = comparison
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(row_index, row)| {
+            let mut cells = vec![row.variant.clone()];
+            cells.extend(
+                row.params
+                    .iter()
+                    .map(|value| value.clone().unwrap_or_else(|| "—".into())),
+            );
+            for ((column, value), delta) in comparison
+                .metric_columns
+                .iter()
+                .zip(&row.metrics)
+                .zip(&row.deltas)
+            {
+                cells.push(match (value, delta) {
+                    (None, _) => "—".into(),
+                    (Some(value), Some(delta)) if row_index > 0 => {
+                        format!(
+                            "{} ({})",
+                            format_value(column, *value),
+                            format_delta(column, *delta)
+                        )
+                    }
+                    (Some(value), _) => format_value(column, *value),
+                });
+            }
+            cells
+        })
+        .collect();
+    (header, cells)
+}
+
+/// Lines about reuse and saved compute, shared by the text renderers.
+fn reuse_lines(comparison: &Comparison) -> Vec<String> {
+    let mut lines = Vec::new();
+    for row in &comparison.rows {
+        if row.reused.is_empty() {
+            continue;
+        }
+        let items: Vec<String> = row
+            .reused
+            .iter()
+            .map(|r| format!("{} ({} from {})", r.stage, short_key(&r.key), r.from))
+            .collect();
+        lines.push(format!("{} reused: {}", row.variant, items.join(", ")));
+    }
+    if !comparison.shared_by_all.is_empty() {
+        lines.push(format!(
+            "shared by every variant: {}",
+            comparison.shared_by_all.join(", ")
+        ));
+    }
+    let saved = comparison.seconds_without_cache - comparison.seconds_with_cache;
+    if comparison.seconds_without_cache > 0.0 {
+        lines.push(format!(
+            "compute: {:.1} s with the cache, {:.1} s if every variant ran alone (saved {:.1} s, {:.0}%)",
+            comparison.seconds_with_cache,
+            comparison.seconds_without_cache,
+            saved,
+            100.0 * saved / comparison.seconds_without_cache
+        ));
+    }
+    lines
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// Render in `format`. Every format ends with a newline.
+pub fn render(comparison: &Comparison, format: Format) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(comparison).unwrap_or_default() + "\n",
+        Format::Csv => {
+            let mut header = vec!["variant".to_string()];
+            header.extend(comparison.param_columns.iter().cloned());
+            header.extend(comparison.metric_columns.iter().cloned());
+            header.extend(
+                comparison
+                    .metric_columns
+                    .iter()
+                    .map(|c| format!("delta.{c}")),
+            );
+            header.push("reused".into());
+            let mut out = header
+                .iter()
+                .map(|h| csv_field(h))
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n";
+            let number = |value: &Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
+            for row in &comparison.rows {
+                let mut fields = vec![csv_field(&row.variant)];
+                fields.extend(
+                    row.params
+                        .iter()
+                        .map(|p| csv_field(p.as_deref().unwrap_or(""))),
+                );
+                fields.extend(row.metrics.iter().map(number));
+                fields.extend(row.deltas.iter().map(number));
+                let reused: Vec<String> = row
+                    .reused
+                    .iter()
+                    .map(|r| format!("{}<-{}", r.stage, r.from))
+                    .collect();
+                fields.push(csv_field(&reused.join(" ")));
+                out += &(fields.join(",") + "\n");
+            }
+            out
+        }
+        Format::Md => {
+            let (header, cells) = text_cells(comparison);
+            let escape = |text: &str| text.replace('|', "\\|");
+            let mut out = format!(
+                "| {} |\n",
+                header
+                    .iter()
+                    .map(|h| escape(h))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            out += &format!("|{}\n", "---|".repeat(header.len()));
+            for row in cells {
+                out += &format!(
+                    "| {} |\n",
+                    row.iter()
+                        .map(|c| escape(c))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+            }
+            let notes = reuse_lines(comparison);
+            if !notes.is_empty() {
+                out.push('\n');
+                for line in notes {
+                    out += &format!("- {line}\n");
+                }
+            }
+            out
+        }
+        Format::Table => {
+            let (header, cells) = text_cells(comparison);
+            let widths: Vec<usize> = (0..header.len())
+                .map(|column| {
+                    std::iter::once(&header[column])
+                        .chain(cells.iter().map(|row| &row[column]))
+                        .map(|t| t.chars().count())
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |row: &[String]| {
+                row.iter()
+                    .zip(&widths)
+                    .map(|(text, width)| {
+                        format!("{text}{}", " ".repeat(width - text.chars().count()))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+                    + "\n"
+            };
+            let mut out = line(&header);
+            for row in &cells {
+                out += &line(row);
+            }
+            let notes = reuse_lines(comparison);
+            if !notes.is_empty() {
+                out.push('\n');
+                for note in notes {
+                    out += &format!("{note}\n");
+                }
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stage(
+        name: &str,
+        kind: &str,
+        key: &str,
+        seconds: f64,
+        metrics: Option<Value>,
+    ) -> StageInput {
+        StageInput {
+            name: name.into(),
+            kind: kind.into(),
+            key: key.into(),
+            seconds: Some(seconds),
+            metrics,
+        }
+    }
+
+    fn eval_metrics(web: f64, code: f64, arc: f64) -> Value {
+        json!({"domains": {"web": {"loss": web}, "code": {"loss": code}},
+               "tasks": {"arc_easy": {"acc": arc, "acc_norm": arc + 0.01}},
+               "parameters": {"total": 1234567, "non_embedding": 1000000}})
+    }
+
+    fn variants() -> Vec<VariantInput> {
+        let params = |policy: &str| -> BTreeMap<String, String> {
+            flatten_toml(
+                &toml::from_str(&format!(
+                    "name = 'x'\n[stages.train]\nlr = 1e-4\nloading.policy = '{policy}'\n[stages.prune]\ntarget = {{ hidden = 32 }}\n"
+                ))
+                .unwrap(),
+            )
+        };
+        vec![
+            VariantInput {
+                name: "dynamic".into(),
+                params: params("dynamic"),
+                stages: vec![
+                    stage("tokenize", "tokenize", "aaaa", 2.0, None),
+                    stage(
+                        "prune",
+                        "prune",
+                        "bbbb",
+                        10.0,
+                        Some(json!({"tokens": 1000})),
+                    ),
+                    stage(
+                        "train",
+                        "train",
+                        "cccc",
+                        20.0,
+                        // A train stage's own `domains` (final weights/losses) is not an evaluation.
+                        Some(
+                            json!({"tokens": 5000, "domains": {"web": {"loss": 9.9, "weight": 0.5}}}),
+                        ),
+                    ),
+                    stage(
+                        "eval",
+                        "eval",
+                        "dddd",
+                        1.0,
+                        Some(eval_metrics(3.0, 2.0, 0.5)),
+                    ),
+                    stage(
+                        "eval_source",
+                        "eval",
+                        "ssss",
+                        1.0,
+                        Some(eval_metrics(2.5, 1.5, 0.6)),
+                    ),
+                ],
+            },
+            VariantInput {
+                name: "static".into(),
+                params: params("static"),
+                stages: vec![
+                    stage("tokenize", "tokenize", "aaaa", 2.0, None),
+                    stage(
+                        "prune",
+                        "prune",
+                        "bbbb",
+                        10.0,
+                        Some(json!({"tokens": 1000})),
+                    ),
+                    stage(
+                        "train",
+                        "train",
+                        "eeee",
+                        22.0,
+                        Some(json!({"tokens": 5000})),
+                    ),
+                    stage(
+                        "eval",
+                        "eval",
+                        "ffff",
+                        1.0,
+                        Some(eval_metrics(3.2, 1.9, 0.45)),
+                    ),
+                    stage(
+                        "eval_source",
+                        "eval",
+                        "ssss",
+                        1.0,
+                        Some(eval_metrics(2.5, 1.5, 0.6)),
+                    ),
+                ],
+            },
+        ]
+    }
+
+    #[test]
+    fn only_differing_params_and_deltas_to_the_first_row() {
+        let comparison = compare(&variants());
+        assert_eq!(
+            comparison.param_columns,
+            vec!["stages.train.loading.policy"]
+        );
+        assert_eq!(
+            comparison.metric_columns,
+            vec![
+                "loss.code",
+                "loss.web",
+                "loss.mean",
+                "arc_easy.acc",
+                "arc_easy.acc_norm",
+                "params.non_embedding",
+                "params.total",
+                "tokens",
+                "seconds"
+            ]
+        );
+        let web = comparison
+            .metric_columns
+            .iter()
+            .position(|c| c == "loss.web")
+            .unwrap();
+        let second = &comparison.rows[1];
+        assert_eq!(second.params, vec![Some("static".to_string())]);
+        assert!((second.deltas[web].unwrap() - 0.2).abs() < 1e-12);
+        assert_eq!(comparison.rows[0].metrics[web], Some(3.0));
+        assert_eq!(comparison.rows[0].deltas[web], Some(0.0));
+        let tokens = comparison
+            .metric_columns
+            .iter()
+            .position(|c| c == "tokens")
+            .unwrap();
+        assert_eq!(second.metrics[tokens], Some(6000.0));
+        // tokenize, prune and eval_source were computed once for both rows.
+        let reused: Vec<&str> = second.reused.iter().map(|r| r.stage.as_str()).collect();
+        assert_eq!(reused, vec!["tokenize", "prune", "eval_source"]);
+        assert_eq!(
+            comparison.shared_by_all,
+            vec!["tokenize", "prune", "eval_source"]
+        );
+        assert!((comparison.seconds_without_cache - 70.0).abs() < 1e-9);
+        assert!((comparison.seconds_with_cache - 57.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn renders_every_format() {
+        let comparison = compare(&variants());
+        let table = render(&comparison, Format::Table);
+        assert!(table.contains("stages.train.loading.policy"), "{table}");
+        assert!(table.contains("3.2000 (+0.2000)"), "{table}");
+        assert!(table.contains("1,234,567"), "{table}");
+        assert!(
+            table.contains("static reused: tokenize (aaaa from dynamic)"),
+            "{table}"
+        );
+        assert!(table.contains("saved 13.0 s"), "{table}");
+        let md = render(&comparison, Format::Md);
+        assert!(
+            md.starts_with("| variant | stages.train.loading.policy | loss.code |"),
+            "{md}"
+        );
+        assert_eq!(md.lines().nth(1).unwrap().matches("---|").count(), 11);
+        let csv = render(&comparison, Format::Csv);
+        let header = csv.lines().next().unwrap();
+        assert!(header.ends_with("delta.seconds,reused"), "{header}");
+        assert_eq!(csv.lines().count(), 3);
+        let json: Value = serde_json::from_str(&render(&comparison, Format::Json)).unwrap();
+        assert_eq!(json["rows"][1]["variant"], "static");
+    }
+
+    #[test]
+    fn a_single_recipe_and_missing_metrics_still_render() {
+        let mut only = variants();
+        only.truncate(1);
+        only[0].stages[3].metrics = None;
+        let comparison = compare(&only);
+        assert!(comparison.param_columns.is_empty());
+        // eval_source is not shared by "every variant" when there is one variant: its metrics show, unprefixed.
+        assert!(comparison.metric_columns.contains(&"loss.web".to_string()));
+        let table = render(&comparison, Format::Table);
+        assert!(table.starts_with("variant"), "{table}");
+        assert_eq!(group_thousands(-1234), "-1,234");
+    }
+}

@@ -1,0 +1,10 @@
+//! Reports over finished runs: [`compare`] puts recipes or sweep variants side by side, [`plots`]
+//! draws their training curves, [`benchmarks`] gathers every benchmark into BENCHMARKS.md.
+
+pub mod benchmarks;
+pub mod cli;
+pub mod compare;
+pub mod plots;
+
+pub use compare::{Comparison, Format, StageInput, VariantInput, compare, flatten_toml, render};
+pub use plots::{SeriesSource, write_plots};

@@ -1,0 +1,847 @@
+//! Stage kind `eval`: per-domain loss / perplexity on the eval split and multiple-choice tasks.
+//!
+//! ```toml
+//! [stages.eval]
+//! kind = "eval"
+//! model = { stage = "train" }            # any HF LLaMA folder: a stage output or { path = ".." }
+//! data = { stage = "tokenize" }          # optional: per-domain losses on its eval split + its tokenizer
+//! seq_len = 256                          # window length of the domain losses
+//! sequences_per_domain = 64              # windows per domain (fixed: the first N, same for every model)
+//! batch_size = 8                         # windows per forward pass
+//! tasks.arc_easy = { source = { path = "eval-tasks/arc_easy/rc_0shot" }, limit = 100 }
+//! tasks.piqa = { path = "eval-tasks/piqa/rc_0shot" }   # shorthand: the whole task, defaults
+//! tokens_from = { prune = { stage = "prune" }, train = { stage = "train" } }   # optional
+//! ```
+//!
+//! A task's file is an *input* (`source = { path = .. }` or `{ stage = .., file = .. }`), so the runner
+//! hashes its content into the cache key and resolves relative paths against the recipe. That is why the
+//! file is not a plain string next to `limit`. Task files: see [`crate::eval::tasks`]; scoring follows
+//! lm-eval-harness ([`crate::eval`]). Every task's per-question scores land in `predictions/<task>.jsonl`.
+//!
+//! Tokens seen upstream (`tokens_upstream` in `metrics.json`): the sum of `tokens` (or `tokens_seen`,
+//! `train_tokens`, `tokens_total`) over the `metrics.json` of every `tokens_from` input (else the last
+//! `metrics.jsonl` record with `tokens`); without `tokens_from`, the model folder's own metrics (a
+//! train stage's output has them) if any; else null. Read before any compute.
+//!
+//! The tokenizer for tasks is the data input's `tokenizer.json`, else the model folder's.
+//! `settings.device` selects where to run but is not part of the key: the same model on CPU or GPU gives
+//! the same numbers up to float rounding, and a cached result is not recomputed for a device change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{InputRef, Stage, StageContext, StageError};
+use crate::data::{TokenizedDataset, eval_windows};
+use crate::eval::{
+    EvalError, LlamaScorer, TaskFormat, TextEncoder, domain_loss, evaluate_task, load_task,
+};
+use crate::model::{Llama, cross_entropy_per_sequence, load_hf};
+use crate::report::compare::stage_tokens;
+
+/// The `eval` stage kind.
+pub struct EvalStage;
+
+/// Typed config. Tasks are kept as raw TOML and checked by hand (see [`parse_task`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    pub model: InputRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<InputRef>,
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    #[serde(default = "default_sequences")]
+    pub sequences_per_domain: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Tokens (padded rows × length) per forward pass when scoring tasks. Memory is about
+    /// `batch_tokens × vocab_size × 8` bytes (logits and their log-softmax).
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+    /// Longest context + continuation fed to the model for tasks (left-truncated like lm-eval);
+    /// 0 = the model's `max_position_embeddings`.
+    #[serde(default)]
+    pub max_length: usize,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, toml::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens_from: BTreeMap<String, InputRef>,
+}
+
+fn default_seq_len() -> usize {
+    256
+}
+fn default_sequences() -> usize {
+    64
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_batch_tokens() -> usize {
+    2048
+}
+
+/// One task as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    /// The dotted input key the runner materialises the file under.
+    pub input_key: String,
+    pub limit: Option<usize>,
+    pub format: TaskFormat,
+    pub unconditional: bool,
+}
+
+const TASK_KEYS: [&str; 4] = ["source", "limit", "format", "unconditional"];
+
+fn is_input(value: &toml::Value) -> bool {
+    let Some(table) = value.as_table() else {
+        return false;
+    };
+    let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    matches!(
+        keys.as_slice(),
+        ["path"] | ["stage"] | ["file", "stage"] | ["stage", "file"]
+    )
+}
+
+/// Check one `tasks.<name>` entry and fill its defaults (the input itself is left as written).
+pub fn parse_task(name: &str, value: &toml::Value) -> Result<(TaskSpec, toml::Value), StageError> {
+    let key = format!("tasks.{name}");
+    if is_input(value) {
+        let spec = TaskSpec {
+            input_key: key,
+            limit: None,
+            format: TaskFormat::Auto,
+            unconditional: false,
+        };
+        return Ok((spec, value.clone()));
+    }
+    let Some(table) = value.as_table() else {
+        return Err(StageError::config(
+            &key,
+            "expected `{ source = { path = \"..\" }, limit = N }` or the shorthand `{ path = \"..\" }`",
+        ));
+    };
+    for entry in table.keys() {
+        if !TASK_KEYS.contains(&entry.as_str()) {
+            let hint = if entry == "path" || entry == "stage" {
+                " — with other keys, write the file as `source = { path = \"..\" }` (it is an input: hashed and resolved \
+                 relative to the recipe)"
+                    .to_string()
+            } else {
+                match strsim_suggest(entry) {
+                    Some(suggestion) => format!(" — did you mean `{suggestion}`?"),
+                    None => format!(" (known keys: {})", TASK_KEYS.join(", ")),
+                }
+            };
+            return Err(StageError::config(
+                format!("{key}.{entry}"),
+                format!("unknown key{hint}"),
+            ));
+        }
+    }
+    let source = table.get("source").ok_or_else(|| {
+        StageError::config(
+            format!("{key}.source"),
+            "missing: the task file, e.g. `source = { path = \"tasks/arc_easy/rc_0shot\" }`",
+        )
+    })?;
+    if !is_input(source) {
+        return Err(StageError::config(
+            format!("{key}.source"),
+            "must be an input: `{ path = \"..\" }` or `{ stage = \"..\", file = \"..\" }`",
+        ));
+    }
+    let limit = match table.get("limit") {
+        None => None,
+        Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as usize),
+        Some(other) => {
+            return Err(StageError::config(
+                format!("{key}.limit"),
+                format!("must be a positive integer, got {other}"),
+            ));
+        }
+    };
+    let format = match table.get("format") {
+        None => TaskFormat::Auto,
+        Some(value) => value.clone().try_into().map_err(|_| {
+            StageError::config(
+                format!("{key}.format"),
+                format!("must be \"auto\", \"requests\" or \"simple\", got {value}"),
+            )
+        })?,
+    };
+    let unconditional = match table.get("unconditional") {
+        None => false,
+        Some(toml::Value::Boolean(flag)) => *flag,
+        Some(other) => {
+            return Err(StageError::config(
+                format!("{key}.unconditional"),
+                format!("must be true or false, got {other}"),
+            ));
+        }
+    };
+    let mut normalized = toml::Table::new();
+    normalized.insert("source".into(), source.clone());
+    if let Some(limit) = limit {
+        normalized.insert("limit".into(), toml::Value::Integer(limit as i64));
+    }
+    normalized.insert(
+        "format".into(),
+        toml::Value::try_from(format).map_err(|e| StageError::Other(e.into()))?,
+    );
+    normalized.insert("unconditional".into(), toml::Value::Boolean(unconditional));
+    Ok((
+        TaskSpec {
+            input_key: format!("{key}.source"),
+            limit,
+            format,
+            unconditional,
+        },
+        toml::Value::Table(normalized),
+    ))
+}
+
+fn strsim_suggest(word: &str) -> Option<&'static str> {
+    TASK_KEYS
+        .iter()
+        .copied()
+        .filter(|known| strsim::jaro_winkler(word, known) > 0.8)
+        .max_by(|a, b| strsim::jaro_winkler(word, a).total_cmp(&strsim::jaro_winkler(word, b)))
+}
+
+/// The typed config, its normalised table, and the tasks in name order.
+type ParsedConfig = (EvalConfig, toml::Table, Vec<(String, TaskSpec)>);
+
+fn parse_config(table: &toml::Table) -> Result<ParsedConfig, StageError> {
+    let (mut config, _) = super::normalize_typed::<EvalConfig>(table)?;
+    let mut specs = Vec::new();
+    for (name, value) in config.tasks.iter_mut() {
+        let (spec, normalized) = parse_task(name, value)?;
+        *value = normalized;
+        specs.push((name.clone(), spec));
+    }
+    for (key, value) in [
+        ("seq_len", config.seq_len),
+        ("sequences_per_domain", config.sequences_per_domain),
+        ("batch_size", config.batch_size),
+        ("batch_tokens", config.batch_tokens),
+    ] {
+        if value == 0 {
+            return Err(StageError::config(key, "must be at least 1"));
+        }
+    }
+    if config.data.is_none() && config.tasks.is_empty() {
+        return Err(StageError::config(
+            "data",
+            "nothing to evaluate: give `data = { stage = \"tokenize\" }` for per-domain losses and/or `tasks`",
+        ));
+    }
+    let normalized =
+        match toml::Value::try_from(&config).map_err(|e| StageError::Other(e.into()))? {
+            toml::Value::Table(table) => table,
+            other => {
+                return Err(StageError::Other(anyhow::anyhow!(
+                    "config serialised to {}",
+                    other.type_str()
+                )));
+            }
+        };
+    Ok((config, normalized, specs))
+}
+
+impl Stage for EvalStage {
+    fn kind(&self) -> &'static str {
+        "eval"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "per-domain eval loss/perplexity and lm-eval-style multiple-choice accuracy of a model"
+    }
+    fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
+        parse_config(table).map(|(_, normalized, _)| normalized)
+    }
+    fn settings_in_key(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
+        parse_config(config).map(|_| ())
+    }
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let started = Instant::now();
+        let (config, _, specs) = parse_config(ctx.config)?;
+        let device = crate::model::device::parse(&ctx.settings.device)
+            .map_err(|e| StageError::config("settings.device", e.to_string()))?;
+        let model_dir = ctx.input("model")?;
+        // Before any compute, so that a bad `tokens_from` costs nothing.
+        let (tokens_upstream, tokens_source) = upstream_tokens(ctx, &config, model_dir)?;
+        ctx.reporter
+            .message(&format!("loading {}", model_dir.display()));
+        let model =
+            load_hf(model_dir, &device).map_err(|e| StageError::input("model", e.to_string()))?;
+        let model_config = model.config();
+        let counts = model_config.parameter_counts();
+
+        let dataset = match &config.data {
+            Some(_) => Some(
+                TokenizedDataset::open(ctx.input("data")?)
+                    .map_err(|e| StageError::input("data", e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(dataset) = &dataset
+            && dataset.vocab_size() > model_config.vocab_size
+        {
+            return Err(StageError::input(
+                "data",
+                format!(
+                    "the tokenizer has {} tokens but the model's vocabulary has {}: the data was tokenized for another model",
+                    dataset.vocab_size(),
+                    model_config.vocab_size
+                ),
+            ));
+        }
+
+        let mut domains = serde_json::Map::new();
+        if let Some(dataset) = &dataset {
+            let windows = eval_windows(dataset, config.seq_len, config.sequences_per_domain)
+                .map_err(|e| StageError::input("data", e.to_string()))?;
+            let total: usize = windows.iter().map(|w| w.num_sequences).sum();
+            let mut done = 0;
+            for domain in &windows {
+                let mut losses = Vec::with_capacity(domain.num_sequences);
+                for start in (0..domain.num_sequences).step_by(config.batch_size) {
+                    ctx.cancel.check()?;
+                    let rows = config.batch_size.min(domain.num_sequences - start);
+                    let batch: Vec<&[u32]> = (start..start + rows).map(|i| domain.row(i)).collect();
+                    for loss in window_losses(&model, &batch, domain.seq_len, &device)? {
+                        losses.push((loss, domain.seq_len as u64));
+                    }
+                    done += rows;
+                    ctx.reporter.progress(done as u64, total as u64, "windows");
+                }
+                if let Some(result) = domain_loss(&losses) {
+                    if !result.loss.is_finite() {
+                        return Err(StageError::Other(anyhow::anyhow!(
+                            "the eval loss of domain `{}` is {}: the model's weights hold NaN or inf",
+                            domain.domain,
+                            result.loss
+                        )));
+                    }
+                    domains.insert(
+                        domain.domain.clone(),
+                        serde_json::to_value(result).map_err(|e| StageError::Other(e.into()))?,
+                    );
+                }
+            }
+        }
+
+        let mut tasks = serde_json::Map::new();
+        if !specs.is_empty() {
+            let tokenizer_path = match &dataset {
+                Some(dataset) => dataset.tokenizer_path(),
+                None => model_dir.join("tokenizer.json"),
+            };
+            let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
+                StageError::input(
+                    if dataset.is_some() { "data" } else { "model" },
+                    format!("cannot load tokenizer {}: {e} (tasks need a tokenizer: give `data` or a model folder with tokenizer.json)", tokenizer_path.display()),
+                )
+            })?;
+            let prefix_token = model_config
+                .bos_token_id
+                .or(model_config.eos_token_id.first().copied());
+            let max_length = if config.max_length == 0 {
+                model_config.max_position_embeddings
+            } else {
+                config.max_length
+            };
+            std::fs::create_dir_all(ctx.out_dir.join("predictions"))
+                .context("creating predictions/")?;
+            for (name, spec) in &specs {
+                let path = ctx.input(&spec.input_key)?;
+                let task = load_task(path, spec.format, spec.limit)
+                    .map_err(|e| StageError::input(&spec.input_key, e.to_string()))?;
+                ctx.reporter
+                    .message(&format!("task {name}: {} questions", task.questions.len()));
+                let progress = |done: usize, total: usize| {
+                    ctx.reporter.progress(done as u64, total as u64, "requests")
+                };
+                let mut scorer =
+                    LlamaScorer::new(&model, device.clone(), max_length, config.batch_tokens)
+                        .with_cancel(ctx.cancel.clone())
+                        .with_progress(&progress);
+                let outcome = evaluate_task(
+                    &task,
+                    &tokenizer as &dyn TextEncoder,
+                    &mut scorer,
+                    prefix_token,
+                    spec.unconditional,
+                );
+                ctx.cancel.check()?;
+                let (result, per_question) = outcome.map_err(|e| match e {
+                    EvalError::Scorer(_) => StageError::Other(anyhow::anyhow!("task {name}: {e}")),
+                    other => StageError::input(&spec.input_key, other.to_string()),
+                })?;
+                let lines: String = per_question
+                    .iter()
+                    .map(|q| serde_json::to_string(q).unwrap_or_default() + "\n")
+                    .collect();
+                std::fs::write(
+                    ctx.out_dir
+                        .join("predictions")
+                        .join(format!("{name}.jsonl")),
+                    lines,
+                )
+                .context("writing predictions")?;
+                let mut entry =
+                    serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?;
+                if let Value::Object(map) = &mut entry {
+                    map.insert("questions_in_file".into(), json!(task.questions_in_file));
+                }
+                tasks.insert(name.clone(), entry);
+            }
+        }
+
+        let metrics = json!({
+            "domains": domains,
+            "tasks": tasks,
+            "parameters": {"total": counts.total, "non_embedding": counts.non_embedding, "embedding": counts.embedding},
+            "tokens_upstream": tokens_upstream,
+            "tokens_upstream_from": tokens_source,
+            "eval": {"seq_len": config.seq_len, "sequences_per_domain": config.sequences_per_domain},
+            "wall_seconds": started.elapsed().as_secs_f64(),
+            "device": ctx.settings.device,
+        });
+        ctx.reporter.metrics(&metrics);
+        let text =
+            serde_json::to_string_pretty(&metrics).map_err(|e| StageError::Other(e.into()))?;
+        std::fs::write(ctx.out_dir.join("metrics.json"), text + "\n")
+            .context("writing metrics.json")?;
+        Ok(())
+    }
+}
+
+/// Tokens seen upstream and where the number came from (see the module docs).
+fn upstream_tokens(
+    ctx: &StageContext<'_>,
+    config: &EvalConfig,
+    model_dir: &Path,
+) -> Result<(Option<f64>, Vec<String>), StageError> {
+    // `metrics.json`'s tokens, else the last `metrics.jsonl` record that has them.
+    let read = |dir: &Path| -> Option<f64> {
+        if !dir.is_dir() {
+            let text = std::fs::read_to_string(dir).ok()?;
+            return stage_tokens(&serde_json::from_str::<Value>(&text).ok()?);
+        }
+        let summary = std::fs::read_to_string(dir.join("metrics.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|value| stage_tokens(&value));
+        summary.or_else(|| {
+            let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+            text.lines()
+                .rev()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find_map(|record| record.get("tokens").and_then(Value::as_f64))
+        })
+    };
+    if config.tokens_from.is_empty() {
+        return Ok(match read(model_dir) {
+            Some(tokens) => (Some(tokens), vec!["model".into()]),
+            None => (None, Vec::new()),
+        });
+    }
+    let mut total = 0.0;
+    let mut sources = Vec::new();
+    for name in config.tokens_from.keys() {
+        let key = format!("tokens_from.{name}");
+        let dir: PathBuf = ctx.input(&key)?.to_path_buf();
+        let tokens = read(&dir).ok_or_else(|| {
+            StageError::input(
+                &key,
+                format!(
+                    "{} has no `tokens` number in metrics.json (nor in metrics.jsonl); name only stages that \
+                     report the tokens they trained on",
+                    dir.display()
+                ),
+            )
+        })?;
+        total += tokens;
+        sources.push(key);
+    }
+    Ok((Some(total), sources))
+}
+
+/// Mean next-token loss of each window: rows of `seq_len + 1` tokens, inputs `[..seq_len]`, targets `[1..]`.
+fn window_losses(
+    model: &Llama,
+    rows: &[&[u32]],
+    seq_len: usize,
+    device: &Device,
+) -> Result<Vec<f64>, StageError> {
+    let batch = rows.len();
+    let mut inputs = Vec::with_capacity(batch * seq_len);
+    let mut targets = Vec::with_capacity(batch * seq_len);
+    for row in rows {
+        inputs.extend(row[..seq_len].iter().map(|&t| t as i64));
+        targets.extend(row[1..=seq_len].iter().map(|&t| t as i64));
+    }
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, seq_len]), device); // [batch, seq]
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [batch, seq_len]), device); // [batch, seq]
+    let logits = model.forward(inputs, None); // [batch, seq, vocab]
+    let losses = cross_entropy_per_sequence(logits, targets); // [batch]
+    let losses = losses.into_data().convert::<f32>().try_to_vec::<f32>();
+    let losses = losses
+        .map_err(|error| StageError::Other(anyhow::anyhow!("reading eval losses: {error:?}")))?;
+    Ok(losses.into_iter().map(f64::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn normalize_fills_defaults_and_keeps_inputs_where_written() {
+        let normalized = EvalStage
+            .normalize(&table(
+                "model = { stage = 'train' }\ndata = { stage = 'tokenize' }\n\
+                 tasks.arc = { source = { path = 'arc' }, limit = 5 }\ntasks.piqa = { path = 'piqa' }",
+            ))
+            .unwrap();
+        assert_eq!(normalized["seq_len"].as_integer(), Some(256));
+        assert_eq!(normalized["tasks"]["arc"]["format"].as_str(), Some("auto"));
+        assert_eq!(
+            normalized["tasks"]["arc"]["unconditional"].as_bool(),
+            Some(false)
+        );
+        assert_eq!(normalized["tasks"]["piqa"]["path"].as_str(), Some("piqa"));
+        let (_, _, specs) = parse_config(&normalized).unwrap();
+        assert_eq!(specs[0].1.input_key, "tasks.arc.source");
+        assert_eq!(specs[0].1.limit, Some(5));
+        assert_eq!(specs[1].1.input_key, "tasks.piqa");
+        // Normalising twice changes nothing (the key must be stable).
+        assert_eq!(EvalStage.normalize(&normalized).unwrap(), normalized);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases = [
+            ("model = { stage = 't' }", "data", "nothing to evaluate"),
+            (
+                "model = { stage = 't' }\ntasks.arc = { path = 'a', limit = 3 }",
+                "tasks.arc.path",
+                "source = { path",
+            ),
+            (
+                "model = { stage = 't' }\ntasks.arc = { source = { path = 'a' }, limt = 3 }",
+                "tasks.arc.limt",
+                "did you mean `limit`",
+            ),
+            (
+                "model = { stage = 't' }\ntasks.arc = { source = { path = 'a' }, limit = 0 }",
+                "tasks.arc.limit",
+                "positive",
+            ),
+            (
+                "model = { stage = 't' }\ntasks.arc = { source = { path = 'a' }, format = 'xml' }",
+                "tasks.arc.format",
+                "simple",
+            ),
+            (
+                "model = { stage = 't' }\ntasks.arc = { source = 'a' }",
+                "tasks.arc.source",
+                "must be an input",
+            ),
+            (
+                "model = { stage = 't' }\ndata = { stage = 'd' }\nbatch_size = 0",
+                "batch_size",
+                "at least 1",
+            ),
+        ];
+        for (text, key, message) in cases {
+            match EvalStage.normalize(&table(text)) {
+                Err(StageError::Config {
+                    key: got,
+                    message: text,
+                }) => {
+                    assert_eq!(got, key, "{text}");
+                    assert!(text.contains(message), "{key}: {text}");
+                }
+                other => panic!("{text}: expected a config error, got {other:?}"),
+            }
+        }
+        assert!(
+            EvalStage
+                .normalize(&table(
+                    "model = { stage = 't' }\ndata = { stage = 'd' }\nsequence = 3"
+                ))
+                .is_err()
+        );
+    }
+
+    mod run {
+        use super::*;
+        use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
+        use crate::data::{ShardWriter, TokenDtype};
+        use crate::stages::{CancelFlag, NullReporter, Settings};
+
+        fn fixtures() -> PathBuf {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
+        }
+
+        /// A tokenize-stage folder with two domains of pseudo-random ids below the tiny model's vocabulary.
+        fn write_dataset(dir: &Path) {
+            let mut state = 12345u64;
+            let mut next = move || {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) % 300) as u32
+            };
+            let mut domains = Vec::new();
+            for (name, eval_tokens) in [("web", 8 * 16 + 1), ("code", 3 * 16 + 5)] {
+                let tokens: Vec<u32> = (0..eval_tokens).map(|_| next()).collect();
+                for split in ["train", "eval"] {
+                    let mut writer = ShardWriter::create(
+                        &dir.join(split).join(format!("{name}.bin")),
+                        TokenDtype::U16,
+                    )
+                    .unwrap();
+                    writer.write(&tokens).unwrap();
+                    writer.finish().unwrap();
+                }
+                domains.push(DomainManifest {
+                    name: name.into(),
+                    sources: vec![],
+                    train_documents: 1,
+                    eval_documents: 1,
+                    train_tokens: tokens.len() as u64,
+                    eval_tokens: tokens.len() as u64,
+                    empty_documents: 0,
+                    invalid_utf8_replaced: 0,
+                    train_truncated: false,
+                });
+            }
+            std::fs::copy(
+                fixtures().join("tiny_model/tokenizer.json"),
+                dir.join("tokenizer.json"),
+            )
+            .unwrap();
+            let manifest = Manifest {
+                format: FORMAT.into(),
+                format_version: FORMAT_VERSION,
+                dtype: TokenDtype::U16,
+                vocab_size: 300,
+                tokenizer_blake3: String::new(),
+                bos_token: "<s>".into(),
+                bos_id: 1,
+                eos_token: "</s>".into(),
+                eos_id: 2,
+                seq_len: 16,
+                seed: 0,
+                domains,
+            };
+            manifest.save(&dir.join("manifest.json")).unwrap();
+        }
+
+        fn run_stage(
+            config_text: &str,
+            inputs: &[(&str, PathBuf)],
+            cancel: CancelFlag,
+        ) -> (Result<(), StageError>, PathBuf, tempfile::TempDir) {
+            let work = tempfile::tempdir().unwrap();
+            let config = EvalStage.normalize(&table(config_text)).unwrap();
+            let out_dir = work.path().join("out");
+            std::fs::create_dir_all(&out_dir).unwrap();
+            let settings = Settings::default();
+            let ctx = StageContext {
+                name: "eval",
+                config: &config,
+                inputs: inputs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+                out_dir: out_dir.clone(),
+                scratch_dir: work.path().join("scratch"),
+                settings: &settings,
+                reporter: &NullReporter,
+                cancel,
+            };
+            let result = EvalStage.run(&ctx);
+            (result, out_dir, work)
+        }
+
+        #[test]
+        fn writes_domain_losses_tasks_parameters_and_upstream_tokens() {
+            let data = tempfile::tempdir().unwrap();
+            write_dataset(data.path());
+            let upstream = tempfile::tempdir().unwrap();
+            std::fs::write(
+                upstream.path().join("metrics.json"),
+                r#"{"tokens": 1234, "loss": 3.0}"#,
+            )
+            .unwrap();
+            let model_dir = fixtures().join("tiny_model");
+            let config = "model = { stage = 'train' }\ndata = { stage = 'tokenize' }\nseq_len = 16\nsequences_per_domain = 4\n\
+                          batch_size = 3\ntasks.arc = { source = { path = 'a' }, limit = 2 }\ntasks.simple = { path = 's' }\n\
+                          tokens_from = { train = { stage = 'train' } }";
+            let inputs = [
+                ("model", model_dir.clone()),
+                ("data", data.path().to_path_buf()),
+                ("tasks.arc.source", fixtures().join("arc_easy/rc_0shot")),
+                ("tasks.simple", fixtures().join("simple.jsonl")),
+                ("tokens_from.train", upstream.path().to_path_buf()),
+            ];
+            let (result, out, _work) = run_stage(config, &inputs, CancelFlag::default());
+            result.unwrap();
+            let metrics: Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                    .unwrap();
+            // web has 8 windows of 16 (asked for 4), code 3.
+            assert_eq!(metrics["domains"]["web"]["sequences"], 4);
+            assert_eq!(metrics["domains"]["web"]["tokens"], 64);
+            assert_eq!(metrics["domains"]["code"]["sequences"], 3);
+            let web = metrics["domains"]["web"]["loss"].as_f64().unwrap();
+            assert!(web.is_finite() && web > 0.0);
+            assert!(
+                (metrics["domains"]["web"]["perplexity"].as_f64().unwrap() - web.exp()).abs()
+                    < 1e-6 * web.exp()
+            );
+            assert!(metrics["domains"]["web"]["stderr"].as_f64().unwrap() > 0.0);
+            assert_eq!(metrics["tasks"]["arc"]["n"], 2);
+            assert_eq!(metrics["tasks"]["arc"]["questions_in_file"], 3);
+            assert_eq!(metrics["tasks"]["simple"]["n"], 3);
+            assert_eq!(metrics["tokens_upstream"], 1234.0);
+            let counts = crate::model::LlamaConfig::load(&model_dir.join("config.json"))
+                .unwrap()
+                .parameter_counts();
+            assert_eq!(metrics["parameters"]["total"], counts.total);
+            assert_eq!(metrics["device"], "cpu");
+            let predictions = std::fs::read_to_string(out.join("predictions/arc.jsonl")).unwrap();
+            assert_eq!(predictions.lines().count(), 2);
+
+            // The window loss is the same number the task scorer computes for "first token → rest of the window".
+            let dataset = TokenizedDataset::open(data.path()).unwrap();
+            let windows = eval_windows(&dataset, 16, 4).unwrap();
+            let device = Device::flex();
+            let model = load_hf(&model_dir, &device).unwrap();
+            let mut scorer = LlamaScorer::new(&model, device, 256, 1024);
+            let requests: Vec<crate::eval::ScoreRequest> = (0..4)
+                .map(|i| crate::eval::ScoreRequest {
+                    context: windows[0].row(i)[..1].to_vec(),
+                    continuation: windows[0].row(i)[1..].to_vec(),
+                })
+                .collect();
+            use crate::eval::LogLikelihoodScorer;
+            let total: f64 = scorer
+                .score(&requests)
+                .unwrap()
+                .iter()
+                .map(|s| -s.log_likelihood)
+                .sum();
+            assert!(
+                (total / 64.0 - web).abs() < 1e-4,
+                "{} vs {web}",
+                total / 64.0
+            );
+        }
+
+        #[test]
+        fn bad_inputs_are_named_and_cancel_stops() {
+            let model_dir = fixtures().join("tiny_model");
+            let bad_task = tempfile::tempdir().unwrap();
+            std::fs::write(
+                bad_task.path().join("t.jsonl"),
+                "{\"context\": \"c\", \"choices\": [\"a\"], \"gold\": 0}\n",
+            )
+            .unwrap();
+            let config = "model = { stage = 'm' }\ntasks.t = { path = 't' }";
+            let (result, _, _w) = run_stage(
+                config,
+                &[
+                    ("model", model_dir.clone()),
+                    ("tasks.t", bad_task.path().join("t.jsonl")),
+                ],
+                CancelFlag::default(),
+            );
+            match result {
+                Err(StageError::Input { key, message }) => assert!(
+                    key == "tasks.t" && message.contains("t.jsonl:1"),
+                    "{key}: {message}"
+                ),
+                other => panic!("expected an input error, got {other:?}"),
+            }
+            let (result, _, _w) = run_stage(
+                config,
+                &[
+                    ("model", bad_task.path().to_path_buf()),
+                    ("tasks.t", bad_task.path().join("t.jsonl")),
+                ],
+                CancelFlag::default(),
+            );
+            assert!(
+                matches!(result, Err(StageError::Input { ref key, .. }) if key == "model"),
+                "{result:?}"
+            );
+
+            // tokens_from: metrics.jsonl is the fallback; a folder with neither fails before any compute.
+            let upstream = tempfile::tempdir().unwrap();
+            let simple = fixtures().join("simple.jsonl");
+            let config = "model = { stage = 'm' }\ntasks.t = { path = 't' }\ntokens_from = { prune = { stage = 'p' } }";
+            let inputs = |upstream: &Path| {
+                vec![
+                    ("model", model_dir.clone()),
+                    ("tasks.t", simple.clone()),
+                    ("tokens_from.prune", upstream.to_path_buf()),
+                ]
+            };
+            let (result, _, _w) =
+                run_stage(config, &inputs(upstream.path()), CancelFlag::default());
+            match result {
+                Err(StageError::Input { key, message }) => {
+                    assert!(
+                        key == "tokens_from.prune" && message.contains("no `tokens`"),
+                        "{key}: {message}"
+                    )
+                }
+                other => panic!("expected an input error, got {other:?}"),
+            }
+            std::fs::write(
+                upstream.path().join("metrics.jsonl"),
+                "{\"step\": 1, \"tokens\": 64}\n{\"step\": 2, \"tokens\": 128}\n{\"step\": 2}\n",
+            )
+            .unwrap();
+            let (result, out, _w) =
+                run_stage(config, &inputs(upstream.path()), CancelFlag::default());
+            result.unwrap();
+            let metrics: Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                    .unwrap();
+            assert_eq!(metrics["tokens_upstream"], 128.0);
+
+            let data = tempfile::tempdir().unwrap();
+            write_dataset(data.path());
+            let cancel = CancelFlag::default();
+            cancel.cancel();
+            let (result, _, _w) = run_stage(
+                "model = { stage = 'm' }\ndata = { stage = 'd' }\nseq_len = 16",
+                &[("model", model_dir), ("data", data.path().to_path_buf())],
+                cancel,
+            );
+            assert!(matches!(result, Err(StageError::Cancelled)), "{result:?}");
+        }
+    }
+}

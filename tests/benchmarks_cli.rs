@@ -1,0 +1,41 @@
+//! `sheared benchmarks` regenerates BENCHMARKS.md from whatever `sheared bench <area>` areas exist.
+
+use assert_cmd::Command;
+
+#[test]
+fn benchmarks_writes_markdown_even_without_areas() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("BENCHMARKS.md");
+    Command::cargo_bin("sheared")
+        .unwrap()
+        .args(["benchmarks", "--out"])
+        .arg(&out)
+        .args(["--only", "no-such-area"])
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with("# Benchmarks\n"), "{text}");
+    assert!(
+        text.contains("- machine: ") && text.contains(" cores"),
+        "{text}"
+    );
+    assert!(text.contains("No `sheared bench <area>` exists"), "{text}");
+}
+
+#[test]
+fn benchmarks_reports_an_unwritable_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("missing-folder").join("BENCHMARKS.md");
+    let assert = Command::cargo_bin("sheared")
+        .unwrap()
+        .args(["benchmarks", "--out"])
+        .arg(&out)
+        .args(["--only", "x"])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("writing") && stderr.contains("missing-folder"),
+        "{stderr}"
+    );
+}

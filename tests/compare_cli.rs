@@ -1,0 +1,118 @@
+//! `sheared compare` on a sweep run through the real binary, with `command` stages that write
+//! `metrics.json` / `metrics.jsonl` like the train and eval stages do.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SHEARED: &str = env!("CARGO_BIN_EXE_sheared");
+
+fn sheared(dir: &Path, args: &[&str]) -> Output {
+    Command::new(SHEARED)
+        .args(args)
+        .current_dir(dir)
+        .env("SHEARED_CACHE", dir.join("cache"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> (String, String) {
+    let output = sheared(dir, args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    );
+    assert!(
+        output.status.success(),
+        "sheared {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn write_project(dir: &Path) {
+    let script = |name: &str, body: &str| std::fs::write(dir.join(name), body).unwrap();
+    script("prep.sh", "echo prepared > \"$1/prep.txt\"\n");
+    script(
+        "train.sh",
+        "out=$1\nfor s in 1 2 3 4; do\n  w=$((s * LR))\n  \
+         echo \"{\\\"step\\\": $s, \\\"tokens\\\": $((s * 100)), \\\"loss\\\": $((10 - s * LR)), \\\"domain_weights\\\": {\\\"web\\\": 0.$w, \\\"code\\\": 0.5}, \\\"eval_losses\\\": {\\\"web\\\": $((9 - s))}}\" >> \"$out/metrics.jsonl\"\n\
+         done\necho \"{\\\"tokens\\\": 400}\" > \"$out/metrics.json\"\necho $LR > \"$out/lr.txt\"\n",
+    );
+    script(
+        "eval.sh",
+        "lr=$(cat \"$2/lr.txt\")\n\
+         echo \"{\\\"domains\\\": {\\\"web\\\": {\\\"loss\\\": 3.$lr}}, \\\"tasks\\\": {\\\"arc\\\": {\\\"acc\\\": 0.$lr, \\\"acc_norm\\\": 0.5}}, \
+         \\\"parameters\\\": {\\\"total\\\": 1000, \\\"non_embedding\\\": 600}, \\\"tokens_upstream\\\": 400}\" > \"$1/metrics.json\"\n",
+    );
+    let d = dir.display();
+    let recipe = format!(
+        "name = \"ablation\"\n\n\
+         [stages.prep]\nkind = \"command\"\nargv = [\"/bin/sh\", \"{d}/prep.sh\", \"{{out}}\"]\n\n\
+         [stages.train]\nkind = \"command\"\nargv = [\"/bin/sh\", \"{d}/train.sh\", \"{{out}}\"]\nenv = {{ LR = \"1\" }}\ninputs = {{ prep = {{ stage = \"prep\" }} }}\n\n\
+         [stages.eval]\nkind = \"command\"\nargv = [\"/bin/sh\", \"{d}/eval.sh\", \"{{out}}\", \"{{inputs.model}}\"]\ninputs = {{ model = {{ stage = \"train\" }} }}\n\n\
+         [sweep]\n\"stages.train.env.LR\" = [\"1\", \"2\"]\n"
+    );
+    std::fs::write(dir.join("ablation.toml"), recipe).unwrap();
+}
+
+#[test]
+fn compare_a_sweep_in_every_format_with_plots() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_project(dir);
+
+    let before = sheared(dir, &["compare", "ablation.toml"]);
+    assert!(!before.status.success());
+    assert!(String::from_utf8_lossy(&before.stderr).contains("run the recipes first"));
+
+    ok(dir, &["run", "ablation.toml"]);
+    let (table, _) = ok(dir, &["compare", "ablation.toml"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("variant")
+            && lines[0].contains("stages.train.env.LR")
+            && lines[0].contains("loss.web"),
+        "{table}"
+    );
+    assert!(
+        !lines[0].contains("stages.prep"),
+        "only differing parameters are columns:\n{table}"
+    );
+    assert!(lines[2].contains("3.2000 (+0.1000)"), "{table}");
+    assert!(table.contains("reused: prep"), "{table}");
+
+    let (csv, _) = ok(dir, &["compare", "ablation.toml", "--format", "csv"]);
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.lines().next().unwrap().contains("delta.arc.acc"),
+        "{csv}"
+    );
+    let (json, _) = ok(dir, &["compare", "ablation.toml", "--format", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(value["shared_by_all"], serde_json::json!(["prep"]));
+    let (md, stderr) = ok(
+        dir,
+        &[
+            "compare",
+            "ablation.toml",
+            "--format",
+            "md",
+            "--plots",
+            "plots",
+        ],
+    );
+    assert!(md.starts_with("| variant |"), "{md}");
+    assert!(stderr.contains("plot files"), "{stderr}");
+    for name in [
+        "loss.svg",
+        "loss.png",
+        "eval_loss.svg",
+        "domain_weights.png",
+    ] {
+        assert!(
+            dir.join("plots").join(name).is_file(),
+            "{name} missing; {stderr}"
+        );
+    }
+}

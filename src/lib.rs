@@ -14,5 +14,10 @@
 //! the [`stages::Stage`] trait and a [`stages::Registry`].
 
 pub mod bench;
+pub mod data;
+pub mod exec;
 pub mod model;
+pub mod plan;
+pub mod recipe;
 pub mod stages;
+pub mod store;

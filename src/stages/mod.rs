@@ -19,6 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod convert;
+pub mod tokenize;
+pub mod command;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
@@ -221,5 +223,7 @@ pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
     registry.register(Box::new(convert::ConvertStage));
+    registry.register(Box::new(tokenize::TokenizeStage));
+    registry.register(Box::new(command::CommandStage));
     registry
 }

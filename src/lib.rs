@@ -15,6 +15,10 @@
 
 pub mod bench;
 pub mod data;
+pub mod exec;
 pub mod model;
+pub mod plan;
+pub mod recipe;
 pub mod stages;
+pub mod store;
 pub mod train;

@@ -25,7 +25,21 @@ enum Command {
     Score(sheared::model::cli::ScoreArgs),
     /// Convert a llama.cpp GGUF file (llama architecture) into a Hugging Face model folder.
     Convert(sheared::model::cli::ConvertArgs),
-    /// Benchmarks that report ratios against a named peer measured in the same run.
+    /// Run one or more recipes (shared stages run once; cached stages are skipped).
+    Run(sheared::exec::cli::RunArgs),
+    /// Show each stage's status (cached, stale, missing, running, failed) and why.
+    Plan(sheared::exec::cli::PlanArgs),
+    /// Explain why a stage would run: the full chain of causes.
+    Why(sheared::exec::cli::StageArgs),
+    /// Print the committed output folder of a stage.
+    Path(sheared::exec::cli::StageArgs),
+    /// Print the stage graph as Mermaid or Graphviz dot.
+    Dag(sheared::exec::cli::DagArgs),
+    /// Remove cache entries no recipe under recipes/ (or given) uses.
+    Gc(sheared::exec::cli::GcArgs),
+    /// Rehash every cached object; drop entries with corrupt or missing objects.
+    Verify(sheared::exec::cli::VerifyArgs),
+    /// Run a benchmark and print a markdown table.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -40,11 +54,24 @@ enum BenchArea {
     Data(sheared::bench::data::DataBenchArgs),
     /// Training tokens/s of the `train` loop and its time outside the model, against a bare burn loop.
     Train(sheared::bench::train::TrainBenchArgs),
+    /// No-op rerun of a 20-stage recipe with large cached outputs, against rehashing everything.
+    Runner(sheared::bench::runner::RunnerBenchArgs),
+    /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
+    Store(sheared::bench::store::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    sheared::exec::logging::init();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Run(args) => sheared::exec::cli::run(&args),
+        Command::Plan(args) => sheared::exec::cli::plan(&args),
+        Command::Why(args) => sheared::exec::cli::why(&args),
+        Command::Path(args) => sheared::exec::cli::path(&args),
+        Command::Dag(args) => sheared::exec::cli::dag(&args),
+        Command::Gc(args) => sheared::exec::cli::gc(&args),
+        Command::Verify(args) => sheared::exec::cli::verify(&args),
+        Command::Bench { area: BenchArea::Runner(args) } => sheared::bench::runner::run(&args),
         Command::Kinds => {
             let registry = sheared::stages::builtin();
             for kind in registry.kinds() {
@@ -59,21 +86,27 @@ fn main() -> ExitCode {
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),
+        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
+        Command::Bench { area: BenchArea::Data(args) } => {
+            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
+        }
+        Command::Bench { area: BenchArea::Train(args) } => {
+            sheared::bench::train::run(&args).map(|report| sheared::bench::train::print(&report, args.json))
+        }
         Command::Bench {
-            area: BenchArea::Model(args),
-        } => sheared::bench::model::run(&args),
-        Command::Bench {
-            area: BenchArea::Data(args),
-        } => sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report)),
-        Command::Bench {
-            area: BenchArea::Train(args),
-        } => sheared::bench::train::run(&args)
-            .map(|report| sheared::bench::train::print(&report, args.json)),
+            area: BenchArea::Store(args),
+        } => sheared::bench::store::run(&args).and_then(|report| {
+            println!("{}", report.to_markdown());
+            match &args.json {
+                Some(path) => report.write_json(path),
+                None => Ok(()),
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", sheared::exec::cli::format_error(&error));
             ExitCode::FAILURE
         }
     }

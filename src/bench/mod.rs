@@ -3,4 +3,6 @@
 
 pub mod data;
 pub mod model;
+pub mod runner;
+pub mod store;
 pub mod train;

@@ -188,6 +188,16 @@ fn measure_torch(args: &ModelBenchArgs, threads: usize) -> anyhow::Result<TorchR
     serde_json::from_str(line).context("parsing the PyTorch benchmark's JSON")
 }
 
+/// The 1-minute load average (Linux), so that numbers measured on a busy machine say so.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     if args.steps == 0 || args.heads == 0 || !args.hidden.is_multiple_of(args.heads) {
         bail!("--steps must be positive and --hidden a multiple of --heads");
@@ -211,6 +221,7 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     let parameters = config.parameter_counts().total;
     let tokens_per_step = (args.batch * args.seq) as f64;
 
+    let load_before = load_average();
     // PyTorch first, so that its peak RSS is not inflated by ours (they are separate processes anyway).
     let torch = if args.skip_torch {
         None
@@ -220,6 +231,7 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     let sheared_steps = measure_sheared(args, &config)?;
     let sheared = medians(&sheared_steps);
     let sheared_rss = peak_rss_bytes();
+    let load_after = load_average();
 
     let rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s);
     let step_rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s + t.optimizer_s);
@@ -227,6 +239,7 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
         "config": {"vocab": args.vocab, "hidden": args.hidden, "intermediate": args.intermediate, "layers": args.layers,
                    "heads": args.heads, "parameters": parameters, "batch": args.batch, "seq": args.seq,
                    "threads": threads, "device": args.device, "steps": args.steps},
+        "load_average_1min": {"before": load_before, "after": load_after},
         "sheared": {"forward_s": sheared.forward_s, "backward_s": sheared.backward_s, "optimizer_s": sheared.optimizer_s,
                     "forward_backward_tokens_per_s": rate(&sheared), "train_step_tokens_per_s": step_rate(&sheared),
                     "peak_rss_bytes": sheared_rss},
@@ -268,6 +281,11 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
             rss as f64 / 1e6
         )
     };
+    if let (Some(before), Some(after)) = (load_before, load_after) {
+        println!(
+            "load average (1 min) {before:.1} before, {after:.1} after: a load above the thread count skews both sides"
+        );
+    }
     line("sheared", &sheared, sheared_rss);
     if let Some(torch) = &torch {
         let peer = medians(&torch.steps);

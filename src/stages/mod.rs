@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 pub mod convert;
 pub mod tokenize;
 pub mod train;
+pub mod command;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
@@ -225,5 +226,6 @@ pub fn builtin() -> Registry {
     registry.register(Box::new(convert::ConvertStage));
     registry.register(Box::new(tokenize::TokenizeStage));
     registry.register(Box::new(train::TrainStage));
+    registry.register(Box::new(command::CommandStage));
     registry
 }

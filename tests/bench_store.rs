@@ -1,0 +1,59 @@
+//! `sheared bench store` end to end: a small file, the table on stdout, the JSON report.
+
+use assert_cmd::Command;
+
+#[test]
+fn bench_store_prints_a_table_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output = Command::cargo_bin("sheared")
+        .unwrap()
+        .args([
+            "bench",
+            "store",
+            "--bytes",
+            "1048576",
+            "--repeats",
+            "1",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("| sheared |") && table.contains("Stat cache"),
+        "{table}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["bytes"], 1048576);
+    assert_eq!(report["stat_cache"]["hit_hashed_bytes"], 0);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        [std::ffi::OsString::from("report.json")],
+        "the 1 MB test file is removed"
+    );
+}
+
+#[test]
+fn bench_store_rejects_zero_bytes() {
+    let output = Command::cargo_bin("sheared")
+        .unwrap()
+        .args(["bench", "store", "--bytes", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--bytes must be at least 1"));
+}

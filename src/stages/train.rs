@@ -408,6 +408,15 @@ fn init_config(spec: &InitSpec, dataset: &TokenizedDataset) -> Result<LlamaConfi
     config
         .validate(origin)
         .map_err(|error| StageError::config("init.config", error.to_string()))?;
+    if !(config.initializer_range.is_finite() && config.initializer_range > 0.0) {
+        return Err(StageError::config(
+            "init.config.initializer_range",
+            format!(
+                "{} must be a positive number (HF default 0.02)",
+                config.initializer_range
+            ),
+        ));
+    }
     Ok(config)
 }
 
@@ -492,8 +501,9 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
         }
         (None, Some(spec)) => {
             let model_config = init_config(spec, &dataset)?;
-            train_device.seed(seed);
-            Llama::new(&model_config, &train_device)
+            // HF-style init (normal(0, initializer_range), norms 1) from the stage's own seeded stream.
+            let std = model_config.initializer_range;
+            trainer::seeded_normal_init(Llama::new(&model_config, &train_device), seed, std)
         }
         (None, None) => return Err(StageError::config("model", "missing")),
     };

@@ -223,6 +223,46 @@ pub fn evaluate(model: &Llama, eval: &[EvalWindows], micro_batch: usize) -> Vec<
         .collect()
 }
 
+/// Re-draws every weight matrix (every float parameter of rank ≥ 2) of `model` from
+/// Normal(0, `std`) with a ChaCha8 stream seeded by `seed`, in module order; rank-1 parameters (norm
+/// weights) keep their values. burn's device RNG is process-global, so `device.seed(s)` followed by
+/// `Llama::new` is not reproducible when anything else draws random numbers concurrently (another
+/// stage, another test thread); this init is, whatever runs beside it.
+pub fn seeded_normal_init<M: Module>(model: M, seed: u64, std: f64) -> M {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    struct Init {
+        rng: rand_chacha::ChaCha8Rng,
+        normal: rand_distr::Normal<f32>,
+    }
+    impl burn::module::ModuleMapper for Init {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if D < 2 {
+                return param;
+            }
+            param.map(|tensor| {
+                let shape = tensor.shape();
+                let device = tensor.device();
+                let tracked = tensor.is_require_grad();
+                let values: Vec<f32> = (0..shape.num_elements())
+                    .map(|_| self.normal.sample(&mut self.rng))
+                    .collect();
+                let fresh = Tensor::from_data(TensorData::new(values, shape), &device);
+                // A new leaf does not track gradients by itself; keep the parameter trainable.
+                if tracked { fresh.require_grad() } else { fresh }
+            })
+        }
+    }
+    // A non-finite or negative `std` (rejected by the stage before this point) falls back to HF's 0.02.
+    let normal = rand_distr::Normal::new(0.0f32, std as f32)
+        .or_else(|_| rand_distr::Normal::new(0.0f32, 0.02))
+        .unwrap_or_else(|_| unreachable!("Normal(0, 0.02) is valid"));
+    model.map(&mut Init {
+        rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        normal,
+    })
+}
+
 /// True when every float parameter is finite (one device read).
 pub fn weights_are_finite<M: Module>(model: &M) -> bool {
     struct Check(Vec<Tensor<1>>);
@@ -616,4 +656,53 @@ pub fn train(
         resumed_from,
         timing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LlamaConfig;
+
+    fn bits(model: &Llama) -> Vec<u32> {
+        let weight = model.layers[0]
+            .mlp
+            .as_ref()
+            .map(|mlp| mlp.gate_proj.weight.val())
+            .unwrap();
+        weight
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    #[test]
+    fn seeded_init_keeps_parameters_trainable() {
+        let config = LlamaConfig::new(32, 16, 32, 1, 2, 2);
+        let model = seeded_normal_init(Llama::new(&config, &Device::flex().autodiff()), 7, 0.02);
+        let gate = model.layers[0]
+            .mlp
+            .as_ref()
+            .map(|mlp| mlp.gate_proj.weight.val())
+            .unwrap();
+        assert!(gate.is_require_grad());
+    }
+
+    #[test]
+    fn seeded_init_ignores_the_global_device_rng() {
+        let config = LlamaConfig::new(32, 16, 32, 1, 2, 2);
+        let device = Device::flex();
+        device.seed(1);
+        let first = seeded_normal_init(Llama::new(&config, &device), 7, 0.02);
+        device.seed(99);
+        let second = seeded_normal_init(Llama::new(&config, &device), 7, 0.02);
+        let other_seed = seeded_normal_init(Llama::new(&config, &device), 8, 0.02);
+        assert_eq!(bits(&first), bits(&second));
+        assert_ne!(bits(&first), bits(&other_seed));
+        let values: Vec<f32> = bits(&first).iter().map(|b| f32::from_bits(*b)).collect();
+        let std = (values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32).sqrt();
+        assert!((0.015..0.025).contains(&std), "{std}");
+    }
 }

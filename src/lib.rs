@@ -13,4 +13,8 @@
 //! The runner (`recipe`, `plan`, `store`, `exec`) never depends on a stage's internals: it sees only
 //! the [`stages::Stage`] trait and a [`stages::Registry`].
 
+pub mod bench;
+pub mod data;
+pub mod model;
 pub mod stages;
+pub mod train;

@@ -15,6 +15,35 @@ struct Cli {
 enum Command {
     /// List the stage kinds this binary knows.
     Kinds,
+    /// Benchmarks; each reports a ratio against a peer measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        area: BenchArea,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchArea {
+    /// Prune-step vs plain train-step tokens/s on the same model (the mask overhead; target < 15 %).
+    Prune {
+        /// Timed steps per method per round.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Alternating rounds (prune and train take turns so noise hits both).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -27,6 +56,18 @@ fn main() -> ExitCode {
                 println!("{kind:<14} {about}");
             }
             Ok(())
+        }
+        Command::Bench { area: BenchArea::Prune { steps, rounds, hidden, layers, seq_len, batch_size, json } } => {
+            let options = sheared::bench::prune::PruneBenchOptions {
+                steps,
+                rounds,
+                hidden,
+                layers,
+                seq_len,
+                batch_size,
+                ..Default::default()
+            };
+            sheared::bench::prune::run_and_print(&options, json)
         }
     };
     match result {

@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
+
+pub mod consolidate;
+pub mod prune;
 use serde::de::DeserializeOwned;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
@@ -197,5 +200,7 @@ impl Registry {
 pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
+    registry.register(Box::new(prune::PruneStage));
+    registry.register(Box::new(consolidate::ConsolidateStage));
     registry
 }

@@ -15,7 +15,13 @@ struct Cli {
 enum Command {
     /// List the stage kinds this binary knows.
     Kinds,
-    /// Benchmarks; each reports a ratio against a peer measured in the same run.
+    /// Show a model folder's architecture, per-layer widths and parameter counts.
+    Inspect(sheared::model::cli::InspectArgs),
+    /// Mean token loss and perplexity of a model on a text file or on token ids.
+    Score(sheared::model::cli::ScoreArgs),
+    /// Convert a llama.cpp GGUF file (llama architecture) into a Hugging Face model folder.
+    Convert(sheared::model::cli::ConvertArgs),
+    /// Benchmarks.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -24,26 +30,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchArea {
+    /// Tokens/s of a LLaMA training step (forward + backward) against PyTorch, same config and threads.
+    Model(sheared::bench::model::ModelBenchArgs),
     /// Prune-step vs plain train-step tokens/s on the same model (the mask overhead; target < 15 %).
-    Prune {
-        /// Timed steps per method per round.
-        #[arg(long, default_value_t = 3)]
-        steps: usize,
-        /// Alternating rounds (prune and train take turns so noise hits both).
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-        #[arg(long, default_value_t = 256)]
-        hidden: usize,
-        #[arg(long, default_value_t = 4)]
-        layers: usize,
-        #[arg(long, default_value_t = 256)]
-        seq_len: usize,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Prune(sheared::bench::prune::PruneBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,18 +47,11 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench { area: BenchArea::Prune { steps, rounds, hidden, layers, seq_len, batch_size, json } } => {
-            let options = sheared::bench::prune::PruneBenchOptions {
-                steps,
-                rounds,
-                hidden,
-                layers,
-                seq_len,
-                batch_size,
-                ..Default::default()
-            };
-            sheared::bench::prune::run_and_print(&options, json)
-        }
+        Command::Inspect(args) => sheared::model::cli::inspect(&args),
+        Command::Score(args) => sheared::model::cli::score(&args),
+        Command::Convert(args) => sheared::model::cli::convert(&args),
+        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
+        Command::Bench { area: BenchArea::Prune(args) } => sheared::bench::prune::run_cli(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
-//! Benchmarks behind `sheared bench <area>`. Each reports ratios against a named peer measured in
-//! the same run (speed targets are never asserted in tests).
+//! Benchmarks behind `sheared bench <area>`. Each reports a ratio against a named peer measured in
+//! the same run, on the same machine.
 
+pub mod model;
 pub mod prune;

@@ -170,9 +170,41 @@ pub fn run(options: &PruneBenchOptions) -> anyhow::Result<PruneBenchReport> {
     })
 }
 
-/// Run and print (a table, or JSON with `json`).
-pub fn run_and_print(options: &PruneBenchOptions, json: bool) -> anyhow::Result<()> {
-    let report = run(options)?;
+/// `sheared bench prune` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneBenchArgs {
+    /// Timed steps per method per round.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Alternating rounds (prune and train take turns so that noise hits both).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run with CLI arguments and print a table (or JSON with `--json`).
+pub fn run_cli(args: &PruneBenchArgs) -> anyhow::Result<()> {
+    let options = PruneBenchOptions {
+        steps: args.steps,
+        rounds: args.rounds,
+        hidden: args.hidden,
+        layers: args.layers,
+        seq_len: args.seq_len,
+        batch_size: args.batch_size,
+        ..Default::default()
+    };
+    let json = args.json;
+    let report = run(&options)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,4 +1,74 @@
-//! The LLaMA model, its masks and its consolidation.
+//! The LLaMA model sheared prunes and trains, its masked forward pass, and its file formats.
+//!
+//! - [`config`]: [`LlamaConfig`] (Hugging Face `config.json`, per-layer widths after pruning).
+//! - [`llama`]: the model ([`Llama`], [`DecoderLayer`], [`Attention`], [`Mlp`], [`RmsNorm`]) and the
+//!   pruning [`Masks`] (where each mask multiplies: sheared-llama spec §1.2/§1.3).
+//! - [`loss`]: next-token cross-entropy (token mean, per sequence).
+//! - [`hf`]: load/save Hugging Face model folders (safetensors, sharded or not).
+//! - [`gguf`]: import llama.cpp GGUF files (dequantise, un-permute q/k, tokenizer).
+//! - [`device`]: `"cpu"` / `"cuda:N"` to a burn [`Device`](burn::tensor::Device).
+//! - [`l0`]: hard-concrete L0 masks, expected sizes and the Lagrangian (spec §2).
+//! - [`slice`]: consolidation, folding masks into the weights and slicing to a dense model (spec §5).
+//! - [`cli`]: `sheared inspect`, `sheared score`, `sheared convert`.
+//!
+//! Layout conventions: burn's `Linear` stores its weight as `[in, out]`; Hugging Face stores `[out, in]`.
+//! The I/O code transposes; everything inside the crate sees burn's layout.
 
+pub mod cli;
 pub mod l0;
+pub mod config;
+pub mod device;
+pub mod gguf;
+pub mod hf;
+pub mod llama;
+pub mod loss;
 pub mod slice;
+
+pub use config::{LayerWidths, LlamaConfig, ParameterCounts, RopeScaling};
+pub use hf::{load_hf, save_hf};
+pub use llama::{Attention, DecoderLayer, Llama, Masks, Mlp, RmsNorm};
+pub use loss::{cross_entropy, cross_entropy_per_sequence};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong building, loading or saving a model. Messages name the file, tensor
+/// or key involved and, where there is one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `config.json` (or a GGUF header) describes something this crate does not implement.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    /// A weight file is unreadable, truncated or inconsistent with the config.
+    #[error("{path}: {message}")]
+    Weights { path: PathBuf, message: String },
+    /// A tensor is missing, unexpected, or has the wrong shape.
+    #[error("{path}: tensor `{tensor}`: {message}")]
+    Tensor { path: PathBuf, tensor: String, message: String },
+    /// The device string is not understood, or the binary lacks the backend for it.
+    #[error("device `{name}`: {message}")]
+    Device { name: String, message: String },
+    /// Model or mask shapes that cannot work together (caller error, not a file error).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io { path: path.into(), source }
+    }
+    pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ModelError::Config { path: path.into(), message: message.into() }
+    }
+    pub(crate) fn weights(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ModelError::Weights { path: path.into(), message: message.into() }
+    }
+    pub(crate) fn tensor(path: impl Into<PathBuf>, tensor: impl Into<String>, message: impl Into<String>) -> Self {
+        ModelError::Tensor { path: path.into(), tensor: tensor.into(), message: message.into() }
+    }
+}

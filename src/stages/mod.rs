@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub mod consolidate;
+pub mod convert;
 pub mod prune;
-use serde::de::DeserializeOwned;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +201,7 @@ impl Registry {
 pub fn builtin() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
+    registry.register(Box::new(convert::ConvertStage));
     registry.register(Box::new(prune::PruneStage));
     registry.register(Box::new(consolidate::ConsolidateStage));
     registry

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""PyTorch side of `sheared bench model`: the same LLaMA training step in transformers' LlamaForCausalLM.
+
+Prints one JSON object: per measured step the forward, backward and optimiser seconds, and the
+process's peak RSS. Called by the Rust benchmark with identical config, batch, sequence length and
+thread count; can be run alone:
+    python scripts/bench_model_torch.py --vocab 8192 --hidden 384 --intermediate 1024 --layers 8 \
+        --heads 6 --batch 4 --seq 256 --threads 2 --steps 3 --warmup 1
+"""
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    for name in ["vocab", "hidden", "intermediate", "layers", "heads", "batch", "seq", "threads", "steps", "warmup"]:
+        parser.add_argument(f"--{name}", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.heads, head_dim=args.hidden // args.heads,
+                         max_position_embeddings=max(2048, args.seq), tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).float().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    steps = []
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        logits = model(input_ids=inputs, use_cache=False).logits  # [batch, seq, vocab]
+        loss = F.cross_entropy(logits.reshape(-1, args.vocab), targets.reshape(-1))
+        loss_value = loss.item()
+        forward_done = time.perf_counter()
+        loss.backward()
+        backward_done = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        optimizer_done = time.perf_counter()
+        if step >= args.warmup:
+            steps.append({"forward_s": forward_done - start, "backward_s": backward_done - forward_done,
+                          "optimizer_s": optimizer_done - backward_done, "loss": loss_value})
+    parameters = sum(p.numel() for p in model.parameters())
+    peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"torch_version": torch.__version__, "parameters": parameters, "steps": steps,
+                      "peak_rss_bytes": peak_rss_bytes}))
+
+
+if __name__ == "__main__":
+    main()

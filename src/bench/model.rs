@@ -1,0 +1,239 @@
+//! `sheared bench model`: tokens/s of a LLaMA training step (forward + cross-entropy + backward, and
+//! the AdamW step separately) for a ~20M-parameter model, against transformers' `LlamaForCausalLM`
+//! in PyTorch with the same config, batch, sequence length and thread count, measured in the same
+//! run (the PyTorch side is `scripts/bench_model_torch.py`, embedded in the binary and run with
+//! `--python`). Reports the ratio (sheared / PyTorch, higher is better) and both peak RSS values,
+//! and the forward / backward / optimiser split of each side so a gap can be located.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Distribution, Int, Tensor};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::model::{Llama, LlamaConfig, cross_entropy, device};
+
+const TORCH_SCRIPT: &str = include_str!("../../scripts/bench_model_torch.py");
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelBenchArgs {
+    #[arg(long, default_value_t = 8192)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 384)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub intermediate: usize,
+    #[arg(long, default_value_t = 8)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 6)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Threads for both sides (rayon for sheared, torch.set_num_threads for PyTorch). Default: all cores.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Measured steps (after the warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Python with torch + transformers for the peer measurement.
+    #[arg(long, env = "SHEARED_BENCH_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Measure sheared only.
+    #[arg(long)]
+    pub skip_torch: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Seconds of one measured step.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct StepTimes {
+    forward_s: f64,
+    backward_s: f64,
+    optimizer_s: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct TorchReport {
+    torch_version: String,
+    parameters: u64,
+    steps: Vec<StepTimes>,
+    peak_rss_bytes: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Median forward, backward, optimiser seconds.
+fn medians(steps: &[StepTimes]) -> StepTimes {
+    StepTimes {
+        forward_s: median(steps.iter().map(|s| s.forward_s).collect()),
+        backward_s: median(steps.iter().map(|s| s.backward_s).collect()),
+        optimizer_s: median(steps.iter().map(|s| s.optimizer_s).collect()),
+    }
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if status == 0 { usage.ru_maxrss as u64 * 1024 } else { 0 }
+}
+
+fn measure_sheared(args: &ModelBenchArgs, config: &LlamaConfig) -> anyhow::Result<Vec<StepTimes>> {
+    let device = device::parse(&args.device)?.autodiff();
+    device.seed(0);
+    let mut model = Llama::new(config, &device);
+    let mut optimizer = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.95)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+    let tokens = Tensor::<2, Int>::random([args.batch, args.seq + 1], Distribution::Uniform(0.0, args.vocab as f64), &device);
+    let inputs = tokens.clone().narrow(1, 0, args.seq); // [batch, seq]
+    let targets = tokens.narrow(1, 1, args.seq); // [batch, seq]
+    let mut steps = Vec::new();
+    for step in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        let logits = model.forward(inputs.clone(), None); // [batch, seq, vocab]
+        let loss = cross_entropy(logits, targets.clone());
+        let _loss_value: f32 = loss.clone().into_scalar(); // host read: the forward is done
+        let forward_done = Instant::now();
+        let gradients = GradientsParams::from_grads(loss.backward(), &model);
+        device.sync().ok();
+        let backward_done = Instant::now();
+        model = optimizer.step(1e-4, model, gradients);
+        device.sync().ok();
+        let optimizer_done = Instant::now();
+        if step >= args.warmup {
+            steps.push(StepTimes {
+                forward_s: (forward_done - start).as_secs_f64(),
+                backward_s: (backward_done - forward_done).as_secs_f64(),
+                optimizer_s: (optimizer_done - backward_done).as_secs_f64(),
+            });
+        }
+    }
+    Ok(steps)
+}
+
+fn measure_torch(args: &ModelBenchArgs, threads: usize) -> anyhow::Result<TorchReport> {
+    let mut script = tempfile::Builder::new().suffix(".py").tempfile().context("creating a temporary file")?;
+    script.write_all(TORCH_SCRIPT.as_bytes())?;
+    let numbers = [
+        ("vocab", args.vocab),
+        ("hidden", args.hidden),
+        ("intermediate", args.intermediate),
+        ("layers", args.layers),
+        ("heads", args.heads),
+        ("batch", args.batch),
+        ("seq", args.seq),
+        ("threads", threads),
+        ("steps", args.steps),
+        ("warmup", args.warmup),
+    ];
+    let mut command = Command::new(&args.python);
+    command.arg(script.path());
+    for (name, value) in numbers {
+        command.arg(format!("--{name}")).arg(value.to_string());
+    }
+    let output = command
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .output()
+        .with_context(|| format!("running `{}` (pass --python PATH to a Python with torch + transformers, or --skip-torch)", args.python))?;
+    if !output.status.success() {
+        bail!(
+            "the PyTorch benchmark failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|line| line.starts_with('{')).context("the PyTorch benchmark printed no JSON")?;
+    serde_json::from_str(line).context("parsing the PyTorch benchmark's JSON")
+}
+
+pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
+    if args.steps == 0 || args.heads == 0 || args.hidden % args.heads != 0 {
+        bail!("--steps must be positive and --hidden a multiple of --heads");
+    }
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Must happen before burn touches rayon; fails harmlessly if a pool already exists.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let mut config = LlamaConfig::new(args.vocab, args.hidden, args.intermediate, args.layers, args.heads, args.heads);
+    config.max_position_embeddings = args.seq.max(2048);
+    let parameters = config.parameter_counts().total;
+    let tokens_per_step = (args.batch * args.seq) as f64;
+
+    // PyTorch first, so that its peak RSS is not inflated by ours (they are separate processes anyway).
+    let torch = if args.skip_torch { None } else { Some(measure_torch(args, threads)?) };
+    let sheared_steps = measure_sheared(args, &config)?;
+    let sheared = medians(&sheared_steps);
+    let sheared_rss = peak_rss_bytes();
+
+    let rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s);
+    let step_rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s + t.optimizer_s);
+    let mut report = json!({
+        "config": {"vocab": args.vocab, "hidden": args.hidden, "intermediate": args.intermediate, "layers": args.layers,
+                   "heads": args.heads, "parameters": parameters, "batch": args.batch, "seq": args.seq,
+                   "threads": threads, "device": args.device, "steps": args.steps},
+        "sheared": {"forward_s": sheared.forward_s, "backward_s": sheared.backward_s, "optimizer_s": sheared.optimizer_s,
+                    "forward_backward_tokens_per_s": rate(&sheared), "train_step_tokens_per_s": step_rate(&sheared),
+                    "peak_rss_bytes": sheared_rss},
+    });
+    if let Some(torch) = &torch {
+        let peer = medians(&torch.steps);
+        report["torch"] = json!({"version": torch.torch_version, "parameters": torch.parameters,
+            "forward_s": peer.forward_s, "backward_s": peer.backward_s, "optimizer_s": peer.optimizer_s,
+            "forward_backward_tokens_per_s": rate(&peer), "train_step_tokens_per_s": step_rate(&peer),
+            "peak_rss_bytes": torch.peak_rss_bytes});
+        report["ratio_forward_backward"] = json!(rate(&sheared) / rate(&peer));
+        report["ratio_train_step"] = json!(step_rate(&sheared) / step_rate(&peer));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "LLaMA {} params (vocab {}, d {}, I {}, {} layers, {} heads), batch {} x seq {}, {} threads, device {}",
+        parameters, args.vocab, args.hidden, args.intermediate, args.layers, args.heads, args.batch, args.seq, threads, args.device
+    );
+    let line = |name: &str, t: &StepTimes, rss: u64| {
+        println!(
+            "{name:<8} forward {:.3} s  backward {:.3} s  adamw {:.3} s  | fwd+bwd {:.0} tokens/s, full step {:.0} tokens/s | peak RSS {:.0} MB",
+            t.forward_s,
+            t.backward_s,
+            t.optimizer_s,
+            rate(t),
+            step_rate(t),
+            rss as f64 / 1e6
+        )
+    };
+    line("sheared", &sheared, sheared_rss);
+    if let Some(torch) = &torch {
+        let peer = medians(&torch.steps);
+        line("pytorch", &peer, torch.peak_rss_bytes);
+        println!(
+            "ratio (sheared / pytorch, higher is better): forward+backward {:.2}x, full training step {:.2}x  (torch {})",
+            rate(&sheared) / rate(&peer),
+            step_rate(&sheared) / step_rate(&peer),
+            torch.torch_version
+        );
+    }
+    Ok(())
+}

@@ -34,6 +34,8 @@ enum BenchArea {
     Model(sheared::bench::model::ModelBenchArgs),
     /// Prune-step vs plain train-step tokens/s on the same model (the mask overhead; target < 15 %).
     Prune(sheared::bench::prune::PruneBenchArgs),
+    /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
+    Data(sheared::bench::data::DataBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,9 @@ fn main() -> ExitCode {
         Command::Convert(args) => sheared::model::cli::convert(&args),
         Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
         Command::Bench { area: BenchArea::Prune(args) } => sheared::bench::prune::run_cli(&args),
+        Command::Bench { area: BenchArea::Data(args) } => {
+            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

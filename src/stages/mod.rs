@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 pub mod consolidate;
 pub mod convert;
 pub mod prune;
+pub mod tokenize;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]
@@ -204,5 +205,6 @@ pub fn builtin() -> Registry {
     registry.register(Box::new(convert::ConvertStage));
     registry.register(Box::new(prune::PruneStage));
     registry.register(Box::new(consolidate::ConsolidateStage));
+    registry.register(Box::new(tokenize::TokenizeStage));
     registry
 }

@@ -440,8 +440,8 @@ impl L0Module {
                 continue;
             };
             let lambda = lambda.val(); // [2]
-            let lambda_1 = lambda.clone().slice([0..1]); // [1]
-            let lambda_2 = lambda.slice([1..2]); // [1]
+            let lambda_1 = lambda.clone().narrow(0, 0, 1); // [1]
+            let lambda_2 = lambda.narrow(0, 1, 1); // [1]
             let gap = sparsity.sub_scalar(targets(module)); // [rows]
             let term = (gap.clone() * lambda_1 + gap.square() * lambda_2).mean(); // [1]
             total = Some(match total {

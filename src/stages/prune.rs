@@ -191,16 +191,16 @@ impl PruneConfig {
                 ));
             }
         }
-        if let Some(kv_heads) = target.kv_heads {
-            if kv_heads == 0 || target.heads % kv_heads != 0 {
-                return Err(StageError::config(
-                    "target.kv_heads",
-                    format!(
-                        "{kv_heads} key/value heads cannot group {} query heads; use a divisor of target.heads",
-                        target.heads
-                    ),
-                ));
-            }
+        if let Some(kv_heads) = target.kv_heads
+            && (kv_heads == 0 || !target.heads.is_multiple_of(kv_heads))
+        {
+            return Err(StageError::config(
+                "target.kv_heads",
+                format!(
+                    "{kv_heads} key/value heads cannot group {} query heads; use a divisor of target.heads",
+                    target.heads
+                ),
+            ));
         }
         let mut seen = Vec::new();
         for module in &self.pruning_modules {
@@ -332,7 +332,7 @@ pub fn resolve_target(
     }
     let source_kv = source.num_key_value_heads.max(1);
     let group = source.num_attention_heads / source_kv;
-    if target.heads % group != 0 {
+    if !target.heads.is_multiple_of(group) {
         return Err(StageError::config(
             "target.heads",
             format!(

@@ -256,6 +256,9 @@ pub fn write(
     Ok(())
 }
 
+/// Values and shape of one tensor.
+type FlatTensor = (Vec<f32>, Vec<usize>);
+
 /// Read the final masks and the report of a `prune` output folder. Errors name the file.
 pub fn read_final_masks(dir: &Path) -> Result<(HostMasks, PruningReport), StageError> {
     let bad = |path: &Path, message: String| {
@@ -274,7 +277,7 @@ pub fn read_final_masks(dir: &Path) -> Result<(HostMasks, PruningReport), StageE
     let bytes = std::fs::read(&masks_path).map_err(|error| bad(&masks_path, error.to_string()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|error| bad(&masks_path, error.to_string()))?;
-    let read = |name: &str| -> Result<Option<(Vec<f32>, Vec<usize>)>, StageError> {
+    let read = |name: &str| -> Result<Option<FlatTensor>, StageError> {
         let Ok(view) = file.tensor(name) else {
             return Ok(None);
         };

@@ -201,6 +201,7 @@ pub fn evaluate(model: &PruneModel, windows: &[EvalWindows], batch_size: usize) 
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn step_record(
     config: &PruneConfig,
     resolved: &ResolvedTarget,

@@ -16,6 +16,7 @@
 
 pub mod dataset;
 pub mod eval;
+pub mod loading;
 pub mod manifest;
 pub mod mixture;
 pub mod shard;

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::loading::{LoadingConfig, LoadingError};
 use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
 use crate::stages::{InputRef, Stage, StageContext, StageError};
@@ -143,9 +144,10 @@ pub struct PruneConfig {
     /// Evaluation batches (of `batch_size` sequences) per domain.
     #[serde(default = "default_eval_batches")]
     pub eval_batches: usize,
-    /// Static domain weights by name (missing domains get 0); uniform when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain_weights: Option<BTreeMap<String, f64>>,
+    /// The mixture policy (`static`, `uniform` or `dynamic` batch loading, spec §6); dynamic updates
+    /// after each evaluation unless it sets `update_every`.
+    #[serde(default)]
+    pub loading: LoadingConfig,
     /// In-stage checkpoint every this many steps (default `steps / 10`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
@@ -261,6 +263,7 @@ impl PruneConfig {
                     format!("{} must be a positive number", self.grad_clip),
                 ));
             }
+            self.loading.validate().map_err(loading_error)?;
             if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
                 return Err(StageError::config(
                     "weight_decay",
@@ -269,6 +272,19 @@ impl PruneConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A loading-policy error as a stage error whose key is under `loading`.
+pub(crate) fn loading_error(error: LoadingError) -> StageError {
+    match error {
+        LoadingError::Config { key, message } => {
+            StageError::config(format!("loading.{key}"), message)
+        }
+        LoadingError::ReferenceFile { .. } => {
+            StageError::input("loading.reference", error.to_string())
+        }
+        other => StageError::Other(other.into()),
     }
 }
 

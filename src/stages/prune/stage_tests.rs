@@ -16,6 +16,7 @@ fn prune_table(method: &str, steps: usize) -> String {
     format!(
         "model = {{ path = \"m\" }}\ndata = {{ stage = \"tok\" }}\nmethod = \"{method}\"\nsteps = {steps}\nbatch_size = 2\n\
          seq_len = 8\neval_every = 2\neval_batches = 1\ncheckpoint_every = 2\nmask_lr = 0.5\nlambda_lr = 0.5\n\
+         loading = {{ policy = \"dynamic\", reference = {{ web = 2.0, code = 4.0 }} }}\n\
          target = {{ layers = 1, hidden = 8, heads = 2, intermediate = 12 }}\n"
     )
 }
@@ -86,6 +87,18 @@ fn l0_prune_reaches_the_exact_target_and_consolidates_equivalently() {
     ] {
         assert!(lines[0].get(key).is_some(), "metrics lack `{key}`");
     }
+    // Dynamic loading moved the weights after the first evaluation (step 2) and logged the update.
+    let weights_at = |index: usize| {
+        lines
+            .iter()
+            .filter(|l| l.get("lm_loss").is_some())
+            .nth(index)
+            .unwrap()["domain_weights"]
+            .clone()
+    };
+    assert_eq!(weights_at(0), weights_at(1));
+    assert_ne!(weights_at(1), weights_at(2));
+    assert!(lines.iter().any(|l| l.get("loading_update").is_some()));
     // Lagrangian warm-up: the target starts at 0 and rises.
     assert_eq!(lines[0]["target_sparsity"]["hidden"], 0.0);
 

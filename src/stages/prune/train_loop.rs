@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::outputs;
-use super::{Method, PruneConfig, ResolvedTarget, resolve_target};
+use super::{Method, PruneConfig, ResolvedTarget, loading_error, resolve_target};
+use crate::data::loading::{LoadingPolicy, PolicyState};
 use crate::data::{
     DomainMixture, EvalWindows, Exhaustion, SamplerState, TokenizedDataset, eval_windows,
 };
@@ -51,6 +52,7 @@ pub struct PruneModel {
 struct LoopState {
     mask_rng: ChaCha8Rng,
     sampler: SamplerState,
+    policy: PolicyState,
     /// Bytes of `metrics.jsonl` written up to the checkpoint (later lines are dropped on resume).
     metrics_bytes: u64,
 }
@@ -319,21 +321,19 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
     }
     let mut mixture = DomainMixture::new(&dataset, config.seq_len, seed, Exhaustion::Wrap)
         .map_err(|error| StageError::input("data", error.to_string()))?;
-    if let Some(named) = &config.domain_weights {
-        let weights = dataset
-            .weights_from_names(named, true)
-            .map_err(|error| StageError::config("domain_weights", error.to_string()))?;
-        mixture
-            .set_weights(&weights)
-            .map_err(|error| StageError::config("domain_weights", error.to_string()))?;
-    }
+    let domains: Vec<String> = dataset.domains().to_vec();
+    let reference_input = ctx.inputs.get("loading.reference").map(PathBuf::as_path);
+    let mut policy =
+        LoadingPolicy::new(&config.loading, &domains, reference_input).map_err(loading_error)?;
+    mixture
+        .set_weights(policy.weights())
+        .map_err(|error| StageError::config("loading", error.to_string()))?;
     let windows = eval_windows(
         &dataset,
         config.seq_len,
         config.eval_batches * config.batch_size,
     )
     .map_err(|error| StageError::input("data", error.to_string()))?;
-    let domains: Vec<String> = dataset.domains().to_vec();
 
     let llama = load_hf(&model_dir, &device)
         .map_err(|error| StageError::input("model", error.to_string()))?;
@@ -361,6 +361,9 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
             model = restored;
             optimizer = restored_optimizer;
             mask_rng = state.payload.mask_rng;
+            policy
+                .restore(state.payload.policy)
+                .map_err(|error| StageError::Other(error.into()))?;
             mixture
                 .restore(state.payload.sampler)
                 .map_err(|error| StageError::Other(error.into()))?;
@@ -416,7 +419,8 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         ctx.reporter.metrics(&record);
         append_line(&metrics_path, &record)?;
         let done = step + 1;
-        if done % config.eval_every() == 0 || done == config.steps {
+        let update_now = policy.wants_update_at(done as u64);
+        if done % config.eval_every() == 0 || done == config.steps || update_now {
             let losses = evaluate(&model, &windows, config.batch_size);
             let by_domain: serde_json::Map<String, serde_json::Value> = domains
                 .iter()
@@ -428,7 +432,19 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
                 .iter()
                 .filter_map(|&m| kept.kept(m).map(|k| (m.name().to_string(), json!(k))))
                 .collect();
-            let eval = json!({ "step": done, "eval_loss": by_domain, "eval_kept": kept_counts });
+            let mut eval =
+                json!({ "step": done, "eval_loss": by_domain, "eval_kept": kept_counts });
+            // Dynamic batch loading: new weights for the next batches (not after the last step).
+            if done < config.steps && (policy.updates_on_eval() || update_now) {
+                let update = policy
+                    .update(done as u64, &losses)
+                    .map_err(loading_error)?
+                    .cloned();
+                mixture
+                    .set_weights(policy.weights())
+                    .map_err(|error| StageError::Other(error.into()))?;
+                eval["loading_update"] = json!(update);
+            }
             ctx.reporter.metrics(&eval);
             append_line(&metrics_path, &eval)?;
         }
@@ -439,6 +455,7 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
             let state = LoopState {
                 mask_rng: mask_rng.clone(),
                 sampler: mixture.state(),
+                policy: policy.state(),
                 metrics_bytes,
             };
             checkpoint::save(

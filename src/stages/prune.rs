@@ -20,8 +20,6 @@ mod outputs;
 mod stage_tests;
 pub mod train_loop;
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::data::loading::{LoadingConfig, LoadingError};

@@ -49,6 +49,8 @@ fn l0_prune_reaches_the_exact_target_and_consolidates_equivalently() {
 
     let (masks, report) = read_final_masks(&out).unwrap();
     assert_eq!(report.final_shape, report.target);
+    // The weights trained together with the masks.
+    assert!(read(&out.join("model.safetensors")) != read(&fx.model.join("model.safetensors")));
     assert_eq!(
         (
             report.target.layers,

@@ -452,10 +452,11 @@ impl L0Module {
         total
     }
 
-    /// Copy the (clamped) logits to the host.
+    /// Copy the (clamped) logits to the host. Reads go through `inner()` so that logging never
+    /// builds autodiff graph nodes that no backward would free.
     pub fn host_z_loga(&self) -> HostZLoga {
         let to_rows = |p: &Param<Tensor<2>>| {
-            let tensor = p.val().clamp(Z_LOGA_MIN, Z_LOGA_MAX);
+            let tensor = p.val().inner().clamp(Z_LOGA_MIN, Z_LOGA_MAX);
             let cols = tensor.dims()[1];
             rows_of(
                 tensor.into_data().try_into_vec::<f32>().unwrap_or_default(),
@@ -464,6 +465,7 @@ impl L0Module {
         };
         let to_vec = |p: &Param<Tensor<1>>| {
             p.val()
+                .inner()
                 .clamp(Z_LOGA_MIN, Z_LOGA_MAX)
                 .into_data()
                 .try_into_vec::<f32>()

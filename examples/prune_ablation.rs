@@ -7,7 +7,7 @@
 //! 4. report each dense model's eval loss, right after consolidation and after the same number of
 //!    continued-training steps (equal budget, so the l0 run's extra training steps are matched).
 //!
-//! `cargo run --release --example prune_ablation -- OUT_DIR [--source-steps N] [--prune-steps N] [--continue-steps N]`
+//! `cargo run --release --example prune_ablation -- OUT_DIR [--source-steps N] [--prune-steps N] [--continue-steps N] [--batch N]`
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,6 @@ use sheared::train::optim::AdamWSettings;
 use sheared::train::schedule::cosine_with_warmup;
 
 const SEQ_LEN: usize = 128;
-const BATCH: usize = 16;
 const EVAL_SEQUENCES: usize = 16;
 const LR: f64 = 1e-3;
 
@@ -64,6 +63,7 @@ fn train(
     mut model: Llama,
     dataset: &TokenizedDataset,
     steps: usize,
+    batch: usize,
     seed: u64,
     device: &Device,
 ) -> Result<Llama> {
@@ -75,8 +75,8 @@ fn train(
     .build();
     let began = Instant::now();
     for step in 0..steps {
-        let batch = mixture.next_batch(BATCH)?;
-        let (inputs, targets) = inputs_and_targets(&batch.tokens, BATCH, SEQ_LEN, device);
+        let rows = mixture.next_batch(batch)?;
+        let (inputs, targets) = inputs_and_targets(&rows.tokens, batch, SEQ_LEN, device);
         let loss = cross_entropy(model.forward(inputs, None), targets);
         let value: f32 = loss.clone().into_scalar();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -84,7 +84,7 @@ fn train(
         let lr = LR * cosine_with_warmup(step as u64, (steps / 10) as u64, steps as u64, 0.1);
         model = optimizer.step(lr, model, grads);
         if (step + 1) % 100 == 0 || step + 1 == steps {
-            let rate = ((step + 1) * BATCH * SEQ_LEN) as f64 / began.elapsed().as_secs_f64();
+            let rate = ((step + 1) * batch * SEQ_LEN) as f64 / began.elapsed().as_secs_f64();
             eprintln!(
                 "  train step {}/{steps}: loss {value:.3} ({rate:.0} tokens/s)",
                 step + 1
@@ -149,6 +149,7 @@ fn main() -> Result<()> {
     let source_steps = arg(&args, "--source-steps", 600);
     let prune_steps = arg(&args, "--prune-steps", 200);
     let continue_steps = arg(&args, "--continue-steps", 200);
+    let batch = arg(&args, "--batch", 16);
     std::fs::create_dir_all(&out)?;
     let device = Device::flex().autodiff();
 
@@ -203,12 +204,13 @@ fn main() -> Result<()> {
     config.head_dim = 32;
     config.rms_norm_eps = 1e-5;
     if !source_dir.join("model.safetensors").is_file() {
-        eprintln!("training the source model ({source_steps} steps of {BATCH} × {SEQ_LEN})");
+        eprintln!("training the source model ({source_steps} steps of {batch} × {SEQ_LEN})");
         device.seed(17);
         let model = train(
             Llama::new(&config, &device),
             &dataset,
             source_steps,
+            batch,
             1,
             &device,
         )?;
@@ -228,7 +230,7 @@ fn main() -> Result<()> {
             eprintln!("prune: {method}");
             let table = format!(
                 "model = {{ path = \"source\" }}\ndata = {{ stage = \"data\" }}\nmethod = \"{method}\"\n{target}\n\
-                 steps = {prune_steps}\nbatch_size = {BATCH}\nseq_len = {SEQ_LEN}\nlr = {LR}\neval_batches = 1\n\
+                 steps = {prune_steps}\nbatch_size = {batch}\nseq_len = {SEQ_LEN}\nlr = {LR}\neval_batches = 1\n\
                  eval_every = {}\nseed = 17\n",
                 (prune_steps / 4).max(1)
             );
@@ -254,6 +256,7 @@ fn main() -> Result<()> {
             load_hf(&dense, &device)?,
             &dataset,
             continue_steps,
+            batch,
             2,
             &device,
         )?
@@ -277,7 +280,7 @@ fn main() -> Result<()> {
         );
     }
     let summary = json!({
-        "seq_len": SEQ_LEN, "batch_size": BATCH, "lr": LR,
+        "seq_len": SEQ_LEN, "batch_size": batch, "lr": LR,
         "source_steps": source_steps, "prune_steps": prune_steps, "continue_steps": continue_steps,
         "source": { "parameters": config.parameter_counts().total, "eval_loss": source_loss, "eval_loss_by_domain": source_domains },
         "target": target,

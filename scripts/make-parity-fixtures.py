@@ -10,6 +10,8 @@ Fixtures:
   mha_untied     multi-head attention, untied LM head, f32, sharded (model.safetensors.index.json)
   gqa_tied       grouped-query attention (4 heads / 2 groups), tied embeddings, bf16 file
   head_dim       explicit head_dim (6) != hidden/heads (8), llama3 rope scaling, f16 file
+  per_layer      per-layer widths (layer 1 narrower, layer 2 without attention) built with
+                 src/model/modeling_sheared_llama.py, the module sheared writes next to such configs
   gguf_tiny      a GGUF file (Q8_0, Q4_0, Q4_1, F16, F32 tensors, q/k permuted the llama.cpp way,
                  a small GPT-2 style vocabulary) written with the `gguf` package, and the logits
                  transformers computes from gguf's own dequantisation of it
@@ -72,6 +74,31 @@ def make_hf_fixture(name, config_kwargs, dtype, seed, shard=None):
     input_ids = torch.randint(0, config.vocab_size, (2, 7), generator=generator)
     write_reference(folder, reference(model, input_ids))
     print(name, sorted(os.listdir(folder)))
+
+
+def make_per_layer_fixture(seed):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "model"))
+    from modeling_sheared_llama import ShearedLlamaForCausalLM
+
+    folder = os.path.join(ROOT, "per_layer")
+    shutil.rmtree(folder, ignore_errors=True)
+    generator = torch.Generator().manual_seed(seed)
+    widths = [
+        {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 24},
+        {"num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 10},
+        {"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 16},
+    ]
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=4, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True, architectures=["ShearedLlamaForCausalLM"],
+                         auto_map={"AutoModelForCausalLM": "modeling_sheared_llama.ShearedLlamaForCausalLM"})
+    config.sheared_layer_widths = widths
+    model = ShearedLlamaForCausalLM(config).float()
+    randomize(model, generator)
+    model.save_pretrained(folder)
+    input_ids = torch.randint(0, config.vocab_size, (2, 7), generator=generator)
+    write_reference(folder, reference(model, input_ids))
+    print("per_layer", sorted(os.listdir(folder)))
 
 
 def permute_for_llama_cpp(weights, heads):
@@ -180,6 +207,7 @@ def main():
                               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
         torch.float16, seed=3,
     )
+    make_per_layer_fixture(seed=5)
     make_gguf_fixture(seed=4)
 
 

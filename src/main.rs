@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sheared", version, about = "Build small, strong language models out of big ones (Sheared LLaMA).")]
+#[command(
+    name = "sheared",
+    version,
+    about = "Build small, strong language models out of big ones (Sheared LLaMA)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,10 @@ fn main() -> ExitCode {
         Command::Kinds => {
             let registry = sheared::stages::builtin();
             for kind in registry.kinds() {
-                let about = registry.get(kind).map(|stage| stage.about()).unwrap_or_default();
+                let about = registry
+                    .get(kind)
+                    .map(|stage| stage.about())
+                    .unwrap_or_default();
                 println!("{kind:<14} {about}");
             }
             Ok(())

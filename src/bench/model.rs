@@ -92,7 +92,11 @@ fn peak_rss_bytes() -> u64 {
     // SAFETY: getrusage writes into the zeroed struct we own.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if status == 0 { usage.ru_maxrss as u64 * 1024 } else { 0 }
+    if status == 0 {
+        usage.ru_maxrss as u64 * 1024
+    } else {
+        0
+    }
 }
 
 fn measure_sheared(args: &ModelBenchArgs, config: &LlamaConfig) -> anyhow::Result<Vec<StepTimes>> {
@@ -105,7 +109,11 @@ fn measure_sheared(args: &ModelBenchArgs, config: &LlamaConfig) -> anyhow::Resul
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
         .init();
-    let tokens = Tensor::<2, Int>::random([args.batch, args.seq + 1], Distribution::Uniform(0.0, args.vocab as f64), &device);
+    let tokens = Tensor::<2, Int>::random(
+        [args.batch, args.seq + 1],
+        Distribution::Uniform(0.0, args.vocab as f64),
+        &device,
+    );
     let inputs = tokens.clone().narrow(1, 0, args.seq); // [batch, seq]
     let targets = tokens.narrow(1, 1, args.seq); // [batch, seq]
     let mut steps = Vec::new();
@@ -133,7 +141,10 @@ fn measure_sheared(args: &ModelBenchArgs, config: &LlamaConfig) -> anyhow::Resul
 }
 
 fn measure_torch(args: &ModelBenchArgs, threads: usize) -> anyhow::Result<TorchReport> {
-    let mut script = tempfile::Builder::new().suffix(".py").tempfile().context("creating a temporary file")?;
+    let mut script = tempfile::Builder::new()
+        .suffix(".py")
+        .tempfile()
+        .context("creating a temporary file")?;
     script.write_all(TORCH_SCRIPT.as_bytes())?;
     let numbers = [
         ("vocab", args.vocab),
@@ -160,28 +171,52 @@ fn measure_torch(args: &ModelBenchArgs, threads: usize) -> anyhow::Result<TorchR
         bail!(
             "the PyTorch benchmark failed ({}): {}",
             output.status,
-            String::from_utf8_lossy(&output.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().rev().find(|line| line.starts_with('{')).context("the PyTorch benchmark printed no JSON")?;
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .context("the PyTorch benchmark printed no JSON")?;
     serde_json::from_str(line).context("parsing the PyTorch benchmark's JSON")
 }
 
 pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
-    if args.steps == 0 || args.heads == 0 || args.hidden % args.heads != 0 {
+    if args.steps == 0 || args.heads == 0 || !args.hidden.is_multiple_of(args.heads) {
         bail!("--steps must be positive and --hidden a multiple of --heads");
     }
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Must happen before burn touches rayon; fails harmlessly if a pool already exists.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-    let mut config = LlamaConfig::new(args.vocab, args.hidden, args.intermediate, args.layers, args.heads, args.heads);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    let mut config = LlamaConfig::new(
+        args.vocab,
+        args.hidden,
+        args.intermediate,
+        args.layers,
+        args.heads,
+        args.heads,
+    );
     config.max_position_embeddings = args.seq.max(2048);
     let parameters = config.parameter_counts().total;
     let tokens_per_step = (args.batch * args.seq) as f64;
 
     // PyTorch first, so that its peak RSS is not inflated by ours (they are separate processes anyway).
-    let torch = if args.skip_torch { None } else { Some(measure_torch(args, threads)?) };
+    let torch = if args.skip_torch {
+        None
+    } else {
+        Some(measure_torch(args, threads)?)
+    };
     let sheared_steps = measure_sheared(args, &config)?;
     let sheared = medians(&sheared_steps);
     let sheared_rss = peak_rss_bytes();
@@ -211,7 +246,16 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     }
     println!(
         "LLaMA {} params (vocab {}, d {}, I {}, {} layers, {} heads), batch {} x seq {}, {} threads, device {}",
-        parameters, args.vocab, args.hidden, args.intermediate, args.layers, args.heads, args.batch, args.seq, threads, args.device
+        parameters,
+        args.vocab,
+        args.hidden,
+        args.intermediate,
+        args.layers,
+        args.heads,
+        args.batch,
+        args.seq,
+        threads,
+        args.device
     );
     let line = |name: &str, t: &StepTimes, rss: u64| {
         println!(

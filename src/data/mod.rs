@@ -6,6 +6,7 @@
 //! - [`mixture`]: [`DomainMixture`], the seeded per-sequence domain sampler used by `prune` and `train`
 //!   (dynamic batch loading changes its weights between batches).
 //! - [`eval`]: [`eval_windows`], fixed per-domain evaluation sequences.
+//! - [`loading`]: loading policies (static, uniform, Sheared LLaMA's dynamic batch loading) and reference losses.
 //! - [`source`]: reading documents (JSONL / `.txt`, plain or `.gz` / `.zst`) from files, folders and globs.
 //! - [`tokenize`]: the streaming, parallel tokenizer pipeline behind the `tokenize` stage.
 //! - [`special`]: finding BOS/EOS in any HF `tokenizer.json`.

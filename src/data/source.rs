@@ -282,22 +282,90 @@ impl DocumentReader {
     }
 }
 
-/// The string at `field` of a JSON object line.
+/// The string at `field` of a JSON object line. Other fields are skipped without being built (RedPajama lines
+/// carry a `meta` object per document).
 fn extract_text(line: &str, field: &str) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_str(line).map_err(|error| format!("not valid JSON: {error}"))?;
-    let serde_json::Value::Object(mut object) = value else {
-        return Err(format!("expected a JSON object with a `{field}` field, found {}", json_kind(&value)));
-    };
-    match object.remove(field) {
-        Some(serde_json::Value::String(text)) => Ok(text),
-        Some(other) => Err(format!("field `{field}` is {}, not a string", json_kind(&other))),
-        None => {
-            let keys: Vec<&str> = object.keys().map(String::as_str).take(10).collect();
-            Err(format!(
-                "no `{field}` field (keys: {}); set `text_field` to the field that holds the text",
-                if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
-            ))
+    let mut deserializer = serde_json::Deserializer::from_str(line);
+    let found = serde::de::DeserializeSeed::deserialize(TextField { field }, &mut deserializer)
+        .and_then(|found| deserializer.end().map(|()| found))
+        .map_err(|error| format!("not valid JSON: {error}"))?;
+    match found {
+        FieldLookup::Text(text) => Ok(text),
+        FieldLookup::NotObject(kind) => Err(format!("expected a JSON object with a `{field}` field, found {kind}")),
+        FieldLookup::WrongType(kind) => Err(format!("field `{field}` is {kind}, not a string")),
+        FieldLookup::Missing(keys) => Err(format!(
+            "no `{field}` field (keys: {}); set `text_field` to the field that holds the text",
+            if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+        )),
+    }
+}
+
+enum FieldLookup {
+    Text(String),
+    NotObject(&'static str),
+    WrongType(&'static str),
+    /// The first few keys present, for the error message.
+    Missing(Vec<String>),
+}
+
+struct TextField<'f> {
+    field: &'f str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for TextField<'_> {
+    type Value = FieldLookup;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<FieldLookup, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TextField<'_> {
+    type Value = FieldLookup;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(formatter, "a JSON object with a `{}` field", self.field)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FieldLookup, A::Error> {
+        let mut found = None;
+        let mut keys = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.field && found.is_none() {
+                found = Some(match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(text) => FieldLookup::Text(text),
+                    other => FieldLookup::WrongType(json_kind(&other)),
+                });
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if keys.len() < 10 {
+                    keys.push(key.into_owned());
+                }
+            }
         }
+        Ok(found.unwrap_or(FieldLookup::Missing(keys)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FieldLookup, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(FieldLookup::NotObject("an array"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<FieldLookup, E> {
+        Ok(FieldLookup::NotObject("a string"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<FieldLookup, E> {
+        Ok(FieldLookup::NotObject("a boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<FieldLookup, E> {
+        Ok(FieldLookup::NotObject("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<FieldLookup, E> {
+        Ok(FieldLookup::NotObject("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<FieldLookup, E> {
+        Ok(FieldLookup::NotObject("a number"))
+    }
+    fn visit_unit<E>(self) -> Result<FieldLookup, E> {
+        Ok(FieldLookup::NotObject("null"))
     }
 }
 
@@ -374,6 +442,23 @@ mod tests {
         assert!(error.contains("x.jsonl:1: no `text` field (keys: body)"), "{error}");
         let options = SourceOptions { text_field: "body".into(), ..Default::default() };
         assert_eq!(read_all(vec![path.clone()], options).unwrap(), ["no text"]);
+
+        std::fs::write(&path, "{\"meta\": {\"a\": [1, {\"b\": null}]}, \"te\\u0078t\": \"esc\\u00e9\\n\"}\n[1, 2]\n")
+            .unwrap();
+        let mut reader = DocumentReader::new(vec![path.clone()], SourceOptions::default());
+        assert_eq!(
+            reader.next().unwrap().unwrap().text,
+            "esc\u{e9}\n",
+            "escaped keys and values, nested fields skipped"
+        );
+        let error = reader.next().unwrap().unwrap_err().to_string();
+        assert!(error.contains("x.jsonl:2: expected a JSON object with a `text` field, found an array"), "{error}");
+        std::fs::write(&path, "{\"text\": 5}\n").unwrap();
+        let error = read_all(vec![path.clone()], SourceOptions::default()).unwrap_err().to_string();
+        assert!(error.contains("x.jsonl:1: field `text` is a number, not a string"), "{error}");
+        std::fs::write(&path, "{\"text\": \"a\"} trailing\n").unwrap();
+        let error = read_all(vec![path.clone()], SourceOptions::default()).unwrap_err().to_string();
+        assert!(error.contains("x.jsonl:1: not valid JSON"), "{error}");
     }
 
     #[test]

@@ -266,7 +266,10 @@ fn split_rule(domain: &DomainSpec, files: &[PathBuf], seed: u64, cancel: &Cancel
 }
 
 fn load_tokenizer(path: &Path) -> Result<(Tokenizer, Vec<u8>), DataError> {
-    let bytes = std::fs::read(path).map_err(|error| DataError::io(path, error))?;
+    let bytes = std::fs::read(path).map_err(|error| DataError::Tokenizer {
+        path: path.to_path_buf(),
+        message: format!("cannot be read: {error}"),
+    })?;
     let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|error| DataError::Tokenizer {
         path: path.to_path_buf(),
         message: format!("does not parse as a Hugging Face tokenizer.json: {error}"),
@@ -736,6 +739,44 @@ pub(crate) mod tests {
             assert_eq!(entry.train_tokens, 200);
             assert!(entry.train_truncated);
         }
+    }
+
+    #[test]
+    fn a_vocabulary_over_65536_tokens_switches_shards_to_u32() {
+        let root = tempfile::tempdir().unwrap();
+        let mut vocab = serde_json::Map::new();
+        for id in 0..70_000u32 {
+            vocab.insert(format!("w{id}"), id.into());
+        }
+        for (token, id) in [("<s>", 70_000u32), ("</s>", 70_001), ("[UNK]", 70_002)] {
+            vocab.insert(token.into(), id.into());
+        }
+        let tokenizer = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "normalizer": null, "post_processor": null,
+            "decoder": null, "pre_tokenizer": { "type": "Whitespace" },
+            "added_tokens": [
+                { "id": 70_000, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true },
+                { "id": 70_001, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true }
+            ],
+            "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]" }
+        });
+        let tokenizer_path = root.path().join("tokenizer.json");
+        std::fs::write(&tokenizer_path, tokenizer.to_string()).unwrap();
+        let texts: Vec<String> = (0..40).map(|index| format!("w69999 w{index} w65536 w{}", 65_000 + index)).collect();
+        write_jsonl(&root.path().join("web").join("a.jsonl"), &texts);
+        write_jsonl(&root.path().join("code").join("a.jsonl"), &texts[..20]);
+        let mut spec = spec(root.path(), EvalSplit::Documents(2));
+        spec.tokenizer = TokenizerSource::File(tokenizer_path);
+        let out = root.path().join("out");
+        let summary = run(&spec, &out).unwrap();
+        assert_eq!(summary.manifest.dtype, TokenDtype::U32);
+        assert_eq!((summary.manifest.bos_id, summary.manifest.eos_id), (70_000, 70_001));
+        assert_eq!(std::fs::metadata(out.join("train/code.bin")).unwrap().len(), 18 * 6 * 4, "4 bytes per token");
+        let dataset = TokenizedDataset::open(&out).unwrap();
+        let first = dataset.train_shard(0).read(0, 6).unwrap();
+        assert_eq!(first[..2], [70_000, 69_999]);
+        assert_eq!(first[3..], [65_536, first[4], 70_001]);
+        assert!(first[4] >= 65_000);
     }
 
     #[test]

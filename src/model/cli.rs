@@ -26,7 +26,11 @@ pub struct ScoreArgs {
     /// A Hugging Face model folder (config.json + safetensors; tokenizer.json for --text).
     pub model_dir: PathBuf,
     /// A UTF-8 text file, tokenised with the model folder's tokenizer.json and scored in windows.
-    #[arg(long, conflicts_with = "token_ids", required_unless_present = "token_ids")]
+    #[arg(
+        long,
+        conflicts_with = "token_ids",
+        required_unless_present = "token_ids"
+    )]
     pub text: Option<PathBuf>,
     /// A JSON file `{"input_ids": [[..], ..]}`; each row is scored as one sequence.
     #[arg(long)]
@@ -73,7 +77,7 @@ fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -83,13 +87,19 @@ fn thousands(value: u64) -> String {
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let config_path = args.model_dir.join("config.json");
-    let config = LlamaConfig::load(&config_path).with_context(|| format!("inspecting {}", args.model_dir.display()))?;
+    let config = LlamaConfig::load(&config_path)
+        .with_context(|| format!("inspecting {}", args.model_dir.display()))?;
     let counts = config.parameter_counts();
     let widths = config.all_layer_widths();
     let weight_bytes: u64 = std::fs::read_dir(&args.model_dir)
         .with_context(|| format!("listing {}", args.model_dir.display()))?
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".safetensors"))
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".safetensors")
+        })
         .filter_map(|entry| entry.metadata().ok().map(|m| m.len()))
         .sum();
     if args.json {
@@ -116,16 +126,27 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         config.hidden_size,
         config.head_dim,
         config.num_hidden_layers,
-        if config.tie_word_embeddings { "tied" } else { "untied" }
+        if config.tie_word_embeddings {
+            "tied"
+        } else {
+            "untied"
+        }
     );
     println!(
         "rope         theta {}, scaling {}; rms_norm_eps {}",
         config.rope_theta,
-        config.rope_scaling.as_ref().map_or("none".to_string(), |s| format!("{s:?}")),
+        config
+            .rope_scaling
+            .as_ref()
+            .map_or("none".to_string(), |s| format!("{s:?}")),
         config.rms_norm_eps
     );
     for (first, last, layer) in layer_runs(&widths) {
-        let range = if first == last { format!("{first}") } else { format!("{first}-{last}") };
+        let range = if first == last {
+            format!("{first}")
+        } else {
+            format!("{first}-{last}")
+        };
         println!(
             "layers {range:<6}{} heads / {} kv heads, intermediate {}",
             layer.num_attention_heads, layer.num_key_value_heads, layer.intermediate_size
@@ -137,17 +158,27 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         thousands(counts.embedding),
         thousands(counts.non_embedding)
     );
-    println!("weights      {} bytes of safetensors", thousands(weight_bytes));
+    println!(
+        "weights      {} bytes of safetensors",
+        thousands(weight_bytes)
+    );
     Ok(())
 }
 
 /// Mean next-token loss of `model` over sequences (each row contributes `len - 1` predictions).
 /// Returns `(total negative log-likelihood, predicted tokens)`.
-pub fn score_sequences(model: &Llama, sequences: &[Vec<u32>], batch_size: usize, device: &Device) -> (f64, u64) {
+pub fn score_sequences(
+    model: &Llama,
+    sequences: &[Vec<u32>],
+    batch_size: usize,
+    device: &Device,
+) -> (f64, u64) {
     let mut total = 0.0f64;
     let mut count = 0u64;
     // Group rows of equal length so each forward pass is a rectangle.
-    let mut order: Vec<usize> = (0..sequences.len()).filter(|&i| sequences[i].len() >= 2).collect();
+    let mut order: Vec<usize> = (0..sequences.len())
+        .filter(|&i| sequences[i].len() >= 2)
+        .collect();
     order.sort_by_key(|&i| sequences[i].len());
     for group in order.chunk_by(|&a, &b| sequences[a].len() == sequences[b].len()) {
         for batch in group.chunks(batch_size.max(1)) {
@@ -173,22 +204,32 @@ pub fn score_sequences(model: &Llama, sequences: &[Vec<u32>], batch_size: usize,
 
 /// Read `{"input_ids": [[..], ..]}` (a flat list is one sequence).
 fn read_token_ids(path: &Path, vocab_size: usize) -> anyhow::Result<Vec<Vec<u32>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let ids = value
-        .get("input_ids")
-        .with_context(|| format!("{}: expected an object with key `input_ids`", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let ids = value.get("input_ids").with_context(|| {
+        format!(
+            "{}: expected an object with key `input_ids`",
+            path.display()
+        )
+    })?;
     let rows: Vec<serde_json::Value> = match ids.as_array() {
         Some(items) if items.iter().all(|item| item.is_number()) => vec![ids.clone()],
         Some(items) => items.clone(),
-        None => bail!("{}: `input_ids` must be a list of lists of token ids", path.display()),
+        None => bail!(
+            "{}: `input_ids` must be a list of lists of token ids",
+            path.display()
+        ),
     };
     let mut sequences = Vec::with_capacity(rows.len());
     for (row_index, row) in rows.iter().enumerate() {
-        let items = row
-            .as_array()
-            .with_context(|| format!("{}: `input_ids[{row_index}]` must be a list of token ids", path.display()))?;
+        let items = row.as_array().with_context(|| {
+            format!(
+                "{}: `input_ids[{row_index}]` must be a list of token ids",
+                path.display()
+            )
+        })?;
         let mut sequence = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
             let id = item.as_u64().filter(|&id| (id as usize) < vocab_size).with_context(|| {
@@ -206,7 +247,8 @@ fn read_token_ids(path: &Path, vocab_size: usize) -> anyhow::Result<Vec<Vec<u32>
 
 pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let device = device::parse(&args.device)?;
-    let model = load_hf(&args.model_dir, &device).with_context(|| format!("loading {}", args.model_dir.display()))?;
+    let model = load_hf(&args.model_dir, &device)
+        .with_context(|| format!("loading {}", args.model_dir.display()))?;
     let config = model.config();
     let sequences = match (&args.text, &args.token_ids) {
         (_, Some(path)) => read_token_ids(path, config.vocab_size)?,
@@ -220,11 +262,20 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
             }
             let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
                 .map_err(|error| anyhow::anyhow!("{}: {error}", tokenizer_path.display()))?;
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let encoding =
-                tokenizer.encode(text, true).map_err(|error| anyhow::anyhow!("tokenizing {}: {error}", path.display()))?;
-            let window = args.window.unwrap_or(config.max_position_embeddings.min(1024)).max(2);
-            encoding.get_ids().chunks(window).map(<[u32]>::to_vec).collect()
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let encoding = tokenizer
+                .encode(text, true)
+                .map_err(|error| anyhow::anyhow!("tokenizing {}: {error}", path.display()))?;
+            let window = args
+                .window
+                .unwrap_or(config.max_position_embeddings.min(1024))
+                .max(2);
+            encoding
+                .get_ids()
+                .chunks(window)
+                .map(<[u32]>::to_vec)
+                .collect()
         }
         (None, None) => bail!("pass --text FILE or --token-ids FILE.json"),
     };
@@ -235,16 +286,26 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let mean_loss = total / tokens as f64;
     let perplexity = mean_loss.exp();
     if args.json {
-        println!("{}", json!({"mean_loss": mean_loss, "perplexity": perplexity, "tokens": tokens}));
+        println!(
+            "{}",
+            json!({"mean_loss": mean_loss, "perplexity": perplexity, "tokens": tokens})
+        );
     } else {
-        println!("mean loss {mean_loss:.6}, perplexity {perplexity:.4} over {tokens} predicted tokens");
+        println!(
+            "mean loss {mean_loss:.6}, perplexity {perplexity:.4} over {tokens} predicted tokens"
+        );
     }
     Ok(())
 }
 
 pub fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
-    let summary = gguf::convert(&args.gguf, &args.out_dir)
-        .with_context(|| format!("converting {} to {}", args.gguf.display(), args.out_dir.display()))?;
+    let summary = gguf::convert(&args.gguf, &args.out_dir).with_context(|| {
+        format!(
+            "converting {} to {}",
+            args.gguf.display(),
+            args.out_dir.display()
+        )
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());

@@ -32,7 +32,12 @@ pub enum RopeScaling {
     /// `inv_freq / factor` (positions interpolated linearly).
     Linear { factor: f64 },
     /// LLaMA-3.1's piecewise scaling of the low frequencies.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// A LLaMA architecture. Field names and defaults follow transformers' `LlamaConfig`.
@@ -126,7 +131,9 @@ impl LlamaConfig {
 
     /// Widths of every layer.
     pub fn all_layer_widths(&self) -> Vec<LayerWidths> {
-        (0..self.num_hidden_layers).map(|index| self.layer(index)).collect()
+        (0..self.num_hidden_layers)
+            .map(|index| self.layer(index))
+            .collect()
     }
 
     /// Set per-layer widths; collapses to a stock config (`layer_widths = None`) when all agree, and
@@ -141,9 +148,21 @@ impl LlamaConfig {
                 self.layer_widths = None;
                 return;
             }
-            self.num_attention_heads = widths.iter().map(|l| l.num_attention_heads).max().unwrap_or(0);
-            self.num_key_value_heads = widths.iter().map(|l| l.num_key_value_heads).max().unwrap_or(0);
-            self.intermediate_size = widths.iter().map(|l| l.intermediate_size).max().unwrap_or(0);
+            self.num_attention_heads = widths
+                .iter()
+                .map(|l| l.num_attention_heads)
+                .max()
+                .unwrap_or(0);
+            self.num_key_value_heads = widths
+                .iter()
+                .map(|l| l.num_key_value_heads)
+                .max()
+                .unwrap_or(0);
+            self.intermediate_size = widths
+                .iter()
+                .map(|l| l.intermediate_size)
+                .max()
+                .unwrap_or(0);
             self.layer_widths = Some(widths);
         } else {
             self.layer_widths = None;
@@ -153,15 +172,26 @@ impl LlamaConfig {
     /// Checks the invariants the model relies on. `origin` names the file in error messages.
     pub fn validate(&self, origin: &Path) -> Result<(), ModelError> {
         let fail = |message: String| Err(ModelError::config(origin, message));
-        for (name, value) in [("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size), ("head_dim", self.head_dim)] {
+        for (name, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("head_dim", self.head_dim),
+        ] {
             if value == 0 {
                 return fail(format!("`{name}` must be positive"));
             }
         }
-        if self.head_dim % 2 != 0 {
-            return fail(format!("`head_dim` = {} must be even (RoPE rotates pairs of dimensions)", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return fail(format!(
+                "`head_dim` = {} must be even (RoPE rotates pairs of dimensions)",
+                self.head_dim
+            ));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps <= 0.0
+            || self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+        {
             return fail("`rms_norm_eps` and `rope_theta` must be positive".into());
         }
         if let Some(widths) = &self.layer_widths
@@ -198,8 +228,13 @@ impl LlamaConfig {
             non_embedding += hidden * query * 2 + hidden * key_value * 2; // q, o, k, v
             non_embedding += 3 * hidden * layer.intermediate_size as u64; // gate, up, down
         }
-        let embedding = self.vocab_size as u64 * hidden * if self.tie_word_embeddings { 1 } else { 2 };
-        ParameterCounts { total: embedding + non_embedding, embedding, non_embedding }
+        let embedding =
+            self.vocab_size as u64 * hidden * if self.tie_word_embeddings { 1 } else { 2 };
+        ParameterCounts {
+            total: embedding + non_embedding,
+            embedding,
+            non_embedding,
+        }
     }
 
     /// Parameters one key/value group of layer `index` owns: its `H/G` query heads' rows of `q_proj`
@@ -225,7 +260,8 @@ impl LlamaConfig {
 
     /// Write `config.json` (see the module docs for the per-layer format).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let text = serde_json::to_string_pretty(&self.to_json()).map_err(|error| ModelError::Invalid(error.to_string()))?;
+        let text = serde_json::to_string_pretty(&self.to_json())
+            .map_err(|error| ModelError::Invalid(error.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|error| ModelError::io(path, error))
     }
 
@@ -245,7 +281,11 @@ impl LlamaConfig {
         }
         if let Some(architectures) = object.get("architectures").and_then(Value::as_array) {
             let names: Vec<&str> = architectures.iter().filter_map(Value::as_str).collect();
-            if !names.is_empty() && !names.iter().any(|name| ACCEPTED_ARCHITECTURES.contains(name)) {
+            if !names.is_empty()
+                && !names
+                    .iter()
+                    .any(|name| ACCEPTED_ARCHITECTURES.contains(name))
+            {
                 return Err(fail(format!(
                     "unsupported architecture {names:?}; sheared implements LlamaForCausalLM only"
                 )));
@@ -254,11 +294,15 @@ impl LlamaConfig {
         if let Some(activation) = object.get("hidden_act").and_then(Value::as_str)
             && activation != "silu"
         {
-            return Err(fail(format!("unsupported `hidden_act` \"{activation}\"; LLaMA uses \"silu\"")));
+            return Err(fail(format!(
+                "unsupported `hidden_act` \"{activation}\"; LLaMA uses \"silu\""
+            )));
         }
         for key in ["attention_bias", "mlp_bias"] {
             if object.get(key).and_then(Value::as_bool) == Some(true) {
-                return Err(fail(format!("`{key}` = true is not supported (LLaMA has no biases)")));
+                return Err(fail(format!(
+                    "`{key}` = true is not supported (LLaMA has no biases)"
+                )));
             }
         }
 
@@ -268,7 +312,11 @@ impl LlamaConfig {
                 Some(value) => value
                     .as_u64()
                     .map(|number| Some(number as usize))
-                    .ok_or_else(|| fail(format!("`{key}` must be a non-negative integer, found {value}"))),
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "`{key}` must be a non-negative integer, found {value}"
+                        ))
+                    }),
             }
         };
         let required = |key: &str| -> Result<usize, ModelError> {
@@ -288,12 +336,17 @@ impl LlamaConfig {
                 None | Some(Value::Null) => Ok(Vec::new()),
                 Some(Value::Array(items)) => items
                     .iter()
-                    .map(|item| item.as_u64().map(|id| id as u32).ok_or_else(|| fail(format!("`{key}` entries must be integers"))))
+                    .map(|item| {
+                        item.as_u64()
+                            .map(|id| id as u32)
+                            .ok_or_else(|| fail(format!("`{key}` entries must be integers")))
+                    })
                     .collect(),
-                Some(value) => value
-                    .as_u64()
-                    .map(|id| vec![id as u32])
-                    .ok_or_else(|| fail(format!("`{key}` must be an integer or a list of integers, found {value}"))),
+                Some(value) => value.as_u64().map(|id| vec![id as u32]).ok_or_else(|| {
+                    fail(format!(
+                        "`{key}` must be an integer or a list of integers, found {value}"
+                    ))
+                }),
             }
         };
 
@@ -302,7 +355,11 @@ impl LlamaConfig {
         let head_dim = match usize_key("head_dim")? {
             Some(head_dim) => head_dim,
             None if num_attention_heads > 0 => hidden_size / num_attention_heads,
-            None => return Err(fail("missing `head_dim` (needed when `num_attention_heads` is 0)".into())),
+            None => {
+                return Err(fail(
+                    "missing `head_dim` (needed when `num_attention_heads` is 0)".into(),
+                ));
+            }
         };
         let (rope_theta, rope_scaling) = parse_rope(object, origin)?;
         let mut config = LlamaConfig {
@@ -316,7 +373,10 @@ impl LlamaConfig {
             rms_norm_eps: float_key("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: object.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: object
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             max_position_embeddings: usize_key("max_position_embeddings")?.unwrap_or(2048),
             bos_token_id: token_id("bos_token_id")?.first().copied(),
             eos_token_id: token_id("eos_token_id")?,
@@ -324,7 +384,10 @@ impl LlamaConfig {
             initializer_range: float_key("initializer_range")?.unwrap_or(0.02),
             layer_widths: None,
         };
-        if let Some(widths) = object.get("sheared_layer_widths").filter(|value| !value.is_null()) {
+        if let Some(widths) = object
+            .get("sheared_layer_widths")
+            .filter(|value| !value.is_null())
+        {
             let widths: Vec<LayerWidths> = serde_json::from_value(widths.clone()).map_err(|error| {
                 fail(format!(
                     "`sheared_layer_widths` must be a list of {{num_attention_heads, num_key_value_heads, intermediate_size}}: {error}"
@@ -346,7 +409,11 @@ impl LlamaConfig {
     /// The config.json object. Stock LlamaForCausalLM keys; per-layer extras only when layers differ.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
-        let architecture = if self.layer_widths.is_some() { "ShearedLlamaForCausalLM" } else { "LlamaForCausalLM" };
+        let architecture = if self.layer_widths.is_some() {
+            "ShearedLlamaForCausalLM"
+        } else {
+            "LlamaForCausalLM"
+        };
         object.insert("architectures".into(), json!([architecture]));
         object.insert("model_type".into(), json!("llama"));
         object.insert("attention_bias".into(), json!(false));
@@ -366,17 +433,33 @@ impl LlamaConfig {
         object.insert("hidden_size".into(), json!(self.hidden_size));
         object.insert("initializer_range".into(), json!(self.initializer_range));
         object.insert("intermediate_size".into(), json!(self.intermediate_size));
-        object.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
+        object.insert(
+            "max_position_embeddings".into(),
+            json!(self.max_position_embeddings),
+        );
         object.insert("mlp_bias".into(), json!(false));
-        object.insert("num_attention_heads".into(), json!(self.num_attention_heads));
+        object.insert(
+            "num_attention_heads".into(),
+            json!(self.num_attention_heads),
+        );
         object.insert("num_hidden_layers".into(), json!(self.num_hidden_layers));
-        object.insert("num_key_value_heads".into(), json!(self.num_key_value_heads));
+        object.insert(
+            "num_key_value_heads".into(),
+            json!(self.num_key_value_heads),
+        );
         object.insert("pretraining_tp".into(), json!(1));
         object.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
         let rope_scaling = match &self.rope_scaling {
             None => Value::Null,
-            Some(RopeScaling::Linear { factor }) => json!({ "rope_type": "linear", "factor": factor }),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => json!({
+            Some(RopeScaling::Linear { factor }) => {
+                json!({ "rope_type": "linear", "factor": factor })
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => json!({
                 "rope_type": "llama3",
                 "factor": factor,
                 "low_freq_factor": low_freq_factor,
@@ -386,7 +469,10 @@ impl LlamaConfig {
         };
         object.insert("rope_scaling".into(), rope_scaling);
         object.insert("rope_theta".into(), json!(self.rope_theta));
-        object.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        object.insert(
+            "tie_word_embeddings".into(),
+            json!(self.tie_word_embeddings),
+        );
         object.insert("torch_dtype".into(), json!("float32"));
         object.insert("use_cache".into(), json!(true));
         object.insert("vocab_size".into(), json!(self.vocab_size));
@@ -403,29 +489,45 @@ impl LlamaConfig {
 
 /// RoPE settings from either transformers 4's `rope_theta` + `rope_scaling` or transformers 5's
 /// `rope_parameters`. Unsupported scaling types are errors that name the type.
-fn parse_rope(object: &Map<String, Value>, origin: &Path) -> Result<(f64, Option<RopeScaling>), ModelError> {
+fn parse_rope(
+    object: &Map<String, Value>,
+    origin: &Path,
+) -> Result<(f64, Option<RopeScaling>), ModelError> {
     let fail = |message: String| ModelError::config(origin, message);
     let parameters = object.get("rope_parameters").and_then(Value::as_object);
     let theta = object
         .get("rope_theta")
         .and_then(Value::as_f64)
-        .or_else(|| parameters.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+        .or_else(|| {
+            parameters
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+        })
         .unwrap_or(10000.0);
     let (key, scaling) = match object.get("rope_scaling").and_then(Value::as_object) {
         Some(scaling) => ("rope_scaling", Some(scaling)),
         None => ("rope_parameters", parameters),
     };
-    let Some(scaling) = scaling else { return Ok((theta, None)) };
-    let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let Some(scaling) = scaling else {
+        return Ok((theta, None));
+    };
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let number = |field: &str| -> Result<f64, ModelError> {
-        scaling
-            .get(field)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| fail(format!("`{key}.{field}` is required for rope type \"{kind}\"")))
+        scaling.get(field).and_then(Value::as_f64).ok_or_else(|| {
+            fail(format!(
+                "`{key}.{field}` is required for rope type \"{kind}\""
+            ))
+        })
     };
     let scaling = match kind {
         "default" => None,
-        "linear" => Some(RopeScaling::Linear { factor: number("factor")? }),
+        "linear" => Some(RopeScaling::Linear {
+            factor: number("factor")?,
+        }),
         "llama3" => Some(RopeScaling::Llama3 {
             factor: number("factor")?,
             low_freq_factor: number("low_freq_factor")?,
@@ -462,8 +564,16 @@ mod tests {
     #[test]
     fn per_layer_widths_round_trip_and_collapse() {
         let mut config = LlamaConfig::new(64, 32, 48, 2, 4, 2);
-        let a = LayerWidths { num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 48 };
-        let b = LayerWidths { num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 20 };
+        let a = LayerWidths {
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            intermediate_size: 48,
+        };
+        let b = LayerWidths {
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            intermediate_size: 20,
+        };
         config.set_layer_widths(vec![a, b]);
         assert_eq!(config.layer(1), b);
         let json = config.to_json();
@@ -478,11 +588,15 @@ mod tests {
     fn rejects_unsupported_things_by_name() {
         let mut json = LlamaConfig::new(64, 32, 48, 2, 4, 2).to_json();
         json["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
-        let message = LlamaConfig::from_json(&json, origin()).unwrap_err().to_string();
+        let message = LlamaConfig::from_json(&json, origin())
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("\"yarn\""), "{message}");
         let mut json = LlamaConfig::new(64, 32, 48, 2, 4, 2).to_json();
         json["model_type"] = serde_json::json!("mistral");
-        let message = LlamaConfig::from_json(&json, origin()).unwrap_err().to_string();
+        let message = LlamaConfig::from_json(&json, origin())
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("mistral"), "{message}");
         let mut json = LlamaConfig::new(64, 32, 48, 2, 4, 3).to_json();
         json["num_key_value_heads"] = serde_json::json!(3);
@@ -495,7 +609,10 @@ mod tests {
         let object = json.as_object_mut().unwrap();
         object.remove("rope_theta");
         object.remove("rope_scaling");
-        object.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 500000.0}));
+        object.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 500000.0}),
+        );
         let config = LlamaConfig::from_json(&json, origin()).unwrap();
         assert_eq!(config.rope_theta, 500000.0);
         assert_eq!(config.rope_scaling, None);

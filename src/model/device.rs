@@ -14,7 +14,12 @@ pub const HAS_CUDA_BACKEND: bool = cfg!(feature = "tch");
 /// Parse `"cpu"` or `"cuda:N"` (also `"cuda"` = `"cuda:0"`).
 pub fn parse(name: &str) -> Result<Device, ModelError> {
     let trimmed = name.trim();
-    let fail = |message: String| Err(ModelError::Device { name: name.to_string(), message });
+    let fail = |message: String| {
+        Err(ModelError::Device {
+            name: name.to_string(),
+            message,
+        })
+    };
     if trimmed == "cpu" {
         return Ok(Device::flex());
     }
@@ -26,7 +31,7 @@ pub fn parse(name: &str) -> Result<Device, ModelError> {
         },
         None => return fail("unknown device; use `cpu` or `cuda:N` (e.g. `cuda:0`)".into()),
     };
-    cuda(index).or_else(|message| fail(message))
+    cuda(index).or_else(fail)
 }
 
 #[cfg(feature = "tch")]
@@ -50,8 +55,16 @@ mod tests {
     fn parses_cpu_and_rejects_garbage() {
         assert!(parse("cpu").is_ok());
         let message = parse("tpu:0").unwrap_err().to_string();
-        assert!(message.contains("tpu:0") && message.contains("cuda:N"), "{message}");
-        assert!(parse("cuda:x").unwrap_err().to_string().contains("GPU index"));
+        assert!(
+            message.contains("tpu:0") && message.contains("cuda:N"),
+            "{message}"
+        );
+        assert!(
+            parse("cuda:x")
+                .unwrap_err()
+                .to_string()
+                .contains("GPU index")
+        );
     }
 
     #[cfg(not(feature = "tch"))]

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::ModelError;
 use super::config::{LlamaConfig, RopeScaling};
-use super::hf::{HostTensors, expected_tensors, write_safetensors};
+use super::hf::{HostTensors, WeightDtype, expected_tensors, write_safetensors};
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +55,8 @@ impl MetadataValue {
     }
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            MetadataValue::F32(v) => Some(v as f64),
+            // Shortest decimal that round-trips the f32 (1e-5 stays 1e-5 instead of 9.9999997e-6).
+            MetadataValue::F32(v) => v.to_string().parse().ok(),
             MetadataValue::F64(v) => Some(v),
             _ => self.as_u64().map(|v| v as f64),
         }
@@ -148,12 +149,50 @@ impl GgmlType {
 /// ggml's name for a type id (for error messages).
 pub fn ggml_type_name(id: u32) -> String {
     const NAMES: &[&str] = &[
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-        "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32",
-        "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8",
-        "IQ4_NL_8_8", "MXFP4",
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
     ];
-    NAMES.get(id as usize).map_or_else(|| format!("#{id}"), |name| format!("{name} (#{id})"))
+    NAMES
+        .get(id as usize)
+        .map_or_else(|| format!("#{id}"), |name| format!("{name} (#{id})"))
 }
 
 /// Dequantise `count` values of `ggml_type` from `bytes` (exactly the tensor's bytes).
@@ -161,12 +200,22 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], count: usize) -> Vec<f32> {
     let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
     let mut out = Vec::with_capacity(count);
     match ggml_type {
-        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(f16)),
-        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        GgmlType::F64 => out.extend(
-            bytes.chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
+        GgmlType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         ),
+        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(f16)),
+        GgmlType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        GgmlType::F64 => {
+            out.extend(bytes.chunks_exact(8).map(|b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            }))
+        }
         // {f16 d; i8 q[32]} → d·q
         GgmlType::Q8_0 => {
             for block in bytes.chunks_exact(34) {
@@ -179,7 +228,11 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], count: usize) -> Vec<f32> {
             for block in bytes.chunks_exact(18) {
                 let scale = f16(&block[0..2]);
                 let quants = &block[2..18];
-                out.extend(quants.iter().map(|&q| scale * ((q & 0x0F) as i32 - 8) as f32));
+                out.extend(
+                    quants
+                        .iter()
+                        .map(|&q| scale * ((q & 0x0F) as i32 - 8) as f32),
+                );
                 out.extend(quants.iter().map(|&q| scale * ((q >> 4) as i32 - 8) as f32));
             }
         }
@@ -249,7 +302,9 @@ impl<'a> Reader<'a> {
         if count.saturating_mul(min_item_bytes as u64) > remaining {
             return Err(ModelError::weights(
                 self.path,
-                format!("truncated or corrupt GGUF: {what} = {count} cannot fit in the remaining {remaining} bytes"),
+                format!(
+                    "truncated or corrupt GGUF: {what} = {count} cannot fit in the remaining {remaining} bytes"
+                ),
             ));
         }
         Ok(count as usize)
@@ -257,10 +312,19 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String, ModelError> {
         let length = self.count(what, 1)?;
         let bytes = self.take(length, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| ModelError::weights(self.path, format!("{what} at offset {} is not UTF-8", self.position)))
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ModelError::weights(
+                self.path,
+                format!("{what} at offset {} is not UTF-8", self.position),
+            )
+        })
     }
-    fn value(&mut self, value_type: u32, key: &str, depth: usize) -> Result<MetadataValue, ModelError> {
+    fn value(
+        &mut self,
+        value_type: u32,
+        key: &str,
+        depth: usize,
+    ) -> Result<MetadataValue, ModelError> {
         let what = format!("metadata `{key}`");
         Ok(match value_type {
             0 => MetadataValue::U8(self.array::<1>(&what)?[0]),
@@ -299,14 +363,28 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let file = File::open(path).map_err(|error| ModelError::io(path, error))?;
         // SAFETY: read-only map of a file this process does not modify (see hf::read_weights).
-        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|error| ModelError::io(path, error))?;
-        let mut reader = Reader { bytes: &bytes, position: 0, path };
+        let bytes =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|error| ModelError::io(path, error))?;
+        let mut reader = Reader {
+            bytes: &bytes,
+            position: 0,
+            path,
+        };
         if reader.take(4, "the magic number")? != b"GGUF" {
-            return Err(ModelError::weights(path, "not a GGUF file (the first 4 bytes are not `GGUF`)"));
+            return Err(ModelError::weights(
+                path,
+                "not a GGUF file (the first 4 bytes are not `GGUF`)",
+            ));
         }
         let version = reader.u32("the version")?;
         if !(2..=3).contains(&version) {
-            return Err(ModelError::weights(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(ModelError::weights(
+                path,
+                format!(
+                    "GGUF version {version} is not supported (little-endian versions 2 and 3 are; \
+                     a huge number here usually means a big-endian file)"
+                ),
+            ));
         }
         let tensor_count = reader.count("tensor count", 24)?;
         let metadata_count = reader.count("metadata count", 12)?;
@@ -323,16 +401,38 @@ impl GgufFile {
             let what = format!("tensor info of `{name}`");
             let rank = reader.u32(&what)? as usize;
             if rank > 4 {
-                return Err(ModelError::tensor(path, &name, format!("corrupt GGUF: {rank} dimensions")));
+                return Err(ModelError::tensor(
+                    path,
+                    &name,
+                    format!("corrupt GGUF: {rank} dimensions"),
+                ));
             }
-            let dims = (0..rank).map(|_| reader.u64(&what)).collect::<Result<Vec<_>, _>>()?;
+            let dims = (0..rank)
+                .map(|_| reader.u64(&what))
+                .collect::<Result<Vec<_>, _>>()?;
             let ggml_type = reader.u32(&what)?;
             let offset = reader.u64(&what)?;
-            tensors.push(TensorInfo { name, dims, ggml_type, offset });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
         }
-        let alignment = metadata.get("general.alignment").and_then(MetadataValue::as_u64).unwrap_or(32).max(1) as usize;
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(MetadataValue::as_u64)
+            .unwrap_or(32)
+            .max(1) as usize;
         let data_start = reader.position.div_ceil(alignment) * alignment;
-        Ok(GgufFile { version, metadata, tensors, data_start, bytes, path: path.to_path_buf() })
+        Ok(GgufFile {
+            version,
+            metadata,
+            tensors,
+            data_start,
+            bytes,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&MetadataValue> {
@@ -341,10 +441,11 @@ impl GgufFile {
 
     /// The tensor's values as f32 in row-major order of [`TensorInfo::shape`].
     pub fn tensor_f32(&self, info: &TensorInfo) -> Result<Vec<f32>, ModelError> {
-        let ggml_type = GgmlType::from_id(info.ggml_type).map_err(|message| ModelError::tensor(&self.path, &info.name, message))?;
+        let ggml_type = GgmlType::from_id(info.ggml_type)
+            .map_err(|message| ModelError::tensor(&self.path, &info.name, message))?;
         let count = info.element_count();
         let (block_values, block_bytes) = ggml_type.block();
-        if count % block_values != 0 {
+        if !count.is_multiple_of(block_values) {
             return Err(ModelError::tensor(
                 &self.path,
                 &info.name,
@@ -364,7 +465,11 @@ impl GgufFile {
                 ),
             )
         })?;
-        Ok(dequantize(ggml_type, &self.bytes[start as usize..end as usize], count as usize))
+        Ok(dequantize(
+            ggml_type,
+            &self.bytes[start as usize..end as usize],
+            count as usize,
+        ))
     }
 }
 
@@ -380,7 +485,8 @@ pub fn unpermute_rows(values: &[f32], heads: usize, columns: usize) -> Vec<f32> 
             for j in 0..2 {
                 let from = head * head_dim + 2 * i + j;
                 let to = head * head_dim + j * half + i;
-                out[to * columns..(to + 1) * columns].copy_from_slice(&values[from * columns..(from + 1) * columns]);
+                out[to * columns..(to + 1) * columns]
+                    .copy_from_slice(&values[from * columns..(from + 1) * columns]);
             }
         }
     }
@@ -390,11 +496,16 @@ pub fn unpermute_rows(values: &[f32], heads: usize, columns: usize) -> Vec<f32> 
 /// The HF config described by a `llama` GGUF's metadata.
 pub fn config_from_metadata(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let path = gguf.path.as_path();
-    let architecture = gguf.get("general.architecture").and_then(MetadataValue::as_str).unwrap_or("(missing)");
+    let architecture = gguf
+        .get("general.architecture")
+        .and_then(MetadataValue::as_str)
+        .unwrap_or("(missing)");
     if architecture != "llama" {
         return Err(ModelError::config(
             path,
-            format!("unsupported GGUF architecture `{architecture}` (general.architecture); sheared imports `llama` only"),
+            format!(
+                "unsupported GGUF architecture `{architecture}` (general.architecture); sheared imports `llama` only"
+            ),
         ));
     }
     let number = |key: &str| -> Result<Option<u64>, ModelError> {
@@ -406,9 +517,14 @@ pub fn config_from_metadata(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> 
         }
     };
     let required = |key: &str| -> Result<usize, ModelError> {
-        number(key)?.map(|v| v as usize).ok_or_else(|| ModelError::config(path, format!("missing metadata `llama.{key}`")))
+        number(key)?
+            .map(|v| v as usize)
+            .ok_or_else(|| ModelError::config(path, format!("missing metadata `llama.{key}`")))
     };
-    let float = |key: &str| gguf.get(&format!("llama.{key}")).and_then(MetadataValue::as_f64);
+    let float = |key: &str| {
+        gguf.get(&format!("llama.{key}"))
+            .and_then(MetadataValue::as_f64)
+    };
     let hidden = required("embedding_length")?;
     let heads = required("attention.head_count")?;
     let kv_heads = number("attention.head_count_kv")?.map_or(heads, |v| v as usize);
@@ -416,22 +532,41 @@ pub fn config_from_metadata(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> 
         Some(dim) => dim as usize,
         None => hidden / heads.max(1),
     };
-    let token_count = gguf.get("tokenizer.ggml.tokens").and_then(MetadataValue::as_array).map(<[_]>::len);
-    let embed_rows = gguf.tensors.iter().find(|t| t.name == "token_embd.weight").and_then(|t| t.dims.get(1).copied());
+    let token_count = gguf
+        .get("tokenizer.ggml.tokens")
+        .and_then(MetadataValue::as_array)
+        .map(<[_]>::len);
+    let embed_rows = gguf
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .and_then(|t| t.dims.get(1).copied());
     let vocab_size = match number("vocab_size")? {
         Some(v) => v as usize,
         None => embed_rows
             .map(|v| v as usize)
             .or(token_count)
-            .ok_or_else(|| ModelError::config(path, "cannot tell the vocabulary size (no llama.vocab_size, no token_embd.weight)"))?,
+            .ok_or_else(|| {
+                ModelError::config(
+                    path,
+                    "cannot tell the vocabulary size (no llama.vocab_size, no token_embd.weight)",
+                )
+            })?,
     };
-    let rope_scaling = match gguf.get("llama.rope.scaling.type").and_then(MetadataValue::as_str) {
+    let rope_scaling = match gguf
+        .get("llama.rope.scaling.type")
+        .and_then(MetadataValue::as_str)
+    {
         None | Some("none") => None,
-        Some("linear") => Some(RopeScaling::Linear { factor: float("rope.scaling.factor").unwrap_or(1.0) }),
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: float("rope.scaling.factor").unwrap_or(1.0),
+        }),
         Some(other) => {
             return Err(ModelError::config(
                 path,
-                format!("unsupported rope scaling type `{other}` (llama.rope.scaling.type); sheared imports none and linear"),
+                format!(
+                    "unsupported rope scaling type `{other}` (llama.rope.scaling.type); sheared imports none and linear"
+                ),
             ));
         }
     };
@@ -442,8 +577,19 @@ pub fn config_from_metadata(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> 
              convert from the Hugging Face checkpoint instead",
         ));
     }
-    let token_id = |key: &str| gguf.get(&format!("tokenizer.ggml.{key}")).and_then(MetadataValue::as_u64).map(|v| v as u32);
-    let mut config = LlamaConfig::new(vocab_size, hidden, required("feed_forward_length")?, required("block_count")?, heads, kv_heads);
+    let token_id = |key: &str| {
+        gguf.get(&format!("tokenizer.ggml.{key}"))
+            .and_then(MetadataValue::as_u64)
+            .map(|v| v as u32)
+    };
+    let mut config = LlamaConfig::new(
+        vocab_size,
+        hidden,
+        required("feed_forward_length")?,
+        required("block_count")?,
+        heads,
+        kv_heads,
+    );
     config.head_dim = head_dim;
     config.rms_norm_eps = float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5);
     config.rope_theta = float("rope.freq_base").unwrap_or(10000.0);
@@ -470,8 +616,14 @@ fn hf_name(gguf_name: &str, config: &LlamaConfig) -> Option<(String, Option<usiz
     let index: usize = index.parse().ok()?;
     let (hf_part, heads) = match part {
         "attn_norm.weight" => ("input_layernorm.weight", None),
-        "attn_q.weight" => ("self_attn.q_proj.weight", Some(config.layer(index).num_attention_heads)),
-        "attn_k.weight" => ("self_attn.k_proj.weight", Some(config.layer(index).num_key_value_heads)),
+        "attn_q.weight" => (
+            "self_attn.q_proj.weight",
+            Some(config.layer(index).num_attention_heads),
+        ),
+        "attn_k.weight" => (
+            "self_attn.k_proj.weight",
+            Some(config.layer(index).num_key_value_heads),
+        ),
         "attn_v.weight" => ("self_attn.v_proj.weight", None),
         "attn_output.weight" => ("self_attn.o_proj.weight", None),
         "ffn_norm.weight" => ("post_attention_layernorm.weight", None),
@@ -505,7 +657,10 @@ pub fn tensors_from_gguf(gguf: &GgufFile, config: &LlamaConfig) -> Result<HostTe
     if !unknown.is_empty() {
         return Err(ModelError::weights(
             &gguf.path,
-            format!("tensors that a `llama` model does not have: {}", unknown.join(", ")),
+            format!(
+                "tensors that a `llama` model does not have: {}",
+                unknown.join(", ")
+            ),
         ));
     }
     Ok(tensors)
@@ -532,16 +687,28 @@ pub fn convert(gguf_path: &Path, out_dir: &Path) -> Result<ConvertSummary, Model
     let expected = expected_tensors(&config);
     for (name, shape) in &expected {
         match tensors.get(name) {
-            None => return Err(ModelError::tensor(gguf_path, name, "missing from the GGUF file")),
+            None => {
+                return Err(ModelError::tensor(
+                    gguf_path,
+                    name,
+                    "missing from the GGUF file",
+                ));
+            }
             Some((_, found)) if found != shape => {
-                return Err(ModelError::tensor(gguf_path, name, format!("expected shape {shape:?}, found {found:?}")));
+                return Err(ModelError::tensor(
+                    gguf_path,
+                    name,
+                    format!("expected shape {shape:?}, found {found:?}"),
+                ));
             }
             Some(_) => {}
         }
     }
     let mut tensor_types = BTreeMap::new();
     for info in &gguf.tensors {
-        *tensor_types.entry(ggml_type_name(info.ggml_type)).or_insert(0) += 1;
+        *tensor_types
+            .entry(ggml_type_name(info.ggml_type))
+            .or_insert(0) += 1;
     }
     std::fs::create_dir_all(out_dir).map_err(|error| ModelError::io(out_dir, error))?;
     let tokenizer_skipped = match tokenizer_json(&gguf) {
@@ -553,11 +720,18 @@ pub fn convert(gguf_path: &Path, out_dir: &Path) -> Result<ConvertSummary, Model
         Err(reason) => Some(reason),
     };
     let count = tensors.len();
-    let ordered: Vec<(String, Vec<f32>, Vec<usize>)> =
-        tensors.into_iter().map(|(name, (values, shape))| (name, values, shape)).collect();
-    write_safetensors(&out_dir.join("model.safetensors"), ordered)?;
+    let ordered: Vec<(String, Vec<f32>, Vec<usize>)> = tensors
+        .into_iter()
+        .map(|(name, (values, shape))| (name, values, shape))
+        .collect();
+    write_safetensors(
+        &out_dir.join("model.safetensors"),
+        ordered,
+        WeightDtype::F32,
+    )?;
     config.save(&out_dir.join("config.json"))?;
-    let generation = json!({ "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id.first() });
+    let generation =
+        json!({ "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id.first() });
     write_json(&out_dir.join("generation_config.json"), &generation)?;
     Ok(ConvertSummary {
         config: config.to_json(),
@@ -569,7 +743,8 @@ pub fn convert(gguf_path: &Path, out_dir: &Path) -> Result<ConvertSummary, Model
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<(), ModelError> {
-    let text = serde_json::to_string_pretty(value).map_err(|error| ModelError::Invalid(error.to_string()))?;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|error| ModelError::Invalid(error.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|error| ModelError::io(path, error))
 }
 
@@ -602,7 +777,10 @@ fn pre_tokenizer(pre: &str) -> Result<Value, String> {
 /// `tokenizer.json` and `tokenizer_config.json` rebuilt from a GPT-2 style (`tokenizer.ggml.model =
 /// gpt2`) vocabulary. Errors say why no tokenizer could be built (the weights are still converted).
 pub fn tokenizer_json(gguf: &GgufFile) -> Result<(Value, Value), String> {
-    let model = gguf.get("tokenizer.ggml.model").and_then(MetadataValue::as_str).unwrap_or("(missing)");
+    let model = gguf
+        .get("tokenizer.ggml.model")
+        .and_then(MetadataValue::as_str)
+        .unwrap_or("(missing)");
     if model != "gpt2" {
         return Err(format!(
             "tokenizer model `{model}` (tokenizer.ggml.model) is not supported; only GPT-2 style byte-level BPE (`gpt2`) is"
@@ -613,7 +791,11 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<(Value, Value), String> {
             .and_then(MetadataValue::as_array)
             .ok_or_else(|| format!("missing `{key}`"))?
             .iter()
-            .map(|item| item.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` must hold strings")))
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("`{key}` must hold strings"))
+            })
             .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
@@ -621,9 +803,18 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<(Value, Value), String> {
     let token_types: Vec<i64> = gguf
         .get("tokenizer.ggml.token_type")
         .and_then(MetadataValue::as_array)
-        .map(|items| items.iter().map(|item| item.as_u64().map_or(1, |v| v as i64)).collect())
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| item.as_u64().map_or(1, |v| v as i64))
+                .collect()
+        })
         .unwrap_or_default();
-    let pre = pre_tokenizer(gguf.get("tokenizer.ggml.pre").and_then(MetadataValue::as_str).unwrap_or("default"))?;
+    let pre = pre_tokenizer(
+        gguf.get("tokenizer.ggml.pre")
+            .and_then(MetadataValue::as_str)
+            .unwrap_or("default"),
+    )?;
 
     let mut vocab = serde_json::Map::new();
     for (id, token) in tokens.iter().enumerate() {
@@ -644,11 +835,17 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<(Value, Value), String> {
             .and_then(MetadataValue::as_u64)
             .and_then(|id| tokens.get(id as usize).cloned())
     };
-    let add_bos = gguf.get("tokenizer.ggml.add_bos_token").and_then(MetadataValue::as_bool).unwrap_or(false);
+    let add_bos = gguf
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(MetadataValue::as_bool)
+        .unwrap_or(false);
     let bos = token_of("bos_token_id");
     let post_processor = match (&bos, add_bos) {
         (Some(bos), true) => {
-            let bos_id = gguf.get("tokenizer.ggml.bos_token_id").and_then(MetadataValue::as_u64).unwrap_or(0);
+            let bos_id = gguf
+                .get("tokenizer.ggml.bos_token_id")
+                .and_then(MetadataValue::as_u64)
+                .unwrap_or(0);
             json!({
                 "type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -657,7 +854,9 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<(Value, Value), String> {
                 "special_tokens": {bos.clone(): {"id": bos, "ids": [bos_id], "tokens": [bos]}},
             })
         }
-        _ => json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
+        _ => {
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+        }
     };
     let tokenizer = json!({
         "version": "1.0",
@@ -678,12 +877,20 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<(Value, Value), String> {
     tokenizer_config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
     tokenizer_config.insert("add_bos_token".into(), json!(add_bos));
     tokenizer_config.insert("clean_up_tokenization_spaces".into(), json!(false));
-    for (field, key) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")] {
+    for (field, key) in [
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("unk_token", "unknown_token_id"),
+        ("pad_token", "padding_token_id"),
+    ] {
         if let Some(token) = token_of(key) {
             tokenizer_config.insert(field.into(), json!(token));
         }
     }
-    if let Some(template) = gguf.get("tokenizer.chat_template").and_then(MetadataValue::as_str) {
+    if let Some(template) = gguf
+        .get("tokenizer.chat_template")
+        .and_then(MetadataValue::as_str)
+    {
         tokenizer_config.insert("chat_template".into(), json!(template));
     }
     Ok((tokenizer, Value::Object(tokenizer_config)))

@@ -20,8 +20,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::config::{LayerWidths, LlamaConfig, RopeScaling};
 use super::ModelError;
+use super::config::{LayerWidths, LlamaConfig, RopeScaling};
 
 /// Pruning masks for one forward pass. Every mask is optional; absent masks cost nothing.
 ///
@@ -56,10 +56,20 @@ impl Masks {
     pub fn check(&self, config: &LlamaConfig) -> Result<(), ModelError> {
         let layers = config.num_hidden_layers;
         let widths = config.all_layer_widths();
-        let groups = widths.iter().map(|w| w.num_key_value_heads).max().unwrap_or(0);
-        let intermediate = widths.iter().map(|w| w.intermediate_size).max().unwrap_or(0);
+        let groups = widths
+            .iter()
+            .map(|w| w.num_key_value_heads)
+            .max()
+            .unwrap_or(0);
+        let intermediate = widths
+            .iter()
+            .map(|w| w.intermediate_size)
+            .max()
+            .unwrap_or(0);
         let mismatch = |name: &str, expected: Vec<usize>, found: Vec<usize>| {
-            Err(ModelError::Invalid(format!("mask `{name}` has shape {found:?}, the model needs {expected:?}")))
+            Err(ModelError::Invalid(format!(
+                "mask `{name}` has shape {found:?}, the model needs {expected:?}"
+            )))
         };
         if let Some(z) = &self.layer_z
             && z.dims() != [layers]
@@ -74,7 +84,11 @@ impl Masks {
         if let Some(z) = &self.intermediate_z
             && z.dims() != [layers, intermediate]
         {
-            return mismatch("intermediate_z", vec![layers, intermediate], z.dims().to_vec());
+            return mismatch(
+                "intermediate_z",
+                vec![layers, intermediate],
+                z.dims().to_vec(),
+            );
         }
         if let Some(z) = &self.hidden_z
             && z.dims() != [config.hidden_size]
@@ -101,7 +115,11 @@ impl HiddenMask {
         let z = hidden_z.clone().unsqueeze::<3>(); // [1, 1, d]
         let keep = z.clone().detach().not_equal_elem(0.0).float(); // [1, 1, d]
         let kept_count = keep.clone().sum_dim(2); // [1, 1, 1]
-        HiddenMask { z, keep, kept_count }
+        HiddenMask {
+            z,
+            keep,
+            kept_count,
+        }
     }
 }
 
@@ -115,7 +133,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(size: usize, eps: f64, device: &Device) -> Self {
-        RmsNorm { weight: Param::from_tensor(Tensor::ones([size], device)), eps }
+        RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([size], device)),
+            eps,
+        }
     }
 
     /// `x: [batch, seq, d]` → `weight ⊙ x / sqrt(mean(x²) + eps)`.
@@ -150,24 +171,42 @@ pub struct Rope {
 impl Rope {
     /// HF `LlamaRotaryEmbedding`: `inv_freq = 1 / theta^(2i/head_dim)` in f32 (optionally scaled),
     /// angles `position · inv_freq`, duplicated to `[θ_0..θ_{h/2}, θ_0..θ_{h/2}]` (rotate_half layout).
-    pub fn new(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>, seq_len: usize, device: &Device) -> Self {
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+        seq_len: usize,
+        device: &Device,
+    ) -> Self {
         let half = head_dim / 2;
         let mut inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
             .collect();
         match scaling {
             None => {}
-            Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= *factor as f32),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Linear { factor }) => {
+                inv_freq.iter_mut().for_each(|f| *f /= *factor as f32)
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 let context = *original_max_position_embeddings as f64;
                 let low_freq_wavelen = context / low_freq_factor;
                 let high_freq_wavelen = context / high_freq_factor;
                 for f in inv_freq.iter_mut() {
                     let wavelen = 2.0 * std::f64::consts::PI / *f as f64;
-                    let scaled = if wavelen > low_freq_wavelen { *f as f64 / factor } else { *f as f64 };
+                    let scaled = if wavelen > low_freq_wavelen {
+                        *f as f64 / factor
+                    } else {
+                        *f as f64
+                    };
                     let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     *f = if medium {
-                        let smooth = (context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (context / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
                     } else {
                         scaled as f32
@@ -214,7 +253,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(hidden: usize, widths: LayerWidths, head_dim: usize, init: &Initializer, device: &Device) -> Self {
+    pub fn new(
+        hidden: usize,
+        widths: LayerWidths,
+        head_dim: usize,
+        init: &Initializer,
+        device: &Device,
+    ) -> Self {
         let query = widths.num_attention_heads * head_dim;
         let key_value = widths.num_key_value_heads * head_dim;
         Attention {
@@ -246,7 +291,11 @@ impl Attention {
         let value = split(self.v_proj.forward(x), groups); // [batch, groups, seq, head_dim]
         let key = repeat_kv(key, heads / groups); // [batch, heads, seq, head_dim]
         let value = repeat_kv(value, heads / groups); // [batch, heads, seq, head_dim]
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
         let mut context = attention(query, key, value, None, None, options); // [batch, heads, seq, head_dim]
         if let Some(z) = head_z {
             let per_head = z
@@ -255,7 +304,9 @@ impl Attention {
                 .reshape([1, heads, 1, 1]); // group g's value for each of its query heads
             context = context * per_head;
         }
-        let context = context.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]); // [batch, seq, heads·head_dim]
+        let context = context
+            .swap_dims(1, 2)
+            .reshape([batch, seq, heads * head_dim]); // [batch, seq, heads·head_dim]
         self.o_proj.forward(context)
     }
 }
@@ -324,14 +375,20 @@ struct LayerMasks<'a> {
 }
 
 impl DecoderLayer {
-    pub fn new(config: &LlamaConfig, widths: LayerWidths, init: &Initializer, device: &Device) -> Self {
+    pub fn new(
+        config: &LlamaConfig,
+        widths: LayerWidths,
+        init: &Initializer,
+        device: &Device,
+    ) -> Self {
         let hidden = config.hidden_size;
         DecoderLayer {
             input_layernorm: RmsNorm::new(hidden, config.rms_norm_eps, device),
             self_attn: (widths.num_attention_heads > 0)
                 .then(|| Attention::new(hidden, widths, config.head_dim, init, device)),
             post_attention_layernorm: RmsNorm::new(hidden, config.rms_norm_eps, device),
-            mlp: (widths.intermediate_size > 0).then(|| Mlp::new(hidden, widths.intermediate_size, init, device)),
+            mlp: (widths.intermediate_size > 0)
+                .then(|| Mlp::new(hidden, widths.intermediate_size, init, device)),
         }
     }
 
@@ -346,11 +403,15 @@ impl DecoderLayer {
             out
         };
         if let Some(attn) = &self.self_attn {
-            let normed = self.input_layernorm.forward_maybe_masked(x.clone(), masks.hidden); // [batch, seq, hidden]
+            let normed = self
+                .input_layernorm
+                .forward_maybe_masked(x.clone(), masks.hidden); // [batch, seq, hidden]
             x = x + scale_block(attn.forward(normed, rope, masks.head_z.clone()));
         }
         if let Some(mlp) = &self.mlp {
-            let normed = self.post_attention_layernorm.forward_maybe_masked(x.clone(), masks.hidden); // [batch, seq, hidden]
+            let normed = self
+                .post_attention_layernorm
+                .forward_maybe_masked(x.clone(), masks.hidden); // [batch, seq, hidden]
             x = x + scale_block(mlp.forward(normed, masks.intermediate_z.clone()));
         }
         x
@@ -359,7 +420,10 @@ impl DecoderLayer {
     pub fn widths(&self) -> LayerWidths {
         LayerWidths {
             num_attention_heads: self.self_attn.as_ref().map_or(0, Attention::num_heads),
-            num_key_value_heads: self.self_attn.as_ref().map_or(0, Attention::num_key_value_heads),
+            num_key_value_heads: self
+                .self_attn
+                .as_ref()
+                .map_or(0, Attention::num_key_value_heads),
             intermediate_size: self.mlp.as_ref().map_or(0, Mlp::intermediate_size),
         }
     }
@@ -381,14 +445,18 @@ impl Llama {
     /// A randomly initialised model: every weight matrix ~ Normal(0, `initializer_range`), norms 1
     /// (HF `_init_weights`). Seed with `device.seed(..)` first for reproducibility.
     pub fn new(config: &LlamaConfig, device: &Device) -> Self {
-        let init = Initializer::Normal { mean: 0.0, std: config.initializer_range };
+        let init = Initializer::Normal {
+            mean: 0.0,
+            std: config.initializer_range,
+        };
         let embed_tokens = EmbeddingConfig::new(config.vocab_size, config.hidden_size)
             .with_initializer(init.clone())
             .init(device);
         let layers = (0..config.num_hidden_layers)
             .map(|index| DecoderLayer::new(config, config.layer(index), &init, device))
             .collect();
-        let lm_head = (!config.tie_word_embeddings).then(|| linear(config.hidden_size, config.vocab_size, &init, device));
+        let lm_head = (!config.tie_word_embeddings)
+            .then(|| linear(config.hidden_size, config.vocab_size, &init, device));
         Llama {
             embed_tokens,
             layers,
@@ -407,7 +475,13 @@ impl Llama {
         norm: RmsNorm,
         lm_head: Option<Linear>,
     ) -> Self {
-        Llama { embed_tokens, layers, norm, lm_head, settings: config.clone() }
+        Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            settings: config.clone(),
+        }
     }
 
     /// The config describing this model as it is now (widths read from the weight shapes, so it
@@ -446,11 +520,18 @@ impl Llama {
                         z.as_ref().map(|z| {
                             let columns = z.dims()[1];
                             let row = z.clone().narrow(0, index, 1).reshape([columns]);
-                            if columns == width { row } else { row.narrow(0, 0, width) }
+                            if columns == width {
+                                row
+                            } else {
+                                row.narrow(0, 0, width)
+                            }
                         })
                     };
                     LayerMasks {
-                        layer_z: masks.layer_z.as_ref().map(|z| z.clone().narrow(0, index, 1).reshape([1, 1, 1])),
+                        layer_z: masks
+                            .layer_z
+                            .as_ref()
+                            .map(|z| z.clone().narrow(0, index, 1).reshape([1, 1, 1])),
                         head_z: row(&masks.head_z, widths.num_key_value_heads),
                         intermediate_z: row(&masks.intermediate_z, widths.intermediate_size),
                         hidden: hidden.as_ref(),
@@ -466,19 +547,27 @@ impl Llama {
                 let [batch, seq, hidden] = x.dims();
                 let weight = self.embed_tokens.weight.val(); // [vocab, hidden]
                 let vocab = weight.dims()[0];
-                x.reshape([batch * seq, hidden]).matmul(weight.transpose()).reshape([batch, seq, vocab])
+                x.reshape([batch * seq, hidden])
+                    .matmul(weight.transpose())
+                    .reshape([batch, seq, vocab])
             }
         }
     }
 }
 
 fn linear(input: usize, output: usize, init: &Initializer, device: &Device) -> Linear {
-    LinearConfig::new(input, output).with_bias(false).with_initializer(init.clone()).init(device)
+    LinearConfig::new(input, output)
+        .with_bias(false)
+        .with_initializer(init.clone())
+        .init(device)
 }
 
 /// A bias-free [`Linear`] holding `weight` (burn layout `[in, out]`).
 pub fn linear_from(weight: Tensor<2>) -> Linear {
-    Linear { weight: Param::from_tensor(weight), bias: None }
+    Linear {
+        weight: Param::from_tensor(weight),
+        bias: None,
+    }
 }
 
 #[cfg(test)]
@@ -495,7 +584,10 @@ mod tests {
     }
 
     fn ids(device: &Device) -> Tensor<2, Int> {
-        Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 7, 3, 22, 9, 0, 13, 4, 4, 17, 2], [2, 6]), device)
+        Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 7, 3, 22, 9, 0, 13, 4, 4, 17, 2], [2, 6]),
+            device,
+        )
     }
 
     fn max_difference(a: Tensor<3>, b: Tensor<3>) -> f32 {
@@ -503,7 +595,12 @@ mod tests {
     }
 
     fn indices(keep: &[bool], device: &Device) -> Tensor<1, Int> {
-        let kept: Vec<i64> = keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as i64).collect();
+        let kept: Vec<i64> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .map(|(i, _)| i as i64)
+            .collect();
         let count = kept.len();
         Tensor::from_data(TensorData::new(kept, [count]), device)
     }
@@ -528,7 +625,10 @@ mod tests {
 
     fn slice(model: &Llama, hard: &HardMasks, device: &Device) -> Llama {
         let keep_hidden = indices(&hard.hidden, device);
-        let norm = |n: &RmsNorm| RmsNorm { weight: Param::from_tensor(n.weight.val().select(0, keep_hidden.clone())), eps: n.eps };
+        let norm = |n: &RmsNorm| RmsNorm {
+            weight: Param::from_tensor(n.weight.val().select(0, keep_hidden.clone())),
+            eps: n.eps,
+        };
         let mut layers = Vec::new();
         for (index, layer) in model.layers.iter().enumerate() {
             if !hard.layer[index] {
@@ -537,9 +637,14 @@ mod tests {
             let attn = layer.self_attn.as_ref().unwrap();
             let per_group = attn.num_heads() / attn.num_key_value_heads();
             let head_dim = attn.head_dim;
-            let query_columns: Vec<bool> =
-                hard.groups[index].iter().flat_map(|&k| std::iter::repeat_n(k, per_group * head_dim)).collect();
-            let kv_columns: Vec<bool> = hard.groups[index].iter().flat_map(|&k| std::iter::repeat_n(k, head_dim)).collect();
+            let query_columns: Vec<bool> = hard.groups[index]
+                .iter()
+                .flat_map(|&k| std::iter::repeat_n(k, per_group * head_dim))
+                .collect();
+            let kv_columns: Vec<bool> = hard.groups[index]
+                .iter()
+                .flat_map(|&k| std::iter::repeat_n(k, head_dim))
+                .collect();
             let self_attn = query_columns.contains(&true).then(|| {
                 let q = indices(&query_columns, device);
                 let kv = indices(&kv_columns, device);
@@ -554,9 +659,21 @@ mod tests {
             let mlp = layer.mlp.as_ref().unwrap();
             let keep_intermediate = indices(&hard.intermediate[index], device);
             let mlp = hard.intermediate[index].contains(&true).then(|| Mlp {
-                gate_proj: select_linear(&select_linear(&mlp.gate_proj, 0, &keep_hidden), 1, &keep_intermediate),
-                up_proj: select_linear(&select_linear(&mlp.up_proj, 0, &keep_hidden), 1, &keep_intermediate),
-                down_proj: select_linear(&select_linear(&mlp.down_proj, 1, &keep_hidden), 0, &keep_intermediate),
+                gate_proj: select_linear(
+                    &select_linear(&mlp.gate_proj, 0, &keep_hidden),
+                    1,
+                    &keep_intermediate,
+                ),
+                up_proj: select_linear(
+                    &select_linear(&mlp.up_proj, 0, &keep_hidden),
+                    1,
+                    &keep_intermediate,
+                ),
+                down_proj: select_linear(
+                    &select_linear(&mlp.down_proj, 1, &keep_hidden),
+                    0,
+                    &keep_intermediate,
+                ),
             });
             layers.push(DecoderLayer {
                 input_layernorm: norm(&layer.input_layernorm),
@@ -565,13 +682,32 @@ mod tests {
                 mlp,
             });
         }
-        let embed_tokens = Embedding { weight: Param::from_tensor(model.embed_tokens.weight.val().select(1, keep_hidden.clone())) };
-        let lm_head = model.lm_head.as_ref().map(|head| select_linear(head, 0, &keep_hidden));
-        Llama::from_parts(&model.settings, embed_tokens, layers, norm(&model.norm), lm_head)
+        let embed_tokens = Embedding {
+            weight: Param::from_tensor(
+                model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .select(1, keep_hidden.clone()),
+            ),
+        };
+        let lm_head = model
+            .lm_head
+            .as_ref()
+            .map(|head| select_linear(head, 0, &keep_hidden));
+        Llama::from_parts(
+            &model.settings,
+            embed_tokens,
+            layers,
+            norm(&model.norm),
+            lm_head,
+        )
     }
 
     fn masks_of(hard: &HardMasks, device: &Device) -> Masks {
-        let rows = |rows: &[Vec<bool>]| Tensor::stack::<2>(rows.iter().map(|r| mask(r, device)).collect(), 0);
+        let rows = |rows: &[Vec<bool>]| {
+            Tensor::stack::<2>(rows.iter().map(|r| mask(r, device)).collect(), 0)
+        };
         Masks {
             layer_z: Some(mask(&hard.layer, device)),
             head_z: Some(rows(&hard.groups)),
@@ -595,7 +731,10 @@ mod tests {
         masks.check(&config).unwrap();
         let plain = model.forward(ids(&device), None);
         let masked = model.forward(ids(&device), Some(&masks));
-        assert!(plain.clone().abs().max().into_scalar::<f32>() > 1.0, "logits too small for a meaningful test");
+        assert!(
+            plain.clone().abs().max().into_scalar::<f32>() > 1.0,
+            "logits too small for a meaningful test"
+        );
         assert!(max_difference(plain, masked) < 1e-5);
     }
 
@@ -611,7 +750,9 @@ mod tests {
                 layer: vec![true, false, true],
                 // layer 2 loses every group: its attention disappears (identity).
                 groups: vec![vec![false, true], vec![true, true], vec![false, false]],
-                intermediate: (0..3).map(|l| (0..12).map(|i| (i + l) % 3 != 0).collect()).collect(),
+                intermediate: (0..3)
+                    .map(|l| (0..12).map(|i| (i + l) % 3 != 0).collect())
+                    .collect(),
                 hidden: (0..16).map(|i| i % 4 != 1).collect(),
             };
             let masked = model.forward(ids(&device), Some(&masks_of(&hard, &device)));
@@ -623,7 +764,10 @@ mod tests {
             assert_eq!(config.layer(1).num_attention_heads, 0);
             let plain = sliced.forward(ids(&device), None);
             let difference = max_difference(masked, plain);
-            assert!(difference < 1e-4, "tied={tied}: masked vs sliced differ by {difference}");
+            assert!(
+                difference < 1e-4,
+                "tied={tied}: masked vs sliced differ by {difference}"
+            );
         }
     }
 
@@ -633,13 +777,29 @@ mod tests {
         device.seed(7);
         let config = tiny_config();
         let model = Llama::new(&config, &device);
-        let head_z = Tensor::<2>::random([3, 2], Distribution::Uniform(0.5, 1.0), &device).require_grad();
-        let hidden_z = Tensor::<1>::random([16], Distribution::Uniform(0.5, 1.0), &device).require_grad();
-        let masks = Masks { head_z: Some(head_z.clone()), hidden_z: Some(hidden_z.clone()), ..Masks::default() };
+        let head_z =
+            Tensor::<2>::random([3, 2], Distribution::Uniform(0.5, 1.0), &device).require_grad();
+        let hidden_z =
+            Tensor::<1>::random([16], Distribution::Uniform(0.5, 1.0), &device).require_grad();
+        let masks = Masks {
+            head_z: Some(head_z.clone()),
+            hidden_z: Some(hidden_z.clone()),
+            ..Masks::default()
+        };
         let logits = model.forward(ids(&device), Some(&masks));
         let gradients = logits.sum().backward();
-        let head_gradient = head_z.grad(&gradients).unwrap().abs().sum().into_scalar::<f32>();
-        let hidden_gradient = hidden_z.grad(&gradients).unwrap().abs().sum().into_scalar::<f32>();
+        let head_gradient = head_z
+            .grad(&gradients)
+            .unwrap()
+            .abs()
+            .sum()
+            .into_scalar::<f32>();
+        let hidden_gradient = hidden_z
+            .grad(&gradients)
+            .unwrap()
+            .abs()
+            .sum()
+            .into_scalar::<f32>();
         assert!(head_gradient > 0.0 && hidden_gradient > 0.0);
     }
 
@@ -647,9 +807,15 @@ mod tests {
     fn mask_shapes_are_checked() {
         let device = Device::flex();
         let config = tiny_config();
-        let masks = Masks { head_z: Some(Tensor::ones([3, 4], &device)), ..Masks::default() };
+        let masks = Masks {
+            head_z: Some(Tensor::ones([3, 4], &device)),
+            ..Masks::default()
+        };
         let message = masks.check(&config).unwrap_err().to_string();
-        assert!(message.contains("head_z") && message.contains("[3, 2]"), "{message}");
+        assert!(
+            message.contains("head_z") && message.contains("[3, 2]"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -657,9 +823,21 @@ mod tests {
         let device = Device::flex();
         let mut config = tiny_config();
         config.set_layer_widths(vec![
-            LayerWidths { num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 12 },
-            LayerWidths { num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 5 },
-            LayerWidths { num_attention_heads: 0, num_key_value_heads: 0, intermediate_size: 7 },
+            LayerWidths {
+                num_attention_heads: 4,
+                num_key_value_heads: 2,
+                intermediate_size: 12,
+            },
+            LayerWidths {
+                num_attention_heads: 2,
+                num_key_value_heads: 1,
+                intermediate_size: 5,
+            },
+            LayerWidths {
+                num_attention_heads: 0,
+                num_key_value_heads: 0,
+                intermediate_size: 7,
+            },
         ]);
         let model = Llama::new(&config, &device);
         assert_eq!(model.config(), config);

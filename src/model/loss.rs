@@ -26,6 +26,27 @@ pub fn cross_entropy_per_sequence(logits: Tensor<3>, targets: Tensor<2, Int>) ->
     token_losses(logits, targets).mean_dim(1).reshape([batch])
 }
 
+/// Mean loss per domain from per-sequence losses (`cross_entropy_per_sequence`, read to the host)
+/// and each sequence's domain id. `None` for domains without a sequence in the batch.
+pub fn mean_loss_by_domain(
+    per_sequence: &[f32],
+    domain_ids: &[usize],
+    num_domains: usize,
+) -> Vec<Option<f64>> {
+    let mut sums = vec![0.0f64; num_domains];
+    let mut counts = vec![0usize; num_domains];
+    for (&loss, &domain) in per_sequence.iter().zip(domain_ids) {
+        if domain < num_domains {
+            sums[domain] += loss as f64;
+            counts[domain] += 1;
+        }
+    }
+    sums.iter()
+        .zip(&counts)
+        .map(|(&sum, &count)| (count > 0).then(|| sum / count as f64))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,14 +56,28 @@ mod tests {
     fn matches_hand_computed_values() {
         let device = Device::flex();
         // batch 2, seq 1, vocab 3.
-        let logits = Tensor::<3>::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0, 1.0, 1.0, 1.0], [2, 1, 3]), &device);
+        let logits = Tensor::<3>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 2.0, 1.0, 1.0, 1.0], [2, 1, 3]),
+            &device,
+        );
         let targets = Tensor::<2, Int>::from_data(TensorData::new(vec![2i64, 0], [2, 1]), &device);
         let log_sum = (1.0f64 + 1f64.exp() + 2f64.exp()).ln();
         let first = log_sum - 2.0;
         let second = 3f64.ln();
-        let per_row = cross_entropy_per_sequence(logits.clone(), targets.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let per_row = cross_entropy_per_sequence(logits.clone(), targets.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert!((per_row[0] as f64 - first).abs() < 1e-6);
         assert!((per_row[1] as f64 - second).abs() < 1e-6);
+        assert_eq!(
+            mean_loss_by_domain(&per_row, &[1, 1], 3),
+            vec![
+                None,
+                Some((per_row[0] as f64 + per_row[1] as f64) / 2.0),
+                None
+            ]
+        );
         let mean = cross_entropy(logits, targets).into_scalar::<f32>() as f64;
         assert!((mean - (first + second) / 2.0).abs() < 1e-6);
     }

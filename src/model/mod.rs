@@ -25,9 +25,9 @@ pub mod loss;
 pub mod slice;
 
 pub use config::{LayerWidths, LlamaConfig, ParameterCounts, RopeScaling};
-pub use hf::{load_hf, save_hf};
-pub use llama::{Attention, DecoderLayer, Llama, Masks, Mlp, RmsNorm};
-pub use loss::{cross_entropy, cross_entropy_per_sequence};
+pub use hf::{WeightDtype, load_hf, save_hf, save_hf_with_dtype};
+pub use llama::{Attention, DecoderLayer, Llama, Masks, Mlp, RmsNorm, linear_from};
+pub use loss::{cross_entropy, cross_entropy_per_sequence, mean_loss_by_domain};
 
 use std::path::PathBuf;
 
@@ -43,7 +43,11 @@ pub enum ModelError {
     Weights { path: PathBuf, message: String },
     /// A tensor is missing, unexpected, or has the wrong shape.
     #[error("{path}: tensor `{tensor}`: {message}")]
-    Tensor { path: PathBuf, tensor: String, message: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
     /// The device string is not understood, or the binary lacks the backend for it.
     #[error("device `{name}`: {message}")]
     Device { name: String, message: String },
@@ -60,15 +64,32 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.into(), source }
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        ModelError::Config { path: path.into(), message: message.into() }
+        ModelError::Config {
+            path: path.into(),
+            message: message.into(),
+        }
     }
     pub(crate) fn weights(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        ModelError::Weights { path: path.into(), message: message.into() }
+        ModelError::Weights {
+            path: path.into(),
+            message: message.into(),
+        }
     }
-    pub(crate) fn tensor(path: impl Into<PathBuf>, tensor: impl Into<String>, message: impl Into<String>) -> Self {
-        ModelError::Tensor { path: path.into(), tensor: tensor.into(), message: message.into() }
+    pub(crate) fn tensor(
+        path: impl Into<PathBuf>,
+        tensor: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ModelError::Tensor {
+            path: path.into(),
+            tensor: tensor.into(),
+            message: message.into(),
+        }
     }
 }

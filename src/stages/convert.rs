@@ -43,14 +43,21 @@ impl Stage for ConvertStage {
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let input = ctx.input("gguf")?;
         if !input.is_file() {
-            return Err(StageError::input("gguf", format!("{} is not a file", input.display())));
+            return Err(StageError::input(
+                "gguf",
+                format!("{} is not a file", input.display()),
+            ));
         }
-        ctx.reporter.message(&format!("converting {}", input.display()));
-        let summary = gguf::convert(input, &ctx.out_dir).map_err(|error| StageError::input("gguf", error.to_string()))?;
+        ctx.reporter
+            .message(&format!("converting {}", input.display()));
+        let summary = gguf::convert(input, &ctx.out_dir)
+            .map_err(|error| StageError::input("gguf", error.to_string()))?;
         if let Some(reason) = &summary.tokenizer_skipped {
-            ctx.reporter.message(&format!("no tokenizer.json written: {reason}"));
+            ctx.reporter
+                .message(&format!("no tokenizer.json written: {reason}"));
         }
-        let metrics = serde_json::to_string_pretty(&summary).context("serialising the conversion summary")?;
+        let metrics =
+            serde_json::to_string_pretty(&summary).context("serialising the conversion summary")?;
         let path = ctx.out_dir.join("metrics.json");
         std::fs::write(&path, metrics).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
@@ -60,6 +67,44 @@ impl Stage for ConvertStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stages::{CancelFlag, NullReporter, Settings};
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    #[test]
+    fn run_converts_the_gguf_input() {
+        let gguf =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/gguf_tiny/tiny.gguf");
+        let out = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let config: toml::Table = toml::from_str("gguf = { path = \"tiny.gguf\" }").unwrap();
+        let settings = Settings::default();
+        let ctx = StageContext {
+            name: "base",
+            config: &config,
+            inputs: BTreeMap::from([("gguf".to_string(), gguf)]),
+            out_dir: out.path().to_path_buf(),
+            scratch_dir: scratch.path().to_path_buf(),
+            settings: &settings,
+            reporter: &NullReporter,
+            cancel: CancelFlag::default(),
+        };
+        ConvertStage.run(&ctx).unwrap();
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "metrics.json",
+        ] {
+            assert!(out.path().join(file).is_file(), "{file} missing");
+        }
+        let missing = StageContext {
+            inputs: BTreeMap::new(),
+            ..ctx
+        };
+        let message = ConvertStage.run(&missing).unwrap_err().to_string();
+        assert!(message.contains("gguf"), "{message}");
+    }
 
     #[test]
     fn normalize_rejects_unknown_keys_and_keeps_input() {

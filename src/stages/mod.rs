@@ -42,10 +42,16 @@ pub enum StageError {
 
 impl StageError {
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
-        StageError::Config { key: key.into(), message: message.into() }
+        StageError::Config {
+            key: key.into(),
+            message: message.into(),
+        }
     }
     pub fn input(key: impl Into<String>, message: impl Into<String>) -> Self {
-        StageError::Input { key: key.into(), message: message.into() }
+        StageError::Input {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -61,7 +67,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { device: "cpu".into(), seed: 17 }
+        Settings {
+            device: "cpu".into(),
+            seed: 17,
+        }
     }
 }
 
@@ -94,7 +103,11 @@ impl CancelFlag {
         self.0.load(Ordering::SeqCst)
     }
     pub fn check(&self) -> Result<(), StageError> {
-        if self.is_cancelled() { Err(StageError::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -152,13 +165,21 @@ pub trait Stage: Send + Sync {
 
 /// Deserialise `table` into the kind's typed config `T` (which should use `#[serde(deny_unknown_fields)]`
 /// and defaults) and serialise it back, so the returned table has every default filled in.
-pub fn normalize_typed<T: DeserializeOwned + Serialize>(table: &toml::Table) -> Result<(T, toml::Table), StageError> {
-    let typed: T = toml::Value::Table(table.clone()).try_into().map_err(|error: toml::de::Error| {
-        StageError::config(String::new(), error.message().to_string())
-    })?;
+pub fn normalize_typed<T: DeserializeOwned + Serialize>(
+    table: &toml::Table,
+) -> Result<(T, toml::Table), StageError> {
+    let typed: T =
+        toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|error: toml::de::Error| {
+                StageError::config(String::new(), error.message().to_string())
+            })?;
     match toml::Value::try_from(&typed).map_err(|error| StageError::Other(error.into()))? {
         toml::Value::Table(back) => Ok((typed, back)),
-        other => Err(StageError::Other(anyhow::anyhow!("config serialised to a {} instead of a table", other.type_str()))),
+        other => Err(StageError::Other(anyhow::anyhow!(
+            "config serialised to a {} instead of a table",
+            other.type_str()
+        ))),
     }
 }
 

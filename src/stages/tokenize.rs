@@ -199,7 +199,11 @@ impl Stage for TokenizeStage {
         config.check()?;
         let tokenizer = match config.tokenizer_source_config()? {
             Some(train) => TokenizerSource::Train(train),
-            None => TokenizerSource::File(ctx.input("tokenizer")?.to_path_buf()),
+            // `{ stage = "model" }` gives the model folder: its tokenizer.json is meant.
+            None => {
+                let path = ctx.input("tokenizer")?;
+                TokenizerSource::File(if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() })
+            }
         };
         let mut domains = Vec::new();
         for name in config.domains.keys() {

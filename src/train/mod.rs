@@ -1,0 +1,11 @@
+//! Training utilities shared by the `train` and `prune` stages, and the training loop.
+//!
+//! - [`schedule`]: cosine learning-rate schedule with linear warm-up (Composer's `cosine_with_warmup`).
+//! - [`clip`]: global-norm gradient clipping with PyTorch `clip_grad_norm_` semantics.
+//! - [`optim`]: AdamW with every value explicit and no decay on norms and embeddings.
+//! - [`checkpoint`]: atomic, fingerprinted checkpoint folders for bit-identical resume.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod optim;
+pub mod schedule;

@@ -110,7 +110,7 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
         max_tokens_per_domain: None,
         bos_token: None,
         eos_token: None,
-        batch_documents: 256,
+        batch_documents: crate::data::tokenize::DEFAULT_BATCH_DOCUMENTS,
     };
     let (null, cancel) = (NullReporter, CancelFlag::default());
 

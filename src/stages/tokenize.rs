@@ -70,9 +70,6 @@ fn default_text_field() -> String {
     "text".into()
 }
 
-/// Documents per encode batch: large enough to keep two threads busy, small enough to bound memory.
-const BATCH_DOCUMENTS: usize = 256;
-
 impl TokenizeConfig {
     fn parse(table: &toml::Table) -> Result<(Self, toml::Table), StageError> {
         let (mut config, _): (TokenizeConfig, _) = normalize_typed(table)?;
@@ -226,7 +223,7 @@ impl Stage for TokenizeStage {
             max_tokens_per_domain: config.max_tokens_per_domain,
             bos_token: config.bos_token.clone(),
             eos_token: config.eos_token.clone(),
-            batch_documents: BATCH_DOCUMENTS,
+            batch_documents: crate::data::tokenize::DEFAULT_BATCH_DOCUMENTS,
         };
         let summary = tokenize(&spec, &ctx.out_dir, ctx.reporter, &ctx.cancel).map_err(stage_error)?;
         let metrics = serde_json::json!({

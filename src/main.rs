@@ -87,7 +87,9 @@ fn main() -> ExitCode {
         Command::Dag(args) => sheared::exec::cli::dag(&args),
         Command::Gc(args) => sheared::exec::cli::gc(&args),
         Command::Verify(args) => sheared::exec::cli::verify(&args),
-        Command::Bench { area: BenchArea::Runner(args) } => sheared::bench::runner::run(&args),
+        Command::Bench {
+            area: BenchArea::Runner(args),
+        } => sheared::bench::runner::run(&args),
         Command::Kinds => {
             let registry = sheared::stages::builtin();
             for kind in registry.kinds() {
@@ -100,17 +102,23 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Compare(args) => sheared::report::cli::compare_command(&args),
-        Command::Benchmarks { out, only, area_args } => {
-            sheared::report::benchmarks::regenerate(&out, &only, &area_args)
-        }
+        Command::Benchmarks {
+            out,
+            only,
+            area_args,
+        } => sheared::report::benchmarks::regenerate(&out, &only, &area_args),
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),
-        Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
-        Command::Bench { area: BenchArea::Prune(args) } => sheared::bench::prune::run_cli(&args),
-        Command::Bench { area: BenchArea::Data(args) } => {
-            sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
-        }
+        Command::Bench {
+            area: BenchArea::Model(args),
+        } => sheared::bench::model::run(&args),
+        Command::Bench {
+            area: BenchArea::Prune(args),
+        } => sheared::bench::prune::run_cli(&args),
+        Command::Bench {
+            area: BenchArea::Data(args),
+        } => sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report)),
         Command::Bench {
             area: BenchArea::Store(args),
         } => sheared::bench::store::run(&args).and_then(|report| {

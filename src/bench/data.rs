@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::data::source::{DocumentReader, SourceOptions, resolve_sources};
-use crate::data::tokenize::{DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize};
+use crate::data::tokenize::{
+    DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
+};
 use crate::data::{DomainMixture, Exhaustion, TokenizedDataset};
 use crate::stages::{CancelFlag, NullReporter};
 
@@ -74,13 +76,23 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
     if args.threads == 0 || args.repeats == 0 {
         bail!("--threads and --repeats must be at least 1");
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()?;
     let mut domains = Vec::new();
-    let entries = std::fs::read_dir(&args.corpus).with_context(|| format!("reading {}", args.corpus.display()))?;
+    let entries = std::fs::read_dir(&args.corpus)
+        .with_context(|| format!("reading {}", args.corpus.display()))?;
     for entry in entries {
         let path = entry?.path();
-        if path.extension().is_some_and(|extension| extension == "jsonl") {
-            let name = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("domain").to_string();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "jsonl")
+        {
+            let name = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .unwrap_or("domain")
+                .to_string();
             domains.push(DomainSpec {
                 name,
                 source: path,
@@ -91,10 +103,16 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
     }
     domains.sort_by(|a, b| a.name.cmp(&b.name));
     if domains.is_empty() {
-        bail!("{} holds no .jsonl files; pass --corpus with one <domain>.jsonl per domain", args.corpus.display());
+        bail!(
+            "{} holds no .jsonl files; pass --corpus with one <domain>.jsonl per domain",
+            args.corpus.display()
+        );
     }
     let scratch = tempfile::tempdir()?;
-    let out = args.out.clone().unwrap_or_else(|| scratch.path().join("tokens"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("tokens"));
     let mut spec = TokenizeSpec {
         domains,
         tokenizer: match &args.tokenizer {
@@ -133,9 +151,14 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
     let mut stage_best = f64::INFINITY;
     let mut tokens = 0;
     for repeat in 0..args.repeats {
-        let target = if repeat + 1 == args.repeats { out.clone() } else { scratch.path().join(format!("run{repeat}")) };
+        let target = if repeat + 1 == args.repeats {
+            out.clone()
+        } else {
+            scratch.path().join(format!("run{repeat}"))
+        };
         if target.exists() {
-            std::fs::remove_dir_all(&target).with_context(|| format!("clearing {}", target.display()))?;
+            std::fs::remove_dir_all(&target)
+                .with_context(|| format!("clearing {}", target.display()))?;
         }
         let started = Instant::now();
         let summary = pool.install(|| tokenize(&spec, &target, &null, &cancel))?;
@@ -148,8 +171,10 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
     let mut corpus_bytes = 0;
     for domain in &spec.domains {
         let files = resolve_sources(&domain.name, &domain.source)?;
-        corpus_bytes +=
-            files.iter().map(|file| std::fs::metadata(file).map(|meta| meta.len()).unwrap_or(0)).sum::<u64>();
+        corpus_bytes += files
+            .iter()
+            .map(|file| std::fs::metadata(file).map(|meta| meta.len()).unwrap_or(0))
+            .sum::<u64>();
         for document in DocumentReader::new(files, SourceOptions::default()) {
             let document = document?;
             if !document.text.is_empty() {
@@ -157,16 +182,21 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
             }
         }
     }
-    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
     let mut rust_best = f64::INFINITY;
     let mut rust_tokens = 0;
     for _ in 0..args.repeats {
         let started = Instant::now();
-        let encodings =
-            pool.install(|| tokenizer.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), false));
+        let encodings = pool.install(|| {
+            tokenizer.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), false)
+        });
         let encodings = encodings.map_err(|error| anyhow::anyhow!("{error}"))?;
         rust_best = rust_best.min(started.elapsed().as_secs_f64());
-        rust_tokens = encodings.iter().map(|encoding| encoding.len() as u64 + 2).sum();
+        rust_tokens = encodings
+            .iter()
+            .map(|encoding| encoding.len() as u64 + 2)
+            .sum();
     }
     if rust_tokens != tokens {
         bail!(
@@ -206,7 +236,8 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
         python_encode_batch_tokens_per_s: tokens as f64 / python.seconds,
         python_tokenizers_version: python.version,
         stage_vs_python_ratio: python.seconds / stage_best,
-        sampler_tokens_per_s: (batches * (args.batch_size * (args.seq_len + 1)) as u64) as f64 / sampler_s,
+        sampler_tokens_per_s: (batches * (args.batch_size * (args.seq_len + 1)) as u64) as f64
+            / sampler_s,
         sampler_seq_len: args.seq_len,
         sampler_batch_size: args.batch_size,
     };
@@ -238,7 +269,10 @@ pub fn print(report: &DataBenchReport) {
         "Python tokenizers {} encode_batch (in memory): {:>12.0} tokens/s",
         report.python_tokenizers_version, report.python_encode_batch_tokens_per_s
     );
-    println!("stage / Python encode_batch:                     {:>12.2}x", report.stage_vs_python_ratio);
+    println!(
+        "stage / Python encode_batch:                     {:>12.2}x",
+        report.stage_vs_python_ratio
+    );
     println!(
         "DomainMixture sampler (seq_len {}, batch {}):     {:>12.0} tokens/s",
         report.sampler_seq_len, report.sampler_batch_size, report.sampler_tokens_per_s
@@ -283,7 +317,10 @@ fn python_encode_batch(
     let script = scratch.join("bench_tokenizers.py");
     std::fs::write(&script, PYTHON_SCRIPT)?;
     let mut command = std::process::Command::new(&args.python);
-    command.arg(&script).arg(tokenizer).arg(args.repeats.to_string());
+    command
+        .arg(&script)
+        .arg(tokenizer)
+        .arg(args.repeats.to_string());
     for domain in &spec.domains {
         command.arg(&domain.source);
     }
@@ -293,7 +330,10 @@ fn python_encode_batch(
         .env("TOKENIZERS_PARALLELISM", "true")
         .output()
         .with_context(|| {
-            format!("running {} (pass --python with an interpreter that has `tokenizers`)", args.python.display())
+            format!(
+                "running {} (pass --python with an interpreter that has `tokenizers`)",
+                args.python.display()
+            )
         })?;
     if !output.status.success() {
         bail!(
@@ -305,8 +345,12 @@ fn python_encode_batch(
     let value: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("reading the Python benchmark's output")?;
     Ok(PythonTiming {
-        seconds: value["seconds"].as_f64().context("no seconds in the Python output")?,
-        tokens: value["tokens"].as_u64().context("no tokens in the Python output")?,
+        seconds: value["seconds"]
+            .as_f64()
+            .context("no seconds in the Python output")?,
+        tokens: value["tokens"]
+            .as_u64()
+            .context("no tokens in the Python output")?,
         version: value["version"].as_str().unwrap_or("?").to_string(),
     })
 }

@@ -3,7 +3,7 @@
 
 pub mod data;
 pub mod model;
+pub mod prune;
 pub mod runner;
 pub mod store;
 pub mod train;
-pub mod prune;

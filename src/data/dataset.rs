@@ -26,9 +26,10 @@ impl TokenizedDataset {
         let mut train = Vec::new();
         let mut eval = Vec::new();
         for domain in &manifest.domains {
-            for (split, expected, shards) in
-                [("train", domain.train_tokens, &mut train), ("eval", domain.eval_tokens, &mut eval)]
-            {
+            for (split, expected, shards) in [
+                ("train", domain.train_tokens, &mut train),
+                ("eval", domain.eval_tokens, &mut eval),
+            ] {
                 let path = dir.join(split).join(format!("{}.bin", domain.name));
                 let shard = Shard::open(&path, manifest.dtype)?;
                 if shard.len() != expected {
@@ -45,8 +46,18 @@ impl TokenizedDataset {
                 shards.push(shard);
             }
         }
-        let domains = manifest.domains.iter().map(|domain| domain.name.clone()).collect();
-        Ok(TokenizedDataset { dir: dir.to_path_buf(), manifest, domains, train, eval })
+        let domains = manifest
+            .domains
+            .iter()
+            .map(|domain| domain.name.clone())
+            .collect();
+        Ok(TokenizedDataset {
+            dir: dir.to_path_buf(),
+            manifest,
+            domains,
+            train,
+            eval,
+        })
     }
 
     /// Domain names; their positions are the domain ids used in batches and weights.
@@ -81,11 +92,19 @@ impl TokenizedDataset {
 
     /// The id of domain `name`, or an error listing the known domains (never a silent domain 0).
     pub fn domain_id(&self, name: &str) -> Result<usize, DataError> {
-        self.domains.iter().position(|known| known == name).ok_or_else(|| DataError::UnknownDomain {
-            name: name.to_string(),
-            known: self.domains.iter().map(|domain| format!("`{domain}`")).collect::<Vec<_>>().join(", "),
-            suggestion: did_you_mean(name, self.domains.iter().map(String::as_str)),
-        })
+        self.domains
+            .iter()
+            .position(|known| known == name)
+            .ok_or_else(|| DataError::UnknownDomain {
+                name: name.to_string(),
+                known: self
+                    .domains
+                    .iter()
+                    .map(|domain| format!("`{domain}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                suggestion: did_you_mean(name, self.domains.iter().map(String::as_str)),
+            })
     }
 
     /// Weights written by domain name (a recipe's `proportions = { cc = 0.67, .. }`) in `domains()` order.
@@ -101,8 +120,12 @@ impl TokenizedDataset {
             weights[self.domain_id(name)?] = weight;
         }
         if !missing_is_zero {
-            let missing: Vec<&str> =
-                self.domains.iter().filter(|domain| !named.contains_key(*domain)).map(String::as_str).collect();
+            let missing: Vec<&str> = self
+                .domains
+                .iter()
+                .filter(|domain| !named.contains_key(*domain))
+                .map(String::as_str)
+                .collect();
             if !missing.is_empty() {
                 return Err(DataError::InvalidWeights {
                     message: format!(
@@ -129,7 +152,9 @@ pub(crate) mod testing {
         let mut entries = Vec::new();
         for (name, train, eval) in domains {
             for (split, tokens) in [("train", train), ("eval", eval)] {
-                let mut writer = ShardWriter::create(&dir.join(split).join(format!("{name}.bin")), dtype).unwrap();
+                let mut writer =
+                    ShardWriter::create(&dir.join(split).join(format!("{name}.bin")), dtype)
+                        .unwrap();
                 writer.write(tokens).unwrap();
                 writer.finish().unwrap();
             }
@@ -150,7 +175,11 @@ pub(crate) mod testing {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             dtype,
-            vocab_size: if dtype == TokenDtype::U16 { 65536 } else { 1 << 20 },
+            vocab_size: if dtype == TokenDtype::U16 {
+                65536
+            } else {
+                1 << 20
+            },
             tokenizer_blake3: String::new(),
             bos_token: "<s>".into(),
             bos_id: 0,
@@ -176,7 +205,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_dataset(
             dir.path(),
-            &[("web", (0..100).collect(), (0..10).collect()), ("code", vec![5; 50], vec![6; 9])],
+            &[
+                ("web", (0..100).collect(), (0..10).collect()),
+                ("code", vec![5; 50], vec![6; 9]),
+            ],
             TokenDtype::U32,
         );
         let dataset = TokenizedDataset::open(dir.path()).unwrap();
@@ -184,17 +216,35 @@ mod tests {
         assert_eq!(dataset.domain_id("code").unwrap(), 1);
         assert_eq!(dataset.train_shard(0).read(98, 2).unwrap(), [98, 99]);
         let error = dataset.domain_id("cod").unwrap_err().to_string();
-        assert!(error.contains("unknown domain `cod`") && error.contains("did you mean `code`"), "{error}");
+        assert!(
+            error.contains("unknown domain `cod`") && error.contains("did you mean `code`"),
+            "{error}"
+        );
 
         let named = BTreeMap::from([("web".to_string(), 2.0), ("github".to_string(), 1.0)]);
-        assert!(matches!(dataset.weights_from_names(&named, true), Err(DataError::UnknownDomain { .. })));
+        assert!(matches!(
+            dataset.weights_from_names(&named, true),
+            Err(DataError::UnknownDomain { .. })
+        ));
         let named = BTreeMap::from([("web".to_string(), 2.0)]);
-        assert_eq!(dataset.weights_from_names(&named, true).unwrap(), [2.0, 0.0]);
-        assert!(dataset.weights_from_names(&named, false).unwrap_err().to_string().contains("code"));
+        assert_eq!(
+            dataset.weights_from_names(&named, true).unwrap(),
+            [2.0, 0.0]
+        );
+        assert!(
+            dataset
+                .weights_from_names(&named, false)
+                .unwrap_err()
+                .to_string()
+                .contains("code")
+        );
 
         // A shard that no longer matches the manifest is caught at open.
         std::fs::write(dir.path().join("train").join("code.bin"), [0u8; 8]).unwrap();
-        let error = TokenizedDataset::open(dir.path()).err().unwrap().to_string();
+        let error = TokenizedDataset::open(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("manifest says 50"), "{error}");
     }
 }

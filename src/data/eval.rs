@@ -31,14 +31,22 @@ pub fn eval_windows(
 ) -> Result<Vec<EvalWindows>, DataError> {
     if seq_len == 0 || sequences_per_domain == 0 {
         return Err(DataError::config(
-            if seq_len == 0 { "seq_len" } else { "sequences_per_domain" },
+            if seq_len == 0 {
+                "seq_len"
+            } else {
+                "sequences_per_domain"
+            },
             "must be at least 1",
         ));
     }
     let mut all = Vec::with_capacity(dataset.domains().len());
     for (domain_id, domain) in dataset.domains().iter().enumerate() {
         let shard = dataset.eval_shard(domain_id);
-        let available = if shard.len() > seq_len as u64 { ((shard.len() - 1) / seq_len as u64) as usize } else { 0 };
+        let available = if shard.len() > seq_len as u64 {
+            ((shard.len() - 1) / seq_len as u64) as usize
+        } else {
+            0
+        };
         if available == 0 {
             return Err(DataError::TooFewTokens {
                 domain: domain.clone(),
@@ -61,7 +69,13 @@ pub fn eval_windows(
         for index in 0..num_sequences {
             shard.read_into((index * seq_len) as u64, seq_len + 1, &mut tokens)?;
         }
-        all.push(EvalWindows { domain: domain.clone(), domain_id, tokens, num_sequences, seq_len });
+        all.push(EvalWindows {
+            domain: domain.clone(),
+            domain_id,
+            tokens,
+            num_sequences,
+            seq_len,
+        });
     }
     Ok(all)
 }
@@ -77,7 +91,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_dataset(
             dir.path(),
-            &[("web", vec![1; 20], (0..13).collect()), ("code", vec![1; 20], (100..106).collect())],
+            &[
+                ("web", vec![1; 20], (0..13).collect()),
+                ("code", vec![1; 20], (100..106).collect()),
+            ],
             TokenDtype::U16,
         );
         let dataset = TokenizedDataset::open(dir.path()).unwrap();
@@ -90,6 +107,9 @@ mod tests {
         assert_eq!(windows[1].row(0), [100, 101, 102, 103, 104]);
         assert_eq!(windows, eval_windows(&dataset, 4, 2).unwrap());
         let error = eval_windows(&dataset, 8, 2).unwrap_err().to_string();
-        assert!(error.contains("domain `code`") && error.contains("eval split has 6 tokens"), "{error}");
+        assert!(
+            error.contains("domain `code`") && error.contains("eval split has 6 tokens"),
+            "{error}"
+        );
     }
 }

@@ -57,10 +57,11 @@ pub struct DomainManifest {
 impl Manifest {
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let text = std::fs::read_to_string(path).map_err(|error| DataError::io(path, error))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|error| DataError::Manifest {
-            path: path.to_path_buf(),
-            message: format!("not a tokenize manifest: {error}"),
-        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|error| DataError::Manifest {
+                path: path.to_path_buf(),
+                message: format!("not a tokenize manifest: {error}"),
+            })?;
         if manifest.format != FORMAT || manifest.format_version != FORMAT_VERSION {
             return Err(DataError::Manifest {
                 path: path.to_path_buf(),
@@ -74,8 +75,10 @@ impl Manifest {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), DataError> {
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|error| DataError::Manifest { path: path.to_path_buf(), message: error.to_string() })?;
+        let text = serde_json::to_string_pretty(self).map_err(|error| DataError::Manifest {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
         std::fs::write(path, text + "\n").map_err(|error| DataError::io(path, error))
     }
 }

@@ -107,7 +107,11 @@ impl WindowPermutation {
         for (key, chunk) in round_keys.iter_mut().zip(key_bytes.chunks_exact(8)) {
             *key = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
         }
-        WindowPermutation { windows, half_bits, round_keys }
+        WindowPermutation {
+            windows,
+            half_bits,
+            round_keys,
+        }
     }
 
     fn feistel(&self, value: u64) -> u64 {
@@ -175,7 +179,11 @@ impl DomainMixture {
             let source = dataset.train_shard(id);
             let shard = Shard::open(source.path(), source.dtype())?;
             let tokens = shard.len();
-            let windows = if tokens > seq_len as u64 { (tokens - 1) / seq_len as u64 } else { 0 };
+            let windows = if tokens > seq_len as u64 {
+                (tokens - 1) / seq_len as u64
+            } else {
+                0
+            };
             if windows == 0 {
                 return Err(DataError::TooFewTokens {
                     domain: name.clone(),
@@ -186,7 +194,14 @@ impl DomainMixture {
                 });
             }
             let order = WindowPermutation::new(windows, seed, name, 0);
-            streams.push(DomainStream { name: name.clone(), shard, windows, epoch: 0, cursor: 0, order });
+            streams.push(DomainStream {
+                name: name.clone(),
+                shard,
+                windows,
+                epoch: 0,
+                cursor: 0,
+                order,
+            });
         }
         if streams.is_empty() {
             return Err(DataError::Manifest {
@@ -212,7 +227,11 @@ impl DomainMixture {
     /// normalised). Errors name the offending domain; on error the previous weights stay.
     pub fn set_weights(&mut self, weights: &[f64]) -> Result<(), DataError> {
         if weights.len() != self.streams.len() {
-            let names: Vec<&str> = self.streams.iter().map(|stream| stream.name.as_str()).collect();
+            let names: Vec<&str> = self
+                .streams
+                .iter()
+                .map(|stream| stream.name.as_str())
+                .collect();
             return Err(DataError::InvalidWeights {
                 message: format!(
                     "{} weights for {} domains; give one weight per domain in this order: {}",
@@ -235,7 +254,9 @@ impl DomainMixture {
         let total: f64 = weights.iter().sum();
         if total <= 0.0 || !total.is_finite() {
             return Err(DataError::InvalidWeights {
-                message: format!("weights sum to {total}; at least one domain needs a positive weight"),
+                message: format!(
+                    "weights sum to {total}; at least one domain needs a positive weight"
+                ),
             });
         }
         self.weights = weights.iter().map(|weight| weight / total).collect();
@@ -259,7 +280,10 @@ impl DomainMixture {
         self.seq_len
     }
     pub fn domains(&self) -> Vec<&str> {
-        self.streams.iter().map(|stream| stream.name.as_str()).collect()
+        self.streams
+            .iter()
+            .map(|stream| stream.name.as_str())
+            .collect()
     }
 
     /// The next `batch_size` rows. On error (an exhausted domain under [`Exhaustion::Error`]) the sampler is
@@ -278,13 +302,21 @@ impl DomainMixture {
                 }
             }
         }
-        Ok(Batch { tokens, domain_ids, batch_size, seq_len: self.seq_len })
+        Ok(Batch {
+            tokens,
+            domain_ids,
+            batch_size,
+            seq_len: self.seq_len,
+        })
     }
 
     fn draw_domain(&mut self) -> usize {
         let last = self.cumulative.len() - 1;
         let point = self.rng.random::<f64>() * self.cumulative[last];
-        self.cumulative.iter().position(|&sum| sum > point).unwrap_or(last)
+        self.cumulative
+            .iter()
+            .position(|&sum| sum > point)
+            .unwrap_or(last)
     }
 
     fn next_row(&mut self, out: &mut Vec<u32>) -> Result<usize, DataError> {
@@ -305,7 +337,8 @@ impl DomainMixture {
                 Exhaustion::Wrap => {
                     stream.epoch += 1;
                     stream.cursor = 0;
-                    stream.order = WindowPermutation::new(stream.windows, seed, &stream.name, stream.epoch);
+                    stream.order =
+                        WindowPermutation::new(stream.windows, seed, &stream.name, stream.epoch);
                     tracing::warn!(
                         domain = %stream.name,
                         epoch = stream.epoch + 1,
@@ -320,7 +353,9 @@ impl DomainMixture {
         }
         let window = stream.order.apply(stream.cursor);
         stream.cursor += 1;
-        stream.shard.read_into(window * seq_len as u64, seq_len + 1, out)?;
+        stream
+            .shard
+            .read_into(window * seq_len as u64, seq_len + 1, out)?;
         Ok(domain)
     }
 
@@ -349,11 +384,22 @@ impl DomainMixture {
     pub fn restore(&mut self, state: SamplerState) -> Result<(), DataError> {
         if state.seq_len != self.seq_len {
             return Err(DataError::StateMismatch {
-                message: format!("the state has seq_len {} but this sampler {}", state.seq_len, self.seq_len),
+                message: format!(
+                    "the state has seq_len {} but this sampler {}",
+                    state.seq_len, self.seq_len
+                ),
             });
         }
-        let names: Vec<&str> = self.streams.iter().map(|stream| stream.name.as_str()).collect();
-        let saved: Vec<&str> = state.domains.iter().map(|cursor| cursor.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .streams
+            .iter()
+            .map(|stream| stream.name.as_str())
+            .collect();
+        let saved: Vec<&str> = state
+            .domains
+            .iter()
+            .map(|cursor| cursor.name.as_str())
+            .collect();
         if names != saved {
             return Err(DataError::StateMismatch {
                 message: format!(
@@ -381,7 +427,8 @@ impl DomainMixture {
         for (cursor, stream) in state.domains.into_iter().zip(&mut self.streams) {
             stream.epoch = cursor.epoch;
             stream.cursor = cursor.cursor;
-            stream.order = WindowPermutation::new(stream.windows, state.seed, &stream.name, stream.epoch);
+            stream.order =
+                WindowPermutation::new(stream.windows, state.seed, &stream.name, stream.epoch);
         }
         Ok(())
     }
@@ -397,12 +444,24 @@ mod tests {
             let permutation = WindowPermutation::new(windows, 7, "web", 0);
             let mut seen: Vec<u64> = (0..windows).map(|index| permutation.apply(index)).collect();
             seen.sort_unstable();
-            assert_eq!(seen, (0..windows).collect::<Vec<_>>(), "windows = {windows}");
+            assert_eq!(
+                seen,
+                (0..windows).collect::<Vec<_>>(),
+                "windows = {windows}"
+            );
         }
-        let first: Vec<u64> = (0..100).map(|index| WindowPermutation::new(100, 7, "web", 0).apply(index)).collect();
-        let second: Vec<u64> = (0..100).map(|index| WindowPermutation::new(100, 7, "web", 1).apply(index)).collect();
+        let first: Vec<u64> = (0..100)
+            .map(|index| WindowPermutation::new(100, 7, "web", 0).apply(index))
+            .collect();
+        let second: Vec<u64> = (0..100)
+            .map(|index| WindowPermutation::new(100, 7, "web", 1).apply(index))
+            .collect();
         assert_ne!(first, second);
-        assert_ne!(first, (0..100).collect::<Vec<_>>(), "the order must actually be shuffled");
+        assert_ne!(
+            first,
+            (0..100).collect::<Vec<_>>(),
+            "the order must actually be shuffled"
+        );
     }
 }
 
@@ -422,7 +481,13 @@ mod sampler_tests {
             .iter()
             .enumerate()
             .map(|(id, &length)| {
-                (names[id], (0..length).map(|position| id as u32 * 10_000 + position).collect(), vec![0; 9])
+                (
+                    names[id],
+                    (0..length)
+                        .map(|position| id as u32 * 10_000 + position)
+                        .collect(),
+                    vec![0; 9],
+                )
             })
             .collect();
         write_dataset(dir.path(), &domains, TokenDtype::U32);
@@ -460,7 +525,10 @@ mod sampler_tests {
             let rows = 20_000;
             let mut counts = [0usize; 3];
             for _ in 0..rows / 100 {
-                for (count, add) in counts.iter_mut().zip(mixture.next_batch(100).unwrap().domain_counts(3)) {
+                for (count, add) in counts
+                    .iter_mut()
+                    .zip(mixture.next_batch(100).unwrap().domain_counts(3))
+                {
                     *count += add;
                 }
             }
@@ -468,7 +536,10 @@ mod sampler_tests {
                 let share = *count as f64 / rows as f64;
                 // 5 standard deviations of a binomial share: fails by chance about once in 3 million runs.
                 let tolerance = 5.0 * (weight * (1.0 - weight) / rows as f64).sqrt();
-                assert!((share - weight).abs() <= tolerance.max(1e-12), "share {share} vs weight {weight}");
+                assert!(
+                    (share - weight).abs() <= tolerance.max(1e-12),
+                    "share {share} vs weight {weight}"
+                );
             }
         }
     }
@@ -490,10 +561,15 @@ mod sampler_tests {
             }
             expected.push(original.next_batch(3).unwrap());
         }
-        assert!(original.state().domains[1].epoch > 0, "the test covers an epoch wrap");
+        assert!(
+            original.state().domains[1].epoch > 0,
+            "the test covers an epoch wrap"
+        );
 
         let mut resumed = DomainMixture::new(&data, 4, 999, Exhaustion::Wrap).unwrap();
-        resumed.restore(serde_json::from_str(&saved).unwrap()).unwrap();
+        resumed
+            .restore(serde_json::from_str(&saved).unwrap())
+            .unwrap();
         for (step, batch) in expected.iter().enumerate() {
             if step == 5 {
                 resumed.set_weights(&[0.7, 0.2, 0.1]).unwrap();
@@ -517,14 +593,22 @@ mod sampler_tests {
         mixture.next_batch(2).unwrap();
         let before = mixture.state();
         let error = mixture.next_batch(2).unwrap_err();
-        assert!(matches!(&error, DataError::DomainExhausted { domain, .. } if domain == "web"), "{error}");
+        assert!(
+            matches!(&error, DataError::DomainExhausted { domain, .. } if domain == "web"),
+            "{error}"
+        );
         let message = error.to_string();
         assert!(
-            message.contains("domain `web` ran out after") && message.contains("exhaustion = \"wrap\""),
+            message.contains("domain `web` ran out after")
+                && message.contains("exhaustion = \"wrap\""),
             "{message}"
         );
         assert_eq!(mixture.state(), before, "a failed batch changes nothing");
-        assert_eq!(mixture.next_batch(1).unwrap().domain_ids, [0], "the last window is still there");
+        assert_eq!(
+            mixture.next_batch(1).unwrap().domain_ids,
+            [0],
+            "the last window is still there"
+        );
     }
 
     #[test]
@@ -546,19 +630,29 @@ mod sampler_tests {
     fn bad_weights_and_tiny_domains_are_errors_naming_the_domain() {
         let (_dir, data) = dataset(&[41, 41]);
         let mut mixture = DomainMixture::new(&data, 4, 1, Exhaustion::Wrap).unwrap();
-        let message =
-            |weights: &[f64], mixture: &mut DomainMixture| mixture.set_weights(weights).unwrap_err().to_string();
-        assert!(
-            message(&[1.0], &mut mixture)
-                .contains("1 weights for 2 domains; give one weight per domain in this order: web, code")
-        );
+        let message = |weights: &[f64], mixture: &mut DomainMixture| {
+            mixture.set_weights(weights).unwrap_err().to_string()
+        };
+        assert!(message(&[1.0], &mut mixture).contains(
+            "1 weights for 2 domains; give one weight per domain in this order: web, code"
+        ));
         assert!(message(&[1.0, -0.5], &mut mixture).contains("domain `code` has weight -0.5"));
         assert!(message(&[f64::NAN, 1.0], &mut mixture).contains("domain `web` has weight NaN"));
-        assert!(message(&[0.0, 0.0], &mut mixture).contains("at least one domain needs a positive weight"));
-        assert_eq!(mixture.weights(), [0.5, 0.5], "failed updates keep the old weights");
+        assert!(
+            message(&[0.0, 0.0], &mut mixture)
+                .contains("at least one domain needs a positive weight")
+        );
+        assert_eq!(
+            mixture.weights(),
+            [0.5, 0.5],
+            "failed updates keep the old weights"
+        );
 
         let (_dir, tiny) = dataset(&[41, 4]);
-        let error = DomainMixture::new(&tiny, 4, 1, Exhaustion::Wrap).err().unwrap().to_string();
+        let error = DomainMixture::new(&tiny, 4, 1, Exhaustion::Wrap)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             error.contains("domain `code`: its train split has 4 tokens, fewer than one sequence of seq_len + 1 = 5"),
             "{error}"

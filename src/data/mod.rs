@@ -55,9 +55,17 @@ pub enum DataError {
         "{path}:{line}: not valid UTF-8 (first bad byte at byte {byte_offset} of the line); fix the file or set \
          `invalid_utf8 = \"replace\"` to replace bad bytes with U+FFFD and count them"
     )]
-    InvalidUtf8 { path: PathBuf, line: u64, byte_offset: usize },
+    InvalidUtf8 {
+        path: PathBuf,
+        line: u64,
+        byte_offset: usize,
+    },
     #[error("{path}:{line}: {message}")]
-    BadJsonLine { path: PathBuf, line: u64, message: String },
+    BadJsonLine {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
     /// A domain source matched no files, or its files hold no documents.
     #[error("domain `{domain}`: {message}")]
     EmptyDomain { domain: String, message: String },
@@ -65,7 +73,13 @@ pub enum DataError {
         "domain `{domain}`: its {split} split has {tokens} tokens, fewer than one sequence of seq_len + 1 = {needed}; \
          add text to the domain, lower `seq_len`{hint}"
     )]
-    TooFewTokens { domain: String, split: String, tokens: u64, needed: u64, hint: String },
+    TooFewTokens {
+        domain: String,
+        split: String,
+        tokens: u64,
+        needed: u64,
+        hint: String,
+    },
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
     /// BOS/EOS could not be found, or an override names a token the vocabulary lacks.
@@ -76,7 +90,11 @@ pub enum DataError {
     )]
     VocabTooLarge { vocab_size: u64 },
     #[error("unknown domain `{name}`; the dataset has {known}{suggestion}")]
-    UnknownDomain { name: String, known: String, suggestion: String },
+    UnknownDomain {
+        name: String,
+        known: String,
+        suggestion: String,
+    },
     #[error("invalid mixture weights: {message}")]
     InvalidWeights { message: String },
     #[error(
@@ -84,7 +102,13 @@ pub enum DataError {
          {epoch}) with exhaustion = \"error\"; add data to the domain, lower its weight or the number of steps, or \
          set exhaustion = \"wrap\" to start a reshuffled new epoch"
     )]
-    DomainExhausted { domain: String, tokens_used: u64, windows: u64, window_tokens: u64, epoch: u64 },
+    DomainExhausted {
+        domain: String,
+        tokens_used: u64,
+        windows: u64,
+        window_tokens: u64,
+        epoch: u64,
+    },
     /// A saved sampler state does not belong to this dataset / sequence length.
     #[error("sampler state does not match: {message}")]
     StateMismatch { message: String },
@@ -94,10 +118,16 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
-        DataError::Config { key: key.into(), message: message.into() }
+        DataError::Config {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 

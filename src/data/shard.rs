@@ -79,7 +79,9 @@ impl ShardWriter {
                 for &token in tokens {
                     let narrow = u16::try_from(token).map_err(|_| DataError::Shard {
                         path: self.path.clone(),
-                        message: format!("token id {token} does not fit u16; the vocabulary needs u32 shards"),
+                        message: format!(
+                            "token id {token} does not fit u16; the vocabulary needs u32 shards"
+                        ),
                     })?;
                     bytes.extend_from_slice(&narrow.to_le_bytes());
                 }
@@ -90,7 +92,9 @@ impl ShardWriter {
                 }
             }
         }
-        self.out.write_all(&bytes).map_err(|error| DataError::io(&self.path, error))?;
+        self.out
+            .write_all(&bytes)
+            .map_err(|error| DataError::io(&self.path, error))?;
         self.tokens_written += tokens.len() as u64;
         Ok(())
     }
@@ -101,8 +105,12 @@ impl ShardWriter {
 
     /// Flushes and fsyncs; returns the number of tokens in the shard.
     pub fn finish(self) -> Result<u64, DataError> {
-        let file = self.out.into_inner().map_err(|error| DataError::io(&self.path, error.into_error()))?;
-        file.sync_all().map_err(|error| DataError::io(&self.path, error))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|error| DataError::io(&self.path, error.into_error()))?;
+        file.sync_all()
+            .map_err(|error| DataError::io(&self.path, error))?;
         Ok(self.tokens_written)
     }
 }
@@ -119,12 +127,17 @@ pub struct Shard {
 impl Shard {
     pub fn open(path: &Path, dtype: TokenDtype) -> Result<Self, DataError> {
         let file = File::open(path).map_err(|error| DataError::io(path, error))?;
-        let bytes = file.metadata().map_err(|error| DataError::io(path, error))?.len();
+        let bytes = file
+            .metadata()
+            .map_err(|error| DataError::io(path, error))?
+            .len();
         let width = dtype.bytes_per_token() as u64;
         if bytes % width != 0 {
             return Err(DataError::Shard {
                 path: path.to_path_buf(),
-                message: format!("{bytes} bytes is not a whole number of {width}-byte tokens; the file is truncated"),
+                message: format!(
+                    "{bytes} bytes is not a whole number of {width}-byte tokens; the file is truncated"
+                ),
             });
         }
         // SAFETY: shards are immutable once committed to the store; nobody writes a mapped shard.
@@ -133,7 +146,12 @@ impl Shard {
         } else {
             Some(unsafe { Mmap::map(&file) }.map_err(|error| DataError::io(path, error))?)
         };
-        Ok(Shard { path: path.to_path_buf(), dtype, map, len: bytes / width })
+        Ok(Shard {
+            path: path.to_path_buf(),
+            dtype,
+            map,
+            len: bytes / width,
+        })
     }
 
     /// Number of tokens.
@@ -152,24 +170,37 @@ impl Shard {
 
     /// Appends tokens `start..start + count` to `out`; a range past the end is an error, never a panic.
     pub fn read_into(&self, start: u64, count: usize, out: &mut Vec<u32>) -> Result<(), DataError> {
-        let end = start.checked_add(count as u64).filter(|&end| end <= self.len).ok_or_else(|| DataError::Shard {
-            path: self.path.clone(),
-            message: format!("tokens {start}..{} requested from a shard of {} tokens", start + count as u64, self.len),
-        })?;
+        let end = start
+            .checked_add(count as u64)
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| DataError::Shard {
+                path: self.path.clone(),
+                message: format!(
+                    "tokens {start}..{} requested from a shard of {} tokens",
+                    start + count as u64,
+                    self.len
+                ),
+            })?;
         if count == 0 {
             return Ok(());
         }
-        let Some(map) = &self.map else { unreachable!("a non-empty range was checked against a non-empty shard") };
+        let Some(map) = &self.map else {
+            unreachable!("a non-empty range was checked against a non-empty shard")
+        };
         let width = self.dtype.bytes_per_token();
         let bytes = &map[start as usize * width..end as usize * width];
         out.reserve(count);
         match self.dtype {
-            TokenDtype::U16 => {
-                out.extend(bytes.chunks_exact(2).map(|pair| u16::from_le_bytes([pair[0], pair[1]]) as u32))
-            }
-            TokenDtype::U32 => {
-                out.extend(bytes.chunks_exact(4).map(|quad| u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]])))
-            }
+            TokenDtype::U16 => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_le_bytes([pair[0], pair[1]]) as u32),
+            ),
+            TokenDtype::U32 => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|quad| u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]])),
+            ),
         }
         Ok(())
     }
@@ -192,15 +223,19 @@ mod tests {
         assert_eq!(TokenDtype::for_vocab(65536).unwrap(), TokenDtype::U16);
         assert_eq!(TokenDtype::for_vocab(65537).unwrap(), TokenDtype::U32);
         assert_eq!(TokenDtype::for_vocab(1 << 32).unwrap(), TokenDtype::U32);
-        assert!(matches!(TokenDtype::for_vocab((1 << 32) + 1), Err(DataError::VocabTooLarge { .. })));
+        assert!(matches!(
+            TokenDtype::for_vocab((1 << 32) + 1),
+            Err(DataError::VocabTooLarge { .. })
+        ));
     }
 
     #[test]
     fn u16_and_u32_shards_round_trip_little_endian() {
         let dir = tempfile::tempdir().unwrap();
-        for (dtype, tokens) in
-            [(TokenDtype::U16, vec![0u32, 1, 65535, 300]), (TokenDtype::U32, vec![0, 65536, 4_000_000_000, 7])]
-        {
+        for (dtype, tokens) in [
+            (TokenDtype::U16, vec![0u32, 1, 65535, 300]),
+            (TokenDtype::U32, vec![0, 65536, 4_000_000_000, 7]),
+        ] {
             let path = dir.path().join(format!("{dtype:?}.bin"));
             let mut writer = ShardWriter::create(&path, dtype).unwrap();
             writer.write(&tokens[..2]).unwrap();
@@ -215,7 +250,10 @@ mod tests {
             assert!(shard.read(3, 2).is_err());
         }
         // Little-endian layout, byte for byte (what numpy's "<u2" reads).
-        assert_eq!(std::fs::read(dir.path().join("U16.bin")).unwrap()[..6], [0, 0, 1, 0, 255, 255]);
+        assert_eq!(
+            std::fs::read(dir.path().join("U16.bin")).unwrap()[..6],
+            [0, 0, 1, 0, 255, 255]
+        );
     }
 
     #[test]

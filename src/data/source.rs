@@ -32,7 +32,10 @@ pub struct SourceOptions {
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        SourceOptions { text_field: "text".into(), invalid_utf8: InvalidUtf8::Error }
+        SourceOptions {
+            text_field: "text".into(),
+            invalid_utf8: InvalidUtf8::Error,
+        }
     }
 }
 
@@ -81,7 +84,8 @@ pub fn resolve_sources(domain: &str, source: &Path) -> Result<Vec<PathBuf>, Data
             message: format!("`{text}` is not a valid glob pattern: {error}"),
         })?;
         for entry in matches {
-            let path = entry.map_err(|error| DataError::io(error.path().to_path_buf(), error.into()))?;
+            let path =
+                entry.map_err(|error| DataError::io(error.path().to_path_buf(), error.into()))?;
             if path.is_file() && classify(&path).is_some() {
                 files.push(path);
             }
@@ -92,7 +96,10 @@ pub fn resolve_sources(domain: &str, source: &Path) -> Result<Vec<PathBuf>, Data
         if classify(source).is_none() {
             return Err(DataError::EmptyDomain {
                 domain: domain.into(),
-                message: format!("{}: unknown file type; name it {ACCEPTED}", source.display()),
+                message: format!(
+                    "{}: unknown file type; name it {ACCEPTED}",
+                    source.display()
+                ),
             });
         }
         files.push(source.to_path_buf());
@@ -194,15 +201,20 @@ impl DocumentReader {
             message: format!("unknown file type; name it {ACCEPTED}"),
         })?;
         let file = File::open(path).map_err(|error| DataError::io(path, error))?;
-        let counted = CountingReader { inner: file, counter: self.bytes_read.clone() };
+        let counted = CountingReader {
+            inner: file,
+            counter: self.bytes_read.clone(),
+        };
         let reader: Box<dyn BufRead + Send> = match compression {
             Compression::None => Box::new(BufReader::with_capacity(1 << 20, counted)),
-            Compression::Gzip => {
-                Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(counted)))
-            }
+            Compression::Gzip => Box::new(BufReader::with_capacity(
+                1 << 20,
+                flate2::read::MultiGzDecoder::new(counted),
+            )),
             Compression::Zstd => Box::new(BufReader::with_capacity(
                 1 << 20,
-                zstd::stream::read::Decoder::new(counted).map_err(|error| DataError::io(path, error))?,
+                zstd::stream::read::Decoder::new(counted)
+                    .map_err(|error| DataError::io(path, error))?,
             )),
         };
         Ok((reader, kind))
@@ -217,8 +229,12 @@ impl DocumentReader {
                 let bytes = error.into_bytes();
                 match self.options.invalid_utf8 {
                     InvalidUtf8::Error => {
-                        let newlines = bytes[..valid].iter().filter(|&&byte| byte == b'\n').count() as u64;
-                        let line_start = bytes[..valid].iter().rposition(|&byte| byte == b'\n').map_or(0, |at| at + 1);
+                        let newlines =
+                            bytes[..valid].iter().filter(|&&byte| byte == b'\n').count() as u64;
+                        let line_start = bytes[..valid]
+                            .iter()
+                            .rposition(|&byte| byte == b'\n')
+                            .map_or(0, |at| at + 1);
                         Err(DataError::InvalidUtf8 {
                             path: self.files[self.next_file - 1].clone(),
                             line: first_line + newlines,
@@ -252,15 +268,22 @@ impl DocumentReader {
             match kind {
                 FileKind::Text => {
                     let mut bytes = Vec::new();
-                    reader.read_to_end(&mut bytes).map_err(|error| DataError::io(&path, error))?;
+                    reader
+                        .read_to_end(&mut bytes)
+                        .map_err(|error| DataError::io(&path, error))?;
                     self.current = None;
                     let text = self.decode(bytes, 1)?;
-                    return Ok(Some(Document { text, file, line: 1 }));
+                    return Ok(Some(Document {
+                        text,
+                        file,
+                        line: 1,
+                    }));
                 }
                 FileKind::Jsonl => {
                     self.line_buffer.clear();
-                    let read =
-                        reader.read_until(b'\n', &mut self.line_buffer).map_err(|error| DataError::io(&path, error))?;
+                    let read = reader
+                        .read_until(b'\n', &mut self.line_buffer)
+                        .map_err(|error| DataError::io(&path, error))?;
                     if read == 0 {
                         self.current = None;
                         continue;
@@ -273,8 +296,14 @@ impl DocumentReader {
                     if trimmed.is_empty() {
                         continue;
                     }
-                    let text = extract_text(trimmed, &self.options.text_field)
-                        .map_err(|message| DataError::BadJsonLine { path: path.clone(), line, message })?;
+                    let text =
+                        extract_text(trimmed, &self.options.text_field).map_err(|message| {
+                            DataError::BadJsonLine {
+                                path: path.clone(),
+                                line,
+                                message,
+                            }
+                        })?;
                     return Ok(Some(Document { text, file, line }));
                 }
             }
@@ -291,11 +320,17 @@ fn extract_text(line: &str, field: &str) -> Result<String, String> {
         .map_err(|error| format!("not valid JSON: {error}"))?;
     match found {
         FieldLookup::Text(text) => Ok(text),
-        FieldLookup::NotObject(kind) => Err(format!("expected a JSON object with a `{field}` field, found {kind}")),
+        FieldLookup::NotObject(kind) => Err(format!(
+            "expected a JSON object with a `{field}` field, found {kind}"
+        )),
         FieldLookup::WrongType(kind) => Err(format!("field `{field}` is {kind}, not a string")),
         FieldLookup::Missing(keys) => Err(format!(
             "no `{field}` field (keys: {}); set `text_field` to the field that holds the text",
-            if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+            if keys.is_empty() {
+                "none".to_string()
+            } else {
+                keys.join(", ")
+            }
         )),
     }
 }
@@ -314,7 +349,10 @@ struct TextField<'f> {
 
 impl<'de> serde::de::DeserializeSeed<'de> for TextField<'_> {
     type Value = FieldLookup;
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<FieldLookup, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<FieldLookup, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
@@ -403,20 +441,31 @@ mod tests {
     use std::io::Write;
 
     fn read_all(files: Vec<PathBuf>, options: SourceOptions) -> Result<Vec<String>, DataError> {
-        DocumentReader::new(files, options).map(|document| document.map(|document| document.text)).collect()
+        DocumentReader::new(files, options)
+            .map(|document| document.map(|document| document.text))
+            .collect()
     }
 
     #[test]
     fn reads_jsonl_txt_gz_and_zst_in_sorted_order() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("b.jsonl"), "{\"text\": \"two\"}\n\n{\"text\": \"three\", \"id\": 3}\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join("b.jsonl"),
+            "{\"text\": \"two\"}\n\n{\"text\": \"three\", \"id\": 3}\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("a.txt"), "one\nstill one").unwrap();
-        let mut gz =
-            flate2::write::GzEncoder::new(File::create(dir.path().join("c.jsonl.gz")).unwrap(), Default::default());
+        let mut gz = flate2::write::GzEncoder::new(
+            File::create(dir.path().join("c.jsonl.gz")).unwrap(),
+            Default::default(),
+        );
         gz.write_all(b"{\"text\": \"four\"}\n").unwrap();
         gz.finish().unwrap();
-        std::fs::write(dir.path().join("d.txt.zst"), zstd::encode_all(&b"five"[..], 3).unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("d.txt.zst"),
+            zstd::encode_all(&b"five"[..], 3).unwrap(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("ignored.csv"), "x").unwrap();
         let files = resolve_sources("web", dir.path()).unwrap();
         assert_eq!(files.len(), 4);
@@ -434,17 +483,34 @@ mod tests {
         let path = dir.path().join("x.jsonl");
         std::fs::write(&path, "{\"text\": \"ok\"}\n{\"text\": \n").unwrap();
         let error = read_all(vec![path.clone()], SourceOptions::default()).unwrap_err();
-        assert!(matches!(&error, DataError::BadJsonLine { line: 2, .. }), "{error}");
-        assert!(error.to_string().contains("x.jsonl:2: not valid JSON"), "{error}");
+        assert!(
+            matches!(&error, DataError::BadJsonLine { line: 2, .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("x.jsonl:2: not valid JSON"),
+            "{error}"
+        );
 
         std::fs::write(&path, "{\"body\": \"no text\"}\n").unwrap();
-        let error = read_all(vec![path.clone()], SourceOptions::default()).unwrap_err().to_string();
-        assert!(error.contains("x.jsonl:1: no `text` field (keys: body)"), "{error}");
-        let options = SourceOptions { text_field: "body".into(), ..Default::default() };
+        let error = read_all(vec![path.clone()], SourceOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("x.jsonl:1: no `text` field (keys: body)"),
+            "{error}"
+        );
+        let options = SourceOptions {
+            text_field: "body".into(),
+            ..Default::default()
+        };
         assert_eq!(read_all(vec![path.clone()], options).unwrap(), ["no text"]);
 
-        std::fs::write(&path, "{\"meta\": {\"a\": [1, {\"b\": null}]}, \"te\\u0078t\": \"esc\\u00e9\\n\"}\n[1, 2]\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "{\"meta\": {\"a\": [1, {\"b\": null}]}, \"te\\u0078t\": \"esc\\u00e9\\n\"}\n[1, 2]\n",
+        )
+        .unwrap();
         let mut reader = DocumentReader::new(vec![path.clone()], SourceOptions::default());
         assert_eq!(
             reader.next().unwrap().unwrap().text,
@@ -452,12 +518,22 @@ mod tests {
             "escaped keys and values, nested fields skipped"
         );
         let error = reader.next().unwrap().unwrap_err().to_string();
-        assert!(error.contains("x.jsonl:2: expected a JSON object with a `text` field, found an array"), "{error}");
+        assert!(
+            error.contains("x.jsonl:2: expected a JSON object with a `text` field, found an array"),
+            "{error}"
+        );
         std::fs::write(&path, "{\"text\": 5}\n").unwrap();
-        let error = read_all(vec![path.clone()], SourceOptions::default()).unwrap_err().to_string();
-        assert!(error.contains("x.jsonl:1: field `text` is a number, not a string"), "{error}");
+        let error = read_all(vec![path.clone()], SourceOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("x.jsonl:1: field `text` is a number, not a string"),
+            "{error}"
+        );
         std::fs::write(&path, "{\"text\": \"a\"} trailing\n").unwrap();
-        let error = read_all(vec![path.clone()], SourceOptions::default()).unwrap_err().to_string();
+        let error = read_all(vec![path.clone()], SourceOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("x.jsonl:1: not valid JSON"), "{error}");
     }
 
@@ -465,29 +541,69 @@ mod tests {
     fn invalid_utf8_errors_with_line_or_is_replaced_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.jsonl");
-        std::fs::write(&path, b"{\"text\": \"fine\"}\n{\"text\": \"bad \xff byte\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            b"{\"text\": \"fine\"}\n{\"text\": \"bad \xff byte\"}\n",
+        )
+        .unwrap();
         let error = read_all(vec![path.clone()], SourceOptions::default()).unwrap_err();
-        assert!(matches!(&error, DataError::InvalidUtf8 { line: 2, byte_offset: 14, .. }), "{error:?}");
+        assert!(
+            matches!(
+                &error,
+                DataError::InvalidUtf8 {
+                    line: 2,
+                    byte_offset: 14,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert!(error.to_string().contains("x.jsonl:2"), "{error}");
 
         let txt = dir.path().join("y.txt");
         std::fs::write(&txt, b"line one\nline \xfe two").unwrap();
         let error = read_all(vec![txt.clone()], SourceOptions::default()).unwrap_err();
-        assert!(matches!(&error, DataError::InvalidUtf8 { line: 2, byte_offset: 5, .. }), "{error:?}");
+        assert!(
+            matches!(
+                &error,
+                DataError::InvalidUtf8 {
+                    line: 2,
+                    byte_offset: 5,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
 
-        let options = SourceOptions { invalid_utf8: InvalidUtf8::Replace, ..Default::default() };
+        let options = SourceOptions {
+            invalid_utf8: InvalidUtf8::Replace,
+            ..Default::default()
+        };
         let mut reader = DocumentReader::new(vec![path, txt], options);
-        let texts: Vec<String> = reader.by_ref().map(|document| document.unwrap().text).collect();
-        assert_eq!(texts, ["fine", "bad \u{FFFD} byte", "line one\nline \u{FFFD} two"]);
+        let texts: Vec<String> = reader
+            .by_ref()
+            .map(|document| document.unwrap().text)
+            .collect();
+        assert_eq!(
+            texts,
+            ["fine", "bad \u{FFFD} byte", "line one\nline \u{FFFD} two"]
+        );
         assert_eq!(reader.replaced, 2);
     }
 
     #[test]
     fn missing_or_empty_sources_name_the_domain() {
         let dir = tempfile::tempdir().unwrap();
-        let error = resolve_sources("books", &dir.path().join("nope")).unwrap_err().to_string();
-        assert!(error.contains("domain `books`") && error.contains("does not exist"), "{error}");
-        let error = resolve_sources("books", dir.path()).unwrap_err().to_string();
+        let error = resolve_sources("books", &dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("domain `books`") && error.contains("does not exist"),
+            "{error}"
+        );
+        let error = resolve_sources("books", dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("holds no"), "{error}");
     }
 }

@@ -13,7 +13,14 @@ pub struct SpecialToken {
     pub id: u32,
 }
 
-const BOS_NAMES: &[&str] = &["<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", "<BOS>", "[BOS]"];
+const BOS_NAMES: &[&str] = &[
+    "<s>",
+    "<|begin_of_text|>",
+    "<|startoftext|>",
+    "<bos>",
+    "<BOS>",
+    "[BOS]",
+];
 const EOS_NAMES: &[&str] = &["</s>", "<|end_of_text|>", "<eos>", "<EOS>", "[EOS]"];
 /// Tokens that GPT-2 style vocabularies use as both document start and end.
 const BOTH_NAMES: &[&str] = &["<|endoftext|>"];
@@ -47,16 +54,27 @@ pub fn find_bos_eos(
 }
 
 fn lookup(tokenizer: &Tokenizer, key: &str, token: &str) -> Result<SpecialToken, DataError> {
-    tokenizer.token_to_id(token).map(|id| SpecialToken { token: token.into(), id }).ok_or_else(|| {
-        DataError::SpecialToken {
+    tokenizer
+        .token_to_id(token)
+        .map(|id| SpecialToken {
+            token: token.into(),
+            id,
+        })
+        .ok_or_else(|| DataError::SpecialToken {
             key: key.into(),
-            message: format!("token {token:?} is not in the tokenizer's vocabulary; name a token it has"),
-        }
-    })
+            message: format!(
+                "token {token:?} is not in the tokenizer's vocabulary; name a token it has"
+            ),
+        })
 }
 
 fn known(tokenizer: &Tokenizer, names: &[&str]) -> Option<SpecialToken> {
-    names.iter().find_map(|&name| tokenizer.token_to_id(name).map(|id| SpecialToken { token: name.into(), id }))
+    names.iter().find_map(|&name| {
+        tokenizer.token_to_id(name).map(|id| SpecialToken {
+            token: name.into(),
+            id,
+        })
+    })
 }
 
 fn missing(key: &str, what: &str, example: &str) -> DataError {
@@ -86,7 +104,10 @@ fn from_processor_json(
     json: &serde_json::Value,
 ) -> (Option<SpecialToken>, Option<SpecialToken>) {
     let special = |name: &str| -> Option<SpecialToken> {
-        tokenizer.token_to_id(name).map(|id| SpecialToken { token: name.into(), id })
+        tokenizer.token_to_id(name).map(|id| SpecialToken {
+            token: name.into(),
+            id,
+        })
     };
     match json.get("type").and_then(|kind| kind.as_str()) {
         Some("TemplateProcessing") => {
@@ -99,7 +120,9 @@ fn from_processor_json(
             for piece in pieces {
                 if piece.get("Sequence").is_some() {
                     seen_sequence = true;
-                } else if let Some(name) = piece.pointer("/SpecialToken/id").and_then(|id| id.as_str()) {
+                } else if let Some(name) =
+                    piece.pointer("/SpecialToken/id").and_then(|id| id.as_str())
+                {
                     if !seen_sequence && before.is_none() {
                         before = special(name);
                     } else if seen_sequence {
@@ -110,12 +133,21 @@ fn from_processor_json(
             (before, after)
         }
         Some("BertProcessing") | Some("RobertaProcessing") => {
-            let name = |key: &str| json.pointer(&format!("/{key}/0")).and_then(|name| name.as_str()).and_then(special);
+            let name = |key: &str| {
+                json.pointer(&format!("/{key}/0"))
+                    .and_then(|name| name.as_str())
+                    .and_then(special)
+            };
             (name("cls"), name("sep"))
         }
         Some("Sequence") => {
             let mut found = (None, None);
-            for inner in json.get("processors").and_then(|list| list.as_array()).into_iter().flatten() {
+            for inner in json
+                .get("processors")
+                .and_then(|list| list.as_array())
+                .into_iter()
+                .flatten()
+            {
                 let (bos, eos) = from_processor_json(tokenizer, inner);
                 found.0 = found.0.or(bos);
                 found.1 = found.1.or(eos);

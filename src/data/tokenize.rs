@@ -149,18 +149,26 @@ pub fn tokenize(
     };
     let vocab_size = tokenizer.get_vocab_size(true) as u64;
     let dtype = TokenDtype::for_vocab(vocab_size)?;
-    let (bos, eos) = find_bos_eos(&tokenizer, spec.bos_token.as_deref(), spec.eos_token.as_deref())?;
+    let (bos, eos) = find_bos_eos(
+        &tokenizer,
+        spec.bos_token.as_deref(),
+        spec.eos_token.as_deref(),
+    )?;
     for (key, token) in [("bos_token", &bos), ("eos_token", &eos)] {
         if token.id as u64 >= vocab_size {
             return Err(DataError::SpecialToken {
                 key: key.into(),
-                message: format!("{:?} has id {} but the vocabulary has {vocab_size} tokens", token.token, token.id),
+                message: format!(
+                    "{:?} has id {} but the vocabulary has {vocab_size} tokens",
+                    token.token, token.id
+                ),
             });
         }
     }
     std::fs::create_dir_all(out_dir).map_err(|error| DataError::io(out_dir, error))?;
     let tokenizer_path = out_dir.join("tokenizer.json");
-    std::fs::write(&tokenizer_path, &tokenizer_bytes).map_err(|error| DataError::io(&tokenizer_path, error))?;
+    std::fs::write(&tokenizer_path, &tokenizer_bytes)
+        .map_err(|error| DataError::io(&tokenizer_path, error))?;
 
     let progress = Progress {
         reporter,
@@ -172,8 +180,18 @@ pub fn tokenize(
     };
     let mut domains = Vec::new();
     for ((domain, files), rule) in spec.domains.iter().zip(domain_files).zip(rules) {
-        let manifest =
-            encode_domain(domain, files, rule, spec, &tokenizer, (&bos, &eos), dtype, out_dir, &progress, cancel)?;
+        let manifest = encode_domain(
+            domain,
+            files,
+            rule,
+            spec,
+            &tokenizer,
+            (&bos, &eos),
+            dtype,
+            out_dir,
+            &progress,
+            cancel,
+        )?;
         domains.push(manifest);
     }
 
@@ -193,20 +211,35 @@ pub fn tokenize(
     };
     manifest.save(&out_dir.join("manifest.json"))?;
     let seconds = started.elapsed().as_secs_f64();
-    let tokens: u64 = manifest.domains.iter().map(|domain| domain.train_tokens + domain.eval_tokens).sum();
-    Ok(TokenizeSummary { manifest, seconds, tokens, tokens_per_s: tokens as f64 / seconds.max(1e-9) })
+    let tokens: u64 = manifest
+        .domains
+        .iter()
+        .map(|domain| domain.train_tokens + domain.eval_tokens)
+        .sum();
+    Ok(TokenizeSummary {
+        manifest,
+        seconds,
+        tokens,
+        tokens_per_s: tokens as f64 / seconds.max(1e-9),
+    })
 }
 
 fn validate_spec(spec: &TokenizeSpec) -> Result<(), DataError> {
     if spec.domains.is_empty() {
-        return Err(DataError::config("domains", "name at least one domain: `domains = { web = { path = \"..\" } }`"));
+        return Err(DataError::config(
+            "domains",
+            "name at least one domain: `domains = { web = { path = \"..\" } }`",
+        ));
     }
     if spec.seq_len == 0 {
         return Err(DataError::config("seq_len", "must be at least 1"));
     }
     for domain in &spec.domains {
         if domain.name.is_empty()
-            || !domain.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            || !domain
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
             || domain.name.starts_with('.')
         {
             return Err(DataError::config(
@@ -236,22 +269,34 @@ fn validate_spec(spec: &TokenizeSpec) -> Result<(), DataError> {
         ));
     }
     if spec.max_tokens_per_domain == Some(0) {
-        return Err(DataError::config("max_tokens_per_domain", "must be positive (leave it out for no cap)"));
+        return Err(DataError::config(
+            "max_tokens_per_domain",
+            "must be positive (leave it out for no cap)",
+        ));
     }
     Ok(())
 }
 
-fn split_rule(domain: &DomainSpec, files: &[PathBuf], seed: u64, cancel: &CancelFlag) -> Result<SplitRule, DataError> {
+fn split_rule(
+    domain: &DomainSpec,
+    files: &[PathBuf],
+    seed: u64,
+    cancel: &CancelFlag,
+) -> Result<SplitRule, DataError> {
     match domain.split {
         EvalSplit::Fraction(fraction) => {
             let threshold = fraction * 18_446_744_073_709_551_616.0; // 2^64
-            Ok(SplitRule { threshold: (threshold >= 1.0).then(|| (threshold as u64).saturating_sub(1)) })
+            Ok(SplitRule {
+                threshold: (threshold >= 1.0).then(|| (threshold as u64).saturating_sub(1)),
+            })
         }
         EvalSplit::Documents(0) => Ok(SplitRule { threshold: None }),
         EvalSplit::Documents(count) => {
             // Max-heap of the `count` smallest hashes seen.
             let mut smallest = BinaryHeap::new();
-            for (index, document) in DocumentReader::new(files.to_vec(), domain.options.clone()).enumerate() {
+            for (index, document) in
+                DocumentReader::new(files.to_vec(), domain.options.clone()).enumerate()
+            {
                 if index % 4096 == 0 && cancel.is_cancelled() {
                     return Err(DataError::Cancelled);
                 }
@@ -264,7 +309,9 @@ fn split_rule(domain: &DomainSpec, files: &[PathBuf], seed: u64, cancel: &Cancel
                     smallest.pop();
                 }
             }
-            Ok(SplitRule { threshold: smallest.peek().copied() })
+            Ok(SplitRule {
+                threshold: smallest.peek().copied(),
+            })
         }
     }
 }
@@ -293,15 +340,23 @@ fn train_tokenizer(
     use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::processors::template::TemplateProcessing;
-    use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+    use tokenizers::{
+        AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    };
 
     let trained_path = PathBuf::from("<trained tokenizer>");
-    let fail = |message: String| DataError::Tokenizer { path: trained_path.clone(), message };
+    let fail = |message: String| DataError::Tokenizer {
+        path: trained_path.clone(),
+        message,
+    };
     let mut trainer = BpeTrainerBuilder::new()
         .show_progress(false)
         .vocab_size(settings.vocab_size)
         .min_frequency(settings.min_frequency)
-        .special_tokens(vec![AddedToken::from("<s>", true), AddedToken::from("</s>", true)])
+        .special_tokens(vec![
+            AddedToken::from("<s>", true),
+            AddedToken::from("</s>", true),
+        ])
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
     let mut tokenizer = tokenizers::TokenizerBuilder::<
@@ -320,7 +375,12 @@ fn train_tokenizer(
     // The trainer pulls documents from this iterator; the first read error is kept and reported after training.
     let first_error: Arc<Mutex<Option<DataError>>> = Arc::new(Mutex::new(None));
     let mut documents: Vec<Box<dyn Iterator<Item = String> + Send>> = Vec::new();
-    for ((domain, files), rule) in spec.domains.iter().zip(domain_files).zip(rules.iter().copied()) {
+    for ((domain, files), rule) in spec
+        .domains
+        .iter()
+        .zip(domain_files)
+        .zip(rules.iter().copied())
+    {
         let error_slot = first_error.clone();
         let cancel = cancel.clone();
         let seed = spec.seed;
@@ -341,7 +401,9 @@ fn train_tokenizer(
                         }
                     }
                 })
-                .filter(move |document| !document.text.is_empty() && !rule.is_eval(document_hash(seed, &document.text)))
+                .filter(move |document| {
+                    !document.text.is_empty() && !rule.is_eval(document_hash(seed, &document.text))
+                })
                 .take_while(move |document| {
                     let within = budget > 0;
                     budget = budget.saturating_sub(document.text.len() as u64);
@@ -350,11 +412,15 @@ fn train_tokenizer(
                 .map(|document| document.text),
         ));
     }
-    tokenizer.train(&mut trainer, documents.into_iter().flatten()).map_err(|error| fail(error.to_string()))?;
+    tokenizer
+        .train(&mut trainer, documents.into_iter().flatten())
+        .map_err(|error| fail(error.to_string()))?;
     if let Some(error) = first_error.lock().ok().and_then(|mut slot| slot.take()) {
         return Err(error);
     }
-    let bos_id = tokenizer.token_to_id("<s>").ok_or_else(|| fail("the trainer dropped <s>".into()))?;
+    let bos_id = tokenizer
+        .token_to_id("<s>")
+        .ok_or_else(|| fail("the trainer dropped <s>".into()))?;
     let template = TemplateProcessing::builder()
         .try_single("<s> $A")
         .and_then(|builder| builder.try_pair("<s>:0 $A:0 <s>:1 $B:1"))
@@ -363,7 +429,9 @@ fn train_tokenizer(
         .build()
         .map_err(|error| fail(error.to_string()))?;
     tokenizer.with_post_processor(Some(template));
-    let json = tokenizer.to_string(true).map_err(|error| fail(error.to_string()))?;
+    let json = tokenizer
+        .to_string(true)
+        .map_err(|error| fail(error.to_string()))?;
     let loaded = Tokenizer::from_bytes(json.as_bytes()).map_err(|error| fail(error.to_string()))?;
     Ok((loaded, json.into_bytes()))
 }
@@ -383,14 +451,20 @@ impl Progress<'_> {
     fn update(&self, domain: &str, domain_bytes: u64, new_tokens: u64) {
         let tokens = self.tokens.fetch_add(new_tokens, Ordering::Relaxed) + new_tokens;
         let done = self.done_before.load(Ordering::Relaxed) + domain_bytes;
-        self.reporter.progress(done.min(self.total_bytes), self.total_bytes, "bytes");
-        let Ok(mut last) = self.last_message.lock() else { return };
+        self.reporter
+            .progress(done.min(self.total_bytes), self.total_bytes, "bytes");
+        let Ok(mut last) = self.last_message.lock() else {
+            return;
+        };
         if last.is_some_and(|at| at.elapsed().as_secs_f64() < 0.5) {
             return;
         }
         *last = Some(Instant::now());
         let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
-        self.reporter.message(&format!("{domain}: {tokens} tokens, {:.0} tokens/s", tokens as f64 / seconds));
+        self.reporter.message(&format!(
+            "{domain}: {tokens} tokens, {:.0} tokens/s",
+            tokens as f64 / seconds
+        ));
     }
 }
 
@@ -421,8 +495,14 @@ fn encode_domain(
                 .to_string()
         })
         .collect();
-    let mut train = ShardWriter::create(&out_dir.join("train").join(format!("{}.bin", domain.name)), dtype)?;
-    let mut eval = ShardWriter::create(&out_dir.join("eval").join(format!("{}.bin", domain.name)), dtype)?;
+    let mut train = ShardWriter::create(
+        &out_dir.join("train").join(format!("{}.bin", domain.name)),
+        dtype,
+    )?;
+    let mut eval = ShardWriter::create(
+        &out_dir.join("eval").join(format!("{}.bin", domain.name)),
+        dtype,
+    )?;
     let mut manifest = DomainManifest {
         name: domain.name.clone(),
         sources,
@@ -452,7 +532,10 @@ fn encode_domain(
                         batch.push(document);
                         if batch.len() == batch_documents
                             && sender
-                                .send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(batch_documents))))
+                                .send(Ok(std::mem::replace(
+                                    &mut batch,
+                                    Vec::with_capacity(batch_documents),
+                                )))
                                 .is_err()
                         {
                             return reader.replaced;
@@ -488,7 +571,10 @@ fn encode_domain(
                 }
             }
             let encodings = tokenizer
-                .encode_batch_fast(selected.iter().map(|(text, _)| *text).collect::<Vec<_>>(), false)
+                .encode_batch_fast(
+                    selected.iter().map(|(text, _)| *text).collect::<Vec<_>>(),
+                    false,
+                )
                 .map_err(|error| DataError::Tokenizer {
                     path: out_dir.join("tokenizer.json"),
                     message: format!("encoding domain `{}` failed: {error}", domain.name),
@@ -542,7 +628,9 @@ fn encode_domain(
     }
     manifest.train_tokens = train.finish()?;
     manifest.eval_tokens = eval.finish()?;
-    progress.done_before.fetch_add(bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+    progress
+        .done_before
+        .fetch_add(bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
 
     if manifest.train_documents + manifest.eval_documents == 0 {
         return Err(DataError::EmptyDomain {
@@ -585,8 +673,9 @@ pub(crate) mod tests {
     use crate::stages::NullReporter;
 
     const WORDS: &[&str] = &[
-        "river", "stone", "compile", "function", "garden", "window", "ledger", "quantum", "harbor", "signal", "the",
-        "a", "of", "and", "to", "in", "is", "was", "with", "for", "café", "naïve", "東京", "🦙",
+        "river", "stone", "compile", "function", "garden", "window", "ledger", "quantum", "harbor",
+        "signal", "the", "a", "of", "and", "to", "in", "is", "was", "with", "for", "café", "naïve",
+        "東京", "🦙",
     ];
 
     /// `count` distinct documents of a few sentences, deterministic in `salt`.
@@ -596,7 +685,9 @@ pub(crate) mod tests {
                 let mut state = salt * 1_000_003 + index as u64;
                 let mut text = format!("Document {salt}-{index}:");
                 for word in 0..(12 + index % 17) {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     text.push(' ');
                     text.push_str(WORDS[(state >> 33) as usize % WORDS.len()]);
                     if word % 7 == 6 {
@@ -610,8 +701,10 @@ pub(crate) mod tests {
 
     pub(crate) fn write_jsonl(path: &Path, texts: &[String]) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let lines: Vec<String> =
-            texts.iter().map(|text| serde_json::json!({ "text": text, "id": 1 }).to_string()).collect();
+        let lines: Vec<String> = texts
+            .iter()
+            .map(|text| serde_json::json!({ "text": text, "id": 1 }).to_string())
+            .collect();
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
     }
 
@@ -656,13 +749,20 @@ pub(crate) mod tests {
         let dataset = TokenizedDataset::open(out).unwrap();
         let manifest = dataset.manifest();
         let tokenizer = Tokenizer::from_file(dataset.tokenizer_path()).unwrap();
-        let shard = Shard::open(&out.join(split).join(format!("{domain}.bin")), manifest.dtype).unwrap();
+        let shard = Shard::open(
+            &out.join(split).join(format!("{domain}.bin")),
+            manifest.dtype,
+        )
+        .unwrap();
         let tokens = shard.read(0, shard.len() as usize).unwrap();
         let mut texts = Vec::new();
         let mut rest = &tokens[..];
         while !rest.is_empty() {
             assert_eq!(rest[0], manifest.bos_id, "each document starts with BOS");
-            let end = rest.iter().position(|&token| token == manifest.eos_id).expect("each document ends with EOS");
+            let end = rest
+                .iter()
+                .position(|&token| token == manifest.eos_id)
+                .expect("each document ends with EOS");
             texts.push(tokenizer.decode(&rest[1..end], false).unwrap());
             rest = &rest[end + 1..];
         }
@@ -684,9 +784,14 @@ pub(crate) mod tests {
             "found from the template"
         );
         assert_eq!(manifest.dtype, TokenDtype::U16);
-        for relative in
-            ["manifest.json", "tokenizer.json", "train/web.bin", "eval/web.bin", "train/code.bin", "eval/code.bin"]
-        {
+        for relative in [
+            "manifest.json",
+            "tokenizer.json",
+            "train/web.bin",
+            "eval/web.bin",
+            "train/code.bin",
+            "eval/code.bin",
+        ] {
             assert_eq!(
                 std::fs::read(first.join(relative)).unwrap(),
                 std::fs::read(second.join(relative)).unwrap(),
@@ -703,13 +808,23 @@ pub(crate) mod tests {
                 train.len()
             );
             let train_set: BTreeSet<&String> = train.iter().collect();
-            assert!(eval.iter().all(|text| !train_set.contains(text)), "no document in both splits");
+            assert!(
+                eval.iter().all(|text| !train_set.contains(text)),
+                "no document in both splits"
+            );
             let mut all: Vec<&String> = train.iter().chain(&eval).collect();
             all.sort();
             let mut expected: Vec<&String> = texts.iter().collect();
             expected.sort();
-            assert_eq!(all, expected, "decoded shards give back the input text exactly");
-            let entry = manifest.domains.iter().find(|entry| entry.name == domain).unwrap();
+            assert_eq!(
+                all, expected,
+                "decoded shards give back the input text exactly"
+            );
+            let entry = manifest
+                .domains
+                .iter()
+                .find(|entry| entry.name == domain)
+                .unwrap();
             assert_eq!(entry.eval_documents as usize, eval.len());
         }
     }
@@ -720,14 +835,22 @@ pub(crate) mod tests {
         corpus(root.path());
         let spec = spec(root.path(), EvalSplit::Fraction(0.25));
         run(&spec, &root.path().join("before")).unwrap();
-        write_jsonl(&root.path().join("web").join("0-new.jsonl"), &documents(9, 25));
+        write_jsonl(
+            &root.path().join("web").join("0-new.jsonl"),
+            &documents(9, 25),
+        );
         run(&spec, &root.path().join("after")).unwrap();
-        let before: BTreeSet<String> =
-            decode_documents(&root.path().join("before"), "eval", "web").into_iter().collect();
-        let after: BTreeSet<String> = decode_documents(&root.path().join("after"), "eval", "web").into_iter().collect();
+        let before: BTreeSet<String> = decode_documents(&root.path().join("before"), "eval", "web")
+            .into_iter()
+            .collect();
+        let after: BTreeSet<String> = decode_documents(&root.path().join("after"), "eval", "web")
+            .into_iter()
+            .collect();
         assert!(before.is_subset(&after));
         let old_train: BTreeSet<String> =
-            decode_documents(&root.path().join("before"), "train", "web").into_iter().collect();
+            decode_documents(&root.path().join("before"), "train", "web")
+                .into_iter()
+                .collect();
         assert!(old_train.is_disjoint(&after));
     }
 
@@ -766,7 +889,9 @@ pub(crate) mod tests {
         });
         let tokenizer_path = root.path().join("tokenizer.json");
         std::fs::write(&tokenizer_path, tokenizer.to_string()).unwrap();
-        let texts: Vec<String> = (0..40).map(|index| format!("w69999 w{index} w65536 w{}", 65_000 + index)).collect();
+        let texts: Vec<String> = (0..40)
+            .map(|index| format!("w69999 w{index} w65536 w{}", 65_000 + index))
+            .collect();
         write_jsonl(&root.path().join("web").join("a.jsonl"), &texts);
         write_jsonl(&root.path().join("code").join("a.jsonl"), &texts[..20]);
         let mut spec = spec(root.path(), EvalSplit::Documents(2));
@@ -774,8 +899,15 @@ pub(crate) mod tests {
         let out = root.path().join("out");
         let summary = run(&spec, &out).unwrap();
         assert_eq!(summary.manifest.dtype, TokenDtype::U32);
-        assert_eq!((summary.manifest.bos_id, summary.manifest.eos_id), (70_000, 70_001));
-        assert_eq!(std::fs::metadata(out.join("train/code.bin")).unwrap().len(), 18 * 6 * 4, "4 bytes per token");
+        assert_eq!(
+            (summary.manifest.bos_id, summary.manifest.eos_id),
+            (70_000, 70_001)
+        );
+        assert_eq!(
+            std::fs::metadata(out.join("train/code.bin")).unwrap().len(),
+            18 * 6 * 4,
+            "4 bytes per token"
+        );
         let dataset = TokenizedDataset::open(&out).unwrap();
         let first = dataset.train_shard(0).read(0, 6).unwrap();
         assert_eq!(first[..2], [70_000, 69_999]);
@@ -794,7 +926,10 @@ pub(crate) mod tests {
         std::fs::write(&bad_tokenizer, "{ not json").unwrap();
         broken.tokenizer = TokenizerSource::File(bad_tokenizer.clone());
         let error = run(&broken, &out).unwrap_err().to_string();
-        assert!(error.contains("does not parse as a Hugging Face tokenizer.json"), "{error}");
+        assert!(
+            error.contains("does not parse as a Hugging Face tokenizer.json"),
+            "{error}"
+        );
 
         // A vocabulary without any BOS-like token: the error names the key to set.
         std::fs::write(
@@ -805,30 +940,46 @@ pub(crate) mod tests {
         )
         .unwrap();
         let error = run(&broken, &out).unwrap_err();
-        assert!(matches!(&error, DataError::SpecialToken { key, .. } if key == "bos_token"), "{error}");
+        assert!(
+            matches!(&error, DataError::SpecialToken { key, .. } if key == "bos_token"),
+            "{error}"
+        );
         broken.bos_token = Some("a".into());
         broken.eos_token = Some("zzz".into());
         let error = run(&broken, &out).unwrap_err().to_string();
-        assert!(error.contains("`eos_token`: token \"zzz\" is not in the tokenizer's vocabulary"), "{error}");
+        assert!(
+            error.contains("`eos_token`: token \"zzz\" is not in the tokenizer's vocabulary"),
+            "{error}"
+        );
 
         let mut tiny = spec(root.path(), EvalSplit::Fraction(0.25));
         tiny.seq_len = 100_000;
         let error = run(&tiny, &out).unwrap_err().to_string();
         assert!(
-            error.contains("domain `web`: its train split has") && error.contains("seq_len + 1 = 100001"),
+            error.contains("domain `web`: its train split has")
+                && error.contains("seq_len + 1 = 100001"),
             "{error}"
         );
 
         let mut empty = spec(root.path(), EvalSplit::Fraction(0.25));
-        write_jsonl(&root.path().join("blank").join("x.jsonl"), &[String::new(), String::new()]);
+        write_jsonl(
+            &root.path().join("blank").join("x.jsonl"),
+            &[String::new(), String::new()],
+        );
         empty.domains[1].source = root.path().join("blank");
         empty.domains[1].name = "blank".into();
         let error = run(&empty, &out).unwrap_err().to_string();
-        assert!(error.contains("domain `blank`: its files hold no non-empty documents (2 empty)"), "{error}");
+        assert!(
+            error.contains("domain `blank`: its files hold no non-empty documents (2 empty)"),
+            "{error}"
+        );
 
         let mut bad_bytes = spec(root.path(), EvalSplit::Fraction(0.25));
-        std::fs::write(root.path().join("code").join("bad.jsonl"), b"{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n")
-            .unwrap();
+        std::fs::write(
+            root.path().join("code").join("bad.jsonl"),
+            b"{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n",
+        )
+        .unwrap();
         let error = run(&bad_bytes, &out).unwrap_err().to_string();
         assert!(error.contains("bad.jsonl:2: not valid UTF-8"), "{error}");
         bad_bytes.domains[1].options.invalid_utf8 = InvalidUtf8::Replace;
@@ -837,6 +988,9 @@ pub(crate) mod tests {
 
         let mut bad_name = spec(root.path(), EvalSplit::Fraction(0.25));
         bad_name.domains[0].name = "../web".into();
-        assert!(matches!(run(&bad_name, &out), Err(DataError::Config { .. })));
+        assert!(matches!(
+            run(&bad_name, &out),
+            Err(DataError::Config { .. })
+        ));
     }
 }

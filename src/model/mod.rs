@@ -15,11 +15,11 @@
 //! The I/O code transposes; everything inside the crate sees burn's layout.
 
 pub mod cli;
-pub mod l0;
 pub mod config;
 pub mod device;
 pub mod gguf;
 pub mod hf;
+pub mod l0;
 pub mod llama;
 pub mod loss;
 pub mod slice;

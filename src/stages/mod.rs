@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod command;
 pub mod consolidate;
 pub mod convert;
 pub mod eval;
 pub mod prune;
 pub mod tokenize;
-pub mod command;
 pub mod train;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::{InputRef, Stage, StageContext, StageError, normalize_typed};
 use crate::data::DataError;
 use crate::data::source::{InvalidUtf8, SourceOptions};
-use crate::data::tokenize::{DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize};
+use crate::data::tokenize::{
+    DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
+};
 
 /// The `tokenize` stage's config, as written in a recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,10 +87,14 @@ impl TokenizeConfig {
             );
             config.tokenizer = toml::Value::Table(filled);
         }
-        let back = match toml::Value::try_from(&config).map_err(|error| StageError::Other(error.into()))? {
+        let back = match toml::Value::try_from(&config)
+            .map_err(|error| StageError::Other(error.into()))?
+        {
             toml::Value::Table(back) => back,
             _ => {
-                return Err(StageError::Other(anyhow::anyhow!("tokenize config did not serialise to a table")));
+                return Err(StageError::Other(anyhow::anyhow!(
+                    "tokenize config did not serialise to a table"
+                )));
             }
         };
         Ok((config, back))
@@ -149,7 +155,9 @@ impl TokenizeConfig {
         match (table.get("train"), table.len()) {
             (Some(train), 1) => TrainTokenizer::deserialize(train.clone())
                 .map(Some)
-                .map_err(|error| StageError::config("tokenizer.train", error.message().to_string())),
+                .map_err(|error| {
+                    StageError::config("tokenizer.train", error.message().to_string())
+                }),
             _ => Err(StageError::config(
                 "tokenizer",
                 "write `{ path = \"tokenizer.json\" }` or `{ train = { vocab_size = 4096 } }`",
@@ -159,7 +167,12 @@ impl TokenizeConfig {
 
     fn split_for(&self, name: &str) -> EvalSplit {
         let local = self.domain_settings.get(name).cloned().unwrap_or_default();
-        match (local.eval_documents, local.eval_fraction, self.eval_documents, self.eval_fraction) {
+        match (
+            local.eval_documents,
+            local.eval_fraction,
+            self.eval_documents,
+            self.eval_fraction,
+        ) {
             (Some(count), _, _, _) => EvalSplit::Documents(count),
             (None, Some(fraction), _, _) => EvalSplit::Fraction(fraction),
             (None, None, Some(count), _) => EvalSplit::Documents(count),
@@ -199,18 +212,28 @@ impl Stage for TokenizeStage {
             // `{ stage = "model" }` gives the model folder: its tokenizer.json is meant.
             None => {
                 let path = ctx.input("tokenizer")?;
-                TokenizerSource::File(if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() })
+                TokenizerSource::File(if path.is_dir() {
+                    path.join("tokenizer.json")
+                } else {
+                    path.to_path_buf()
+                })
             }
         };
         let mut domains = Vec::new();
         for name in config.domains.keys() {
-            let settings = config.domain_settings.get(name).cloned().unwrap_or_default();
+            let settings = config
+                .domain_settings
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
             domains.push(DomainSpec {
                 name: name.clone(),
                 source: ctx.input(&format!("domains.{name}"))?.to_path_buf(),
                 split: config.split_for(name),
                 options: SourceOptions {
-                    text_field: settings.text_field.unwrap_or_else(|| config.text_field.clone()),
+                    text_field: settings
+                        .text_field
+                        .unwrap_or_else(|| config.text_field.clone()),
                     invalid_utf8: config.invalid_utf8,
                 },
             });
@@ -225,7 +248,8 @@ impl Stage for TokenizeStage {
             eos_token: config.eos_token.clone(),
             batch_documents: crate::data::tokenize::DEFAULT_BATCH_DOCUMENTS,
         };
-        let summary = tokenize(&spec, &ctx.out_dir, ctx.reporter, &ctx.cancel).map_err(stage_error)?;
+        let summary =
+            tokenize(&spec, &ctx.out_dir, ctx.reporter, &ctx.cancel).map_err(stage_error)?;
         let metrics = serde_json::json!({
             "tokens": summary.tokens,
             "seconds": summary.seconds,
@@ -240,8 +264,11 @@ impl Stage for TokenizeStage {
         });
         ctx.reporter.metrics(&metrics);
         let path = ctx.out_dir.join("metrics.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&metrics).map_err(anyhow::Error::from)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&metrics).map_err(anyhow::Error::from)? + "\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 }
@@ -286,10 +313,22 @@ mod tests {
         assert_eq!(normalized["eval_fraction"].as_float(), Some(0.05));
         assert_eq!(normalized["text_field"].as_str(), Some("text"));
         assert_eq!(normalized["invalid_utf8"].as_str(), Some("error"));
-        assert_eq!(normalized["tokenizer"]["train"]["min_frequency"].as_integer(), Some(2));
-        let order: Vec<&str> = normalized["domains"].as_table().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            normalized["tokenizer"]["train"]["min_frequency"].as_integer(),
+            Some(2)
+        );
+        let order: Vec<&str> = normalized["domains"]
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(order, ["zeta", "alpha"]);
-        assert_eq!(TokenizeStage.normalize(&normalized).unwrap(), normalized, "normalising is idempotent");
+        assert_eq!(
+            TokenizeStage.normalize(&normalized).unwrap(),
+            normalized,
+            "normalising is idempotent"
+        );
     }
 
     #[test]
@@ -299,11 +338,17 @@ mod tests {
             other => panic!("expected a config error, got {other:?}"),
         };
         let base = "domains = { web = { path = \"w\" } }\ntokenizer = { path = \"t.json\" }\nseq_len = 8\n";
-        assert!(key_of(&format!("{base}eval_fraction = 0.1\neval_documents = 3")).starts_with("eval_documents:"));
-        let message = key_of(&format!("{base}domain_settings = {{ wbe = {{ text_field = \"x\" }} }}"));
+        assert!(
+            key_of(&format!("{base}eval_fraction = 0.1\neval_documents = 3"))
+                .starts_with("eval_documents:")
+        );
+        let message = key_of(&format!(
+            "{base}domain_settings = {{ wbe = {{ text_field = \"x\" }} }}"
+        ));
         assert!(message.contains("did you mean `web`"), "{message}");
         assert!(
-            key_of("domains = { web = \"w\" }\ntokenizer = { path = \"t\" }\nseq_len = 8").starts_with("domains.web:")
+            key_of("domains = { web = \"w\" }\ntokenizer = { path = \"t\" }\nseq_len = 8")
+                .starts_with("domains.web:")
         );
         assert!(
             key_of("domains = { web = { path = \"w\" } }\ntokenizer = { train = { vocab = 5 } }\nseq_len = 8")
@@ -355,7 +400,12 @@ mod tests {
             ))
             .unwrap();
         let fresh = root.path().join("out2");
-        let ctx = StageContext { config: &small, out_dir: fresh, inputs, ..ctx };
+        let ctx = StageContext {
+            config: &small,
+            out_dir: fresh,
+            inputs,
+            ..ctx
+        };
         match TokenizeStage.run(&ctx) {
             Err(StageError::Input { key, message }) => {
                 assert_eq!(key, "domains.web");

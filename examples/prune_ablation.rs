@@ -40,7 +40,7 @@ const LR: f64 = 1e-3;
 struct Printer;
 impl Reporter for Printer {
     fn progress(&self, done: u64, total: u64, unit: &str) {
-        if done % 50 == 0 || done == total {
+        if done.is_multiple_of(50) || done == total {
             eprintln!("  {done}/{total} {unit}");
         }
     }

@@ -64,6 +64,8 @@ enum Command {
 enum BenchArea {
     /// Tokens/s of a LLaMA training step (forward + backward) against PyTorch, same config and threads.
     Model(sheared::bench::model::ModelBenchArgs),
+    /// Prune-step vs plain train-step tokens/s on the same model (the mask overhead; target < 15 %).
+    Prune(sheared::bench::prune::PruneBenchArgs),
     /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
     Data(sheared::bench::data::DataBenchArgs),
     /// No-op rerun of a 20-stage recipe with large cached outputs, against rehashing everything.
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),
         Command::Bench { area: BenchArea::Model(args) } => sheared::bench::model::run(&args),
+        Command::Bench { area: BenchArea::Prune(args) } => sheared::bench::prune::run_cli(&args),
         Command::Bench { area: BenchArea::Data(args) } => {
             sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report))
         }

@@ -7,18 +7,22 @@
 //! - [`hf`]: load/save Hugging Face model folders (safetensors, sharded or not).
 //! - [`gguf`]: import llama.cpp GGUF files (dequantise, un-permute q/k, tokenizer).
 //! - [`device`]: `"cpu"` / `"cuda:N"` to a burn [`Device`](burn::tensor::Device).
+//! - [`l0`]: hard-concrete L0 masks, expected sizes and the Lagrangian (spec §2).
+//! - [`slice`]: consolidation, folding masks into the weights and slicing to a dense model (spec §5).
 //! - [`cli`]: `sheared inspect`, `sheared score`, `sheared convert`.
 //!
 //! Layout conventions: burn's `Linear` stores its weight as `[in, out]`; Hugging Face stores `[out, in]`.
 //! The I/O code transposes; everything inside the crate sees burn's layout.
 
 pub mod cli;
+pub mod l0;
 pub mod config;
 pub mod device;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod loss;
+pub mod slice;
 
 pub use config::{LayerWidths, LlamaConfig, ParameterCounts, RopeScaling};
 pub use hf::{WeightDtype, load_hf, save_hf, save_hf_with_dtype};

@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod consolidate;
 pub mod convert;
 pub mod eval;
+pub mod prune;
 pub mod tokenize;
 pub mod command;
 pub mod train;
@@ -226,6 +228,8 @@ pub fn builtin() -> Registry {
     let mut registry = Registry::new();
     registry.register(Box::new(convert::ConvertStage));
     registry.register(Box::new(eval::EvalStage));
+    registry.register(Box::new(prune::PruneStage));
+    registry.register(Box::new(consolidate::ConsolidateStage));
     registry.register(Box::new(tokenize::TokenizeStage));
     registry.register(Box::new(command::CommandStage));
     registry.register(Box::new(train::TrainStage));

@@ -1,0 +1,638 @@
+//! Stage kind `prune`: targeted structured pruning (Sheared LLaMA §2, spec §1–§4).
+//!
+//! `method = "l0"` trains the source weights, hard-concrete mask logits and Lagrange multipliers
+//! together (one loss = LM cross-entropy + Lagrangian, one backward, λ by ascent) until the learned
+//! masks reach the target shape. `method = "magnitude"` and `"random"` are the ablation baselines:
+//! they pick units of the same target shape by weight norm or at random, with no training.
+//!
+//! Every method writes the same folder, which the `consolidate` stage turns into a dense model:
+//! - the full-size HF model (trained weights for l0, the source weights for the baselines);
+//! - `masks.safetensors`: the final deterministic masks `{head,intermediate,layer,hidden}_z` (exact
+//!   target counts, kept values folded at consolidation) and, for l0, `*_z_loga` and `*_lambda`;
+//! - `pruning.json`: method, source and target shape, final kept counts, expected vs target sparsity;
+//! - `metrics.jsonl` (l0 only): one record per step and per evaluation.
+
+#[cfg(test)]
+mod fixtures;
+mod heuristics;
+mod outputs;
+#[cfg(test)]
+mod stage_tests;
+pub mod train_loop;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::loading::{LoadingConfig, LoadingError};
+use crate::model::LlamaConfig;
+use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
+use crate::stages::{InputRef, Stage, StageContext, StageError};
+
+pub use outputs::{MASKS_FILE, PRUNING_FILE, PruningReport, read_final_masks};
+
+/// How the units to keep are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Learned hard-concrete masks with the Lagrangian (the paper).
+    #[default]
+    L0,
+    /// Keep the units with the largest weight norm (one shot, no training).
+    Magnitude,
+    /// Keep random units (seeded), same shape.
+    Random,
+}
+
+/// How the target's hidden size relates to its heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadDimRule {
+    /// Heads keep the source's head_dim; hidden may differ from heads × head_dim (config.json then
+    /// states `head_dim` explicitly).
+    #[default]
+    KeepSource,
+    /// Require hidden = heads × source head_dim, as in the paper's targets (a stock config in which
+    /// transformers derives head_dim itself).
+    HiddenEqualsHeadsTimesHeadDim,
+}
+
+/// The target architecture. `kv_heads` is needed only for GQA sources whose group count changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
+}
+
+fn default_steps() -> usize {
+    3200
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_seq_len() -> usize {
+    4096
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_min_lr_ratio() -> f64 {
+    0.1
+}
+fn default_eval_batches() -> usize {
+    8
+}
+
+/// The `prune` stage table. Defaults are the paper's (§4: 3,200 steps of 32 × 4096 tokens, lr 1e-4,
+/// mask/λ lr 1.0, 10 % lr warm-up, 20 % Lagrangian warm-up, cosine to 0.1, clip 1.0, eval every 50);
+/// the step-count-dependent ones scale with `steps` when a recipe gives fewer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// The source model: a HF folder (`{ path = ... }` or `{ stage = ... }`).
+    pub model: InputRef,
+    /// A `tokenize` stage output; needed by `method = "l0"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<InputRef>,
+    #[serde(default)]
+    pub method: Method,
+    pub target: TargetShape,
+    #[serde(default = "default_pruning_modules")]
+    pub pruning_modules: Vec<PruningModule>,
+    #[serde(default)]
+    pub head_dim_rule: HeadDimRule,
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Learning rate of the model weights.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Learning rate of the mask logits z_loga.
+    #[serde(default = "default_one")]
+    pub mask_lr: f64,
+    /// Learning rate of the Lagrange multipliers (applied as ascent).
+    #[serde(default = "default_one")]
+    pub lambda_lr: f64,
+    /// Steps over which the Lagrangian's target sparsity rises from 0 (default 20 % of `steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lagrangian_warmup_steps: Option<usize>,
+    /// Linear learning-rate warm-up (default 10 % of `steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<usize>,
+    #[serde(default = "default_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clip over all parameters (weights, z_loga, λ), as `clip_grad_norm_`.
+    #[serde(default = "default_one")]
+    pub grad_clip: f64,
+    /// Weight decay of the model weights (z_loga and λ never decay).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Evaluate every this many steps (default `steps / 64`, i.e. 50 of 3,200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
+    /// Evaluation batches (of `batch_size` sequences) per domain.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// The mixture policy (`static`, `uniform` or `dynamic` batch loading, spec §6); dynamic updates
+    /// after each evaluation unless it sets `update_every`.
+    #[serde(default)]
+    pub loading: LoadingConfig,
+    /// In-stage checkpoint every this many steps (default `steps / 10`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+    /// Overrides `settings.seed` for this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+impl PruneConfig {
+    pub fn warmup_steps(&self) -> usize {
+        self.warmup_steps
+            .unwrap_or((self.steps as f64 * 0.1).round() as usize)
+    }
+    pub fn lagrangian_warmup_steps(&self) -> usize {
+        self.lagrangian_warmup_steps
+            .unwrap_or((self.steps as f64 * 0.2).round() as usize)
+    }
+    pub fn eval_every(&self) -> usize {
+        self.eval_every.unwrap_or((self.steps / 64).max(1))
+    }
+    pub fn checkpoint_every(&self) -> usize {
+        self.checkpoint_every.unwrap_or((self.steps / 10).max(1))
+    }
+
+    /// Parse a normalised table.
+    pub fn from_table(table: &toml::Table) -> Result<Self, StageError> {
+        Ok(crate::stages::normalize_typed::<PruneConfig>(table)?.0)
+    }
+
+    /// Checks that need the config only (the source-dependent ones are in [`resolve_target`]).
+    pub fn check(&self) -> Result<(), StageError> {
+        let target = &self.target;
+        for (key, value) in [
+            ("target.layers", target.layers),
+            ("target.hidden", target.hidden),
+            ("target.heads", target.heads),
+            ("target.intermediate", target.intermediate),
+        ] {
+            if value == 0 {
+                return Err(StageError::config(
+                    key,
+                    "must be at least 1 (a target cannot remove a whole dimension)",
+                ));
+            }
+        }
+        if let Some(kv_heads) = target.kv_heads
+            && (kv_heads == 0 || !target.heads.is_multiple_of(kv_heads))
+        {
+            return Err(StageError::config(
+                "target.kv_heads",
+                format!(
+                    "{kv_heads} key/value heads cannot group {} query heads; use a divisor of target.heads",
+                    target.heads
+                ),
+            ));
+        }
+        let mut seen = Vec::new();
+        for module in &self.pruning_modules {
+            if seen.contains(module) {
+                return Err(StageError::config(
+                    "pruning_modules",
+                    format!("`{}` is listed twice", module.name()),
+                ));
+            }
+            seen.push(*module);
+        }
+        if self.method == Method::L0 {
+            if self.data.is_none() {
+                return Err(StageError::config(
+                    "data",
+                    "method = \"l0\" trains on data: add `data = { stage = \"<your tokenize stage>\" }`",
+                ));
+            }
+            if self.pruning_modules.is_empty() {
+                return Err(StageError::config(
+                    "pruning_modules",
+                    "method = \"l0\" needs at least one module to prune",
+                ));
+            }
+            for (key, value) in [
+                ("steps", self.steps),
+                ("batch_size", self.batch_size),
+                ("seq_len", self.seq_len),
+                ("eval_batches", self.eval_batches),
+                ("eval_every", self.eval_every()),
+                ("checkpoint_every", self.checkpoint_every()),
+            ] {
+                if value == 0 {
+                    return Err(StageError::config(key, "must be at least 1"));
+                }
+            }
+            for (key, value) in [
+                ("lr", self.lr),
+                ("mask_lr", self.mask_lr),
+                ("lambda_lr", self.lambda_lr),
+            ] {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(StageError::config(
+                        key,
+                        format!("{value} must be a finite number >= 0"),
+                    ));
+                }
+            }
+            if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+                return Err(StageError::config(
+                    "min_lr_ratio",
+                    format!("{} must be in [0, 1]", self.min_lr_ratio),
+                ));
+            }
+            if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
+                return Err(StageError::config(
+                    "grad_clip",
+                    format!("{} must be a positive number", self.grad_clip),
+                ));
+            }
+            self.loading.validate().map_err(loading_error)?;
+            if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+                return Err(StageError::config(
+                    "weight_decay",
+                    format!("{} must be >= 0", self.weight_decay),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A loading-policy error as a stage error whose key is under `loading`.
+pub(crate) fn loading_error(error: LoadingError) -> StageError {
+    match error {
+        LoadingError::Config { key, message } => {
+            StageError::config(format!("loading.{key}"), message)
+        }
+        LoadingError::ReferenceFile { .. } => {
+            StageError::input("loading.reference", error.to_string())
+        }
+        other => StageError::Other(other.into()),
+    }
+}
+
+/// The target expressed in mask units for a given source, plus the dims of the masks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedTarget {
+    pub dims: MaskDims,
+    pub mask_target: MaskTarget,
+    /// Query heads per head-mask unit (1 for MHA, the group size for GQA: the model masks whole KV groups).
+    pub query_heads_per_unit: usize,
+    pub kv_heads: usize,
+}
+
+/// Check the target against the source (before any compute) and express it in mask units.
+/// Errors name the recipe key at fault.
+pub fn resolve_target(
+    config: &PruneConfig,
+    source: &LlamaConfig,
+) -> Result<ResolvedTarget, StageError> {
+    let target = &config.target;
+    if source.layer_widths.is_some() {
+        return Err(StageError::input(
+            "model",
+            "the source has per-layer widths (an already pruned model); prune a model whose layers all share one shape",
+        ));
+    }
+    for (key, wanted, have, what) in [
+        (
+            "target.layers",
+            target.layers,
+            source.num_hidden_layers,
+            "layers",
+        ),
+        (
+            "target.hidden",
+            target.hidden,
+            source.hidden_size,
+            "hidden size",
+        ),
+        (
+            "target.heads",
+            target.heads,
+            source.num_attention_heads,
+            "attention heads",
+        ),
+        (
+            "target.intermediate",
+            target.intermediate,
+            source.intermediate_size,
+            "intermediate size",
+        ),
+    ] {
+        if wanted > have {
+            return Err(StageError::config(
+                key,
+                format!(
+                    "{wanted} is larger than the source's {have} {what}; pruning can only shrink a model"
+                ),
+            ));
+        }
+    }
+    let source_kv = source.num_key_value_heads.max(1);
+    let group = source.num_attention_heads / source_kv;
+    if !target.heads.is_multiple_of(group) {
+        return Err(StageError::config(
+            "target.heads",
+            format!(
+                "{} heads do not fill whole key/value groups: the source groups its {} query heads into {} KV heads \
+                 ({group} per group) and pruning removes whole groups; use a multiple of {group}",
+                target.heads, source.num_attention_heads, source_kv
+            ),
+        ));
+    }
+    let kv_heads = target.heads / group;
+    if let Some(given) = target.kv_heads
+        && given != kv_heads
+    {
+        return Err(StageError::config(
+            "target.kv_heads",
+            format!(
+                "{given} does not match target.heads = {}: with {group} query heads per KV group the target has {kv_heads} KV heads",
+                target.heads
+            ),
+        ));
+    }
+    if config.head_dim_rule == HeadDimRule::HiddenEqualsHeadsTimesHeadDim
+        && target.hidden != target.heads * source.head_dim
+    {
+        return Err(StageError::config(
+            "target.hidden",
+            format!(
+                "{} ≠ target.heads × head_dim = {} × {} = {}, which head_dim_rule = \"hidden_equals_heads_times_head_dim\" \
+                 requires; change target.hidden or use head_dim_rule = \"keep_source\"",
+                target.hidden,
+                target.heads,
+                source.head_dim,
+                target.heads * source.head_dim
+            ),
+        ));
+    }
+    let dims = MaskDims {
+        layers: source.num_hidden_layers,
+        heads: source_kv,
+        intermediate: source.intermediate_size,
+        hidden: source.hidden_size,
+        attention_params_per_head_unit_per_hidden: (2 * group + 2) * source.head_dim,
+    };
+    let mask_target = MaskTarget {
+        layers: target.layers,
+        heads: kv_heads,
+        intermediate: target.intermediate,
+        hidden: target.hidden,
+    };
+    // A dimension can only shrink through its module.
+    if config.method == Method::L0 {
+        for module in PruningModule::ALL {
+            if !config.pruning_modules.contains(&module)
+                && mask_target.count(module) != dims.size(module)
+            {
+                return Err(StageError::config(
+                    "pruning_modules",
+                    format!(
+                        "the target changes the {} count ({} → {}) but `{}` is not in pruning_modules; add it",
+                        module.name(),
+                        dims.size(module),
+                        mask_target.count(module),
+                        module.name()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(ResolvedTarget {
+        dims,
+        mask_target,
+        query_heads_per_unit: group,
+        kv_heads,
+    })
+}
+
+/// The `prune` stage kind.
+pub struct PruneStage;
+
+impl Stage for PruneStage {
+    fn kind(&self) -> &'static str {
+        "prune"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "targeted structured pruning to an exact shape (L0 masks + Lagrangian; magnitude/random baselines)"
+    }
+    fn settings_in_key(&self) -> &'static [&'static str] {
+        &["seed", "device"]
+    }
+    fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
+        let (mut config, _) = crate::stages::normalize_typed::<PruneConfig>(table)?;
+        // Spell out the step-dependent defaults so the cache key and the logs show the values used.
+        config.warmup_steps = Some(config.warmup_steps());
+        config.lagrangian_warmup_steps = Some(config.lagrangian_warmup_steps());
+        config.eval_every = Some(config.eval_every());
+        config.checkpoint_every = Some(config.checkpoint_every());
+        match toml::Value::try_from(&config).map_err(|error| StageError::Other(error.into()))? {
+            toml::Value::Table(back) => Ok(back),
+            other => Err(StageError::Other(anyhow::anyhow!(
+                "config serialised to a {}",
+                other.type_str()
+            ))),
+        }
+    }
+    fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
+        PruneConfig::from_table(config)?.check()
+    }
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let config = PruneConfig::from_table(ctx.config)?;
+        config.check()?;
+        match config.method {
+            Method::L0 => train_loop::run_l0(ctx, &config),
+            Method::Magnitude | Method::Random => heuristics::run(ctx, &config),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    fn base() -> &'static str {
+        "model = { path = \"m\" }\ndata = { stage = \"tok\" }\n"
+    }
+
+    fn normalized(extra: &str) -> Result<PruneConfig, StageError> {
+        let stage = PruneStage;
+        let normal = stage.normalize(&table(&format!("{}{extra}", base())))?;
+        stage.validate(&normal)?;
+        PruneConfig::from_table(&normal)
+    }
+
+    fn source() -> LlamaConfig {
+        LlamaConfig::new(64, 32, 48, 4, 4, 4)
+    }
+
+    fn key_of(error: StageError) -> String {
+        match error {
+            StageError::Config { key, .. } | StageError::Input { key, .. } => key,
+            other => panic!("not a keyed error: {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_paper_scaled_to_steps() {
+        let config =
+            normalized("target = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }")
+                .unwrap();
+        assert_eq!(config.steps, 3200);
+        assert_eq!(config.warmup_steps, Some(320));
+        assert_eq!(config.lagrangian_warmup_steps, Some(640));
+        assert_eq!(config.eval_every, Some(50));
+        assert_eq!(config.pruning_modules, default_pruning_modules());
+        let short = normalized(
+            "steps = 100\ntarget = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }",
+        )
+        .unwrap();
+        assert_eq!(short.warmup_steps, Some(10));
+        assert_eq!(short.lagrangian_warmup_steps, Some(20));
+        assert_eq!(short.eval_every, Some(1));
+        assert_eq!(short.checkpoint_every, Some(10));
+    }
+
+    #[test]
+    fn config_errors_name_their_key() {
+        let cases = [
+            (
+                "target = { layers = 0, hidden = 16, heads = 2, intermediate = 24 }",
+                "target.layers",
+            ),
+            (
+                "target = { layers = 2, hidden = 16, heads = 3, intermediate = 24, kv_heads = 2 }",
+                "target.kv_heads",
+            ),
+            (
+                "steps = 0\ntarget = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }",
+                "steps",
+            ),
+            (
+                "pruning_modules = [\"head\", \"head\"]\ntarget = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }",
+                "pruning_modules",
+            ),
+        ];
+        for (extra, key) in cases {
+            assert_eq!(key_of(normalized(extra).unwrap_err()), key, "{extra}");
+        }
+        let stage = PruneStage;
+        let no_data = stage
+            .normalize(&table("model = { path = \"m\" }\ntarget = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }"))
+            .unwrap();
+        assert_eq!(key_of(stage.validate(&no_data).unwrap_err()), "data");
+        assert!(stage.normalize(&table(&format!("{}bogus = 1\ntarget = {{ layers = 1, hidden = 1, heads = 1, intermediate = 1 }}", base()))).is_err());
+    }
+
+    #[test]
+    fn source_checks_name_their_key() {
+        let cases = [
+            (
+                "target = { layers = 5, hidden = 16, heads = 2, intermediate = 24 }",
+                "target.layers",
+            ),
+            (
+                "target = { layers = 2, hidden = 64, heads = 2, intermediate = 24 }",
+                "target.hidden",
+            ),
+            (
+                "target = { layers = 2, hidden = 16, heads = 8, intermediate = 24 }",
+                "target.heads",
+            ),
+            (
+                "target = { layers = 2, hidden = 16, heads = 2, intermediate = 96 }",
+                "target.intermediate",
+            ),
+            (
+                "head_dim_rule = \"hidden_equals_heads_times_head_dim\"\ntarget = { layers = 2, hidden = 20, heads = 2, intermediate = 24 }",
+                "target.hidden",
+            ),
+            (
+                "pruning_modules = [\"head\", \"intermediate\"]\ntarget = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }",
+                "pruning_modules",
+            ),
+        ];
+        for (extra, key) in cases {
+            let config = normalized(extra).unwrap();
+            assert_eq!(
+                key_of(resolve_target(&config, &source()).unwrap_err()),
+                key,
+                "{extra}"
+            );
+        }
+        let ok = normalized("target = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }")
+            .unwrap();
+        let resolved = resolve_target(&ok, &source()).unwrap();
+        assert_eq!(
+            resolved.mask_target,
+            MaskTarget {
+                layers: 2,
+                heads: 2,
+                intermediate: 24,
+                hidden: 16
+            }
+        );
+        assert_eq!(
+            resolved.dims.attention_params_per_head_unit_per_hidden,
+            4 * 8
+        );
+    }
+
+    #[test]
+    fn gqa_targets_must_fill_whole_groups() {
+        let gqa = LlamaConfig::new(64, 32, 48, 4, 4, 2); // 2 query heads per KV group
+        let odd = normalized("target = { layers = 2, hidden = 16, heads = 3, intermediate = 24 }")
+            .unwrap();
+        assert_eq!(
+            key_of(resolve_target(&odd, &gqa).unwrap_err()),
+            "target.heads"
+        );
+        let wrong_kv = normalized(
+            "target = { layers = 2, hidden = 16, heads = 2, intermediate = 24, kv_heads = 2 }",
+        )
+        .unwrap();
+        assert_eq!(
+            key_of(resolve_target(&wrong_kv, &gqa).unwrap_err()),
+            "target.kv_heads"
+        );
+        let ok = normalized("target = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }")
+            .unwrap();
+        let resolved = resolve_target(&ok, &gqa).unwrap();
+        assert_eq!(
+            (
+                resolved.kv_heads,
+                resolved.dims.heads,
+                resolved.mask_target.heads
+            ),
+            (1, 2, 1)
+        );
+        assert_eq!(
+            resolved.dims.attention_params_per_head_unit_per_hidden,
+            6 * 8
+        );
+    }
+}

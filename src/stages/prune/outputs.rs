@@ -1,0 +1,316 @@
+//! The `prune` output folder: full-size HF model + `masks.safetensors` + `pruning.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::{Method, PruneConfig, ResolvedTarget};
+use crate::model::l0::{HostMasks, HostZLoga, L0Module, PruningModule};
+use crate::model::{Llama, LlamaConfig, save_hf};
+use crate::stages::{StageContext, StageError};
+
+/// Mask file: final deterministic masks `{head,intermediate,layer,hidden}_z` (what consolidation
+/// folds), plus `*_z_loga` and `*_lambda` for learned masks.
+pub const MASKS_FILE: &str = "masks.safetensors";
+/// Summary: method, source/target/final shapes, expected vs target sparsity.
+pub const PRUNING_FILE: &str = "pruning.json";
+
+/// A model shape in the recipe's units (heads are query heads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub intermediate: usize,
+}
+
+/// `pruning.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruningReport {
+    pub method: Method,
+    pub source: Shape,
+    pub target: Shape,
+    /// The shape the final deterministic masks give (equal to `target` by construction; checked).
+    pub final_shape: Shape,
+    pub pruning_modules: Vec<PruningModule>,
+    /// Kept units per row of each pruned module (per layer for head/intermediate).
+    pub final_kept: BTreeMap<String, Vec<usize>>,
+    /// Mean expected sparsity per module at the end (learned masks only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expected_sparsity: BTreeMap<String, f64>,
+    pub target_sparsity: BTreeMap<String, f64>,
+    /// Expected remaining prunable parameters at the end (learned masks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_parameters: Option<f64>,
+    /// Prunable parameters (embeddings, lm_head and norms excluded) of the source and the target.
+    pub source_parameters: f64,
+    pub target_parameters: f64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lambda: BTreeMap<String, [f32; 2]>,
+    pub steps: usize,
+}
+
+fn target_shape(resolved: &ResolvedTarget) -> Shape {
+    Shape {
+        layers: resolved.mask_target.layers,
+        hidden: resolved.mask_target.hidden,
+        heads: resolved.mask_target.heads * resolved.query_heads_per_unit,
+        kv_heads: resolved.kv_heads,
+        intermediate: resolved.mask_target.intermediate,
+    }
+}
+
+fn source_shape(source: &LlamaConfig) -> Shape {
+    Shape {
+        layers: source.num_hidden_layers,
+        hidden: source.hidden_size,
+        heads: source.num_attention_heads,
+        kv_heads: source.num_key_value_heads,
+        intermediate: source.intermediate_size,
+    }
+}
+
+fn target_parameters(resolved: &ResolvedTarget) -> f64 {
+    let t = &resolved.mask_target;
+    let attention =
+        (resolved.dims.attention_params_per_head_unit_per_hidden * t.heads * t.hidden) as f64;
+    t.layers as f64 * (attention + (3 * t.hidden * t.intermediate) as f64)
+}
+
+/// The shape the masks give: kept layers, kept hidden dims, and the per-layer head / intermediate
+/// counts of the kept layers (an error if they differ between kept layers: a target is uniform).
+fn final_shape(masks: &HostMasks, resolved: &ResolvedTarget) -> Result<Shape, StageError> {
+    let dims = &resolved.dims;
+    let kept_layers: Vec<usize> = match &masks.layer {
+        Some(z) => (0..dims.layers).filter(|&l| z[l] != 0.0).collect(),
+        None => (0..dims.layers).collect(),
+    };
+    let uniform =
+        |name: &str, rows: &Option<Vec<Vec<f32>>>, full: usize| -> Result<usize, StageError> {
+            let counts: Vec<usize> = kept_layers
+                .iter()
+                .map(|&l| {
+                    rows.as_ref()
+                        .map_or(full, |rows| rows[l].iter().filter(|v| **v != 0.0).count())
+                })
+                .collect();
+            match counts.first() {
+                Some(&first) if counts.iter().all(|&c| c == first) => Ok(first),
+                Some(_) => Err(StageError::Other(anyhow::anyhow!(
+                    "the final {name} masks keep different counts per layer: {counts:?}"
+                ))),
+                None => Ok(0),
+            }
+        };
+    let groups = uniform("head", &masks.head, dims.heads)?;
+    Ok(Shape {
+        layers: kept_layers.len(),
+        hidden: masks
+            .hidden
+            .as_ref()
+            .map_or(dims.hidden, |z| z.iter().filter(|v| **v != 0.0).count()),
+        heads: groups * resolved.query_heads_per_unit,
+        kv_heads: groups,
+        intermediate: uniform("intermediate", &masks.intermediate, dims.intermediate)?,
+    })
+}
+
+fn kept_counts(masks: &HostMasks) -> BTreeMap<String, Vec<usize>> {
+    PruningModule::ALL
+        .iter()
+        .filter_map(|&m| masks.kept(m).map(|k| (m.name().to_string(), k)))
+        .collect()
+}
+
+/// The report for any method; `learned` adds the end-of-training expectations.
+pub fn report(
+    method: Method,
+    config: &PruneConfig,
+    source: &LlamaConfig,
+    resolved: &ResolvedTarget,
+    masks: &HostMasks,
+    learned: Option<(&L0Module, &HostZLoga)>,
+) -> Result<PruningReport, StageError> {
+    let target = target_shape(resolved);
+    let final_shape = final_shape(masks, resolved)?;
+    if final_shape != target {
+        return Err(StageError::Other(anyhow::anyhow!(
+            "internal error: the final masks give shape {final_shape:?}, not the target {target:?}"
+        )));
+    }
+    let modules: Vec<PruningModule> = PruningModule::ALL
+        .iter()
+        .copied()
+        .filter(|&m| masks.kept(m).is_some())
+        .collect();
+    let mut expected_sparsity = BTreeMap::new();
+    let mut lambda = BTreeMap::new();
+    let mut expected_parameters = None;
+    if let Some((l0, host_z)) = learned {
+        for &module in &modules {
+            let rows = host_z.expected_sparsity(module).unwrap_or_default();
+            expected_sparsity.insert(
+                module.name().to_string(),
+                rows.iter().sum::<f64>() / rows.len().max(1) as f64,
+            );
+            if let Some(values) = l0.host_lambda(module) {
+                lambda.insert(module.name().to_string(), values);
+            }
+        }
+        expected_parameters = Some(host_z.expected_parameters(&resolved.dims));
+    }
+    let target_sparsity = modules
+        .iter()
+        .map(|&m| {
+            (
+                m.name().to_string(),
+                resolved.mask_target.sparsity(&resolved.dims, m),
+            )
+        })
+        .collect();
+    Ok(PruningReport {
+        method,
+        source: source_shape(source),
+        target,
+        final_shape,
+        pruning_modules: modules,
+        final_kept: kept_counts(masks),
+        expected_sparsity,
+        target_sparsity,
+        expected_parameters,
+        source_parameters: resolved.dims.prunable_parameters(),
+        target_parameters: target_parameters(resolved),
+        lambda,
+        steps: if method == Method::L0 {
+            config.steps
+        } else {
+            0
+        },
+    })
+}
+
+fn flat_rows(rows: &[Vec<f32>]) -> (Vec<f32>, Vec<usize>) {
+    let cols = rows.first().map_or(0, Vec::len);
+    (
+        rows.iter().flatten().copied().collect(),
+        vec![rows.len(), cols],
+    )
+}
+
+/// Write the whole output folder (except `metrics.jsonl`).
+pub fn write(
+    ctx: &StageContext<'_>,
+    model: &Llama,
+    tokenizer_from: Option<&Path>,
+    masks: &HostMasks,
+    l0: Option<&L0Module>,
+    report: &PruningReport,
+) -> Result<(), StageError> {
+    save_hf(model, &ctx.out_dir, tokenizer_from)
+        .map_err(|error| StageError::Other(error.into()))?;
+    let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
+    let mut push_masks = |suffix: &str, values: &HostMasks| {
+        if let Some(rows) = &values.head {
+            let (flat, shape) = flat_rows(rows);
+            tensors.push((format!("head_{suffix}"), flat, shape));
+        }
+        if let Some(rows) = &values.intermediate {
+            let (flat, shape) = flat_rows(rows);
+            tensors.push((format!("intermediate_{suffix}"), flat, shape));
+        }
+        if let Some(row) = &values.layer {
+            tensors.push((format!("layer_{suffix}"), row.clone(), vec![row.len()]));
+        }
+        if let Some(row) = &values.hidden {
+            tensors.push((format!("hidden_{suffix}"), row.clone(), vec![row.len()]));
+        }
+    };
+    push_masks("z", masks);
+    if let Some(l0) = l0 {
+        let host = l0.host_z_loga();
+        let as_masks = HostMasks {
+            head: host.head,
+            intermediate: host.intermediate,
+            layer: host.layer,
+            hidden: host.hidden,
+        };
+        push_masks("z_loga", &as_masks);
+        for module in l0.modules() {
+            if let Some(values) = l0.host_lambda(module) {
+                tensors.push((
+                    format!("{}_lambda", module.name()),
+                    values.to_vec(),
+                    vec![2],
+                ));
+            }
+        }
+    }
+    crate::model::hf::write_safetensors(&ctx.out_dir.join(MASKS_FILE), tensors)
+        .map_err(|error| StageError::Other(error.into()))?;
+    let json = serde_json::to_string_pretty(report).context("serialising pruning.json")?;
+    let path = ctx.out_dir.join(PRUNING_FILE);
+    std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Values and shape of one tensor.
+type FlatTensor = (Vec<f32>, Vec<usize>);
+
+/// Read the final masks and the report of a `prune` output folder. Errors name the file.
+pub fn read_final_masks(dir: &Path) -> Result<(HostMasks, PruningReport), StageError> {
+    let bad = |path: &Path, message: String| {
+        StageError::input("model", format!("{}: {message}", path.display()))
+    };
+    let report_path = dir.join(PRUNING_FILE);
+    let text = std::fs::read_to_string(&report_path).map_err(|error| {
+        bad(
+            &report_path,
+            format!("{error}; is this the output of a `prune` stage?"),
+        )
+    })?;
+    let report: PruningReport =
+        serde_json::from_str(&text).map_err(|error| bad(&report_path, error.to_string()))?;
+    let masks_path = dir.join(MASKS_FILE);
+    let bytes = std::fs::read(&masks_path).map_err(|error| bad(&masks_path, error.to_string()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|error| bad(&masks_path, error.to_string()))?;
+    let read = |name: &str| -> Result<Option<FlatTensor>, StageError> {
+        let Ok(view) = file.tensor(name) else {
+            return Ok(None);
+        };
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(
+                &masks_path,
+                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+            ));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Some((values, view.shape().to_vec())))
+    };
+    let rows = |name: &str| -> Result<Option<Vec<Vec<f32>>>, StageError> {
+        match read(name)? {
+            None => Ok(None),
+            Some((values, shape)) if shape.len() == 2 && shape[1] > 0 => {
+                Ok(Some(values.chunks(shape[1]).map(<[f32]>::to_vec).collect()))
+            }
+            Some((_, shape)) => Err(bad(
+                &masks_path,
+                format!("tensor `{name}` has shape {shape:?}, expected 2 dims"),
+            )),
+        }
+    };
+    let masks = HostMasks {
+        head: rows("head_z")?,
+        intermediate: rows("intermediate_z")?,
+        layer: read("layer_z")?.map(|(values, _)| values),
+        hidden: read("hidden_z")?.map(|(values, _)| values),
+    };
+    Ok((masks, report))
+}

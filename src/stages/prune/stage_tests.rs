@@ -1,0 +1,287 @@
+//! End-to-end tests of the `prune` and `consolidate` stages on a tiny corpus and model.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::fixtures::{KillAt, fixture, run_stage};
+use super::{PruneStage, read_final_masks};
+use crate::model::load_hf;
+use crate::model::slice::consolidate;
+use crate::stages::consolidate::ConsolidateStage;
+use crate::stages::{CancelFlag, NullReporter, StageError};
+
+fn prune_table(method: &str, steps: usize) -> String {
+    format!(
+        "model = {{ path = \"m\" }}\ndata = {{ stage = \"tok\" }}\nmethod = \"{method}\"\nsteps = {steps}\nbatch_size = 2\n\
+         seq_len = 8\neval_every = 2\neval_batches = 1\ncheckpoint_every = 2\nmask_lr = 0.5\nlambda_lr = 0.5\n\
+         loading = {{ policy = \"dynamic\", reference = {{ web = 2.0, code = 4.0 }} }}\n\
+         target = {{ layers = 1, hidden = 8, heads = 2, intermediate = 12 }}\n"
+    )
+}
+
+fn ids(vocab: usize, device: &Device) -> Tensor<2, Int> {
+    let values: Vec<i64> = (0..12).map(|i| ((i * 5 + 1) % vocab) as i64).collect();
+    Tensor::from_data(TensorData::new(values, [2, 6]), device)
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+#[test]
+fn l0_prune_reaches_the_exact_target_and_consolidates_equivalently() {
+    let fx = fixture();
+    let out = fx.root.path().join("pruned");
+    let scratch = fx.root.path().join("scratch");
+    let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+    run_stage(
+        &PruneStage,
+        &prune_table("l0", 4),
+        &inputs,
+        &out,
+        &scratch,
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+
+    let (masks, report) = read_final_masks(&out).unwrap();
+    assert_eq!(report.final_shape, report.target);
+    // The weights trained together with the masks.
+    assert!(read(&out.join("model.safetensors")) != read(&fx.model.join("model.safetensors")));
+    assert_eq!(
+        (
+            report.target.layers,
+            report.target.hidden,
+            report.target.heads,
+            report.target.intermediate
+        ),
+        (1, 8, 2, 12)
+    );
+    assert!(report.expected_parameters.is_some());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.get("lm_loss").is_some()).count(),
+        4
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.get("eval_loss").is_some())
+            .count(),
+        2
+    );
+    for key in [
+        "loss",
+        "lagrangian",
+        "expected_sparsity",
+        "target_sparsity",
+        "expected_parameters",
+        "lr",
+        "domain_weights",
+        "tokens_per_s",
+    ] {
+        assert!(lines[0].get(key).is_some(), "metrics lack `{key}`");
+    }
+    // Dynamic loading moved the weights after the first evaluation (step 2) and logged the update.
+    let weights_at = |index: usize| {
+        lines
+            .iter()
+            .filter(|l| l.get("lm_loss").is_some())
+            .nth(index)
+            .unwrap()["domain_weights"]
+            .clone()
+    };
+    assert_eq!(weights_at(0), weights_at(1));
+    assert_ne!(weights_at(1), weights_at(2));
+    assert!(lines.iter().any(|l| l.get("loading_update").is_some()));
+    // Lagrangian warm-up: the target starts at 0 and rises.
+    assert_eq!(lines[0]["target_sparsity"]["hidden"], 0.0);
+
+    // The pruned model, masked in eval mode, equals the consolidated model.
+    let device = Device::flex();
+    let full = load_hf(&out, &device).unwrap();
+    let masked = full.forward(
+        ids(fx.config.vocab_size, &device),
+        Some(&masks.to_masks(&device)),
+    );
+    let dense = consolidate(&full, &masks).unwrap();
+    let plain = dense.forward(ids(fx.config.vocab_size, &device), None);
+    let difference: f32 = (masked - plain).abs().max().into_scalar();
+    assert!(difference < 1e-4, "{difference}");
+
+    // The consolidate stage writes exactly the target shape, tokenizer included.
+    let dense_dir = fx.root.path().join("dense");
+    run_stage(
+        &ConsolidateStage,
+        "model = { stage = \"prune\" }",
+        &[("model", out.as_path())],
+        &dense_dir,
+        &fx.root.path().join("scratch2"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+    let config = crate::model::LlamaConfig::load(&dense_dir.join("config.json")).unwrap();
+    assert_eq!(
+        (
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.head_dim
+        ),
+        (1, 8, 2, 12, 4)
+    );
+    assert!(config.layer_widths.is_none());
+    assert!(dense_dir.join("tokenizer.json").is_file());
+}
+
+#[test]
+fn killed_and_resumed_prune_ends_bit_identical() {
+    let fx = fixture();
+    let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+    let table = prune_table("l0", 5);
+    let straight = fx.root.path().join("straight");
+    run_stage(
+        &PruneStage,
+        &table,
+        &inputs,
+        &straight,
+        &fx.root.path().join("s1"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+
+    let resumed = fx.root.path().join("resumed");
+    let scratch = fx.root.path().join("s2");
+    let cancel = CancelFlag::default();
+    let killer = KillAt {
+        cancel: cancel.clone(),
+        cancel_at: 3,
+        seen: AtomicU64::new(0),
+    };
+    let first = run_stage(
+        &PruneStage,
+        &table,
+        &inputs,
+        &resumed,
+        &scratch,
+        &killer,
+        cancel,
+    );
+    assert!(matches!(first, Err(StageError::Cancelled)), "{first:?}");
+    assert!(scratch.join("checkpoints").join("step-000000002").is_dir());
+    std::fs::remove_dir_all(&resumed).unwrap();
+    run_stage(
+        &PruneStage,
+        &table,
+        &inputs,
+        &resumed,
+        &scratch,
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+
+    for file in ["model.safetensors", "masks.safetensors"] {
+        assert!(
+            read(&straight.join(file)) == read(&resumed.join(file)),
+            "{file} differs after resume"
+        );
+    }
+    let strip = |path: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&straight.join("metrics.jsonl")),
+        strip(&resumed.join("metrics.jsonl"))
+    );
+}
+
+#[test]
+fn baselines_go_straight_to_consolidation() {
+    let fx = fixture();
+    for method in ["magnitude", "random"] {
+        let out = fx.root.path().join(method);
+        let inputs = [("model", fx.model.as_path())];
+        let table = format!(
+            "model = {{ path = \"m\" }}\nmethod = \"{method}\"\ntarget = {{ layers = 1, hidden = 12, heads = 1, intermediate = 10 }}\n"
+        );
+        run_stage(
+            &PruneStage,
+            &table,
+            &inputs,
+            &out,
+            &fx.root.path().join("s"),
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
+        let dense = fx.root.path().join(format!("{method}-dense"));
+        run_stage(
+            &ConsolidateStage,
+            "model = { stage = \"p\" }",
+            &[("model", out.as_path())],
+            &dense,
+            &fx.root.path().join("s"),
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
+        let config = crate::model::LlamaConfig::load(&dense.join("config.json")).unwrap();
+        assert_eq!(
+            (
+                config.num_hidden_layers,
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size
+            ),
+            (1, 12, 1, 10)
+        );
+        // Kept values are 1: the dense weights are a sub-matrix of the source.
+        let (masks, _) = read_final_masks(&out).unwrap();
+        assert!(masks.hidden.unwrap().iter().all(|&v| v == 0.0 || v == 1.0));
+    }
+}
+
+#[test]
+fn a_target_larger_than_the_source_fails_before_compute() {
+    let fx = fixture();
+    let out = fx.root.path().join("big");
+    let table = prune_table("l0", 4).replace("hidden = 8", "hidden = 64");
+    let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+    let error = run_stage(
+        &PruneStage,
+        &table,
+        &inputs,
+        &out,
+        &fx.root.path().join("s"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap_err();
+    match error {
+        StageError::Config { key, message } => {
+            assert_eq!(key, "target.hidden");
+            assert!(message.contains("larger than the source"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!out.join("model.safetensors").exists());
+}

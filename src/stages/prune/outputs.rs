@@ -248,8 +248,12 @@ pub fn write(
             }
         }
     }
-    crate::model::hf::write_safetensors(&ctx.out_dir.join(MASKS_FILE), tensors)
-        .map_err(|error| StageError::Other(error.into()))?;
+    crate::model::hf::write_safetensors(
+        &ctx.out_dir.join(MASKS_FILE),
+        tensors,
+        crate::model::hf::WeightDtype::F32,
+    )
+    .map_err(|error| StageError::Other(error.into()))?;
     let json = serde_json::to_string_pretty(report).context("serialising pruning.json")?;
     let path = ctx.out_dir.join(PRUNING_FILE);
     std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;

@@ -73,8 +73,18 @@ fn plan_works_without_the_model_and_data() {
             "plan {recipe} failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        for stage in ["tokenize", "prune", "consolidate", "train", "eval", "eval-source"] {
-            assert!(stdout.contains(stage), "plan of {recipe} lacks {stage}:\n{stdout}");
+        for stage in [
+            "tokenize",
+            "prune",
+            "consolidate",
+            "train",
+            "eval",
+            "eval-source",
+        ] {
+            assert!(
+                stdout.contains(stage),
+                "plan of {recipe} lacks {stage}:\n{stdout}"
+            );
         }
     }
 }

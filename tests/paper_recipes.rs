@@ -1,0 +1,90 @@
+//! The paper recipes (`recipes/2.7b.toml`, `recipes/1.3b.toml`) encode the paper's shapes: their
+//! prune targets, applied to LLaMA2-7B's config, give exactly the published parameter counts; and
+//! `sheared plan` works on them on a machine that has neither the model nor the data.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sheared::model::LlamaConfig;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// LLaMA2-7B's config.json (meta-llama/Llama-2-7b-hf), with the target's widths when given.
+fn llama2_config(target: Option<&toml::Table>) -> LlamaConfig {
+    let width = |key: &str, default: i64| -> i64 {
+        target
+            .and_then(|table| table.get(key))
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(default)
+    };
+    let hidden = width("hidden", 4096);
+    let heads = width("heads", 32);
+    let json = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 32000, "hidden_size": hidden, "intermediate_size": width("intermediate", 11008),
+        "num_hidden_layers": width("layers", 32), "num_attention_heads": heads,
+        "num_key_value_heads": width("kv_heads", heads), "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+    });
+    LlamaConfig::from_json(&json, &repo().join("recipes")).expect("valid LLaMA config")
+}
+
+fn prune_target(recipe: &str) -> toml::Table {
+    let text = std::fs::read_to_string(repo().join("recipes").join(recipe)).expect("read recipe");
+    let table: toml::Table = toml::from_str(&text).expect("recipe is TOML");
+    table["stages"]["prune"]["target"]
+        .as_table()
+        .expect("stages.prune.target is a table")
+        .clone()
+}
+
+#[test]
+fn paper_targets_have_the_published_parameter_counts() {
+    assert_eq!(llama2_config(None).parameter_counts().total, 6_738_415_616);
+    let target = prune_target("2.7b.toml");
+    assert_eq!(
+        llama2_config(Some(&target)).parameter_counts().total,
+        2_701_560_320
+    );
+    let target = prune_target("1.3b.toml");
+    assert_eq!(
+        llama2_config(Some(&target)).parameter_counts().total,
+        1_345_423_360
+    );
+}
+
+#[test]
+fn plan_works_without_the_model_and_data() {
+    for recipe in ["2.7b.toml", "1.3b.toml"] {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let output = Command::new(env!("CARGO_BIN_EXE_sheared"))
+            .arg("plan")
+            .arg(repo().join("recipes").join(recipe))
+            .env("SHEARED_CACHE", cache.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run sheared plan");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "plan {recipe} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for stage in [
+            "tokenize",
+            "prune",
+            "consolidate",
+            "train",
+            "eval",
+            "eval-source",
+        ] {
+            assert!(
+                stdout.contains(stage),
+                "plan of {recipe} lacks {stage}:\n{stdout}"
+            );
+        }
+    }
+}

@@ -147,13 +147,44 @@ pub(crate) mod testing {
     use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
     use crate::data::{ShardWriter, TokenDtype};
 
-    /// `domains`: (name, train tokens, eval tokens).
+    /// The manifest fields a hand-written dataset needs beyond its shards.
+    pub struct FakeManifest {
+        pub dtype: TokenDtype,
+        pub vocab_size: u64,
+        pub bos_id: u32,
+        pub eos_id: u32,
+        pub seq_len: u64,
+    }
+
+    /// `domains`: (name, train tokens, eval tokens); the largest vocabulary `dtype` can hold.
     pub fn write_dataset(dir: &Path, domains: &[(&str, Vec<u32>, Vec<u32>)], dtype: TokenDtype) {
+        let vocab_size = if dtype == TokenDtype::U16 {
+            65536
+        } else {
+            1 << 20
+        };
+        let spec = FakeManifest {
+            dtype,
+            vocab_size,
+            bos_id: 0,
+            eos_id: 1,
+            seq_len: 4,
+        };
+        write_dataset_with(dir, domains, &spec);
+    }
+
+    /// Writes `train/<name>.bin`, `eval/<name>.bin`, a placeholder `tokenizer.json` (callers that need a real
+    /// one copy it over) and `manifest.json`.
+    pub fn write_dataset_with(
+        dir: &Path,
+        domains: &[(&str, Vec<u32>, Vec<u32>)],
+        spec: &FakeManifest,
+    ) {
         let mut entries = Vec::new();
         for (name, train, eval) in domains {
             for (split, tokens) in [("train", train), ("eval", eval)] {
                 let mut writer =
-                    ShardWriter::create(&dir.join(split).join(format!("{name}.bin")), dtype)
+                    ShardWriter::create(&dir.join(split).join(format!("{name}.bin")), spec.dtype)
                         .unwrap();
                 writer.write(tokens).unwrap();
                 writer.finish().unwrap();
@@ -174,18 +205,14 @@ pub(crate) mod testing {
         Manifest {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
-            dtype,
-            vocab_size: if dtype == TokenDtype::U16 {
-                65536
-            } else {
-                1 << 20
-            },
+            dtype: spec.dtype,
+            vocab_size: spec.vocab_size,
             tokenizer_blake3: String::new(),
             bos_token: "<s>".into(),
-            bos_id: 0,
+            bos_id: spec.bos_id,
             eos_token: "</s>".into(),
-            eos_id: 1,
-            seq_len: 4,
+            eos_id: spec.eos_id,
+            seq_len: spec.seq_len,
             seed: 0,
             domains: entries,
         }

@@ -594,8 +594,8 @@ mod tests {
 
     mod run {
         use super::*;
-        use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
-        use crate::data::{ShardWriter, TokenDtype};
+        use crate::data::TokenDtype;
+        use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
         use crate::stages::{CancelFlag, NullReporter, Settings};
 
         fn fixtures() -> PathBuf {
@@ -611,50 +611,27 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 ((state >> 33) % 300) as u32
             };
-            let mut domains = Vec::new();
-            for (name, eval_tokens) in [("web", 8 * 16 + 1), ("code", 3 * 16 + 5)] {
-                let tokens: Vec<u32> = (0..eval_tokens).map(|_| next()).collect();
-                for split in ["train", "eval"] {
-                    let mut writer = ShardWriter::create(
-                        &dir.join(split).join(format!("{name}.bin")),
-                        TokenDtype::U16,
-                    )
-                    .unwrap();
-                    writer.write(&tokens).unwrap();
-                    writer.finish().unwrap();
-                }
-                domains.push(DomainManifest {
-                    name: name.into(),
-                    sources: vec![],
-                    train_documents: 1,
-                    eval_documents: 1,
-                    train_tokens: tokens.len() as u64,
-                    eval_tokens: tokens.len() as u64,
-                    empty_documents: 0,
-                    invalid_utf8_replaced: 0,
-                    train_truncated: false,
-                });
-            }
+            let domains: Vec<(&str, Vec<u32>, Vec<u32>)> =
+                [("web", 8 * 16 + 1), ("code", 3 * 16 + 5)]
+                    .into_iter()
+                    .map(|(name, length)| {
+                        let tokens: Vec<u32> = (0..length).map(|_| next()).collect();
+                        (name, tokens.clone(), tokens)
+                    })
+                    .collect();
+            let spec = FakeManifest {
+                dtype: TokenDtype::U16,
+                vocab_size: 300,
+                bos_id: 1,
+                eos_id: 2,
+                seq_len: 16,
+            };
+            write_dataset_with(dir, &domains, &spec);
             std::fs::copy(
                 fixtures().join("tiny_model/tokenizer.json"),
                 dir.join("tokenizer.json"),
             )
             .unwrap();
-            let manifest = Manifest {
-                format: FORMAT.into(),
-                format_version: FORMAT_VERSION,
-                dtype: TokenDtype::U16,
-                vocab_size: 300,
-                tokenizer_blake3: String::new(),
-                bos_token: "<s>".into(),
-                bos_id: 1,
-                eos_token: "</s>".into(),
-                eos_id: 2,
-                seq_len: 16,
-                seed: 0,
-                domains,
-            };
-            manifest.save(&dir.join("manifest.json")).unwrap();
         }
 
         fn run_stage(

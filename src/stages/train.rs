@@ -624,8 +624,8 @@ pub(crate) mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
-    use crate::data::{ShardWriter, TokenDtype};
+    use crate::data::TokenDtype;
+    use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
     use crate::stages::{CancelFlag, NullReporter, Reporter, Settings};
 
     pub const VOCAB: u32 = 48;
@@ -657,49 +657,24 @@ pub(crate) mod tests {
 
     /// Writes a tokenize-stage-shaped folder with three domains and a 48-token vocabulary.
     pub fn write_fixture(dir: &Path, train_tokens: usize) {
-        let names = ["counting", "noise", "phrases"];
-        let mut entries = Vec::new();
-        for (kind, name) in names.iter().enumerate() {
-            for (split, length, salt) in [("train", train_tokens, 1), ("eval", 400, 2)] {
-                let mut writer = ShardWriter::create(
-                    &dir.join(split).join(format!("{name}.bin")),
-                    TokenDtype::U16,
-                )
-                .unwrap();
-                writer
-                    .write(&stream(kind as u32, length, salt + kind as u64 * 10))
-                    .unwrap();
-                writer.finish().unwrap();
-            }
-            entries.push(DomainManifest {
-                name: name.to_string(),
-                sources: vec![],
-                train_documents: 1,
-                eval_documents: 1,
-                train_tokens: train_tokens as u64,
-                eval_tokens: 400,
-                empty_documents: 0,
-                invalid_utf8_replaced: 0,
-                train_truncated: false,
-            });
-        }
-        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
-        Manifest {
-            format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
+        let domains: Vec<(&str, Vec<u32>, Vec<u32>)> = ["counting", "noise", "phrases"]
+            .into_iter()
+            .enumerate()
+            .map(|(kind, name)| {
+                let salt = kind as u64 * 10;
+                let train = stream(kind as u32, train_tokens, 1 + salt);
+                let eval = stream(kind as u32, 400, 2 + salt);
+                (name, train, eval)
+            })
+            .collect();
+        let spec = FakeManifest {
             dtype: TokenDtype::U16,
             vocab_size: VOCAB as u64,
-            tokenizer_blake3: String::new(),
-            bos_token: "<s>".into(),
             bos_id: 0,
-            eos_token: "</s>".into(),
             eos_id: 1,
             seq_len: 8,
-            seed: 0,
-            domains: entries,
-        }
-        .save(&dir.join("manifest.json"))
-        .unwrap();
+        };
+        write_dataset_with(dir, &domains, &spec);
     }
 
     pub const TINY_INIT: &str = r#"

@@ -177,6 +177,25 @@ struct Payload {
     last_loss: Option<f64>,
 }
 
+impl Payload {
+    /// Everything besides model and optimiser that a resumed run needs to continue bit-identically.
+    fn capture(
+        mixture: &DomainMixture,
+        policy: &LoadingPolicy,
+        tokens_per_domain: &[u64],
+        skipped_batches: u64,
+        last_loss: Option<f64>,
+    ) -> Self {
+        Payload {
+            sampler: mixture.state(),
+            policy: policy.state(),
+            tokens_per_domain: tokens_per_domain.to_vec(),
+            skipped_batches,
+            last_loss,
+        }
+    }
+}
+
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -469,13 +488,13 @@ pub fn train(
     while step < settings.total_steps {
         if cancel.is_cancelled() {
             if last_checkpoint_step != Some(step) && step > 0 {
-                let payload = Payload {
-                    sampler: mixture.state(),
-                    policy: policy.state(),
-                    tokens_per_domain: tokens_per_domain.clone(),
+                let payload = Payload::capture(
+                    &mixture,
+                    &policy,
+                    &tokens_per_domain,
                     skipped_batches,
                     last_loss,
-                };
+                );
                 checkpoint::save(
                     &checkpoint_root,
                     step,
@@ -613,13 +632,13 @@ pub fn train(
                     checkpoint: describe_checkpoint(&checkpoint_root),
                 });
             }
-            let payload = Payload {
-                sampler: mixture.state(),
-                policy: policy.state(),
-                tokens_per_domain: tokens_per_domain.clone(),
+            let payload = Payload::capture(
+                &mixture,
+                &policy,
+                &tokens_per_domain,
                 skipped_batches,
                 last_loss,
-            };
+            );
             checkpoint::save(
                 &checkpoint_root,
                 step,

@@ -58,7 +58,10 @@ fn paper_targets_have_the_published_parameter_counts() {
 
 #[test]
 fn plan_works_without_the_model_and_data() {
-    for recipe in ["2.7b.toml", "1.3b.toml"] {
+    for (recipe, target) in [
+        ("2.7b.toml", "2,701,560,320"),
+        ("1.3b.toml", "1,345,423,360"),
+    ] {
         let cache = tempfile::tempdir().expect("temp dir");
         let output = Command::new(env!("CARGO_BIN_EXE_sheared"))
             .arg("plan")
@@ -86,5 +89,22 @@ fn plan_works_without_the_model_and_data() {
                 "plan of {recipe} lacks {stage}:\n{stdout}"
             );
         }
+        // Parameter counts from `expect_source`, predicted down the DAG: prune shows source → target,
+        // consolidate and train (and the final eval) the target.
+        let line_of = |stage: &str| {
+            stdout
+                .lines()
+                .find(|line| line.split_whitespace().nth(1) == Some(stage))
+                .unwrap_or_else(|| panic!("no line for {stage}:\n{stdout}"))
+                .to_string()
+        };
+        assert!(
+            line_of("prune").contains(&format!("6,738,415,616 (6.74B) → {target}")),
+            "{stdout}"
+        );
+        for stage in ["consolidate", "train", "eval"] {
+            assert!(line_of(stage).contains(target), "{stage}:\n{stdout}");
+        }
+        assert!(line_of("train").contains("tokens"), "{stdout}");
     }
 }

@@ -3,7 +3,7 @@
 //! through the real binary at toy shapes, then an ablation (`--set` of the loading policy) that must
 //! rerun only the stages it changes, then a no-op rerun that must run nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -114,6 +114,33 @@ fn run(dir: &Path, recipe: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `preview` of every stage in `sheared plan RECIPE --json`, by stage name.
+fn plan_previews(dir: &Path, recipe: &Path) -> BTreeMap<String, serde_json::Value> {
+    let output = Command::new(SHEARED)
+        .arg("plan")
+        .arg(recipe)
+        .arg("--json")
+        .current_dir(dir)
+        .env("SHEARED_CACHE", dir.join("cache"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sheared plan");
+    assert!(output.status.success(), "sheared plan failed");
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("plan --json is JSON");
+    document["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|stage| {
+            (
+                stage["stage"].as_str().expect("name").to_string(),
+                stage["preview"].clone(),
+            )
+        })
+        .collect()
+}
+
 fn stages_with(events: &[serde_json::Value], event: &str) -> BTreeSet<String> {
     events
         .iter()
@@ -139,6 +166,13 @@ fn full_pipeline_then_an_ablation_reruns_only_what_changed() {
         "train",
         "eval",
     ];
+
+    // Before anything ran: the budgets are known, the parameter counts are not (the tokenizer is
+    // trained by `tokenize`, so the embedding size is not known yet) and are not guessed.
+    let before = plan_previews(dir.path(), &recipe);
+    assert_eq!(before["source"]["tokens"], 4 * 4 * 32, "{before:#?}");
+    assert!(before["source"].get("parameters").is_none(), "{before:#?}");
+    assert!(before["consolidate"].get("parameters").is_none(), "{before:#?}");
 
     let first = run(dir.path(), &recipe, &[]);
     assert_eq!(stages_with(&first, "committed"), set(&all), "{first:#?}");
@@ -172,6 +206,23 @@ fn full_pipeline_then_an_ablation_reruns_only_what_changed() {
             "no loss for {domain}: {metrics}"
         );
     }
+
+    // After the run the previews read the cache: what consolidate wrote is what plan shows for it,
+    // for prune's target and for the train stage that continues from it.
+    let consolidated: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(path("consolidate").join("metrics.json")).expect("metrics.json"),
+    )
+    .expect("consolidate metrics");
+    let parameters = &consolidated["parameters"];
+    assert!(parameters.as_u64().is_some_and(|count| count > 0));
+    let after = plan_previews(dir.path(), &recipe);
+    assert_eq!(&after["consolidate"]["parameters"]["model"], parameters);
+    assert_eq!(&after["prune"]["parameters"]["target"], parameters);
+    assert_eq!(&after["train"]["parameters"]["model"], parameters);
+    assert_eq!(
+        after["prune"]["parameters"]["source"],
+        after["source"]["parameters"]["model"]
+    );
 
     // Ablation: static loading instead of dynamic changes train and what follows it only.
     let ablation = run(

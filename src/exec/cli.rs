@@ -174,10 +174,19 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     )?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
+    let previews = crate::plan::preview::previews(&plan, &statuses, &store, &builtin());
     if args.json {
+        let mut stages = Vec::new();
+        for &index in &plan.order {
+            let mut stage = serde_json::to_value(&statuses[index])?;
+            if let Some(object) = stage.as_object_mut() {
+                object.insert("preview".into(), serde_json::to_value(&previews[index])?);
+            }
+            stages.push(stage);
+        }
         let document = serde_json::json!({
             "recipes": plan.recipes.iter().map(|recipe| recipe.name.clone()).collect::<Vec<_>>(),
-            "stages": plan.order.iter().map(|&index| &statuses[index]).collect::<Vec<_>>(),
+            "stages": stages,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(());
@@ -199,12 +208,14 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(|key| &key[..12])
             .unwrap_or("(pending)");
-        println!(
-            "{:<8} {:<width$} {:<12} {key}",
+        let line = format!(
+            "{:<8} {:<width$} {:<12} {key:<12}  {}",
             status.status.to_string(),
             status.id,
-            status.kind
+            status.kind,
+            previews[index].line()
         );
+        println!("{}", line.trim_end());
         if status.status != Status::Cached {
             for reason in &status.reasons {
                 println!("{:<8} {:<width$}   - {}", "", "", reason.one_line());

@@ -74,15 +74,7 @@ fn layer_runs(widths: &[LayerWidths]) -> Vec<(usize, usize, LayerWidths)> {
 }
 
 fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
+    crate::report::compare::group_thousands(value as i64)
 }
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 
 pub mod dag;
 pub mod key;
+pub mod preview;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -372,7 +372,8 @@ fn format_delta(column: &str, delta: f64) -> String {
     }
 }
 
-fn group_thousands(number: i64) -> String {
+/// `-1234567` → `-1,234,567`.
+pub fn group_thousands(number: i64) -> String {
     let digits = number.unsigned_abs().to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {

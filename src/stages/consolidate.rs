@@ -12,8 +12,8 @@ use serde_json::json;
 
 use crate::model::slice::consolidate;
 use crate::model::{load_hf, save_hf};
-use crate::stages::prune::read_final_masks;
-use crate::stages::{InputRef, Stage, StageContext, StageError};
+use crate::stages::prune::{consolidated_config, read_final_masks};
+use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +40,32 @@ impl Stage for ConsolidateStage {
     }
     fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
         Ok(crate::stages::normalize_typed::<ConsolidateConfig>(table)?.1)
+    }
+    fn preview(&self, _config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
+        let dense = match inputs.path("model") {
+            Some(dir) => consolidated_config(&dir),
+            None => inputs
+                .upstream("model")
+                .and_then(|preview| preview.consolidated_config.clone()),
+        };
+        let Some(dense) = dense else {
+            return Preview::default();
+        };
+        let key_value_heads = if dense.num_key_value_heads == dense.num_attention_heads {
+            String::new()
+        } else {
+            format!(" ({} key/value)", dense.num_key_value_heads)
+        };
+        let shape = format!(
+            "{} layers, hidden {}, {} heads{key_value_heads}, intermediate {}",
+            dense.num_hidden_layers,
+            dense.hidden_size,
+            dense.num_attention_heads,
+            dense.intermediate_size
+        );
+        let mut preview = Preview::of_model(dense);
+        preview.facts.push(shape);
+        preview
     }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let dir = ctx.input("model")?.to_path_buf();

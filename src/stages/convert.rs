@@ -12,7 +12,9 @@
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{InputRef, Stage, StageContext, StageError, normalize_typed};
+use super::{
+    InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
+};
 use crate::model::gguf;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -39,6 +41,15 @@ impl Stage for ConvertStage {
     }
     fn settings_in_key(&self) -> &'static [&'static str] {
         &[] // deterministic: no seed, no device
+    }
+    fn preview(&self, _config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
+        // The header alone gives the architecture (the file is memory-mapped, the tensors not read).
+        inputs
+            .path("gguf")
+            .and_then(|path| gguf::GgufFile::open(&path).ok())
+            .and_then(|file| gguf::config_from_metadata(&file).ok())
+            .map(Preview::of_model)
+            .unwrap_or_default()
     }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let input = ctx.input("gguf")?;

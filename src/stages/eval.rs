@@ -36,7 +36,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{InputRef, Stage, StageContext, StageError};
+use super::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 use crate::data::{TokenizedDataset, eval_windows};
 use crate::eval::{
     EvalError, LlamaScorer, TaskFormat, TextEncoder, domain_loss, evaluate_task, load_task,
@@ -274,6 +274,26 @@ impl Stage for EvalStage {
     }
     fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
         parse_config(config).map(|_| ())
+    }
+    fn preview(&self, config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
+        let mut preview = Preview::default();
+        let Ok((config, _, specs)) = parse_config(config) else {
+            return preview;
+        };
+        if let Some(model) = inputs.model_config("model") {
+            preview.add_model("model", &model);
+        }
+        if config.data.is_some() {
+            preview.facts.push(format!(
+                "{} windows of {} tokens per domain",
+                config.sequences_per_domain, config.seq_len
+            ));
+        }
+        if !specs.is_empty() {
+            let names: Vec<&str> = config.tasks.keys().map(String::as_str).collect();
+            preview.facts.push(format!("tasks: {}", names.join(", ")));
+        }
+        preview
     }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let started = Instant::now();

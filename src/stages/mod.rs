@@ -18,10 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use preview::{Preview, PreviewInput, PreviewInputs};
+
 pub mod command;
 pub mod consolidate;
 pub mod convert;
 pub mod eval;
+pub mod preview;
 pub mod prune;
 pub mod tokenize;
 pub mod train;
@@ -161,6 +164,11 @@ pub trait Stage: Send + Sync {
     /// Checks that need only the normalised config (before any compute, before upstream stages run).
     fn validate(&self, _config: &toml::Table) -> Result<(), StageError> {
         Ok(())
+    }
+    /// What `sheared plan` shows about this stage before it runs: parameter counts, token budget
+    /// ([`preview`]). Best-effort and cheap (config files, not weights); never part of the key.
+    fn preview(&self, _config: &toml::Table, _inputs: &PreviewInputs<'_>) -> Preview {
+        Preview::default()
     }
     /// Do the work. Write outputs to `ctx.out_dir`; write `metrics.json` there to have it recorded.
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError>;

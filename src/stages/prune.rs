@@ -20,14 +20,19 @@ mod outputs;
 mod stage_tests;
 pub mod train_loop;
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::data::loading::{LoadingConfig, LoadingError};
 use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
-use crate::stages::{InputRef, Stage, StageContext, StageError};
+use crate::stages::preview::describe_counts;
+use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
-pub use outputs::{MASKS_FILE, PRUNING_FILE, PruningReport, read_final_masks};
+pub use outputs::{
+    MASKS_FILE, PRUNING_FILE, PruningReport, Shape, consolidated_config, read_final_masks,
+};
 
 /// How the units to keep are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -103,6 +108,13 @@ pub struct PruneConfig {
     #[serde(default)]
     pub method: Method,
     pub target: TargetShape,
+    /// The source architecture the recipe expects, as Hugging Face `config.json` keys
+    /// (`{ hidden_size = 4096, num_hidden_layers = 32, ... }`). The stage refuses a `model` whose
+    /// config differs in any of them (a multi-hour run on the wrong folder is caught at once), and
+    /// `sheared plan` counts the source's and the target's parameters from it before the model
+    /// folder exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_source: Option<toml::Table>,
     #[serde(default = "default_pruning_modules")]
     pub pruning_modules: Vec<PruningModule>,
     #[serde(default)]
@@ -286,6 +298,69 @@ pub(crate) fn loading_error(error: LoadingError) -> StageError {
     }
 }
 
+/// Read the source model's `config.json` from `model_dir` and check it against `expect_source`.
+pub(crate) fn load_source_config(
+    config: &PruneConfig,
+    model_dir: &Path,
+) -> Result<LlamaConfig, StageError> {
+    let path = model_dir.join("config.json");
+    let bad = |message: String| StageError::input("model", message);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| bad(format!("{}: {error}", path.display())))?;
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|error| bad(format!("{}: not valid JSON: {error}", path.display())))?;
+    let source =
+        LlamaConfig::from_json(&raw, &path).map_err(|error| bad(error.to_string()))?;
+    if let Some(expected) = &config.expect_source {
+        check_expected_source(expected, &raw, &source, &path)?;
+    }
+    Ok(source)
+}
+
+/// Every key of `expect_source` must have the same value in the model's `config.json` (or, for a key
+/// the file leaves out, in transformers' default that the parsed config filled in).
+fn check_expected_source(
+    expected: &toml::Table,
+    raw: &serde_json::Value,
+    source: &LlamaConfig,
+    path: &Path,
+) -> Result<(), StageError> {
+    let canonical = source.to_json();
+    for (key, want) in expected {
+        let want = serde_json::to_value(want)
+            .map_err(|error| StageError::config(format!("expect_source.{key}"), error.to_string()))?;
+        let have = raw.get(key).or_else(|| canonical.get(key));
+        let same = match (have, &want) {
+            (Some(serde_json::Value::Number(a)), serde_json::Value::Number(b)) => {
+                match (a.as_i64(), b.as_i64()) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => a.as_f64() == b.as_f64(),
+                }
+            }
+            (Some(have), want) => have == want,
+            (None, _) => false,
+        };
+        if !same {
+            let have = have.map_or("no such key".to_string(), ToString::to_string);
+            return Err(StageError::config(
+                format!("expect_source.{key}"),
+                format!(
+                    "the model's {} has {key} = {have} but the recipe expects {want}; point `model` at the intended \
+                     folder, or change expect_source",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The source config that `expect_source` describes on its own (when the model folder is absent).
+fn expected_source_config(expected: &toml::Table) -> Option<LlamaConfig> {
+    let json = serde_json::to_value(expected).ok()?;
+    LlamaConfig::from_json(&json, Path::new("expect_source")).ok()
+}
+
 /// The target expressed in mask units for a given source, plus the dims of the masks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedTarget {
@@ -456,6 +531,55 @@ impl Stage for PruneStage {
     }
     fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
         PruneConfig::from_table(config)?.check()
+    }
+    fn preview(&self, config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
+        let Ok(config) = PruneConfig::from_table(config) else {
+            return Preview::default();
+        };
+        let mut preview = Preview::default();
+        let source = match inputs.path("model") {
+            Some(dir) => match load_source_config(&config, &dir) {
+                Ok(source) => Some(source),
+                Err(error) => {
+                    preview.facts.push(format!("source: {error}"));
+                    None
+                }
+            },
+            None => inputs.model_config("model").or_else(|| {
+                config
+                    .expect_source
+                    .as_ref()
+                    .and_then(expected_source_config)
+            }),
+        };
+        if let Some(source) = source {
+            match resolve_target(&config, &source) {
+                Ok(resolved) => {
+                    let target = outputs::target_shape(&resolved).dense_config(&source);
+                    let (source_counts, target_counts) =
+                        (source.parameter_counts(), target.parameter_counts());
+                    preview
+                        .parameters
+                        .insert("source".into(), source_counts.total);
+                    preview
+                        .parameters
+                        .insert("target".into(), target_counts.total);
+                    preview.facts.push(format!(
+                        "{} → {} params ({:.1} %)",
+                        describe_counts(&source_counts),
+                        describe_counts(&target_counts),
+                        100.0 * target_counts.total as f64 / source_counts.total.max(1) as f64
+                    ));
+                    preview.model_config = Some(source);
+                    preview.consolidated_config = Some(target);
+                }
+                Err(error) => preview.facts.push(format!("target: {error}")),
+            }
+        }
+        if config.method == Method::L0 {
+            preview.add_tokens(config.steps as u64, config.batch_size, config.seq_len);
+        }
+        preview
     }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let config = PruneConfig::from_table(ctx.config)?;

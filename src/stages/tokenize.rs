@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{InputRef, Stage, StageContext, StageError, normalize_typed};
+use super::{
+    InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
+};
 use crate::data::DataError;
 use crate::data::source::{InvalidUtf8, SourceOptions};
 use crate::data::tokenize::{
@@ -203,6 +205,29 @@ impl Stage for TokenizeStage {
     }
     fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
         TokenizeConfig::parse(config)?.0.check()
+    }
+    fn preview(&self, config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
+        // A trained tokenizer's size is known only once trained (a small corpus can stop short of
+        // `vocab_size`); a given tokenizer.json is read.
+        let mut preview = Preview::default();
+        let Ok((config, _)) = TokenizeConfig::parse(config) else {
+            return preview;
+        };
+        if let Ok(None) = config.tokenizer_source_config()
+            && let Some(path) = inputs.path("tokenizer")
+        {
+            let file = if path.is_dir() {
+                path.join("tokenizer.json")
+            } else {
+                path
+            };
+            if let Ok(tokenizer) = tokenizers::Tokenizer::from_file(&file) {
+                let vocab_size = tokenizer.get_vocab_size(true);
+                preview.vocab_size = Some(vocab_size);
+                preview.facts.push(format!("vocabulary of {vocab_size} tokens"));
+            }
+        }
+        preview
     }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let (config, _) = TokenizeConfig::parse(ctx.config)?;

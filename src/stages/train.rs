@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::loading::{LoadingConfig, LoadingError, LoadingPolicy};
 use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
 use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
-use crate::stages::{InputRef, Stage, StageContext, StageError, normalize_typed};
+use crate::stages::{
+    InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
+};
 use crate::train::checkpoint;
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::LrSchedule;
@@ -380,6 +382,25 @@ impl Stage for TrainStage {
         let (config, _) = normalize_typed::<TrainConfig>(config)?;
         config.check()
     }
+    fn preview(&self, config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
+        let Ok((config, _)) = normalize_typed::<TrainConfig>(config) else {
+            return Preview::default();
+        };
+        let model_config = match &config.init {
+            Some(spec) => {
+                let from_data: Vec<(&str, serde_json::Value)> = inputs
+                    .vocab_size("data")
+                    .map(|vocab| ("vocab_size", serde_json::json!(vocab)))
+                    .into_iter()
+                    .collect();
+                init_config(spec, &from_data).ok()
+            }
+            None => inputs.model_config("model"),
+        };
+        let mut preview = model_config.map(Preview::of_model).unwrap_or_default();
+        preview.add_tokens(config.total_steps(), config.batch_size, config.seq_len);
+        preview
+    }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let (config, _) = normalize_typed::<TrainConfig>(ctx.config)?;
         config.check()?;
@@ -387,20 +408,18 @@ impl Stage for TrainStage {
     }
 }
 
-/// Builds the model config of `init = { config = .. }`, taking vocab and special ids from the data.
-fn init_config(spec: &InitSpec, dataset: &TokenizedDataset) -> Result<LlamaConfig, StageError> {
+/// Builds the model config of `init = { config = .. }`; the `config.json` keys it leaves out take
+/// the values in `from_data` (the tokenizer's `vocab_size`, `bos_token_id`, `eos_token_id`).
+fn init_config(
+    spec: &InitSpec,
+    from_data: &[(&str, serde_json::Value)],
+) -> Result<LlamaConfig, StageError> {
     let mut json = serde_json::to_value(&spec.config)
         .map_err(|error| StageError::config("init.config", error.to_string()))?;
     if let Some(object) = json.as_object_mut() {
-        object
-            .entry("vocab_size")
-            .or_insert(serde_json::json!(dataset.vocab_size()));
-        object
-            .entry("bos_token_id")
-            .or_insert(serde_json::json!(dataset.bos_id()));
-        object
-            .entry("eos_token_id")
-            .or_insert(serde_json::json!(dataset.eos_id()));
+        for (key, value) in from_data {
+            object.entry(*key).or_insert(value.clone());
+        }
     }
     let origin = Path::new("init.config");
     let config = LlamaConfig::from_json(&json, origin)
@@ -500,7 +519,12 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
                 .map_err(|error| StageError::input("model", error.to_string()))?
         }
         (None, Some(spec)) => {
-            let model_config = init_config(spec, &dataset)?;
+            let from_data = [
+                ("vocab_size", serde_json::json!(dataset.vocab_size())),
+                ("bos_token_id", serde_json::json!(dataset.bos_id())),
+                ("eos_token_id", serde_json::json!(dataset.eos_id())),
+            ];
+            let model_config = init_config(spec, &from_data)?;
             // HF-style init (normal(0, initializer_range), norms 1) from the stage's own seeded stream.
             let std = model_config.initializer_range;
             trainer::seeded_normal_init(Llama::new(&model_config, &train_device), seed, std)

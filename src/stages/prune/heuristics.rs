@@ -165,8 +165,7 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
     let device = crate::model::device::parse(&ctx.settings.device)
         .map_err(|error| StageError::config("settings.device", error.to_string()))?;
     let model_dir = ctx.input("model")?.to_path_buf();
-    let source_config = crate::model::LlamaConfig::load(&model_dir.join("config.json"))
-        .map_err(|error| StageError::input("model", error.to_string()))?;
+    let source_config = super::load_source_config(config, &model_dir)?;
     let resolved = resolve_target(config, &source_config)?;
     let model = load_hf(&model_dir, &device)
         .map_err(|error| StageError::input("model", error.to_string()))?;

@@ -53,7 +53,31 @@ pub struct PruningReport {
     pub steps: usize,
 }
 
-fn target_shape(resolved: &ResolvedTarget) -> Shape {
+impl Shape {
+    /// The config of the dense model of this shape cut out of `source`, as `consolidate` writes it:
+    /// the source's vocabulary, head_dim, norms and RoPE with this shape's widths.
+    pub fn dense_config(&self, source: &LlamaConfig) -> LlamaConfig {
+        let mut config = source.clone();
+        config.num_hidden_layers = self.layers;
+        config.hidden_size = self.hidden;
+        config.num_attention_heads = self.heads;
+        config.num_key_value_heads = self.kv_heads;
+        config.intermediate_size = self.intermediate;
+        config.layer_widths = None;
+        config
+    }
+}
+
+/// The dense config that consolidating the `prune` output in `dir` gives (its `config.json` and
+/// `pruning.json`); `None` when either is missing or unreadable.
+pub fn consolidated_config(dir: &Path) -> Option<LlamaConfig> {
+    let source = LlamaConfig::load(&dir.join("config.json")).ok()?;
+    let text = std::fs::read_to_string(dir.join(PRUNING_FILE)).ok()?;
+    let report: PruningReport = serde_json::from_str(&text).ok()?;
+    Some(report.target.dense_config(&source))
+}
+
+pub(super) fn target_shape(resolved: &ResolvedTarget) -> Shape {
     Shape {
         layers: resolved.mask_target.layers,
         hidden: resolved.mask_target.hidden,

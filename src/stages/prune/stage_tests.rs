@@ -285,3 +285,138 @@ fn a_target_larger_than_the_source_fails_before_compute() {
     }
     assert!(!out.join("model.safetensors").exists());
 }
+
+#[test]
+fn previews_predict_the_consolidated_model_exactly() {
+    use crate::stages::{PreviewInput, PreviewInputs, Stage};
+    let fx = fixture();
+    let table: toml::Table = "model = { path = \"m\" }\nmethod = \"magnitude\"\n\
+         target = { layers = 1, hidden = 12, heads = 1, intermediate = 10 }\n"
+        .parse()
+        .unwrap();
+    let config = PruneStage.normalize(&table).unwrap();
+    fn with_path<'a>(key: &str, path: &'a Path) -> PreviewInputs<'a> {
+        PreviewInputs {
+            inputs: [(
+                key.to_string(),
+                PreviewInput {
+                    path: Some(path),
+                    upstream: None,
+                },
+            )]
+            .into(),
+        }
+    }
+    let prune_preview = PruneStage.preview(&config, &with_path("model", &fx.model));
+    assert_eq!(
+        prune_preview.parameters["source"],
+        fx.config.parameter_counts().total
+    );
+
+    let out = fx.root.path().join("pruned");
+    run_stage(
+        &PruneStage,
+        &toml::to_string(&table).unwrap(),
+        &[("model", fx.model.as_path())],
+        &out,
+        &fx.root.path().join("s"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+    let dense = fx.root.path().join("dense");
+    run_stage(
+        &ConsolidateStage,
+        "model = { stage = \"p\" }",
+        &[("model", out.as_path())],
+        &dense,
+        &fx.root.path().join("s2"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+    let written = crate::model::LlamaConfig::load(&dense.join("config.json")).unwrap();
+    assert_eq!(
+        prune_preview.parameters["target"],
+        written.parameter_counts().total
+    );
+    assert_eq!(prune_preview.consolidated_config.as_ref(), Some(&written));
+
+    // Consolidate's preview: from the prune stage's preview before it runs, from its output after.
+    let consolidate_config = ConsolidateStage
+        .normalize(&"model = { stage = \"p\" }".parse().unwrap())
+        .unwrap();
+    let before = PreviewInputs {
+        inputs: [(
+            "model".to_string(),
+            PreviewInput {
+                path: None,
+                upstream: Some(&prune_preview),
+            },
+        )]
+        .into(),
+    };
+    let after = with_path("model", &out);
+    for inputs in [before, after] {
+        let preview = ConsolidateStage.preview(&consolidate_config, &inputs);
+        assert_eq!(
+            preview.parameters["model"],
+            written.parameter_counts().total
+        );
+        assert_eq!(preview.model_config.as_ref(), Some(&written));
+    }
+}
+
+#[test]
+fn a_source_other_than_expect_source_fails_before_compute() {
+    let fx = fixture();
+    let out = fx.root.path().join("wrong");
+    let hidden = fx.config.hidden_size;
+    let table = format!(
+        "{}expect_source = {{ hidden_size = {}, num_hidden_layers = {} }}\n",
+        prune_table("l0", 4),
+        hidden * 2,
+        fx.config.num_hidden_layers
+    );
+    let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+    let error = run_stage(
+        &PruneStage,
+        &table,
+        &inputs,
+        &out,
+        &fx.root.path().join("s"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap_err();
+    match error {
+        StageError::Config { key, message } => {
+            assert_eq!(key, "expect_source.hidden_size");
+            assert!(
+                message.contains(&format!("hidden_size = {hidden}"))
+                    && message.contains(&(hidden * 2).to_string()),
+                "{message}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!out.join("model.safetensors").exists());
+
+    // The matching expectation passes.
+    let matching = format!(
+        "{}expect_source = {{ hidden_size = {hidden}, num_hidden_layers = {}, tie_word_embeddings = {} }}\n",
+        prune_table("l0", 1),
+        fx.config.num_hidden_layers,
+        fx.config.tie_word_embeddings
+    );
+    run_stage(
+        &PruneStage,
+        &matching,
+        &inputs,
+        &out,
+        &fx.root.path().join("s3"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+}

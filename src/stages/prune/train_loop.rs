@@ -304,8 +304,7 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
     let data_dir = ctx.input("data")?.to_path_buf();
 
     // Everything that can be checked before compute.
-    let source_config = crate::model::LlamaConfig::load(&model_dir.join("config.json"))
-        .map_err(|error| StageError::input("model", error.to_string()))?;
+    let source_config = super::load_source_config(config, &model_dir)?;
     let resolved = resolve_target(config, &source_config)?;
     let dataset = TokenizedDataset::open(&data_dir)
         .map_err(|error| StageError::input("data", error.to_string()))?;

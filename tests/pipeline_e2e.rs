@@ -172,7 +172,10 @@ fn full_pipeline_then_an_ablation_reruns_only_what_changed() {
     let before = plan_previews(dir.path(), &recipe);
     assert_eq!(before["source"]["tokens"], 4 * 4 * 32, "{before:#?}");
     assert!(before["source"].get("parameters").is_none(), "{before:#?}");
-    assert!(before["consolidate"].get("parameters").is_none(), "{before:#?}");
+    assert!(
+        before["consolidate"].get("parameters").is_none(),
+        "{before:#?}"
+    );
 
     let first = run(dir.path(), &recipe, &[]);
     assert_eq!(stages_with(&first, "committed"), set(&all), "{first:#?}");

@@ -12,9 +12,7 @@
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
-};
+use super::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed};
 use crate::model::gguf;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

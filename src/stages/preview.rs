@@ -52,7 +52,8 @@ impl Preview {
     pub fn add_model(&mut self, name: &str, config: &LlamaConfig) {
         let counts = config.parameter_counts();
         self.parameters.insert(name.to_string(), counts.total);
-        self.facts.push(format!("{} params", describe_counts(&counts)));
+        self.facts
+            .push(format!("{} params", describe_counts(&counts)));
     }
 
     /// Record a training budget of `steps` steps of `batch_size` sequences of `seq_len` tokens.
@@ -126,7 +127,9 @@ impl<'a> PreviewInputs<'a> {
         let input = self.get(key);
         match input.path {
             Some(dir) => LlamaConfig::load(&dir.join("config.json")).ok(),
-            None => input.upstream.and_then(|preview| preview.model_config.clone()),
+            None => input
+                .upstream
+                .and_then(|preview| preview.model_config.clone()),
         }
     }
 

@@ -309,8 +309,7 @@ pub(crate) fn load_source_config(
         .map_err(|error| bad(format!("{}: {error}", path.display())))?;
     let raw: serde_json::Value = serde_json::from_str(&text)
         .map_err(|error| bad(format!("{}: not valid JSON: {error}", path.display())))?;
-    let source =
-        LlamaConfig::from_json(&raw, &path).map_err(|error| bad(error.to_string()))?;
+    let source = LlamaConfig::from_json(&raw, &path).map_err(|error| bad(error.to_string()))?;
     if let Some(expected) = &config.expect_source {
         check_expected_source(expected, &raw, &source, &path)?;
     }
@@ -327,8 +326,9 @@ fn check_expected_source(
 ) -> Result<(), StageError> {
     let canonical = source.to_json();
     for (key, want) in expected {
-        let want = serde_json::to_value(want)
-            .map_err(|error| StageError::config(format!("expect_source.{key}"), error.to_string()))?;
+        let want = serde_json::to_value(want).map_err(|error| {
+            StageError::config(format!("expect_source.{key}"), error.to_string())
+        })?;
         let have = raw.get(key).or_else(|| canonical.get(key));
         let same = match (have, &want) {
             (Some(serde_json::Value::Number(a)), serde_json::Value::Number(b)) => {

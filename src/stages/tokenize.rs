@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
-};
+use super::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed};
 use crate::data::DataError;
 use crate::data::source::{InvalidUtf8, SourceOptions};
 use crate::data::tokenize::{
@@ -224,7 +222,9 @@ impl Stage for TokenizeStage {
             if let Ok(tokenizer) = tokenizers::Tokenizer::from_file(&file) {
                 let vocab_size = tokenizer.get_vocab_size(true);
                 preview.vocab_size = Some(vocab_size);
-                preview.facts.push(format!("vocabulary of {vocab_size} tokens"));
+                preview
+                    .facts
+                    .push(format!("vocabulary of {vocab_size} tokens"));
             }
         }
         preview

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use serde_json::Value;
 use sheared::eval::{LlamaScorer, TaskFormat, evaluate_task, load_task};
 
@@ -16,7 +15,7 @@ fn fixtures() -> PathBuf {
 #[test]
 fn log_likelihoods_and_accuracies_match_lm_eval_harness() {
     let model_dir = fixtures().join("tiny_model");
-    let device = Device::flex();
+    let device = sheared::model::device::for_tests();
     let model = sheared::model::load_hf(&model_dir, &device).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap();
     let reference: Value = serde_json::from_str(
@@ -75,7 +74,7 @@ fn log_likelihoods_and_accuracies_match_lm_eval_harness() {
 #[test]
 fn unconditional_twins_are_scored_on_request() {
     let model_dir = fixtures().join("tiny_model");
-    let device = Device::flex();
+    let device = sheared::model::device::for_tests();
     let model = sheared::model::load_hf(&model_dir, &device).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap();
     let task = load_task(

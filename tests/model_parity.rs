@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use sheared::model::{WeightDtype, cross_entropy, gguf, load_hf, save_hf, save_hf_with_dtype};
 
 const TOLERANCE: f64 = 1e-4;
@@ -34,7 +34,7 @@ fn reference(dir: &Path) -> Reference {
 
 /// Logits and transformers-style loss (targets = inputs shifted by one) of the model in `dir`.
 fn check_against_reference(model_dir: &Path, reference: &Reference) {
-    let device = Device::flex();
+    let device = sheared::model::device::for_tests();
     let model = load_hf(model_dir, &device).unwrap();
     let batch = reference.input_ids.len();
     let seq = reference.input_ids[0].len();
@@ -86,7 +86,7 @@ fn explicit_head_dim_llama3_rope_f16_matches_transformers() {
 #[test]
 fn save_then_load_keeps_the_function() {
     let dir = fixture("gqa_tied");
-    let device = Device::flex();
+    let device = sheared::model::device::for_tests();
     let model = load_hf(&dir, &device).unwrap();
     let out = tempfile::tempdir().unwrap();
     save_hf(&model, out.path(), None).unwrap();
@@ -202,7 +202,7 @@ fn per_layer_widths_match_the_sheared_modeling_file_and_round_trip() {
     let dir = fixture("per_layer");
     let reference = reference(&dir);
     check_against_reference(&dir, &reference);
-    let model = load_hf(&dir, &Device::flex()).unwrap();
+    let model = load_hf(&dir, &sheared::model::device::for_tests()).unwrap();
     let out = tempfile::tempdir().unwrap();
     save_hf(&model, out.path(), None).unwrap();
     check_against_reference(out.path(), &reference);

@@ -23,8 +23,8 @@ pub struct RecipeOptions {
     /// Override one recipe value, TOML value syntax: `--set stages.prune.target.hidden=1024`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Run-wide device (`cpu`, `cuda:0`); replaces `settings.device`.
-    #[arg(long)]
+    /// Run-wide device (`cpu`, `torch-cpu`, `cuda:0`); replaces `settings.device`.
+    #[arg(long, env = "SHEARED_DEVICE")]
     pub device: Option<String>,
 }
 

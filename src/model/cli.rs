@@ -41,8 +41,8 @@ pub struct ScoreArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
+    /// `cpu`, `torch-cpu` or `cuda:N`.
+    #[arg(long, env = "SHEARED_DEVICE", default_value = "cpu")]
     pub device: String,
     /// Print `{"mean_loss", "perplexity", "tokens"}` instead of text.
     #[arg(long)]

@@ -653,7 +653,7 @@ mod tests {
 
     #[test]
     fn expected_score_at_zero_and_bounds() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let z = Tensor::<1>::from_floats([0.0, Z_LOGA_MAX as f32, Z_LOGA_MIN as f32], &device);
         let score = host(expected_score(z));
         assert!((score[0] as f64 - sigmoid_f64((2.0 / 3.0) * 11f64.ln())).abs() < 1e-6);
@@ -665,7 +665,7 @@ mod tests {
 
     #[test]
     fn hard_concrete_sample_hand_values() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         // u = 0.5: logistic noise 0, so z = clamp(1.2·sigmoid(z_loga/β) − 0.1, 0, 1).
         let z_loga = Tensor::<1>::from_floats([0.0, 1.0, -3.0, 4.0], &device);
         let u = Tensor::<1>::from_floats([0.5, 0.5, 0.5, 0.5], &device);
@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn expected_parameters_full_model_and_llama_7b_total() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let dims = dims();
         let module = L0Module::new(dims.clone(), &default_pruning_modules(), &device, &mut rng)
@@ -750,7 +750,7 @@ mod tests {
 
     #[test]
     fn target_masks_are_exact_and_eval_masks_use_expectations() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let module =
             L0Module::new(dims(), &default_pruning_modules(), &device, &mut rng).clamp_z_loga();
@@ -773,7 +773,7 @@ mod tests {
 
     #[test]
     fn init_is_normal_5_then_clamped() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let module = L0Module::new(dims(), &[PruningModule::Hidden], &device, &mut rng);
         let raw = host(module.hidden_z_loga.as_ref().unwrap().val());
@@ -788,7 +788,7 @@ mod tests {
 
     #[test]
     fn lagrangian_hand_value_and_warmup() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let mut module = L0Module::new(
             dims(),
@@ -835,7 +835,7 @@ mod tests {
 
     #[test]
     fn lagrangian_gradients_reach_lambda_and_z_loga() {
-        let device = Device::flex().autodiff();
+        let device = crate::model::device::for_tests().autodiff();
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let module =
             L0Module::new(dims(), &[PruningModule::Layer], &device, &mut rng).clamp_z_loga();
@@ -857,7 +857,7 @@ mod tests {
 
     #[test]
     fn samples_are_seeded_and_in_range() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let mut rng = ChaCha8Rng::seed_from_u64(6);
         let module =
             L0Module::new(dims(), &default_pruning_modules(), &device, &mut rng).clamp_z_loga();

@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn all_ones_masks_equal_the_plain_forward() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         device.seed(3);
         let config = tiny_config();
         let model = Llama::new(&config, &device);
@@ -740,7 +740,7 @@ mod tests {
 
     #[test]
     fn hard_masks_equal_the_sliced_model() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         for tied in [false, true] {
             device.seed(5);
             let mut config = tiny_config();
@@ -773,7 +773,7 @@ mod tests {
 
     #[test]
     fn masks_receive_gradients() {
-        let device = Device::flex().autodiff();
+        let device = crate::model::device::for_tests().autodiff();
         device.seed(7);
         let config = tiny_config();
         let model = Llama::new(&config, &device);
@@ -805,7 +805,7 @@ mod tests {
 
     #[test]
     fn mask_shapes_are_checked() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let config = tiny_config();
         let masks = Masks {
             head_z: Some(Tensor::ones([3, 4], &device)),
@@ -820,7 +820,7 @@ mod tests {
 
     #[test]
     fn per_layer_widths_survive_config_round_trip() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let mut config = tiny_config();
         config.set_layer_widths(vec![
             LayerWidths {

@@ -50,11 +50,11 @@ pub fn mean_loss_by_domain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
 
     #[test]
     fn matches_hand_computed_values() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         // batch 2, seq 1, vocab 3.
         let logits = Tensor::<3>::from_data(
             TensorData::new(vec![0.0f32, 1.0, 2.0, 1.0, 1.0, 1.0], [2, 1, 3]),

@@ -6,7 +6,7 @@
 //! - [`loss`]: next-token cross-entropy (token mean, per sequence).
 //! - [`hf`]: load/save Hugging Face model folders (safetensors, sharded or not).
 //! - [`gguf`]: import llama.cpp GGUF files (dequantise, un-permute q/k, tokenizer).
-//! - [`device`]: `"cpu"` / `"cuda:N"` to a burn [`Device`](burn::tensor::Device).
+//! - [`device`]: `"cpu"` / `"torch-cpu"` / `"cuda:N"` to a burn [`Device`](burn::tensor::Device).
 //! - [`l0`]: hard-concrete L0 masks, expected sizes and the Lagrangian (spec §2).
 //! - [`slice`]: consolidation, folding masks into the weights and slicing to a dense model (spec §5).
 //! - [`cli`]: `sheared inspect`, `sheared score`, `sheared convert`.

@@ -291,7 +291,7 @@ mod tests {
         seed: u64,
         masks: impl Fn(&mut ChaCha8Rng) -> HostMasks,
     ) -> Llama {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         device.seed(seed);
         let model = Llama::new(config, &device);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn mask_shape_errors_are_reported() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let model = Llama::new(&LlamaConfig::new(30, 16, 12, 2, 2, 2), &device);
         let bad = HostMasks {
             head: None,

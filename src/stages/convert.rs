@@ -87,7 +87,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let scratch = tempfile::tempdir().unwrap();
         let config: toml::Table = toml::from_str("gguf = { path = \"tiny.gguf\" }").unwrap();
-        let settings = Settings::default();
+        let settings = Settings::for_tests();
         let ctx = StageContext {
             name: "base",
             config: &config,

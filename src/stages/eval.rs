@@ -663,7 +663,7 @@ mod tests {
             let config = EvalStage.normalize(&table(config_text)).unwrap();
             let out_dir = work.path().join("out");
             std::fs::create_dir_all(&out_dir).unwrap();
-            let settings = Settings::default();
+            let settings = Settings::for_tests();
             let ctx = StageContext {
                 name: "eval",
                 config: &config,
@@ -726,14 +726,14 @@ mod tests {
                 .unwrap()
                 .parameter_counts();
             assert_eq!(metrics["parameters"]["total"], counts.total);
-            assert_eq!(metrics["device"], "cpu");
+            assert_eq!(metrics["device"], crate::model::device::name_for_tests());
             let predictions = std::fs::read_to_string(out.join("predictions/arc.jsonl")).unwrap();
             assert_eq!(predictions.lines().count(), 2);
 
             // The window loss is the same number the task scorer computes for "first token → rest of the window".
             let dataset = TokenizedDataset::open(data.path()).unwrap();
             let windows = eval_windows(&dataset, 16, 4).unwrap();
-            let device = Device::flex();
+            let device = crate::model::device::for_tests();
             let model = load_hf(&model_dir, &device).unwrap();
             let mut scorer = LlamaScorer::new(&model, device, 256, 1024);
             let requests: Vec<crate::eval::ScoreRequest> = (0..4)

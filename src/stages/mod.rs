@@ -65,7 +65,8 @@ impl StageError {
 #[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// `"cpu"` or `"cuda:N"`; which backends exist depends on the cargo features the binary was built with.
+    /// `"cpu"`, `"torch-cpu"` or `"cuda:N"` ([`crate::model::device`]); which backends exist depends
+    /// on the cargo features the binary was built with.
     pub device: String,
     /// Base seed; stages derive their own streams from it.
     pub seed: u64,
@@ -76,6 +77,16 @@ impl Default for Settings {
         Settings {
             device: "cpu".into(),
             seed: 17,
+        }
+    }
+}
+
+impl Settings {
+    /// The defaults with the device tests run on ([`crate::model::device::name_for_tests`]).
+    pub fn for_tests() -> Self {
+        Settings {
+            device: crate::model::device::name_for_tests(),
+            ..Settings::default()
         }
     }
 }

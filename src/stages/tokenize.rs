@@ -394,7 +394,7 @@ mod tests {
                  domain_settings = { code = { eval_documents = 4 } }",
             ))
             .unwrap();
-        let settings = Settings::default();
+        let settings = Settings::for_tests();
         let out_dir = root.path().join("out");
         std::fs::create_dir_all(&out_dir).unwrap();
         let inputs = BTreeMap::from([

@@ -725,7 +725,7 @@ pub(crate) mod tests {
         cancel: CancelFlag,
     ) -> Result<(), StageError> {
         std::fs::create_dir_all(&run.out).unwrap();
-        let settings = Settings::default();
+        let settings = Settings::for_tests();
         let ctx = StageContext {
             name: "train",
             config,

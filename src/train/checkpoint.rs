@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn resume_from_checkpoint_is_bit_identical() {
-        let device = Device::flex().autodiff();
+        let device = crate::model::device::for_tests().autodiff();
         let settings = AdamWSettings {
             weight_decay: 0.1,
             ..Default::default()
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn keeps_only_the_newest_and_ignores_partial_writes() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let root = tempfile::tempdir().unwrap();
         let model = tiny(&device, 0.0);
         let optimizer = AdamWSettings::default().build();
@@ -422,7 +422,7 @@ mod tests {
 
     #[test]
     fn a_checkpoint_from_another_config_is_refused() {
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let root = tempfile::tempdir().unwrap();
         let optimizer = AdamWSettings::default().build();
         save(

@@ -91,7 +91,7 @@ impl ModuleVisitor for Scaler {
 mod tests {
     use super::*;
     use burn::module::Param;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
 
     #[derive(Module, Debug)]
     struct TwoParams {
@@ -100,7 +100,7 @@ mod tests {
     }
 
     fn model_and_grads(scale: f32) -> (TwoParams, GradientsParams) {
-        let device = Device::flex().autodiff();
+        let device = crate::model::device::for_tests().autodiff();
         let model = TwoParams {
             matrix: Param::from_tensor(Tensor::from_data(
                 TensorData::new(vec![0.0f32; 4], [2, 2]),

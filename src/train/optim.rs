@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn two_adamw_steps_equal_the_hand_computation_and_norms_are_not_decayed() {
-        let device = Device::flex().autodiff();
+        let device = crate::model::device::for_tests().autodiff();
         let settings = AdamWSettings {
             betas: [0.9, 0.95],
             eps: 1e-8,

@@ -700,7 +700,11 @@ mod tests {
     #[test]
     fn seeded_init_keeps_parameters_trainable() {
         let config = LlamaConfig::new(32, 16, 32, 1, 2, 2);
-        let model = seeded_normal_init(Llama::new(&config, &Device::flex().autodiff()), 7, 0.02);
+        let model = seeded_normal_init(
+            Llama::new(&config, &crate::model::device::for_tests().autodiff()),
+            7,
+            0.02,
+        );
         let gate = model.layers[0]
             .mlp
             .as_ref()
@@ -712,7 +716,7 @@ mod tests {
     #[test]
     fn seeded_init_ignores_the_global_device_rng() {
         let config = LlamaConfig::new(32, 16, 32, 1, 2, 2);
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         device.seed(1);
         let first = seeded_normal_init(Llama::new(&config, &device), 7, 0.02);
         device.seed(99);

@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use burn::tensor::Device;
-
 use crate::data::TokenizedDataset;
 use crate::data::tokenize::tests::{documents, spec, write_jsonl};
 use crate::data::tokenize::{EvalSplit, tokenize};
@@ -37,7 +35,7 @@ pub fn fixture() -> Fixture {
     let dataset = TokenizedDataset::open(&data).unwrap();
     let mut config = LlamaConfig::new(dataset.vocab_size(), 16, 24, 2, 4, 4);
     config.head_dim = 4;
-    let device = Device::flex();
+    let device = crate::model::device::for_tests();
     device.seed(5);
     let model_dir = root.path().join("model");
     save_hf(
@@ -85,7 +83,7 @@ pub fn run_stage(
     let table: toml::Table = table.parse().unwrap();
     let config = stage.normalize(&table)?;
     stage.validate(&config)?;
-    let settings = Settings::default();
+    let settings = Settings::for_tests();
     std::fs::create_dir_all(out_dir).unwrap();
     std::fs::create_dir_all(scratch_dir).unwrap();
     let inputs: BTreeMap<String, PathBuf> = inputs

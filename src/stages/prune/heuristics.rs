@@ -193,7 +193,6 @@ mod tests {
     use crate::model::l0::PruningModule;
     use crate::stages::Stage;
     use crate::stages::prune::{PruneStage, resolve_target};
-    use burn::tensor::Device;
 
     fn resolved(config: &LlamaConfig) -> ResolvedTarget {
         let table: toml::Table = "model = { path = \"m\" }\nmethod = \"magnitude\"\ntarget = { layers = 2, hidden = 12, heads = 2, intermediate = 10 }"
@@ -213,7 +212,7 @@ mod tests {
     fn magnitude_and_random_hit_the_target_counts() {
         let mut config = LlamaConfig::new(30, 16, 14, 3, 4, 4);
         config.head_dim = 4;
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let model = Llama::new(&config, &device);
         let resolved = resolved(&config);
         for masks in [
@@ -236,7 +235,7 @@ mod tests {
     fn magnitude_keeps_the_heavy_units() {
         let mut config = LlamaConfig::new(30, 16, 14, 3, 4, 4);
         config.head_dim = 4;
-        let device = Device::flex();
+        let device = crate::model::device::for_tests();
         let mut model = Llama::new(&config, &device);
         // Make intermediate unit 5 of layer 0 and hidden dim 3 huge.
         let mlp = model.layers[0].mlp.as_mut().unwrap();

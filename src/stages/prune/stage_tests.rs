@@ -105,7 +105,7 @@ fn l0_prune_reaches_the_exact_target_and_consolidates_equivalently() {
     assert_eq!(lines[0]["target_sparsity"]["hidden"], 0.0);
 
     // The pruned model, masked in eval mode, equals the consolidated model.
-    let device = Device::flex();
+    let device = crate::model::device::for_tests();
     let full = load_hf(&out, &device).unwrap();
     let masked = full.forward(
         ids(fx.config.vocab_size, &device),

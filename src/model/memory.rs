@@ -161,10 +161,12 @@ impl MemoryEstimate {
     }
 }
 
-/// `12.3 GiB`, `512.0 MiB`, `3.0 KiB`, `17 B`.
+/// `6.2 TiB`, `12.3 GiB`, `512.0 MiB`, `3.0 KiB`, `17 B`.
 pub fn format_bytes(bytes: u64) -> String {
     let value = bytes as f64;
-    if value >= GIB {
+    if value >= 1024.0 * GIB {
+        format!("{:.1} TiB", value / (1024.0 * GIB))
+    } else if value >= GIB {
         format!("{:.1} GiB", value / GIB)
     } else if value >= (1u64 << 20) as f64 {
         format!("{:.1} MiB", value / (1u64 << 20) as f64)
@@ -597,6 +599,7 @@ mod tests {
             "peak memory ≈ 12.3 GiB (weights 1.1, grads 1.1, adam 2.2, masks 0.0015, activations 7.9)"
         );
         assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(3 << 40), "3.0 TiB");
         assert_eq!(format_bytes(17), "17 B");
     }
 }

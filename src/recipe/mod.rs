@@ -398,7 +398,7 @@ fn build(
         return Err(at(
             &["settings", "device_memory_gb"],
             format!(
-                "{} must be a number of GB >= 0 (0 = detect the device's memory)",
+                "`settings.device_memory_gb` = {} must be a number of GB >= 0 (0 = detect the device's memory)",
                 settings.device_memory_gb
             ),
         ));

@@ -603,3 +603,59 @@ mod tests {
         assert_eq!(format_bytes(17), "17 B");
     }
 }
+
+/// The numbers docs/training.md quotes for pruning LLaMA2-7B (recipes/2.7b.toml's prune stage), so
+/// that the docs change when the formulas do.
+#[cfg(test)]
+mod llama2_7b {
+    use super::*;
+
+    fn prune_step(micro_batch: usize, precision: Precision, checkpointing: bool) -> MemoryEstimate {
+        let config = LlamaConfig::new(32000, 4096, 11008, 32, 32, 32);
+        assert_eq!(config.parameter_counts().total, 6_738_415_616);
+        estimate(
+            &config,
+            Step::Prune {
+                masks: MaskSet::from_modules(&PruningModule::ALL),
+            },
+            StepShape {
+                micro_batch,
+                seq_len: 4096,
+            },
+            MemoryOptions {
+                precision,
+                activation_checkpointing: checkpointing,
+            },
+        )
+    }
+
+    #[test]
+    fn the_paper_batch_in_one_fp32_pass() {
+        let step = prune_step(32, Precision::Fp32, false);
+        assert_eq!(step.weights_bytes, 4 * 6_738_415_616);
+        // z_loga 32·32 + 32·11008 + 32 + 4096, λ 4·2 → 357,416 values × 5 × 4 bytes.
+        assert_eq!(step.masks_bytes, 357_416 * 20);
+        assert_eq!(
+            step.describe(),
+            "peak memory ≈ 6.2 TiB (weights 25.1, grads 25.1, adam 50.2, masks 0.0067, activations 6271.4)"
+        );
+    }
+
+    #[test]
+    fn one_sequence_in_bf16_with_and_without_checkpointing() {
+        let plain = prune_step(1, Precision::Bf16, false);
+        assert_eq!(
+            plain.describe(),
+            "peak memory ≈ 211.0 GiB (weights 37.7, grads 25.1, adam 50.2, masks 0.0067, activations 98.0)"
+        );
+        let checkpointed = prune_step(1, Precision::Bf16, true);
+        assert_eq!(
+            checkpointed.describe(),
+            "peak memory ≈ 117.9 GiB (weights 37.7, grads 25.1, adam 50.2, masks 0.0067, activations 4.9)"
+        );
+        assert_eq!(
+            prune_step(1, Precision::Fp32, false).describe(),
+            "peak memory ≈ 296.4 GiB (weights 25.1, grads 25.1, adam 50.2, masks 0.0067, activations 196.0)"
+        );
+    }
+}

@@ -23,7 +23,9 @@ fn text(output: &Output) -> String {
 }
 
 fn write_corpus(dir: &Path) {
-    let words = ["the", "river", "runs", "past", "old", "mills", "and", "quiet"];
+    let words = [
+        "the", "river", "runs", "past", "old", "mills", "and", "quiet",
+    ];
     for (index, name) in ["web", "code"].iter().enumerate() {
         let mut lines = String::new();
         for document in 0..20 {
@@ -149,7 +151,10 @@ fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
     assert_eq!(memory["seq_len"], 16);
     assert_eq!(memory["precision"], "fp32");
     let estimate_text = format!("{:.1} MiB", estimate as f64 / (1u64 << 20) as f64);
-    assert!(reason.contains(&estimate_text), "{estimate_text} not in {reason}");
+    assert!(
+        reason.contains(&estimate_text),
+        "{estimate_text} not in {reason}"
+    );
 
     // With enough memory the same stage runs, and only it.
     let output = sheared(
@@ -172,8 +177,14 @@ fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
         .iter()
         .map(|event| (event["event"].to_string(), event["stage"].to_string()))
         .collect();
-    assert!(kinds.contains(&("\"committed\"".into(), "\"train\"".into())), "{all}");
-    assert!(kinds.contains(&("\"cached\"".into(), "\"tokens\"".into())), "{all}");
+    assert!(
+        kinds.contains(&("\"committed\"".into(), "\"train\"".into())),
+        "{all}"
+    );
+    assert!(
+        kinds.contains(&("\"cached\"".into(), "\"tokens\"".into())),
+        "{all}"
+    );
 }
 
 #[test]
@@ -186,5 +197,9 @@ fn a_negative_device_memory_is_a_recipe_error() {
     .unwrap();
     let output = sheared(dir.path(), &["plan", "recipe.toml"]);
     assert!(!output.status.success());
-    assert!(text(&output).contains("device_memory_gb"), "{}", text(&output));
+    assert!(
+        text(&output).contains("device_memory_gb"),
+        "{}",
+        text(&output)
+    );
 }

@@ -61,7 +61,10 @@ pub struct DeviceMemoryProbe {
 impl DeviceMemoryProbe {
     pub fn memory(&self, settings: &Settings) -> DeviceMemory {
         let key = format!("{}\u{0}{}", settings.device, settings.device_memory_gb);
-        let mut known = self.known.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         known
             .entry(key)
             .or_insert_with(|| {
@@ -84,7 +87,7 @@ impl DeviceMemoryProbe {
         stage: &str,
         preview: &Preview,
         settings: &Settings,
-    ) -> Result<(), MemoryRefusal> {
+    ) -> Result<(), Box<MemoryRefusal>> {
         let Some(estimate_bytes) = preview.memory_bytes else {
             return Ok(());
         };
@@ -107,7 +110,7 @@ impl DeviceMemoryProbe {
             ),
             None => (String::new(), "use smaller batches".into()),
         };
-        Err(MemoryRefusal {
+        Err(Box::new(MemoryRefusal {
             stage: stage.to_string(),
             device: settings.device.clone(),
             estimate_bytes,
@@ -115,7 +118,7 @@ impl DeviceMemoryProbe {
             breakdown,
             memory_source: source,
             advice,
-        })
+        }))
     }
 }
 
@@ -294,7 +297,11 @@ mod tests {
     fn refuses_only_what_does_not_fit_and_says_what_to_change() {
         let probe = DeviceMemoryProbe::default();
         let one_gib = settings("cpu", 1.0);
-        assert!(probe.check("train", &preview_needing(1 << 30), &one_gib).is_ok());
+        assert!(
+            probe
+                .check("train", &preview_needing(1 << 30), &one_gib)
+                .is_ok()
+        );
         assert!(probe.check("train", &Preview::default(), &one_gib).is_ok());
         let refusal = probe
             .check("train", &preview_needing(3 << 30), &one_gib)

@@ -20,11 +20,9 @@ use anyhow::Context;
 
 use crate::plan::status::{Committed, KeyRecord, explain, resolve_key};
 use crate::plan::{InputSource, Plan};
-use crate::stages::{
-    CancelFlag, PreviewInput, PreviewInputs, Registry, StageContext, StageError,
-};
-use device_memory::DeviceMemoryProbe;
+use crate::stages::{CancelFlag, PreviewInput, PreviewInputs, Registry, StageContext, StageError};
 use crate::store::{Acquire, CommitRecord, FailureInfo, Store, log_tail};
+use device_memory::DeviceMemoryProbe;
 pub use events::{Event, Output};
 
 /// How a run behaves (`sheared run` flags).

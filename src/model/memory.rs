@@ -310,9 +310,7 @@ pub fn layer_saved_elements(
     let intermediate = widths.intermediate_size as u64;
     let norm = 2 * tokens * hidden + tokens // x, x·rsqrt [b, s, d]; rsqrt [b, s, 1]
         + if masks.hidden { tokens * hidden } else { 0 }; // output before hidden_z [b, s, d]
-    let block_output = tokens
-        * hidden
-        * (u64::from(masks.layer) + u64::from(masks.hidden)); // before layer_z / hidden_z [b, s, d]
+    let block_output = tokens * hidden * (u64::from(masks.layer) + u64::from(masks.hidden)); // before layer_z / hidden_z [b, s, d]
     let mut elements = 0;
     if heads > 0 {
         let per_head = tokens * heads * head_dim; // [b, H, s, h]
@@ -365,8 +363,8 @@ fn training_elements(
         .map(|widths| layer_saved_elements(config, *widths, shape, masks));
     let head = head_saved_elements(config, shape, masks);
     if activation_checkpointing {
-        let layer_inputs = layers.len() as u64
-            * (shape.micro_batch * shape.seq_len * config.hidden_size) as u64; // L × [b, s, d]
+        let layer_inputs =
+            layers.len() as u64 * (shape.micro_batch * shape.seq_len * config.hidden_size) as u64; // L × [b, s, d]
         layer_inputs + per_layer.max().unwrap_or(0) + head
     } else {
         per_layer.sum::<u64>() + head

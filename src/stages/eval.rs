@@ -92,7 +92,12 @@ fn default_batch_tokens() -> usize {
 /// or a task batch. Task batches pack at most `batch_tokens` padded tokens; they are estimated as
 /// one row of `batch_tokens` tokens (the longest batch the budget allows; a single question longer
 /// than the budget runs alone and is not foreseen). fp32, as the stage loads the model.
-fn add_forward_memory(preview: &mut Preview, config: &EvalConfig, tasks: bool, model: &LlamaConfig) {
+fn add_forward_memory(
+    preview: &mut Preview,
+    config: &EvalConfig,
+    tasks: bool,
+    model: &LlamaConfig,
+) {
     let domains = config.data.is_some().then_some(StepShape {
         micro_batch: config.batch_size,
         seq_len: config.seq_len,
@@ -105,7 +110,12 @@ fn add_forward_memory(preview: &mut Preview, config: &EvalConfig, tasks: bool, m
     let Some((estimate, shape)) = domains
         .into_iter()
         .chain(task_batch)
-        .map(|shape| (memory::estimate(model, Step::Forward, shape, options), shape))
+        .map(|shape| {
+            (
+                memory::estimate(model, Step::Forward, shape, options),
+                shape,
+            )
+        })
         .max_by_key(|(estimate, _)| estimate.total_bytes())
     else {
         return;

@@ -5,6 +5,7 @@
 //! whose upstream reproduced identical bytes is a cache hit even though the upstream re-ran.
 
 pub mod cli;
+pub mod device_memory;
 pub mod events;
 pub mod logging;
 
@@ -19,8 +20,9 @@ use anyhow::Context;
 
 use crate::plan::status::{Committed, KeyRecord, explain, resolve_key};
 use crate::plan::{InputSource, Plan};
-use crate::stages::{CancelFlag, Registry, StageContext, StageError};
+use crate::stages::{CancelFlag, PreviewInput, PreviewInputs, Registry, StageContext, StageError};
 use crate::store::{Acquire, CommitRecord, FailureInfo, Store, log_tail};
+use device_memory::DeviceMemoryProbe;
 pub use events::{Event, Output};
 
 /// How a run behaves (`sheared run` flags).
@@ -156,6 +158,7 @@ pub fn run(
     let mut failure_seen = false;
     // Keys resolved (and looked up) once per node, not on every scan while `--jobs` is saturated.
     let mut records: Vec<Option<KeyRecord>> = vec![None; plan.nodes.len()];
+    let memory = DeviceMemoryProbe::default();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         // A broken store stops scheduling; running stages are cancelled (scratch kept) rather than
         // left to finish unobserved.
@@ -259,9 +262,11 @@ pub fn run(
                     progressed = true;
                     let sender = sender.clone();
                     let force = forced.contains(&index);
+                    let memory = &memory;
                     scope.spawn(move || {
                         let outcome = execute(
                             plan, index, &record, inputs, force, store, registry, output, cancel,
+                            memory,
                         );
                         let _ = sender.send((index, outcome));
                     });
@@ -422,6 +427,23 @@ fn materialise_inputs(
     Ok(inputs)
 }
 
+/// The preview inputs of a stage about to run: every input exists now, so previews read the real
+/// files (`config.json`, the tokenizer's manifest) rather than upstream predictions.
+fn materialised_preview_inputs(inputs: &BTreeMap<String, PathBuf>) -> PreviewInputs<'_> {
+    PreviewInputs {
+        inputs: inputs
+            .iter()
+            .map(|(key, path)| {
+                let input = PreviewInput {
+                    path: Some(path.as_path()),
+                    upstream: None,
+                };
+                (key.clone(), input)
+            })
+            .collect(),
+    }
+}
+
 /// Run one stage under its lease (or wait for another process that holds it).
 #[allow(clippy::too_many_arguments)]
 fn execute(
@@ -434,9 +456,10 @@ fn execute(
     registry: &Registry,
     output: &Output,
     cancel: &CancelFlag,
+    memory: &DeviceMemoryProbe,
 ) -> Outcome {
     match execute_inner(
-        plan, index, record, inputs, force, store, registry, output, cancel,
+        plan, index, record, inputs, force, store, registry, output, cancel, memory,
     ) {
         Ok(outcome) => outcome,
         Err(error) => Outcome::Failed {
@@ -457,6 +480,7 @@ fn execute_inner(
     registry: &Registry,
     output: &Output,
     cancel: &CancelFlag,
+    memory: &DeviceMemoryProbe,
 ) -> anyhow::Result<Outcome> {
     let node = &plan.nodes[index];
     let (recipe_name, _) = plan.record_name(index);
@@ -511,6 +535,24 @@ fn execute_inner(
         record.key.to_hex()
     ));
     log.line(&format!("preimage {}", record.preimage));
+    // Before any compute: the stage's peak-memory estimate, from its real inputs, against the device.
+    let preview = stage.preview(&node.config, &materialised_preview_inputs(&inputs));
+    if let Err(refusal) = memory.check(&node.id, &preview, &recipe.settings) {
+        let message = refusal.to_string();
+        log.line(&format!("failed: {message}"));
+        store.fail(
+            &attempt,
+            FailureInfo {
+                stage: node.stage.clone(),
+                recipe: recipe_name.to_string(),
+                error: message.clone(),
+            },
+        )?;
+        return Ok(Outcome::Failed {
+            message,
+            log: Some(attempt.log_path.clone()),
+        });
+    }
     let mut started = Event::new("started", &node.id);
     started.key = Some(record.key.to_hex());
     started.reason = Some(why_it_runs(store, recipe_name, &node.stage, record, force));

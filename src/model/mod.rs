@@ -8,6 +8,7 @@
 //! - [`gguf`]: import llama.cpp GGUF files (dequantise, un-permute q/k, tokenizer).
 //! - [`device`]: `"cpu"` / `"torch-cpu"` / `"cuda:N"` to a burn [`Device`](burn::tensor::Device).
 //! - [`l0`]: hard-concrete L0 masks, expected sizes and the Lagrangian (spec §2).
+//! - [`memory`]: peak device memory of a training step or forward pass, estimated from a config.
 //! - [`slice`]: consolidation, folding masks into the weights and slicing to a dense model (spec §5).
 //! - [`cli`]: `sheared inspect`, `sheared score`, `sheared convert`.
 //!
@@ -22,6 +23,7 @@ pub mod hf;
 pub mod l0;
 pub mod llama;
 pub mod loss;
+pub mod memory;
 pub mod slice;
 
 pub use config::{LayerWidths, LlamaConfig, ParameterCounts, RopeScaling};

@@ -394,6 +394,15 @@ fn build(
     if let Some(device) = &options.device {
         settings.device = device.clone();
     }
+    if !(settings.device_memory_gb.is_finite() && settings.device_memory_gb >= 0.0) {
+        return Err(at(
+            &["settings", "device_memory_gb"],
+            format!(
+                "`settings.device_memory_gb` = {} must be a number of GB >= 0 (0 = detect the device's memory)",
+                settings.device_memory_gb
+            ),
+        ));
+    }
     let stage_tables = match table.remove("stages") {
         None => Table::new(),
         Some(Value::Table(stages)) => stages,

@@ -41,7 +41,8 @@ use crate::data::{TokenizedDataset, eval_windows};
 use crate::eval::{
     EvalError, LlamaScorer, TaskFormat, TextEncoder, domain_loss, evaluate_task, load_task,
 };
-use crate::model::{Llama, cross_entropy_per_sequence, load_hf};
+use crate::model::memory::{self, MemoryOptions, Step, StepShape};
+use crate::model::{Llama, LlamaConfig, cross_entropy_per_sequence, load_hf};
 use crate::report::compare::stage_tokens;
 
 /// The `eval` stage kind.
@@ -85,6 +86,49 @@ fn default_batch_size() -> usize {
 }
 fn default_batch_tokens() -> usize {
     2048
+}
+
+/// The peak memory of the larger forward pass: a batch of domain windows (`batch_size × seq_len`)
+/// or a task batch. Task batches pack at most `batch_tokens` padded tokens; they are estimated as
+/// one row of `batch_tokens` tokens (the longest batch the budget allows; a single question longer
+/// than the budget runs alone and is not foreseen). fp32, as the stage loads the model.
+fn add_forward_memory(
+    preview: &mut Preview,
+    config: &EvalConfig,
+    tasks: bool,
+    model: &LlamaConfig,
+) {
+    let domains = config.data.is_some().then_some(StepShape {
+        micro_batch: config.batch_size,
+        seq_len: config.seq_len,
+    });
+    let task_batch = tasks.then_some(StepShape {
+        micro_batch: 1,
+        seq_len: config.batch_tokens,
+    });
+    let options = MemoryOptions::FP32;
+    let Some((estimate, shape)) = domains
+        .into_iter()
+        .chain(task_batch)
+        .map(|shape| {
+            (
+                memory::estimate(model, Step::Forward, shape, options),
+                shape,
+            )
+        })
+        .max_by_key(|(estimate, _)| estimate.total_bytes())
+    else {
+        return;
+    };
+    preview.add_memory(
+        estimate,
+        shape,
+        options,
+        format!(
+            "lower batch_size (now {}) or seq_len (now {}) for the domain losses, or batch_tokens (now {}) for tasks",
+            config.batch_size, config.seq_len, config.batch_tokens
+        ),
+    );
 }
 
 /// One task as configured.
@@ -280,8 +324,9 @@ impl Stage for EvalStage {
         let Ok((config, _, specs)) = parse_config(config) else {
             return preview;
         };
-        if let Some(model) = inputs.model_config("model") {
-            preview.add_model("model", &model);
+        let model = inputs.model_config("model");
+        if let Some(model) = &model {
+            preview.add_model("model", model);
         }
         if config.data.is_some() {
             preview.facts.push(format!(
@@ -292,6 +337,9 @@ impl Stage for EvalStage {
         if !specs.is_empty() {
             let names: Vec<&str> = config.tasks.keys().map(String::as_str).collect();
             preview.facts.push(format!("tasks: {}", names.join(", ")));
+        }
+        if let Some(model) = &model {
+            add_forward_memory(&mut preview, &config, !specs.is_empty(), model);
         }
         preview
     }

@@ -70,6 +70,10 @@ pub struct Settings {
     pub device: String,
     /// Base seed; stages derive their own streams from it.
     pub seed: u64,
+    /// Memory of the device in GB (GiB, 2^30 bytes), for the runner's check that a stage's
+    /// estimated peak memory fits before it starts; 0 = detect (`MemTotal` for `cpu`, `nvidia-smi`
+    /// for `cuda:N`). Not part of any cache key.
+    pub device_memory_gb: f64,
 }
 
 impl Default for Settings {
@@ -77,6 +81,7 @@ impl Default for Settings {
         Settings {
             device: "cpu".into(),
             seed: 17,
+            device_memory_gb: 0.0,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::model::memory::{MemoryEstimate, MemoryOptions, Precision, StepShape};
 use crate::model::{LlamaConfig, ParameterCounts};
 use crate::report::compare::group_thousands;
 
@@ -28,6 +29,13 @@ pub struct Preview {
     /// Tokens the stage trains on (steps × batch × sequence length).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    /// Estimated peak device memory of the stage's heaviest step, in bytes (the total of `memory`).
+    /// The runner compares it with the device's memory before the stage computes anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The estimate's parts and the step it was made for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryPreview>,
     /// The `config.json` of the model folder this stage writes, when it writes one.
     #[serde(skip)]
     pub model_config: Option<LlamaConfig>,
@@ -66,10 +74,46 @@ impl Preview {
         ));
     }
 
+    /// Record the peak memory `estimate` of one step at `shape`; `advice` says which of the stage's
+    /// keys shrink it (the runner quotes it when it refuses the stage).
+    pub fn add_memory(
+        &mut self,
+        estimate: MemoryEstimate,
+        shape: StepShape,
+        options: MemoryOptions,
+        advice: String,
+    ) {
+        self.memory_bytes = Some(estimate.total_bytes());
+        self.facts.push(estimate.describe());
+        self.memory = Some(MemoryPreview {
+            estimate,
+            micro_batch: shape.micro_batch,
+            seq_len: shape.seq_len,
+            precision: options.precision,
+            activation_checkpointing: options.activation_checkpointing,
+            advice,
+        });
+    }
+
     /// The facts as one line.
     pub fn line(&self) -> String {
         self.facts.join("; ")
     }
+}
+
+/// A stage's peak-memory estimate as `plan --json` shows it (`preview.memory`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPreview {
+    /// `weights_bytes`, `gradients_bytes`, `optimizer_bytes`, `masks_bytes`, `activations_bytes`.
+    #[serde(flatten)]
+    pub estimate: MemoryEstimate,
+    /// Sequences per forward/backward pass.
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    pub precision: Precision,
+    pub activation_checkpointing: bool,
+    /// What to change in the stage to need less (`lower batch_size or raise grad_accum ...`).
+    pub advice: String,
 }
 
 /// `2,701,560,320 (2.70B)`.

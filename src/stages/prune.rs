@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::loading::{LoadingConfig, LoadingError};
 use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
+use crate::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use crate::stages::preview::describe_counts;
 use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
@@ -498,6 +499,28 @@ pub fn resolve_target(
     })
 }
 
+/// The peak memory of one L0 step: the full source model with its masks, the whole `batch_size`
+/// in one forward/backward pass (the loop has no gradient accumulation), fp32 as the loop computes.
+fn add_step_memory(preview: &mut Preview, config: &PruneConfig, source: &LlamaConfig) {
+    let shape = StepShape {
+        micro_batch: config.batch_size,
+        seq_len: config.seq_len,
+    };
+    let step = Step::Prune {
+        masks: MaskSet::from_modules(&config.pruning_modules),
+    };
+    let options = MemoryOptions::FP32;
+    preview.add_memory(
+        memory::estimate(source, step, shape, options),
+        shape,
+        options,
+        format!(
+            "lower batch_size (now {}; a prune step takes the whole batch in one pass) or shorten seq_len (now {})",
+            config.batch_size, config.seq_len
+        ),
+    );
+}
+
 /// The `prune` stage kind.
 pub struct PruneStage;
 
@@ -578,6 +601,9 @@ impl Stage for PruneStage {
         }
         if config.method == Method::L0 {
             preview.add_tokens(config.steps as u64, config.batch_size, config.seq_len);
+            if let Some(source) = preview.model_config.clone() {
+                add_step_memory(&mut preview, &config, &source);
+            }
         }
         preview
     }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::loading::{LoadingConfig, LoadingError, LoadingPolicy};
 use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
+use crate::model::memory::{self, MemoryOptions, Step, StepShape};
 use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
 use crate::stages::{
     InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
@@ -397,8 +398,14 @@ impl Stage for TrainStage {
             }
             None => inputs.model_config("model"),
         };
-        let mut preview = model_config.map(Preview::of_model).unwrap_or_default();
+        let mut preview = model_config
+            .clone()
+            .map(Preview::of_model)
+            .unwrap_or_default();
         preview.add_tokens(config.total_steps(), config.batch_size, config.seq_len);
+        if let Some(model_config) = &model_config {
+            add_step_memory(&mut preview, &config, model_config);
+        }
         preview
     }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
@@ -406,6 +413,27 @@ impl Stage for TrainStage {
         config.check()?;
         run_train(&config, ctx)
     }
+}
+
+/// The peak memory of one micro-batch's forward/backward (`batch_size / grad_accum` sequences) with
+/// the optimiser state of the whole model, fp32 (the only `dtype` the stage trains in).
+fn add_step_memory(preview: &mut Preview, config: &TrainConfig, model: &LlamaConfig) {
+    let grad_accum = config.grad_accum.max(1);
+    let shape = StepShape {
+        micro_batch: config.batch_size / grad_accum,
+        seq_len: config.seq_len,
+    };
+    let options = MemoryOptions::FP32;
+    preview.add_memory(
+        memory::estimate(model, Step::Train { grad_accum }, shape, options),
+        shape,
+        options,
+        format!(
+            "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {} / {} = {}), or shorten \
+             seq_len (now {})",
+            config.batch_size, grad_accum, shape.micro_batch, config.seq_len
+        ),
+    );
 }
 
 /// Builds the model config of `init = { config = .. }`; the `config.json` keys it leaves out take

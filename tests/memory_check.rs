@@ -110,9 +110,10 @@ fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
         .find(|event| event["event"] == "failed" && event["stage"] == "train")
         .unwrap_or_else(|| panic!("train did not fail: {all}"));
     let reason = failed["reason"].as_str().unwrap();
+    let device = format!("device `{}`", sheared::model::device::name_for_tests());
     for part in [
         "stage `train`",
-        "device `cpu`",
+        device.as_str(),
         "settings.device_memory_gb = 0.001",
         "1.0 MiB",
         "batch_size",
@@ -150,6 +151,31 @@ fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
     assert_eq!(memory["micro_batch"], 2, "{memory}"); // batch_size 4 / grad_accum 2
     assert_eq!(memory["seq_len"], 16);
     assert_eq!(memory["precision"], "fp32");
+    // bf16 (a run-wide setting) halves the activations in the estimate and adds a bf16 weight copy.
+    let output = sheared(
+        dir.path(),
+        &[
+            "plan",
+            "recipe.toml",
+            "--json",
+            "--set",
+            "settings.precision=\"bf16\"",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let bf16_plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let bf16 = &stage(&bf16_plan, "train")["preview"]["memory"];
+    assert_eq!(bf16["precision"], "bf16", "{bf16}");
+    assert_eq!(
+        bf16["activations_bytes"].as_u64().unwrap() * 2,
+        memory["activations_bytes"].as_u64().unwrap(),
+        "{bf16}"
+    );
+    assert_eq!(
+        stage(&bf16_plan, "train")["status"],
+        "missing",
+        "precision is part of the train stage's key (a new key, never run): {bf16_plan}"
+    );
     let estimate_text = format!("{:.1} MiB", estimate as f64 / (1u64 << 20) as f64);
     assert!(
         reason.contains(&estimate_text),

@@ -429,8 +429,12 @@ fn materialise_inputs(
 
 /// The preview inputs of a stage about to run: every input exists now, so previews read the real
 /// files (`config.json`, the tokenizer's manifest) rather than upstream predictions.
-fn materialised_preview_inputs(inputs: &BTreeMap<String, PathBuf>) -> PreviewInputs<'_> {
+fn materialised_preview_inputs<'a>(
+    inputs: &'a BTreeMap<String, PathBuf>,
+    settings: &crate::stages::Settings,
+) -> PreviewInputs<'a> {
     PreviewInputs {
+        precision: settings.precision,
         inputs: inputs
             .iter()
             .map(|(key, path)| {
@@ -536,7 +540,10 @@ fn execute_inner(
     ));
     log.line(&format!("preimage {}", record.preimage));
     // Before any compute: the stage's peak-memory estimate, from its real inputs, against the device.
-    let preview = stage.preview(&node.config, &materialised_preview_inputs(&inputs));
+    let preview = stage.preview(
+        &node.config,
+        &materialised_preview_inputs(&inputs, &recipe.settings),
+    );
     if let Err(refusal) = memory.check(&node.id, &preview, &recipe.settings) {
         let message = refusal.to_string();
         log.line(&format!("failed: {message}"));

@@ -16,12 +16,13 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
+use burn::tensor::module::{attention, linear as linear_op};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::ModelError;
 use super::config::{LayerWidths, LlamaConfig, RopeScaling};
+use super::precision::Precision;
 
 /// Pruning masks for one forward pass. Every mask is optional; absent masks cost nothing.
 ///
@@ -280,15 +281,21 @@ impl Attention {
     }
 
     /// `x: [batch, seq, hidden]`, `head_z: [groups]` → `[batch, seq, hidden]`.
-    fn forward(&self, x: Tensor<3>, rope: &Rope, head_z: Option<Tensor<1>>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        head_z: Option<Tensor<1>>,
+        precision: Precision,
+    ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let heads = self.num_heads();
         let groups = self.num_key_value_heads();
         let head_dim = self.head_dim;
         let split = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, head_dim]).swap_dims(1, 2);
-        let query = rope.apply(split(self.q_proj.forward(x.clone()), heads)); // [batch, heads, seq, head_dim]
-        let key = rope.apply(split(self.k_proj.forward(x.clone()), groups)); // [batch, groups, seq, head_dim]
-        let value = split(self.v_proj.forward(x), groups); // [batch, groups, seq, head_dim]
+        let query = rope.apply(split(project(&self.q_proj, x.clone(), precision), heads)); // [batch, heads, seq, head_dim]
+        let key = rope.apply(split(project(&self.k_proj, x.clone(), precision), groups)); // [batch, groups, seq, head_dim]
+        let value = split(project(&self.v_proj, x, precision), groups); // [batch, groups, seq, head_dim]
         let key = repeat_kv(key, heads / groups); // [batch, heads, seq, head_dim]
         let value = repeat_kv(value, heads / groups); // [batch, heads, seq, head_dim]
         let options = AttentionModuleOptions {
@@ -296,7 +303,13 @@ impl Attention {
             softcap: None,
             is_causal: true,
         };
-        let mut context = attention(query, key, value, None, None, options); // [batch, heads, seq, head_dim]
+        let (query, key, value) = (
+            precision.to_compute(query),
+            precision.to_compute(key),
+            precision.to_compute(value),
+        );
+        let context = attention(query, key, value, None, None, options); // [batch, heads, seq, head_dim]
+        let mut context = precision.to_fp32(context);
         if let Some(z) = head_z {
             let per_head = z
                 .reshape([groups, 1])
@@ -307,7 +320,7 @@ impl Attention {
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, heads * head_dim]); // [batch, seq, heads·head_dim]
-        self.o_proj.forward(context)
+        project(&self.o_proj, context, precision)
     }
 }
 
@@ -345,13 +358,18 @@ impl Mlp {
     }
 
     /// `x: [batch, seq, hidden]`, `intermediate_z: [intermediate]` → `[batch, seq, hidden]`.
-    fn forward(&self, x: Tensor<3>, intermediate_z: Option<Tensor<1>>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone())); // [batch, seq, intermediate]
-        let mut up = self.up_proj.forward(x); // [batch, seq, intermediate]
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        intermediate_z: Option<Tensor<1>>,
+        precision: Precision,
+    ) -> Tensor<3> {
+        let gate = silu(project(&self.gate_proj, x.clone(), precision)); // [batch, seq, intermediate]
+        let mut up = project(&self.up_proj, x, precision); // [batch, seq, intermediate]
         if let Some(z) = intermediate_z {
             up = up * z.unsqueeze::<3>();
         }
-        self.down_proj.forward(gate * up)
+        project(&self.down_proj, gate * up, precision)
     }
 }
 
@@ -392,7 +410,13 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(&self, mut x: Tensor<3>, rope: &Rope, masks: LayerMasks<'_>) -> Tensor<3> {
+    fn forward(
+        &self,
+        mut x: Tensor<3>,
+        rope: &Rope,
+        masks: LayerMasks<'_>,
+        precision: Precision,
+    ) -> Tensor<3> {
         let scale_block = |mut out: Tensor<3>| {
             if let Some(z) = &masks.layer_z {
                 out = out * z.clone();
@@ -406,13 +430,13 @@ impl DecoderLayer {
             let normed = self
                 .input_layernorm
                 .forward_maybe_masked(x.clone(), masks.hidden); // [batch, seq, hidden]
-            x = x + scale_block(attn.forward(normed, rope, masks.head_z.clone()));
+            x = x + scale_block(attn.forward(normed, rope, masks.head_z.clone(), precision));
         }
         if let Some(mlp) = &self.mlp {
             let normed = self
                 .post_attention_layernorm
                 .forward_maybe_masked(x.clone(), masks.hidden); // [batch, seq, hidden]
-            x = x + scale_block(mlp.forward(normed, masks.intermediate_z.clone()));
+            x = x + scale_block(mlp.forward(normed, masks.intermediate_z.clone(), precision));
         }
         x
     }
@@ -439,6 +463,9 @@ pub struct Llama {
     /// Settings that are not widths (eps, RoPE, token ids, ...); widths are read off the weights.
     #[module(skip)]
     settings: LlamaConfig,
+    /// What the matrix products compute in ([`Precision`]); never stored in weights files.
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl Llama {
@@ -463,7 +490,18 @@ impl Llama {
             norm: RmsNorm::new(config.hidden_size, config.rms_norm_eps, device),
             lm_head,
             settings: config.clone(),
+            precision: Precision::Fp32,
         }
+    }
+
+    /// The same model computing its matrix products in `precision` (weights stay as they are).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Assemble a model from loaded parts (HF / GGUF import, consolidation). `config` supplies the
@@ -481,6 +519,7 @@ impl Llama {
             norm,
             lm_head,
             settings: config.clone(),
+            precision: Precision::Fp32,
         }
     }
 
@@ -538,19 +577,33 @@ impl Llama {
                     }
                 }
             };
-            x = layer.forward(x, &rope, layer_masks);
+            x = layer.forward(x, &rope, layer_masks, self.precision);
         }
         let x = self.norm.forward_maybe_masked(x, hidden.as_ref()); // [batch, seq, hidden]
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => project(head, x, self.precision), // [batch, seq, vocab]
             None => {
                 let [batch, seq, hidden] = x.dims();
-                let weight = self.embed_tokens.weight.val(); // [vocab, hidden]
+                let weight = self.precision.to_compute(self.embed_tokens.weight.val()); // [vocab, hidden]
                 let vocab = weight.dims()[0];
-                x.reshape([batch * seq, hidden])
-                    .matmul(weight.transpose())
-                    .reshape([batch, seq, vocab])
+                let logits = self
+                    .precision
+                    .to_compute(x.reshape([batch * seq, hidden]))
+                    .matmul(weight.transpose()); // [batch·seq, vocab]
+                self.precision.to_fp32(logits).reshape([batch, seq, vocab])
             }
+        }
+    }
+}
+
+/// `x · weight` of a bias-free projection, in `precision` (fp32: exactly `Linear::forward`); the
+/// result is fp32 either way. `x: [batch, seq, in]` → `[batch, seq, out]`.
+fn project(linear: &Linear, x: Tensor<3>, precision: Precision) -> Tensor<3> {
+    match precision {
+        Precision::Fp32 => linear.forward(x),
+        _ => {
+            let weight = precision.to_compute(linear.weight.val()); // [in, out]
+            precision.to_fp32(linear_op(precision.to_compute(x), weight, None))
         }
     }
 }
@@ -801,6 +854,57 @@ mod tests {
             .sum()
             .into_scalar::<f32>();
         assert!(head_gradient > 0.0 && hidden_gradient > 0.0);
+    }
+
+    /// bf16 matmuls with fp32 everything else: logits within bf16's ~3 significant digits of fp32
+    /// (relative to their scale), masked forward included, and the gradients reach the fp32
+    /// parameters as fp32 and point the same way.
+    #[test]
+    fn bf16_forward_and_gradients_track_fp32() {
+        use burn::tensor::DType;
+        let device = crate::model::device::for_tests().autodiff();
+        device.seed(11);
+        let config = tiny_config();
+        let model = Llama::new(&config, &device);
+        let masks = Masks {
+            head_z: Some(Tensor::<2>::random(
+                [3, 2],
+                Distribution::Uniform(0.5, 1.0),
+                &device,
+            )),
+            intermediate_z: Some(Tensor::<2>::random(
+                [3, 12],
+                Distribution::Uniform(0.5, 1.0),
+                &device,
+            )),
+            hidden_z: Some(Tensor::<1>::random(
+                [16],
+                Distribution::Uniform(0.5, 1.0),
+                &device,
+            )),
+            ..Masks::default()
+        };
+        let fp32 = model.forward(ids(&device), Some(&masks)); // [batch, seq, vocab]
+        let bf16_model = model.clone().with_precision(Precision::Bf16);
+        let bf16 = bf16_model.forward(ids(&device), Some(&masks));
+        assert_eq!(bf16.dtype(), DType::F32, "logits come back in fp32");
+        let scale = fp32.clone().abs().max().into_scalar::<f32>();
+        let difference = max_difference(fp32.clone(), bf16.clone());
+        assert!(
+            difference > 0.0 && difference < 0.02 * scale,
+            "bf16 logits differ from fp32 by {difference} at scale {scale}"
+        );
+
+        let weight = |m: &Llama| m.layers[0].mlp.as_ref().unwrap().up_proj.weight.val();
+        let fp32_gradient = weight(&model).grad(&fp32.sum().backward()).unwrap(); // [hidden, intermediate]
+        let bf16_gradient = weight(&bf16_model).grad(&bf16.sum().backward()).unwrap();
+        assert_eq!(bf16_gradient.dtype(), DType::F32);
+        let cosine = (fp32_gradient.clone() * bf16_gradient.clone())
+            .sum()
+            .into_scalar::<f32>()
+            / (fp32_gradient.square().sum().sqrt() * bf16_gradient.square().sum().sqrt())
+                .into_scalar::<f32>();
+        assert!(cosine > 0.999, "gradient cosine {cosine}");
     }
 
     #[test]

@@ -37,25 +37,7 @@ use super::l0::PruningModule;
 /// Bytes in a GiB (what the plan prints).
 pub const GIB: f64 = (1u64 << 30) as f64;
 
-/// The dtype activations (and the working copy of the weights) are computed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Everything in fp32 (what every stage does today).
-    Fp32,
-    /// bf16 activations and a bf16 copy of the weights next to the fp32 masters (mixed precision).
-    Bf16,
-}
-
-impl Precision {
-    /// Bytes of one activation element.
-    pub fn bytes(self) -> u64 {
-        match self {
-            Precision::Fp32 => 4,
-            Precision::Bf16 => 2,
-        }
-    }
-}
+pub use super::precision::Precision;
 
 /// Tokens one forward/backward pass sees: `micro_batch` sequences of `seq_len` tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -151,7 +133,7 @@ impl MemoryEstimate {
         let parts: Vec<String> = self
             .parts()
             .iter()
-            .map(|(name, bytes)| format!("{name} {}", gib_number(*bytes)))
+            .map(|(name, bytes)| format!("{name} {}", format_bytes(*bytes)))
             .collect();
         format!(
             "peak memory ≈ {} ({})",
@@ -174,17 +156,6 @@ pub fn format_bytes(bytes: u64) -> String {
         format!("{:.1} KiB", value / 1024.0)
     } else {
         format!("{bytes} B")
-    }
-}
-
-/// A part in GiB: one decimal, or two significant digits when it is under 0.1 GiB.
-fn gib_number(bytes: u64) -> String {
-    let gib = bytes as f64 / GIB;
-    if gib >= 0.1 || bytes == 0 {
-        format!("{gib:.1}")
-    } else {
-        let digits = (-gib.log10().floor()) as usize + 1;
-        format!("{gib:.digits$}")
     }
 }
 
@@ -219,7 +190,7 @@ pub fn estimate(
         Precision::Fp32 => 0,
         Precision::Bf16 => 2 * parameters,
     };
-    let activation_bytes = options.precision.bytes();
+    let activation_bytes = options.precision.activation_bytes();
     match step {
         Step::Forward => MemoryEstimate {
             // Inference needs only the weights in the compute dtype.
@@ -594,7 +565,7 @@ mod tests {
         };
         assert_eq!(
             estimate.describe(),
-            "peak memory ≈ 12.3 GiB (weights 1.1, grads 1.1, adam 2.2, masks 0.0015, activations 7.9)"
+            "peak memory ≈ 12.3 GiB (weights 1.1 GiB, grads 1.1 GiB, adam 2.2 GiB, masks 1.5 MiB, activations 7.9 GiB)"
         );
         assert_eq!(format_bytes(1536), "1.5 KiB");
         assert_eq!(format_bytes(3 << 40), "3.0 TiB");
@@ -635,7 +606,7 @@ mod llama2_7b {
         assert_eq!(step.masks_bytes, 357_416 * 20);
         assert_eq!(
             step.describe(),
-            "peak memory ≈ 6.2 TiB (weights 25.1, grads 25.1, adam 50.2, masks 0.0067, activations 6271.4)"
+            "peak memory ≈ 6.2 TiB (weights 25.1 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 6.1 TiB)"
         );
     }
 
@@ -644,16 +615,16 @@ mod llama2_7b {
         let plain = prune_step(1, Precision::Bf16, false);
         assert_eq!(
             plain.describe(),
-            "peak memory ≈ 211.0 GiB (weights 37.7, grads 25.1, adam 50.2, masks 0.0067, activations 98.0)"
+            "peak memory ≈ 211.0 GiB (weights 37.7 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 98.0 GiB)"
         );
         let checkpointed = prune_step(1, Precision::Bf16, true);
         assert_eq!(
             checkpointed.describe(),
-            "peak memory ≈ 117.9 GiB (weights 37.7, grads 25.1, adam 50.2, masks 0.0067, activations 4.9)"
+            "peak memory ≈ 117.9 GiB (weights 37.7 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 4.9 GiB)"
         );
         assert_eq!(
             prune_step(1, Precision::Fp32, false).describe(),
-            "peak memory ≈ 296.4 GiB (weights 25.1, grads 25.1, adam 50.2, masks 0.0067, activations 196.0)"
+            "peak memory ≈ 296.4 GiB (weights 25.1 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 196.0 GiB)"
         );
     }
 }

@@ -24,6 +24,7 @@ pub mod l0;
 pub mod llama;
 pub mod loss;
 pub mod memory;
+pub mod precision;
 pub mod slice;
 
 pub use config::{LayerWidths, LlamaConfig, ParameterCounts, RopeScaling};

@@ -54,6 +54,7 @@ pub fn previews(
             .collect();
         let preview = {
             let inputs = PreviewInputs {
+                precision: plan.recipes[node.recipe].settings.precision,
                 inputs: sources
                     .iter()
                     .map(|(key, path, upstream)| {

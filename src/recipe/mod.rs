@@ -321,9 +321,14 @@ fn apply_override(
     ))
 }
 
-/// The keys `[settings]` accepts (read from the type, so new settings need no change here).
+/// The keys `[settings]` accepts (read from the type, so new settings need no change here; a
+/// non-default value of every skippable field makes sure each is serialised).
 fn settings_keys() -> Vec<String> {
-    match Value::try_from(Settings::default()) {
+    let every_key = Settings {
+        precision: crate::model::precision::Precision::Bf16,
+        ..Settings::default()
+    };
+    match Value::try_from(every_key) {
         Ok(Value::Table(table)) => table.keys().cloned().collect(),
         _ => Vec::new(),
     }

@@ -42,6 +42,7 @@ use crate::eval::{
     EvalError, LlamaScorer, TaskFormat, TextEncoder, domain_loss, evaluate_task, load_task,
 };
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
+use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, cross_entropy_per_sequence, load_hf};
 use crate::report::compare::stage_tokens;
 
@@ -97,6 +98,7 @@ fn add_forward_memory(
     config: &EvalConfig,
     tasks: bool,
     model: &LlamaConfig,
+    precision: Precision,
 ) {
     let domains = config.data.is_some().then_some(StepShape {
         micro_batch: config.batch_size,
@@ -106,7 +108,10 @@ fn add_forward_memory(
         micro_batch: 1,
         seq_len: config.batch_tokens,
     });
-    let options = MemoryOptions::FP32;
+    let options = MemoryOptions {
+        precision,
+        activation_checkpointing: false,
+    };
     let Some((estimate, shape)) = domains
         .into_iter()
         .chain(task_batch)
@@ -314,7 +319,7 @@ impl Stage for EvalStage {
         parse_config(table).map(|(_, normalized, _)| normalized)
     }
     fn settings_in_key(&self) -> &'static [&'static str] {
-        &[]
+        &["precision"]
     }
     fn validate(&self, config: &toml::Table) -> Result<(), StageError> {
         parse_config(config).map(|_| ())
@@ -339,7 +344,13 @@ impl Stage for EvalStage {
             preview.facts.push(format!("tasks: {}", names.join(", ")));
         }
         if let Some(model) = &model {
-            add_forward_memory(&mut preview, &config, !specs.is_empty(), model);
+            add_forward_memory(
+                &mut preview,
+                &config,
+                !specs.is_empty(),
+                model,
+                inputs.precision,
+            );
         }
         preview
     }
@@ -353,8 +364,9 @@ impl Stage for EvalStage {
         let (tokens_upstream, tokens_source) = upstream_tokens(ctx, &config, model_dir)?;
         ctx.reporter
             .message(&format!("loading {}", model_dir.display()));
-        let model =
-            load_hf(model_dir, &device).map_err(|e| StageError::input("model", e.to_string()))?;
+        let model = load_hf(model_dir, &device)
+            .map_err(|e| StageError::input("model", e.to_string()))?
+            .with_precision(ctx.settings.precision);
         let model_config = model.config();
         let counts = model_config.parameter_counts();
 

@@ -74,6 +74,11 @@ pub struct Settings {
     /// estimated peak memory fits before it starts; 0 = detect (`MemTotal` for `cpu`, `nvidia-smi`
     /// for `cuda:N`). Not part of any cache key.
     pub device_memory_gb: f64,
+    /// What matrix products compute in: `"fp32"` (default) or `"bf16"` mixed precision with fp32
+    /// masters ([`crate::model::precision`]). In the key of the stages that compute with a model;
+    /// serialised only when not fp32, so recipes that never set it keep their keys.
+    #[serde(skip_serializing_if = "crate::model::precision::Precision::is_fp32")]
+    pub precision: crate::model::precision::Precision,
 }
 
 impl Default for Settings {
@@ -82,6 +87,7 @@ impl Default for Settings {
             device: "cpu".into(),
             seed: 17,
             device_memory_gb: 0.0,
+            precision: crate::model::precision::Precision::Fp32,
         }
     }
 }

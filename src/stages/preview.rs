@@ -153,6 +153,8 @@ pub struct PreviewInput<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct PreviewInputs<'a> {
     pub inputs: BTreeMap<String, PreviewInput<'a>>,
+    /// `settings.precision` of the run (memory estimates depend on it).
+    pub precision: Precision,
 }
 
 impl<'a> PreviewInputs<'a> {

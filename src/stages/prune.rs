@@ -28,6 +28,7 @@ use crate::data::loading::{LoadingConfig, LoadingError};
 use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
 use crate::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
+use crate::model::precision::Precision;
 use crate::stages::preview::describe_counts;
 use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
@@ -501,7 +502,12 @@ pub fn resolve_target(
 
 /// The peak memory of one L0 step: the full source model with its masks, the whole `batch_size`
 /// in one forward/backward pass (the loop has no gradient accumulation), fp32 as the loop computes.
-fn add_step_memory(preview: &mut Preview, config: &PruneConfig, source: &LlamaConfig) {
+fn add_step_memory(
+    preview: &mut Preview,
+    config: &PruneConfig,
+    source: &LlamaConfig,
+    precision: Precision,
+) {
     let shape = StepShape {
         micro_batch: config.batch_size,
         seq_len: config.seq_len,
@@ -509,7 +515,10 @@ fn add_step_memory(preview: &mut Preview, config: &PruneConfig, source: &LlamaCo
     let step = Step::Prune {
         masks: MaskSet::from_modules(&config.pruning_modules),
     };
-    let options = MemoryOptions::FP32;
+    let options = MemoryOptions {
+        precision,
+        activation_checkpointing: false,
+    };
     preview.add_memory(
         memory::estimate(source, step, shape, options),
         shape,
@@ -535,7 +544,7 @@ impl Stage for PruneStage {
         "targeted structured pruning to an exact shape (L0 masks + Lagrangian; magnitude/random baselines)"
     }
     fn settings_in_key(&self) -> &'static [&'static str] {
-        &["seed", "device"]
+        &["seed", "device", "precision"]
     }
     fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
         let (mut config, _) = crate::stages::normalize_typed::<PruneConfig>(table)?;
@@ -602,7 +611,7 @@ impl Stage for PruneStage {
         if config.method == Method::L0 {
             preview.add_tokens(config.steps as u64, config.batch_size, config.seq_len);
             if let Some(source) = preview.model_config.clone() {
-                add_step_memory(&mut preview, &config, &source);
+                add_step_memory(&mut preview, &config, &source, inputs.precision);
             }
         }
         preview

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::loading::{LoadingConfig, LoadingError, LoadingPolicy};
 use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
+use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
 use crate::stages::{
     InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
@@ -110,7 +111,8 @@ pub struct TrainConfig {
     /// Overrides `[settings] seed` for this stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// `f32` (bf16 training is not implemented: burn 0.22 has no autocast, see docs/training.md).
+    /// The master weights' type: `f32`, always. bf16 *compute* is the run-wide
+    /// `settings.precision = "bf16"` (mixed precision over these fp32 masters; docs/training.md).
     #[serde(default = "default_dtype")]
     pub dtype: String,
     #[serde(default)]
@@ -319,7 +321,8 @@ impl TrainConfig {
             return fail(
                 "dtype",
                 format!(
-                    "\"{}\" is not supported; use \"f32\" (burn 0.22 has no autocast, so bf16 training is not implemented)",
+                    "\"{}\" is not supported: the master weights are always \"f32\"; for bf16 compute set \
+                     `precision = \"bf16\"` under [settings] (mixed precision over fp32 masters)",
                     self.dtype
                 ),
             );
@@ -365,7 +368,7 @@ impl Stage for TrainStage {
         "(continued) pre-training with static/uniform/dynamic batch loading; resumable checkpoints"
     }
     fn settings_in_key(&self) -> &'static [&'static str] {
-        &["seed", "device"]
+        &["seed", "device", "precision"]
     }
     fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
         let (mut config, _) = normalize_typed::<TrainConfig>(table)?;
@@ -404,7 +407,7 @@ impl Stage for TrainStage {
             .unwrap_or_default();
         preview.add_tokens(config.total_steps(), config.batch_size, config.seq_len);
         if let Some(model_config) = &model_config {
-            add_step_memory(&mut preview, &config, model_config);
+            add_step_memory(&mut preview, &config, model_config, inputs.precision);
         }
         preview
     }
@@ -417,13 +420,21 @@ impl Stage for TrainStage {
 
 /// The peak memory of one micro-batch's forward/backward (`batch_size / grad_accum` sequences) with
 /// the optimiser state of the whole model, fp32 (the only `dtype` the stage trains in).
-fn add_step_memory(preview: &mut Preview, config: &TrainConfig, model: &LlamaConfig) {
+fn add_step_memory(
+    preview: &mut Preview,
+    config: &TrainConfig,
+    model: &LlamaConfig,
+    precision: Precision,
+) {
     let grad_accum = config.grad_accum.max(1);
     let shape = StepShape {
         micro_batch: config.batch_size / grad_accum,
         seq_len: config.seq_len,
     };
-    let options = MemoryOptions::FP32;
+    let options = MemoryOptions {
+        precision,
+        activation_checkpointing: false,
+    };
     preview.add_memory(
         memory::estimate(model, Step::Train { grad_accum }, shape, options),
         shape,
@@ -574,6 +585,9 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
             ),
         ));
     }
+    // Matrix products in `settings.precision`; the parameters (and so the optimiser and every
+    // checkpoint) stay fp32.
+    let model = model.with_precision(ctx.settings.precision);
 
     let settings = config.loop_settings();
     let eval = if config.eval_batches > 0 {
@@ -678,6 +692,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::data::TokenDtype;
     use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
+    use crate::model::precision::Precision;
     use crate::stages::{CancelFlag, NullReporter, Reporter, Settings};
 
     pub const VOCAB: u32 = 48;
@@ -752,8 +767,18 @@ pub(crate) mod tests {
         reporter: &dyn Reporter,
         cancel: CancelFlag,
     ) -> Result<(), StageError> {
+        run_stage_with(&Settings::for_tests(), config, data, run, reporter, cancel)
+    }
+
+    fn run_stage_with(
+        settings: &Settings,
+        config: &toml::Table,
+        data: &Path,
+        run: &Run,
+        reporter: &dyn Reporter,
+        cancel: CancelFlag,
+    ) -> Result<(), StageError> {
         std::fs::create_dir_all(&run.out).unwrap();
-        let settings = Settings::for_tests();
         let ctx = StageContext {
             name: "train",
             config,
@@ -762,7 +787,7 @@ pub(crate) mod tests {
                 .collect(),
             out_dir: run.out.clone(),
             scratch_dir: run.scratch.clone(),
-            settings: &settings,
+            settings,
             reporter,
             cancel,
         };
@@ -812,6 +837,27 @@ pub(crate) mod tests {
 
     #[test]
     fn killed_run_resumes_to_the_same_bits() {
+        killed_run_resumes_to_the_same_bits_in(Precision::Fp32);
+    }
+
+    /// bf16 keeps fp32 masters and fp32 optimiser state in its checkpoints, so resuming is exact too.
+    #[test]
+    fn killed_bf16_run_resumes_to_the_same_bits() {
+        killed_run_resumes_to_the_same_bits_in(Precision::Bf16);
+    }
+
+    fn killed_run_resumes_to_the_same_bits_in(precision: Precision) {
+        let settings = Settings {
+            precision,
+            ..Settings::for_tests()
+        };
+        let run_stage = |config: &toml::Table,
+                         data: &Path,
+                         run: &Run,
+                         reporter: &dyn Reporter,
+                         cancel: CancelFlag| {
+            run_stage_with(&settings, config, data, run, reporter, cancel)
+        };
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         write_fixture(&data, 3000);
@@ -885,6 +931,59 @@ pub(crate) mod tests {
         assert!((weights - 1.0).abs() < 1e-12);
         // The policy did move: the noise domain is furthest above... or below its reference; weights are not uniform.
         assert!(metrics["domains"]["noise"]["weight"].as_f64().unwrap() != 1.0 / 3.0);
+    }
+
+    /// A few steps in bf16 land close to fp32 (same data, same init) without being the same
+    /// computation, and the weights written are fp32 masters.
+    #[test]
+    fn bf16_training_tracks_fp32() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, 3000);
+        let config = table(
+            "steps = 6\nbatch_size = 4\nseq_len = 8\nlr = 3e-3\nwarmup_steps = 2\neval_every = 3\neval_batches = 1",
+        );
+        let mut finals = Vec::new();
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let run = Run {
+                out: dir.path().join(format!("{precision}/out")),
+                scratch: dir.path().join(format!("{precision}/scratch")),
+            };
+            let settings = Settings {
+                precision,
+                ..Settings::for_tests()
+            };
+            run_stage_with(
+                &settings,
+                &config,
+                &data,
+                &run,
+                &NullReporter,
+                CancelFlag::default(),
+            )
+            .unwrap();
+            let records = losses(&run.out.join("metrics.jsonl"));
+            let train: Vec<f64> = records
+                .iter()
+                .filter(|(_, kind, _)| kind == "\"train\"")
+                .map(|(_, _, value)| value.split('{').next().unwrap().parse().unwrap())
+                .collect();
+            let weights = std::fs::read(run.out.join("model.safetensors")).unwrap();
+            let tensors = safetensors::SafeTensors::deserialize(&weights).unwrap();
+            for (name, view) in tensors.tensors() {
+                assert_eq!(view.dtype(), safetensors::Dtype::F32, "{precision}: {name}");
+            }
+            finals.push(train);
+        }
+        let (fp32, bf16) = (&finals[0], &finals[1]);
+        assert_eq!(fp32.len(), 6);
+        assert_ne!(fp32, bf16, "bf16 must not be the fp32 computation");
+        for (step, (a, b)) in fp32.iter().zip(bf16).enumerate() {
+            assert!(
+                (a - b).abs() < 0.02 * a,
+                "step {step}: fp32 loss {a}, bf16 loss {b}"
+            );
+        }
     }
 
     #[test]

@@ -80,10 +80,34 @@ pub fn run_stage(
     reporter: &dyn Reporter,
     cancel: CancelFlag,
 ) -> Result<(), StageError> {
+    let settings = Settings::for_tests();
+    run_stage_with(
+        &settings,
+        stage,
+        table,
+        inputs,
+        out_dir,
+        scratch_dir,
+        reporter,
+        cancel,
+    )
+}
+
+/// [`run_stage`] with given run-wide settings.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stage_with(
+    settings: &Settings,
+    stage: &dyn Stage,
+    table: &str,
+    inputs: &[(&str, &Path)],
+    out_dir: &Path,
+    scratch_dir: &Path,
+    reporter: &dyn Reporter,
+    cancel: CancelFlag,
+) -> Result<(), StageError> {
     let table: toml::Table = table.parse().unwrap();
     let config = stage.normalize(&table)?;
     stage.validate(&config)?;
-    let settings = Settings::for_tests();
     std::fs::create_dir_all(out_dir).unwrap();
     std::fs::create_dir_all(scratch_dir).unwrap();
     let inputs: BTreeMap<String, PathBuf> = inputs
@@ -96,7 +120,7 @@ pub fn run_stage(
         inputs,
         out_dir: out_dir.to_path_buf(),
         scratch_dir: scratch_dir.to_path_buf(),
-        settings: &settings,
+        settings,
         reporter,
         cancel,
     };

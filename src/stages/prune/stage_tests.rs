@@ -5,12 +5,13 @@ use std::sync::atomic::AtomicU64;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::fixtures::{KillAt, fixture, run_stage};
+use super::fixtures::{KillAt, fixture, run_stage, run_stage_with};
 use super::{PruneStage, read_final_masks};
 use crate::model::load_hf;
+use crate::model::precision::Precision;
 use crate::model::slice::consolidate;
 use crate::stages::consolidate::ConsolidateStage;
-use crate::stages::{CancelFlag, NullReporter, StageError};
+use crate::stages::{CancelFlag, NullReporter, Settings, StageError};
 
 fn prune_table(method: &str, steps: usize) -> String {
     format!(
@@ -145,11 +146,26 @@ fn l0_prune_reaches_the_exact_target_and_consolidates_equivalently() {
 
 #[test]
 fn killed_and_resumed_prune_ends_bit_identical() {
+    killed_and_resumed_prune_ends_bit_identical_in(Precision::Fp32);
+}
+
+/// In bf16 the weights, masks and Lagrange multipliers stay fp32, so resuming is exact as well.
+#[test]
+fn killed_and_resumed_bf16_prune_ends_bit_identical() {
+    killed_and_resumed_prune_ends_bit_identical_in(Precision::Bf16);
+}
+
+fn killed_and_resumed_prune_ends_bit_identical_in(precision: Precision) {
+    let settings = Settings {
+        precision,
+        ..Settings::for_tests()
+    };
     let fx = fixture();
     let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
     let table = prune_table("l0", 5);
     let straight = fx.root.path().join("straight");
-    run_stage(
+    run_stage_with(
+        &settings,
         &PruneStage,
         &table,
         &inputs,
@@ -168,7 +184,8 @@ fn killed_and_resumed_prune_ends_bit_identical() {
         cancel_at: 3,
         seen: AtomicU64::new(0),
     };
-    let first = run_stage(
+    let first = run_stage_with(
+        &settings,
         &PruneStage,
         &table,
         &inputs,
@@ -180,7 +197,8 @@ fn killed_and_resumed_prune_ends_bit_identical() {
     assert!(matches!(first, Err(StageError::Cancelled)), "{first:?}");
     assert!(scratch.join("checkpoints").join("step-000000002").is_dir());
     std::fs::remove_dir_all(&resumed).unwrap();
-    run_stage(
+    run_stage_with(
+        &settings,
         &PruneStage,
         &table,
         &inputs,
@@ -297,6 +315,7 @@ fn previews_predict_the_consolidated_model_exactly() {
     let config = PruneStage.normalize(&table).unwrap();
     fn with_path<'a>(key: &str, path: &'a Path) -> PreviewInputs<'a> {
         PreviewInputs {
+            precision: Precision::Fp32,
             inputs: [(
                 key.to_string(),
                 PreviewInput {
@@ -347,6 +366,7 @@ fn previews_predict_the_consolidated_model_exactly() {
         .normalize(&"model = { stage = \"p\" }".parse().unwrap())
         .unwrap();
     let before = PreviewInputs {
+        precision: Precision::Fp32,
         inputs: [(
             "model".to_string(),
             PreviewInput {

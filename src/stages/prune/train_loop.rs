@@ -335,7 +335,8 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
     .map_err(|error| StageError::input("data", error.to_string()))?;
 
     let llama = load_hf(&model_dir, &device)
-        .map_err(|error| StageError::input("model", error.to_string()))?;
+        .map_err(|error| StageError::input("model", error.to_string()))?
+        .with_precision(ctx.settings.precision); // matmuls only; weights, masks and λ stay fp32
     let l0 = L0Module::new(
         resolved.dims.clone(),
         &config.pruning_modules,

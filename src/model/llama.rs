@@ -15,10 +15,10 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, linear as linear_op};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::ModelError;
 use super::config::{LayerWidths, LlamaConfig, RopeScaling};
@@ -102,7 +102,7 @@ impl Masks {
 
 /// The hidden mask prepared once per forward: `z` shaped for broadcasting and the kept-dims
 /// indicator the masked RMSNorm averages over.
-struct HiddenMask {
+pub(super) struct HiddenMask {
     /// `[1, 1, d]`
     z: Tensor<3>,
     /// `[1, 1, d]`, 1.0 where `z != 0` (no gradient: the kept set is a step function of z).
@@ -112,7 +112,7 @@ struct HiddenMask {
 }
 
 impl HiddenMask {
-    fn new(hidden_z: &Tensor<1>) -> Self {
+    pub(super) fn new(hidden_z: &Tensor<1>) -> Self {
         let z = hidden_z.clone().unsqueeze::<3>(); // [1, 1, d]
         let keep = z.clone().detach().not_equal_elem(0.0).float(); // [1, 1, d]
         let kept_count = keep.clone().sum_dim(2); // [1, 1, 1]
@@ -298,18 +298,18 @@ impl Attention {
         let value = split(project(&self.v_proj, x, precision), groups); // [batch, groups, seq, head_dim]
         let key = repeat_kv(key, heads / groups); // [batch, heads, seq, head_dim]
         let value = repeat_kv(value, heads / groups); // [batch, heads, seq, head_dim]
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
+        let mut context = match precision {
+            // burn's attention op: fused where the backend has it (libtorch's SDPA in inference).
+            Precision::Fp32 => {
+                let options = AttentionModuleOptions {
+                    scale: None,
+                    softcap: None,
+                    is_causal: true,
+                };
+                attention(query, key, value, None, None, options) // [batch, heads, seq, head_dim]
+            }
+            _ => autocast_attention(query, key, value, precision),
         };
-        let (query, key, value) = (
-            precision.to_compute(query),
-            precision.to_compute(key),
-            precision.to_compute(value),
-        );
-        let context = attention(query, key, value, None, None, options); // [batch, heads, seq, head_dim]
-        let mut context = precision.to_fp32(context);
         if let Some(z) = head_z {
             let per_head = z
                 .reshape([groups, 1])
@@ -322,6 +322,33 @@ impl Attention {
             .reshape([batch, seq, heads * head_dim]); // [batch, seq, heads·head_dim]
         project(&self.o_proj, context, precision)
     }
+}
+
+/// Causal attention as autocast runs it: both matrix products in the compute dtype, the softmax in
+/// fp32. Spelled out (rather than burn's `attention` op, which backends implement in different
+/// ways) so that every backend and autodiff compute the same thing. All `[batch, heads, seq,
+/// head_dim]`, fp32 in and out.
+fn autocast_attention(
+    query: Tensor<4>,
+    key: Tensor<4>,
+    value: Tensor<4>,
+    precision: Precision,
+) -> Tensor<4> {
+    let [_, _, seq, head_dim] = query.dims();
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scores = precision
+        .to_compute(query)
+        .matmul(precision.to_compute(key).swap_dims(2, 3)); // [batch, heads, seq, seq]
+    let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &scores.device()).unsqueeze::<4>(); // [1, 1, seq, seq]
+    let scores = precision
+        .to_fp32(scores)
+        .mul_scalar(scale)
+        .mask_fill(future, f32::NEG_INFINITY);
+    let weights = softmax(scores, 3); // [batch, heads, seq, seq]
+    let context = precision
+        .to_compute(weights)
+        .matmul(precision.to_compute(value)); // [batch, heads, seq, head_dim]
+    precision.to_fp32(context)
 }
 
 /// `[batch, groups, seq, head_dim]` → `[batch, groups·repeats, seq, head_dim]` (HF `repeat_kv` order:
@@ -385,7 +412,7 @@ pub struct DecoderLayer {
 
 /// One layer's slice of the [`Masks`].
 #[derive(Default)]
-struct LayerMasks<'a> {
+pub(super) struct LayerMasks<'a> {
     layer_z: Option<Tensor<3>>, // [1, 1, 1]
     head_z: Option<Tensor<1>>,
     intermediate_z: Option<Tensor<1>>,
@@ -410,7 +437,7 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(
+    pub(super) fn forward(
         &self,
         mut x: Tensor<3>,
         rope: &Rope,
@@ -540,46 +567,63 @@ impl Llama {
     /// a programming error, not a data error).
     pub fn forward(&self, input_ids: Tensor<2, Int>, masks: Option<&Masks>) -> Tensor<3> {
         let [_, seq] = input_ids.dims();
-        let device = input_ids.device();
+        let rope = self.rope(seq, &input_ids.device());
         let mut x = self.embed_tokens.forward(input_ids); // [batch, seq, hidden] — never masked (spec §1.2 note)
-        let rope = Rope::new(
+        let hidden = masks.and_then(|m| m.hidden_z.as_ref()).map(HiddenMask::new);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let layer_masks = self.layer_masks(masks, hidden.as_ref(), index);
+            x = layer.forward(x, &rope, layer_masks, self.precision); // [batch, seq, hidden]
+        }
+        self.head(x, hidden.as_ref()) // [batch, seq, vocab]
+    }
+
+    /// The rotary tables for `seq` positions on `device`.
+    pub(super) fn rope(&self, seq: usize, device: &Device) -> Rope {
+        Rope::new(
             self.settings.head_dim,
             self.settings.rope_theta,
             self.settings.rope_scaling.as_ref(),
             seq,
-            &device,
-        );
-        let hidden = masks.and_then(|m| m.hidden_z.as_ref()).map(HiddenMask::new);
-        for (index, layer) in self.layers.iter().enumerate() {
-            let layer_masks = match masks {
-                None => LayerMasks::default(),
-                Some(masks) => {
-                    let widths = layer.widths();
-                    let row = |z: &Option<Tensor<2>>, width: usize| {
-                        z.as_ref().map(|z| {
-                            let columns = z.dims()[1];
-                            let row = z.clone().narrow(0, index, 1).reshape([columns]);
-                            if columns == width {
-                                row
-                            } else {
-                                row.narrow(0, 0, width)
-                            }
-                        })
-                    };
-                    LayerMasks {
-                        layer_z: masks
-                            .layer_z
-                            .as_ref()
-                            .map(|z| z.clone().narrow(0, index, 1).reshape([1, 1, 1])),
-                        head_z: row(&masks.head_z, widths.num_key_value_heads),
-                        intermediate_z: row(&masks.intermediate_z, widths.intermediate_size),
-                        hidden: hidden.as_ref(),
-                    }
+            device,
+        )
+    }
+
+    /// Layer `index`'s rows of `masks` (a layer with per-layer widths takes the first entries).
+    pub(super) fn layer_masks<'a>(
+        &self,
+        masks: Option<&Masks>,
+        hidden: Option<&'a HiddenMask>,
+        index: usize,
+    ) -> LayerMasks<'a> {
+        let Some(masks) = masks else {
+            return LayerMasks::default();
+        };
+        let widths = self.layers[index].widths();
+        let row = |z: &Option<Tensor<2>>, width: usize| {
+            z.as_ref().map(|z| {
+                let columns = z.dims()[1];
+                let row = z.clone().narrow(0, index, 1).reshape([columns]);
+                if columns == width {
+                    row
+                } else {
+                    row.narrow(0, 0, width)
                 }
-            };
-            x = layer.forward(x, &rope, layer_masks, self.precision);
+            })
+        };
+        LayerMasks {
+            layer_z: masks
+                .layer_z
+                .as_ref()
+                .map(|z| z.clone().narrow(0, index, 1).reshape([1, 1, 1])),
+            head_z: row(&masks.head_z, widths.num_key_value_heads),
+            intermediate_z: row(&masks.intermediate_z, widths.intermediate_size),
+            hidden,
         }
-        let x = self.norm.forward_maybe_masked(x, hidden.as_ref()); // [batch, seq, hidden]
+    }
+
+    /// The final norm and the language-model head: `x: [batch, seq, hidden]` → `[batch, seq, vocab]`.
+    pub(super) fn head(&self, x: Tensor<3>, hidden: Option<&HiddenMask>) -> Tensor<3> {
+        let x = self.norm.forward_maybe_masked(x, hidden); // [batch, seq, hidden]
         match &self.lm_head {
             Some(head) => project(head, x, self.precision), // [batch, seq, vocab]
             None => {
@@ -602,8 +646,8 @@ fn project(linear: &Linear, x: Tensor<3>, precision: Precision) -> Tensor<3> {
     match precision {
         Precision::Fp32 => linear.forward(x),
         _ => {
-            let weight = precision.to_compute(linear.weight.val()); // [in, out]
-            precision.to_fp32(linear_op(precision.to_compute(x), weight, None))
+            let weight = precision.to_compute(linear.weight.val()).unsqueeze::<3>(); // [1, in, out]
+            precision.to_fp32(precision.to_compute(x).matmul(weight))
         }
     }
 }

@@ -15,6 +15,7 @@
 //! Layout conventions: burn's `Linear` stores its weight as `[in, out]`; Hugging Face stores `[out, in]`.
 //! The I/O code transposes; everything inside the crate sees burn's layout.
 
+pub mod checkpointing;
 pub mod cli;
 pub mod config;
 pub mod device;

@@ -4,8 +4,9 @@
 //! With `bf16` the weights stay fp32 parameters (the optimiser's masters, its moments and every
 //! checkpoint stay fp32, so resuming is exact); each matrix product casts its operands to bf16 and its
 //! result back to fp32: the `q/k/v/o_proj`, `gate/up/down_proj` and `lm_head` projections and the
-//! attention itself. Everything else runs in fp32 as autocast runs it: the residual stream, RMSNorm,
-//! RoPE, SiLU, the pruning masks and their Lagrange multipliers, softmax-cross-entropy and the loss.
+//! attention's two products (its softmax stays fp32). Everything else runs in fp32 as autocast runs
+//! it: the residual stream, RMSNorm, RoPE, SiLU, the pruning masks and their Lagrange multipliers,
+//! softmax-cross-entropy and the loss.
 //! burn's `cast` is differentiable (its backward casts the gradient back), so the fp32 masters
 //! receive fp32 gradients.
 

@@ -16,6 +16,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, cross_entropy, device};
 
 const TORCH_SCRIPT: &str = include_str!("../../scripts/bench_model_torch.py");
@@ -32,6 +33,19 @@ pub struct ModelBenchArgs {
     pub layers: usize,
     #[arg(long, default_value_t = 6)]
     pub heads: usize,
+    /// Key/value heads (grouped-query attention); default: `--heads`.
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    /// Tie `lm_head` to the embedding (SmolLM2 does).
+    #[arg(long)]
+    pub tied: bool,
+    /// `fp32`, or `bf16` mixed precision (sheared's `settings.precision`; PyTorch's autocast).
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
+    /// The device's peak dense matmul TFLOP/s in `--precision` (989 for an H100/H200 SXM in bf16):
+    /// with it, the report gives each side's model FLOPs utilisation.
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     #[arg(long, default_value_t = 256)]
@@ -44,7 +58,7 @@ pub struct ModelBenchArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// `cpu` or `cuda:N`.
+    /// `cpu`, `torch-cpu` or `cuda:N` (PyTorch runs on the CPU or on that GPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Python with torch + transformers for the peer measurement.
@@ -72,6 +86,9 @@ struct TorchReport {
     parameters: u64,
     steps: Vec<StepTimes>,
     peak_rss_bytes: u64,
+    /// `torch.cuda.max_memory_allocated()` on a GPU.
+    #[serde(default)]
+    peak_device_bytes: Option<u64>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -102,7 +119,7 @@ fn peak_rss_bytes() -> u64 {
 fn measure_sheared(args: &ModelBenchArgs, config: &LlamaConfig) -> anyhow::Result<Vec<StepTimes>> {
     let device = device::parse(&args.device)?.autodiff();
     device.seed(0);
-    let mut model = Llama::new(config, &device);
+    let mut model = Llama::new(config, &device).with_precision(args.precision);
     let mut optimizer = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.95)
@@ -154,6 +171,7 @@ fn measure_torch(args: &ModelBenchArgs, threads: usize) -> anyhow::Result<TorchR
         ("heads", args.heads),
         ("batch", args.batch),
         ("seq", args.seq),
+        ("kv-heads", args.kv_heads.unwrap_or(args.heads)),
         ("threads", threads),
         ("steps", args.steps),
         ("warmup", args.warmup),
@@ -162,6 +180,16 @@ fn measure_torch(args: &ModelBenchArgs, threads: usize) -> anyhow::Result<TorchR
     command.arg(script.path());
     for (name, value) in numbers {
         command.arg(format!("--{name}")).arg(value.to_string());
+    }
+    let torch_device = match args.device.strip_prefix("cuda") {
+        Some(index) => format!("cuda{index}"),
+        None => "cpu".to_string(),
+    };
+    command
+        .args(["--device", &torch_device])
+        .args(["--precision", &args.precision.to_string()]);
+    if args.tied {
+        command.arg("--tied");
     }
     let output = command
         .env("OMP_NUM_THREADS", threads.to_string())
@@ -199,8 +227,16 @@ fn load_average() -> Option<f64> {
 }
 
 pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
-    if args.steps == 0 || args.heads == 0 || !args.hidden.is_multiple_of(args.heads) {
-        bail!("--steps must be positive and --hidden a multiple of --heads");
+    let kv_heads = args.kv_heads.unwrap_or(args.heads);
+    if args.steps == 0
+        || args.heads == 0
+        || !args.hidden.is_multiple_of(args.heads)
+        || kv_heads == 0
+        || !args.heads.is_multiple_of(kv_heads)
+    {
+        bail!(
+            "--steps must be positive, --hidden a multiple of --heads and --heads a multiple of --kv-heads"
+        );
     }
     let threads = args
         .threads
@@ -215,10 +251,19 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
         args.intermediate,
         args.layers,
         args.heads,
-        args.heads,
+        kv_heads,
     );
     config.max_position_embeddings = args.seq.max(2048);
+    config.tie_word_embeddings = args.tied;
     let parameters = config.parameter_counts().total;
+    // Training FLOPs per token (PaLM's accounting): 6 per parameter that multiplies an input (the
+    // embedding lookup does not; a tied head does), plus the attention products, 12 · layers ·
+    // hidden · seq (forward QKᵀ and AV, 2 FLOPs each, times 3 for forward + backward).
+    let counts = config.parameter_counts();
+    let matmul_parameters =
+        counts.total - (args.vocab * args.hidden) as u64 * u64::from(!args.tied);
+    let flops_per_token =
+        6.0 * matmul_parameters as f64 + 12.0 * (args.layers * args.hidden * args.seq) as f64;
     let tokens_per_step = (args.batch * args.seq) as f64;
 
     let load_before = load_average();
@@ -235,21 +280,28 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
 
     let rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s);
     let step_rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s + t.optimizer_s);
+    let utilisation = |t: &StepTimes| {
+        args.peak_tflops
+            .map(|peak| rate(t) * flops_per_token / (peak * 1e12))
+    };
     let mut report = json!({
         "config": {"vocab": args.vocab, "hidden": args.hidden, "intermediate": args.intermediate, "layers": args.layers,
-                   "heads": args.heads, "parameters": parameters, "batch": args.batch, "seq": args.seq,
-                   "threads": threads, "device": args.device, "steps": args.steps},
+                   "heads": args.heads, "kv_heads": kv_heads, "tied": args.tied, "precision": args.precision,
+                   "parameters": parameters, "batch": args.batch, "seq": args.seq,
+                   "threads": threads, "device": args.device, "steps": args.steps,
+                   "flops_per_token": flops_per_token, "peak_tflops": args.peak_tflops},
         "load_average_1min": {"before": load_before, "after": load_after},
         "sheared": {"forward_s": sheared.forward_s, "backward_s": sheared.backward_s, "optimizer_s": sheared.optimizer_s,
                     "forward_backward_tokens_per_s": rate(&sheared), "train_step_tokens_per_s": step_rate(&sheared),
-                    "peak_rss_bytes": sheared_rss},
+                    "model_flops_utilisation": utilisation(&sheared), "peak_rss_bytes": sheared_rss},
     });
     if let Some(torch) = &torch {
         let peer = medians(&torch.steps);
         report["torch"] = json!({"version": torch.torch_version, "parameters": torch.parameters,
             "forward_s": peer.forward_s, "backward_s": peer.backward_s, "optimizer_s": peer.optimizer_s,
             "forward_backward_tokens_per_s": rate(&peer), "train_step_tokens_per_s": step_rate(&peer),
-            "peak_rss_bytes": torch.peak_rss_bytes});
+            "model_flops_utilisation": utilisation(&peer), "peak_rss_bytes": torch.peak_rss_bytes,
+            "peak_device_bytes": torch.peak_device_bytes});
         report["ratio_forward_backward"] = json!(rate(&sheared) / rate(&peer));
         report["ratio_train_step"] = json!(step_rate(&sheared) / step_rate(&peer));
     }

@@ -5,14 +5,9 @@
 #   scripts/gpu-build.sh && (on the GPU machine) scripts/gpu-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${SHEARED_TORCH_VENV:-$PWD/.venv/torch}"
-if [ ! -x "$VENV/bin/python" ]; then
-    # scripts/test-libtorch.sh makes the environment; ask it to build nothing.
-    echo "gpu-build: making $VENV first (scripts/test-libtorch.sh installs torch)" >&2
-    scripts/test-libtorch.sh --no-run >/dev/null
-fi
-export VIRTUAL_ENV="$VENV" LIBTORCH_USE_PYTORCH=1 LIBTORCH_BYPASS_VERSION_CHECK=1
-PATH="$VENV/bin:$PATH" cargo build --locked --release --features tch
+# shellcheck source=scripts/torch-env.sh
+source scripts/torch-env.sh
+cargo build --locked --release --features tch
 mkdir -p .gpu
 target="${CARGO_TARGET_DIR:-target}/release/sheared"
 strip -o .gpu/sheared "$target"

@@ -96,7 +96,7 @@ fn measure_train(config: &LlamaConfig) -> u64 {
     let mut model = Llama::new(config, &device);
     let mut optimizer = AdamWSettings::default().build();
     for _ in 0..2 {
-        let (inputs, targets) = sheared::train::trainer::batch_tensors(
+        let (inputs, targets) = sheared::data::batch::causal_lm_batch_flat(
             &rows,
             SHAPE.micro_batch,
             SHAPE.seq_len,

@@ -785,6 +785,47 @@ mod tests {
         assert_eq!(short.checkpoint_every, Some(10));
     }
 
+    /// The keys the driver brought are left out of a normalised config at their defaults, so that
+    /// recipes written before them keep their cache keys.
+    #[test]
+    fn new_keys_at_their_defaults_leave_the_normalised_config_unchanged() {
+        let stage = PruneStage;
+        let target = "target = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }\n";
+        let plain = stage
+            .normalize(&table(&format!("{}{target}", base())))
+            .unwrap();
+        let explicit = stage
+            .normalize(&table(&format!(
+                "{}{target}grad_accum = 1\nbetas = [0.9, 0.95]\neps = 1e-8\nno_decay = []\n\
+                 on_non_finite = \"stop\"\nmax_skipped_batches = 10\nkeep_checkpoints = 2\n",
+                base()
+            )))
+            .unwrap();
+        assert_eq!(plain, explicit);
+        for key in [
+            "grad_accum",
+            "betas",
+            "eps",
+            "no_decay",
+            "on_non_finite",
+            "keep_checkpoints",
+        ] {
+            assert!(!plain.contains_key(key), "{key}");
+        }
+        let other = stage
+            .normalize(&table(&format!("{}{target}grad_accum = 4\n", base())))
+            .unwrap();
+        assert_eq!(other["grad_accum"].as_integer(), Some(4));
+        assert_eq!(
+            key_of(normalized(&format!("{target}batch_size = 6\ngrad_accum = 4")).unwrap_err()),
+            "grad_accum"
+        );
+        assert_eq!(
+            key_of(normalized(&format!("{target}betas = [0.9, 1.5]")).unwrap_err()),
+            "betas"
+        );
+    }
+
     #[test]
     fn config_errors_name_their_key() {
         let cases = [

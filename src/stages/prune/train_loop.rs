@@ -385,3 +385,127 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
     .context("copying metrics.jsonl")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LlamaConfig;
+    use crate::train::driver::take_step;
+    use crate::train::trainer::seeded_normal_init;
+
+    fn values(model: &PruneModel) -> Vec<f32> {
+        struct Collect(Vec<f32>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(
+                &mut self,
+                param: &burn::module::Param<burn::tensor::Tensor<D>>,
+            ) {
+                self.0
+                    .extend(param.val().into_data().try_into_vec_as::<f32>().unwrap());
+            }
+        }
+        let mut collect = Collect(Vec::new());
+        model.visit(&mut collect);
+        collect.0
+    }
+
+    /// One step of batch 4 as one pass and as two micro-batches of 2 from the same model, noise and
+    /// rows: (updated parameters, loss, grad norm).
+    fn one_step(grad_accum: usize) -> (Vec<f32>, f64, f64, Vec<(&'static str, f64)>) {
+        let device = crate::model::device::for_tests().autodiff();
+        let source = LlamaConfig::new(48, 16, 24, 2, 4, 4);
+        let table: toml::Table = format!(
+            "model = {{ path = \"m\" }}\ndata = {{ stage = \"d\" }}\nsteps = 10\nbatch_size = 4\ngrad_accum = {grad_accum}\n\
+             seq_len = 8\nlr = 1e-3\nwarmup_steps = 0\nlagrangian_warmup_steps = 0\nmask_lr = 0.5\nlambda_lr = 0.5\n\
+             target = {{ layers = 1, hidden = 8, heads = 2, intermediate = 12 }}\n"
+        )
+        .parse()
+        .unwrap();
+        let config = PruneConfig::from_table(&PruneStage.normalize(&table).unwrap()).unwrap();
+        config.check().unwrap();
+        let resolved = resolve_target(&config, &source).unwrap();
+        let model = PruneModel {
+            llama: seeded_normal_init(Llama::new(&source, &device), 3, 0.02),
+            l0: L0Module::new(
+                resolved.dims.clone(),
+                &config.pruning_modules,
+                &device,
+                &mut ChaCha8Rng::seed_from_u64(4),
+            ),
+        };
+        let mut optimizer = build_optimizer(&config.adamw());
+        let mut step = L0Step::new(&config, &resolved, ChaCha8Rng::seed_from_u64(5));
+        let rows: Vec<u32> = (0..4 * 9).map(|i| (i * 7 + i / 5) % 48).collect();
+        let micro = 4 / grad_accum;
+        let mut next = 0;
+        let mut draw = || {
+            let batch = &rows[next * micro * 9..(next + 1) * micro * 9];
+            next += 1;
+            Ok(crate::data::batch::causal_lm_batch_flat(
+                batch, micro, 8, &device,
+            ))
+        };
+        let result = take_step(
+            &mut step,
+            model,
+            &mut optimizer,
+            3,
+            grad_accum,
+            1.0,
+            &mut draw,
+        )
+        .unwrap();
+        assert!(result.finite);
+        (
+            values(&result.model),
+            result.loss,
+            result.grad_norm,
+            result.parts,
+        )
+    }
+
+    /// grad_accum only changes memory: two micro-batches of 2 take the step one pass of 4 takes, up to
+    /// float summation order (tolerance: 1e-5 relative on loss and gradient norm, 1e-6 absolute on
+    /// every updated parameter, i.e. 1e-3 of the weights' lr).
+    #[test]
+    fn two_micro_batches_take_the_same_step_as_one_pass() {
+        let (one, loss_one, norm_one, parts_one) = one_step(1);
+        let (two, loss_two, norm_two, parts_two) = one_step(2);
+        assert!(
+            (loss_one - loss_two).abs() <= 1e-5 * loss_one.abs(),
+            "{loss_one} vs {loss_two}"
+        );
+        assert!(
+            (norm_one - norm_two).abs() <= 1e-5 * norm_one,
+            "{norm_one} vs {norm_two}"
+        );
+        for ((name, a), (other, b)) in parts_one.iter().zip(&parts_two) {
+            assert_eq!(name, other);
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1e-3),
+                "{name}: {a} vs {b}"
+            );
+        }
+        assert_eq!(one.len(), two.len());
+        let worst = one
+            .iter()
+            .zip(&two)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "largest parameter difference {worst}");
+        // ... and it is a real step: the parameters moved.
+        let (before, ..) = {
+            let device = crate::model::device::for_tests();
+            let source = LlamaConfig::new(48, 16, 24, 2, 4, 4);
+            let llama = seeded_normal_init(Llama::new(&source, &device), 3, 0.02);
+            (llama
+                .embed_tokens
+                .weight
+                .val()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap(),)
+        };
+        assert!(before.iter().zip(&one).any(|(a, b)| a != b));
+    }
+}

@@ -18,6 +18,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use serde_json::json;
+use sheared::data::batch::causal_lm_batch_flat as inputs_and_targets;
 use sheared::data::tokenize::{
     DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
 };
@@ -27,7 +28,6 @@ use sheared::model::{
 };
 use sheared::stages::consolidate::ConsolidateStage;
 use sheared::stages::prune::PruneStage;
-use sheared::stages::prune::train_loop::inputs_and_targets;
 use sheared::stages::{CancelFlag, Reporter, Settings, Stage, StageContext};
 use sheared::train::clip::clip_global_norm;
 use sheared::train::optim::AdamWSettings;

@@ -17,9 +17,10 @@ use sheared::model::l0::L0Module;
 use sheared::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use sheared::model::{Llama, LlamaConfig, cross_entropy};
 use sheared::stages::Stage;
-use sheared::stages::prune::train_loop::{PruneModel, build_optimizer, train_step};
+use sheared::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
 use sheared::stages::prune::{PruneConfig, PruneStage, resolve_target};
 use sheared::train::clip::clip_global_norm;
+use sheared::train::driver::take_step;
 use sheared::train::optim::AdamWSettings;
 
 /// The accepted ratio between measured and estimated peak, both ways.
@@ -96,7 +97,7 @@ fn measure_train(config: &LlamaConfig) -> u64 {
     let mut model = Llama::new(config, &device);
     let mut optimizer = AdamWSettings::default().build();
     for _ in 0..2 {
-        let (inputs, targets) = sheared::train::trainer::batch_tensors(
+        let (inputs, targets) = sheared::data::batch::causal_lm_batch_flat(
             &rows,
             SHAPE.micro_batch,
             SHAPE.seq_len,
@@ -137,20 +138,28 @@ fn measure_prune(config: &LlamaConfig) -> u64 {
         llama: Llama::new(config, &device),
         l0,
     };
-    let mut optimizer = build_optimizer(0.0);
-    let mut mask_rng = ChaCha8Rng::seed_from_u64(2);
+    let mut optimizer = build_optimizer(&prune.adamw());
+    let mut step_impl = L0Step::new(&prune, &resolved, ChaCha8Rng::seed_from_u64(2));
     for step in 0..2 {
-        let (next, ..) = train_step(
+        let mut draw = || {
+            Ok(sheared::data::batch::causal_lm_batch_flat(
+                &rows,
+                SHAPE.micro_batch,
+                SHAPE.seq_len,
+                &device,
+            ))
+        };
+        model = take_step(
+            &mut step_impl,
             model,
             &mut optimizer,
-            &prune,
-            &resolved,
             step,
-            &rows,
-            &mut mask_rng,
-            &device,
-        );
-        model = next;
+            1,
+            prune.grad_clip,
+            &mut draw,
+        )
+        .unwrap()
+        .model;
     }
     drop(model);
     status_bytes("VmHWM") - baseline
@@ -186,6 +195,7 @@ fn measured_cpu_peaks_are_within_the_stated_factor_of_the_estimate() {
                 &config,
                 Step::Prune {
                     masks: MaskSet::from_modules(&sheared::model::l0::default_pruning_modules()),
+                    grad_accum: 1,
                 },
                 SHAPE,
                 MemoryOptions::FP32,

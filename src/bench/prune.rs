@@ -14,14 +14,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::data::batch::causal_lm_batch_flat as inputs_and_targets;
 use crate::model::l0::L0Module;
 use crate::model::{Llama, LlamaConfig, cross_entropy};
 use crate::stages::Stage;
-use crate::stages::prune::train_loop::{
-    PruneModel, build_optimizer, inputs_and_targets, train_step,
-};
+use crate::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
 use crate::stages::prune::{PruneConfig, PruneStage, resolve_target};
 use crate::train::clip::clip_global_norm;
+use crate::train::driver::take_step;
 use crate::train::optim::AdamWSettings;
 
 /// Model and batch sizes of the benchmark (defaults: the 5.3M-parameter probe model of the burn notes).
@@ -109,7 +109,7 @@ pub fn run(options: &PruneBenchOptions) -> anyhow::Result<PruneBenchReport> {
         llama: source.clone(),
         l0,
     };
-    let mut prune_optimizer = build_optimizer(0.0);
+    let mut prune_optimizer = build_optimizer(&prune_config.adamw());
     let mut plain = source;
     let mut plain_optimizer = AdamWSettings {
         betas: [0.9, 0.95],
@@ -118,7 +118,7 @@ pub fn run(options: &PruneBenchOptions) -> anyhow::Result<PruneBenchReport> {
         no_decay: Vec::new(),
     }
     .build();
-    let mut mask_rng = ChaCha8Rng::seed_from_u64(3);
+    let mut l0_step = L0Step::new(&prune_config, &resolved, ChaCha8Rng::seed_from_u64(3));
 
     let mut train_seconds = 0.0;
     let mut prune_seconds = 0.0;
@@ -141,17 +141,24 @@ pub fn run(options: &PruneBenchOptions) -> anyhow::Result<PruneBenchReport> {
         }
         let began = Instant::now();
         for step in 0..steps {
-            let (next, _, _, _) = train_step(
+            let mut draw = || {
+                Ok(inputs_and_targets(
+                    &tokens,
+                    options.batch_size,
+                    options.seq_len,
+                    &device,
+                ))
+            };
+            pruned = take_step(
+                &mut l0_step,
                 pruned,
                 &mut prune_optimizer,
-                &prune_config,
-                &resolved,
-                step,
-                &tokens,
-                &mut mask_rng,
-                &device,
-            );
-            pruned = next;
+                step as u64,
+                1,
+                prune_config.grad_clip,
+                &mut draw,
+            )?
+            .model;
         }
         let _sync = pruned.llama.norm.weight.val().into_data();
         if round > 0 {

@@ -14,6 +14,7 @@ use burn::optim::GradientsParams;
 use clap::Args;
 use serde::Serialize;
 
+use crate::data::batch::causal_lm_batch_flat as batch_tensors;
 use crate::data::loading::{DynamicConfig, LoadingConfig, LoadingPolicy, ReferenceSpec};
 use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
 use crate::data::{
@@ -21,9 +22,10 @@ use crate::data::{
 };
 use crate::model::{Llama, LlamaConfig, cross_entropy, device};
 use crate::stages::{CancelFlag, NullReporter};
+use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::LrSchedule;
-use crate::train::trainer::{self, LoopSettings, NonFinitePolicy, TrainParts, batch_tensors};
+use crate::train::trainer::LmStep;
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainBenchArgs {
@@ -78,7 +80,7 @@ pub struct TrainBenchReport {
     pub logging_and_policy_fraction: f64,
     pub checkpoint_fraction: f64,
     pub eval_s: f64,
-    pub timing: trainer::Timing,
+    pub timing: driver::Timing,
 }
 
 /// Writes a three-domain tokenized folder with synthetic token streams (counting, noise, repeated phrases).
@@ -175,18 +177,18 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     let train_device = base_device.autodiff();
     let domains = dataset.domains().to_vec();
     let micro = args.batch / args.grad_accum.max(1);
-    let settings = LoopSettings {
+    let schedule = LrSchedule {
+        peak_lr: 3e-4,
+        warmup_steps: 2,
+        total_steps: args.steps,
+        min_lr_ratio: 0.1,
+    };
+    let adamw = AdamWSettings::default();
+    let settings = DriverSettings {
         total_steps: args.steps,
         batch_size: args.batch,
         grad_accum: args.grad_accum,
         seq_len: args.seq,
-        schedule: LrSchedule {
-            peak_lr: 3e-4,
-            warmup_steps: 2,
-            total_steps: args.steps,
-            min_lr_ratio: 0.1,
-        },
-        adamw: AdamWSettings::default(),
         grad_clip: 1.0,
         eval_every: args.eval_every,
         eval_first: false,
@@ -213,21 +215,23 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         let (inputs, targets) = batch_tensors(&batch.tokens, micro, args.seq, &train_device);
         let loss = cross_entropy(model.forward(inputs, None), targets);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let _ = settings.adamw.build().step(3e-4, model, grads);
+        let _ = adamw.build().step(3e-4, model, grads);
     }
 
     // The full loop.
     train_device.seed(17);
     let model = Llama::new(&config, &train_device);
     let parameters = config.parameter_counts().total;
-    let parts = TrainParts {
+    let parts = DriverParts {
         model,
+        optimizer: adamw.build(),
         mixture: DomainMixture::new(&dataset, args.seq, 17, Exhaustion::Wrap)?,
         policy: LoadingPolicy::new(&loading, &domains, None)?,
         eval: eval_windows(&dataset, args.seq, micro)?,
     };
     let scratch = temp.path().join("scratch");
-    let outcome = trainer::train(
+    let outcome = driver::run(
+        &mut LmStep { schedule },
         &settings,
         parts,
         &scratch,
@@ -241,7 +245,7 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     // The peer: the same model size and batches, nothing but forward/backward/AdamW.
     train_device.seed(17);
     let mut model = Llama::new(&config, &train_device);
-    let mut optimizer = settings.adamw.build();
+    let mut optimizer = adamw.build();
     let mut mixture = DomainMixture::new(&dataset, args.seq, 17, Exhaustion::Wrap)?;
     let batches: Vec<_> = (0..args.steps as usize * args.grad_accum)
         .map(|_| mixture.next_batch(micro))

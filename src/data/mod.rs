@@ -1,5 +1,6 @@
 //! Everything between raw text and a batch of token ids.
 //!
+//! - [`batch`]: the one builder of `input_ids`/`labels` tensors from token rows.
 //! - [`shard`]: the on-disk token stream format (raw little-endian `u16`/`u32`, memory-mapped).
 //! - [`manifest`]: `manifest.json`, the description of a `tokenize` stage output.
 //! - [`dataset`]: [`TokenizedDataset`], an opened `tokenize` output folder.
@@ -15,6 +16,7 @@
 //! state is a growing list of used ids. A flat token stream per domain plus a (cursor, epoch, RNG position) state
 //! per domain keeps both the files and the resume state small, and lets `seq_len` change without re-tokenizing.
 
+pub mod batch;
 pub mod dataset;
 pub mod eval;
 pub mod loading;

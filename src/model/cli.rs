@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use serde_json::json;
 
 use super::config::{LayerWidths, LlamaConfig};
 use super::{Llama, device, gguf, load_hf, loss};
+use crate::data::batch::causal_lm_batch;
 
 /// `sheared inspect MODEL_DIR [--json]`
 #[derive(Debug, clap::Args)]
@@ -175,16 +176,8 @@ pub fn score_sequences(
     for group in order.chunk_by(|&a, &b| sequences[a].len() == sequences[b].len()) {
         for batch in group.chunks(batch_size.max(1)) {
             let length = sequences[batch[0]].len() - 1;
-            let mut inputs = Vec::with_capacity(batch.len() * length);
-            let mut targets = Vec::with_capacity(batch.len() * length);
-            for &row in batch {
-                let tokens = &sequences[row];
-                inputs.extend(tokens[..length].iter().map(|&t| t as i64));
-                targets.extend(tokens[1..].iter().map(|&t| t as i64));
-            }
-            let shape = [batch.len(), length];
-            let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, shape), device);
-            let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, shape), device);
+            let rows = batch.iter().map(|&row| sequences[row].as_slice());
+            let (inputs, targets) = causal_lm_batch(rows, length, device); // [batch, length] each
             let logits = model.forward(inputs, None); // [batch, length, vocab]
             let losses = loss::token_losses(logits, targets); // [batch, length]
             total += losses.sum().into_scalar::<f32>() as f64;

@@ -241,6 +241,16 @@ pub fn expected_score_host(z_loga: f32) -> f64 {
     value.clamp(EPSILON, 1.0 - EPSILON)
 }
 
+/// The U(ε, 1−ε) draws of one hard-concrete sample, one per mask unit (`head [L, G]`,
+/// `intermediate [L, I]`, `layer [L]`, `hidden [d]`); `None` for modules not pruned.
+#[derive(Debug, Clone)]
+pub struct MaskNoise {
+    pub head: Option<Tensor<2>>,
+    pub intermediate: Option<Tensor<2>>,
+    pub layer: Option<Tensor<1>>,
+    pub hidden: Option<Tensor<1>>,
+}
+
 /// One hard-concrete sample from the uniform draw `u`:
 /// z = clamp(sigmoid((ln u − ln(1−u) + z_loga)/β)·(r−l) + l, 0, 1).
 pub fn hard_concrete_sample<const D: usize>(z_loga: Tensor<D>, uniform: Tensor<D>) -> Tensor<D> {
@@ -354,30 +364,45 @@ impl L0Module {
     /// Training-time hard-concrete sample of every mask (`head_z` per KV group, as [`Masks`] defines); one draw per unit from `rng`
     /// (U(ε, 1−ε)), shared by the whole batch.
     pub fn sample(&self, rng: &mut impl Rng) -> Masks {
-        fn uniform<const D: usize>(reference: &Tensor<D>, rng: &mut impl Rng) -> Tensor<D> {
+        self.masks_from_noise(&self.draw_noise(rng))
+    }
+
+    /// The uniform noise of one hard-concrete sample, drawn from `rng` in module order (head,
+    /// intermediate, layer, hidden). Kept apart from [`Self::masks_from_noise`] so that a step with
+    /// gradient accumulation draws once and rebuilds the same masks in each micro-batch's own graph.
+    pub fn draw_noise(&self, rng: &mut impl Rng) -> MaskNoise {
+        fn uniform<const D: usize>(reference: &Param<Tensor<D>>, rng: &mut impl Rng) -> Tensor<D> {
+            let reference = reference.val();
             let shape = reference.shape();
             let values: Vec<f32> = (0..shape.num_elements())
                 .map(|_| rng.random_range(EPSILON..1.0 - EPSILON) as f32)
                 .collect();
             Tensor::from_data(TensorData::new(values, shape), &reference.device())
         }
-        let mut sample = |z_loga: Tensor<2>| {
-            let u = uniform(&z_loga, rng);
-            hard_concrete_sample(z_loga, u)
-        };
-        let head_z = self.head_z_loga.as_ref().map(|p| sample(p.val()));
-        let intermediate_z = self.intermediate_z_loga.as_ref().map(|p| sample(p.val()));
-        let mut sample1 = |z_loga: Tensor<1>| {
-            let u = uniform(&z_loga, rng);
-            hard_concrete_sample(z_loga, u)
-        };
-        let layer_z = self.layer_z_loga.as_ref().map(|p| sample1(p.val()));
-        let hidden_z = self.hidden_z_loga.as_ref().map(|p| sample1(p.val()));
+        MaskNoise {
+            head: self.head_z_loga.as_ref().map(|p| uniform(p, rng)),
+            intermediate: self.intermediate_z_loga.as_ref().map(|p| uniform(p, rng)),
+            layer: self.layer_z_loga.as_ref().map(|p| uniform(p, rng)),
+            hidden: self.hidden_z_loga.as_ref().map(|p| uniform(p, rng)),
+        }
+    }
+
+    /// The hard-concrete masks of the current z_loga under `noise` (a fresh autodiff graph each call).
+    pub fn masks_from_noise(&self, noise: &MaskNoise) -> Masks {
+        fn sample<const D: usize>(
+            z_loga: &Option<Param<Tensor<D>>>,
+            u: &Option<Tensor<D>>,
+        ) -> Option<Tensor<D>> {
+            match (z_loga, u) {
+                (Some(z_loga), Some(u)) => Some(hard_concrete_sample(z_loga.val(), u.clone())),
+                _ => None,
+            }
+        }
         Masks {
-            layer_z,
-            head_z,
-            intermediate_z,
-            hidden_z,
+            layer_z: sample(&self.layer_z_loga, &noise.layer),
+            head_z: sample(&self.head_z_loga, &noise.head),
+            intermediate_z: sample(&self.intermediate_z_loga, &noise.intermediate),
+            hidden_z: sample(&self.hidden_z_loga, &noise.hidden),
         }
     }
 

@@ -32,11 +32,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
+use crate::data::batch::causal_lm_batch;
 use crate::data::{TokenizedDataset, eval_windows};
 use crate::eval::{
     EvalError, LlamaScorer, TaskFormat, TextEncoder, domain_loss, evaluate_task, load_task,
@@ -568,15 +569,7 @@ fn window_losses(
     seq_len: usize,
     device: &Device,
 ) -> Result<Vec<f64>, StageError> {
-    let batch = rows.len();
-    let mut inputs = Vec::with_capacity(batch * seq_len);
-    let mut targets = Vec::with_capacity(batch * seq_len);
-    for row in rows {
-        inputs.extend(row[..seq_len].iter().map(|&t| t as i64));
-        targets.extend(row[1..=seq_len].iter().map(|&t| t as i64));
-    }
-    let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, seq_len]), device); // [batch, seq]
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [batch, seq_len]), device); // [batch, seq]
+    let (inputs, targets) = causal_lm_batch(rows.iter().copied(), seq_len, device); // [batch, seq] each
     let logits = model.forward(inputs, None); // [batch, seq, vocab]
     let losses = cross_entropy_per_sequence(logits, targets); // [batch]
     let losses = losses.into_data().convert::<f32>().try_to_vec::<f32>();

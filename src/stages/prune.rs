@@ -31,6 +31,8 @@ use crate::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
 use crate::stages::preview::describe_counts;
 use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
+use crate::train::driver::{DriverSettings, NonFinitePolicy};
+use crate::train::optim::AdamWSettings;
 
 pub use outputs::{
     MASKS_FILE, PRUNING_FILE, PruningReport, Shape, consolidated_config, read_final_masks,
@@ -95,6 +97,36 @@ fn default_min_lr_ratio() -> f64 {
 fn default_eval_batches() -> usize {
     8
 }
+fn default_grad_accum() -> usize {
+    1
+}
+fn is_default_grad_accum(value: &usize) -> bool {
+    *value == default_grad_accum()
+}
+fn default_betas() -> [f64; 2] {
+    AdamWSettings::default().betas
+}
+fn is_default_betas(value: &[f64; 2]) -> bool {
+    *value == default_betas()
+}
+fn default_eps() -> f64 {
+    AdamWSettings::default().eps
+}
+fn is_default_eps(value: &f64) -> bool {
+    *value == default_eps()
+}
+fn default_keep_checkpoints() -> usize {
+    2
+}
+fn is_default_keep_checkpoints(value: &usize) -> bool {
+    *value == default_keep_checkpoints()
+}
+fn default_max_skipped() -> u64 {
+    10
+}
+fn is_default_max_skipped(value: &u64) -> bool {
+    *value == default_max_skipped()
+}
 
 /// The `prune` stage table. Defaults are the paper's (§4: 3,200 steps of 32 × 4096 tokens, lr 1e-4,
 /// mask/λ lr 1.0, 10 % lr warm-up, 20 % Lagrangian warm-up, cosine to 0.1, clip 1.0, eval every 50);
@@ -125,6 +157,13 @@ pub struct PruneConfig {
     pub steps: usize,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Micro-batches per step (`batch_size` must be a multiple): each forward/backward pass takes
+    /// `batch_size / grad_accum` sequences, the step is the same (one mask sample per step).
+    #[serde(
+        default = "default_grad_accum",
+        skip_serializing_if = "is_default_grad_accum"
+    )]
+    pub grad_accum: usize,
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
     /// Learning rate of the model weights.
@@ -150,6 +189,24 @@ pub struct PruneConfig {
     /// Weight decay of the model weights (z_loga and λ never decay).
     #[serde(default)]
     pub weight_decay: f64,
+    /// AdamW's (β1, β2) for all three groups (the paper's 0.9, 0.95).
+    #[serde(default = "default_betas", skip_serializing_if = "is_default_betas")]
+    pub betas: [f64; 2],
+    /// AdamW's eps for all three groups.
+    #[serde(default = "default_eps", skip_serializing_if = "is_default_eps")]
+    pub eps: f64,
+    /// Weight parameters whose path contains one of these get no weight decay (default: none, so
+    /// `weight_decay` applies to every weight as before; `train` defaults to norms and embeddings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_decay: Vec<String>,
+    /// What a NaN/infinite loss does: `stop` (default) or `skip_batch` (up to `max_skipped_batches`).
+    #[serde(default, skip_serializing_if = "NonFinitePolicy::is_stop")]
+    pub on_non_finite: NonFinitePolicy,
+    #[serde(
+        default = "default_max_skipped",
+        skip_serializing_if = "is_default_max_skipped"
+    )]
+    pub max_skipped_batches: u64,
     /// Evaluate every this many steps (default `steps / 64`, i.e. 50 of 3,200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
@@ -163,6 +220,12 @@ pub struct PruneConfig {
     /// In-stage checkpoint every this many steps (default `steps / 10`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// Newest in-stage checkpoints kept (a cancelled run writes one more before it stops).
+    #[serde(
+        default = "default_keep_checkpoints",
+        skip_serializing_if = "is_default_keep_checkpoints"
+    )]
+    pub keep_checkpoints: usize,
     /// Overrides `settings.seed` for this stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -182,6 +245,37 @@ impl PruneConfig {
     }
     pub fn checkpoint_every(&self) -> usize {
         self.checkpoint_every.unwrap_or((self.steps / 10).max(1))
+    }
+
+    /// AdamW of the weights; z_loga and λ use the same betas and eps without decay.
+    pub fn adamw(&self) -> AdamWSettings {
+        AdamWSettings {
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            no_decay: self.no_decay.clone(),
+        }
+    }
+
+    pub fn micro_batch_size(&self) -> usize {
+        self.batch_size / self.grad_accum.max(1)
+    }
+
+    /// What the training driver needs (evaluation only when due, never before the first step).
+    pub fn driver_settings(&self) -> DriverSettings {
+        DriverSettings {
+            total_steps: self.steps as u64,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            seq_len: self.seq_len,
+            grad_clip: self.grad_clip,
+            eval_every: self.eval_every() as u64,
+            eval_first: false,
+            checkpoint_every: self.checkpoint_every() as u64,
+            keep_checkpoints: self.keep_checkpoints,
+            on_non_finite: self.on_non_finite,
+            max_skipped_batches: self.max_skipped_batches,
+        }
     }
 
     /// Parse a normalised table.
@@ -276,10 +370,22 @@ impl PruneConfig {
                 ));
             }
             self.loading.validate().map_err(loading_error)?;
-            if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            self.adamw()
+                .validate()
+                .map_err(|error| StageError::config(error.key, error.message))?;
+            if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
                 return Err(StageError::config(
-                    "weight_decay",
-                    format!("{} must be >= 0", self.weight_decay),
+                    "grad_accum",
+                    format!(
+                        "{} must be at least 1 and divide batch_size = {} (micro-batches are batch_size / grad_accum)",
+                        self.grad_accum, self.batch_size
+                    ),
+                ));
+            }
+            if self.keep_checkpoints == 0 {
+                return Err(StageError::config(
+                    "keep_checkpoints",
+                    "must be at least 1 (the newest checkpoint is what a rerun resumes from)",
                 ));
             }
         }
@@ -500,20 +606,22 @@ pub fn resolve_target(
     })
 }
 
-/// The peak memory of one L0 step: the full source model with its masks, the whole `batch_size`
-/// in one forward/backward pass (the loop has no gradient accumulation), fp32 as the loop computes.
+/// The peak memory of one L0 step: the full source model with its masks, one micro-batch
+/// (`batch_size / grad_accum` sequences) in a forward/backward pass, weights and masks in fp32.
 fn add_step_memory(
     preview: &mut Preview,
     config: &PruneConfig,
     source: &LlamaConfig,
     precision: Precision,
 ) {
+    let grad_accum = config.grad_accum.max(1);
     let shape = StepShape {
-        micro_batch: config.batch_size,
+        micro_batch: config.micro_batch_size(),
         seq_len: config.seq_len,
     };
     let step = Step::Prune {
         masks: MaskSet::from_modules(&config.pruning_modules),
+        grad_accum,
     };
     let options = MemoryOptions {
         precision,
@@ -524,8 +632,9 @@ fn add_step_memory(
         shape,
         options,
         format!(
-            "lower batch_size (now {}; a prune step takes the whole batch in one pass) or shorten seq_len (now {})",
-            config.batch_size, config.seq_len
+            "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {} / {} = {}), or shorten \
+             seq_len (now {})",
+            config.batch_size, grad_accum, shape.micro_batch, config.seq_len
         ),
     );
 }
@@ -674,6 +783,47 @@ mod tests {
         assert_eq!(short.lagrangian_warmup_steps, Some(20));
         assert_eq!(short.eval_every, Some(1));
         assert_eq!(short.checkpoint_every, Some(10));
+    }
+
+    /// The keys the driver brought are left out of a normalised config at their defaults, so that
+    /// recipes written before them keep their cache keys.
+    #[test]
+    fn new_keys_at_their_defaults_leave_the_normalised_config_unchanged() {
+        let stage = PruneStage;
+        let target = "target = { layers = 2, hidden = 16, heads = 2, intermediate = 24 }\n";
+        let plain = stage
+            .normalize(&table(&format!("{}{target}", base())))
+            .unwrap();
+        let explicit = stage
+            .normalize(&table(&format!(
+                "{}{target}grad_accum = 1\nbetas = [0.9, 0.95]\neps = 1e-8\nno_decay = []\n\
+                 on_non_finite = \"stop\"\nmax_skipped_batches = 10\nkeep_checkpoints = 2\n",
+                base()
+            )))
+            .unwrap();
+        assert_eq!(plain, explicit);
+        for key in [
+            "grad_accum",
+            "betas",
+            "eps",
+            "no_decay",
+            "on_non_finite",
+            "keep_checkpoints",
+        ] {
+            assert!(!plain.contains_key(key), "{key}");
+        }
+        let other = stage
+            .normalize(&table(&format!("{}{target}grad_accum = 4\n", base())))
+            .unwrap();
+        assert_eq!(other["grad_accum"].as_integer(), Some(4));
+        assert_eq!(
+            key_of(normalized(&format!("{target}batch_size = 6\ngrad_accum = 4")).unwrap_err()),
+            "grad_accum"
+        );
+        assert_eq!(
+            key_of(normalized(&format!("{target}betas = [0.9, 1.5]")).unwrap_err()),
+            "betas"
+        );
     }
 
     #[test]

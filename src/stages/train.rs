@@ -34,9 +34,10 @@ use crate::stages::{
     InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
 };
 use crate::train::checkpoint;
+use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy, TrainError};
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::LrSchedule;
-use crate::train::trainer::{self, LoopSettings, NonFinitePolicy, TrainError, TrainParts};
+use crate::train::trainer::{self, LmStep};
 
 /// `init = { config = { ... } }`: a randomly initialised model; keys are Hugging Face `config.json` keys.
 /// `vocab_size`, `bos_token_id` and `eos_token_id` default to the tokenizer's.
@@ -197,20 +198,21 @@ impl TrainConfig {
         }
     }
 
-    pub fn loop_settings(&self) -> LoopSettings {
-        let total_steps = self.total_steps();
-        LoopSettings {
-            total_steps,
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            peak_lr: self.lr,
+            warmup_steps: self.warmup_steps(),
+            total_steps: self.total_steps(),
+            min_lr_ratio: self.min_lr_ratio,
+        }
+    }
+
+    pub fn driver_settings(&self) -> DriverSettings {
+        DriverSettings {
+            total_steps: self.total_steps(),
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             seq_len: self.seq_len,
-            schedule: LrSchedule {
-                peak_lr: self.lr,
-                warmup_steps: self.warmup_steps(),
-                total_steps,
-                min_lr_ratio: self.min_lr_ratio,
-            },
-            adamw: self.adamw(),
             grad_clip: self.grad_clip,
             eval_every: self.eval_every,
             eval_first: self.eval_first,
@@ -589,7 +591,7 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
     // checkpoint) stay fp32.
     let model = model.with_precision(ctx.settings.precision);
 
-    let settings = config.loop_settings();
+    let settings = config.driver_settings();
     let eval = if config.eval_batches > 0 {
         eval_windows(
             &dataset,
@@ -606,10 +608,14 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
         "config": ctx.config, "seed": seed, "device": ctx.settings.device, "kind": "train", "version": TrainStage.version(),
     }));
 
-    let outcome = match trainer::train(
+    let outcome = match driver::run(
+        &mut LmStep {
+            schedule: config.schedule(),
+        },
         &settings,
-        TrainParts {
+        DriverParts {
             model,
+            optimizer: config.adamw().build(),
             mixture,
             policy,
             eval,
@@ -629,8 +635,8 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
     save_hf(&outcome.model.valid(), out, Some(&dataset.tokenizer_path())).map_err(|error| {
         StageError::Other(anyhow::Error::new(error).context("writing the trained model"))
     })?;
-    let metrics_source = ctx.scratch_dir.join(trainer::METRICS_FILE);
-    std::fs::copy(&metrics_source, out.join(trainer::METRICS_FILE))
+    let metrics_source = ctx.scratch_dir.join(driver::METRICS_FILE);
+    std::fs::copy(&metrics_source, out.join(driver::METRICS_FILE))
         .with_context(|| format!("copying {}", metrics_source.display()))?;
 
     let weights = outcome.policy.weights();
@@ -886,7 +892,7 @@ pub(crate) mod tests {
         };
         let error = run_stage(&config, &data, &killed, &reporter, flag).unwrap_err();
         assert!(matches!(error, StageError::Cancelled), "{error}");
-        let checkpoints = killed.scratch.join(trainer::CHECKPOINT_DIR);
+        let checkpoints = killed.scratch.join(driver::CHECKPOINT_DIR);
         assert_eq!(
             checkpoint::newest_complete(&checkpoints)
                 .unwrap()
@@ -1064,7 +1070,7 @@ pub(crate) mod tests {
             error.contains("3 batches with a non-finite loss were skipped"),
             "{error}"
         );
-        let skipped = std::fs::read_to_string(run.scratch.join(trainer::METRICS_FILE))
+        let skipped = std::fs::read_to_string(run.scratch.join(driver::METRICS_FILE))
             .unwrap()
             .matches("\"skipped\"")
             .count();
@@ -1125,7 +1131,7 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            !run.scratch.join(trainer::METRICS_FILE).exists(),
+            !run.scratch.join(driver::METRICS_FILE).exists(),
             "compute started before the error: {error}"
         );
         error

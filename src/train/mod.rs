@@ -4,10 +4,13 @@
 //! - [`clip`]: global-norm gradient clipping with PyTorch `clip_grad_norm_` semantics.
 //! - [`optim`]: AdamW with every value explicit and no decay on norms and embeddings.
 //! - [`checkpoint`]: atomic, fingerprinted checkpoint folders for bit-identical resume.
-//! - [`trainer`]: the training loop (micro-batches, eval, dynamic loading, checkpoints, resume).
+//! - [`driver`]: the one training loop of `train` and `prune` (micro-batches, eval, dynamic loading,
+//!   non-finite losses, checkpoints, resume), generic over a [`driver::TrainStep`].
+//! - [`trainer`]: the `train` stage's step (dense next-token cross-entropy).
 
 pub mod checkpoint;
 pub mod clip;
+pub mod driver;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

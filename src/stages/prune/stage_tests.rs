@@ -156,18 +156,29 @@ fn killed_and_resumed_bf16_prune_ends_bit_identical() {
 }
 
 fn killed_and_resumed_prune_ends_bit_identical_in(precision: Precision) {
+    killed_and_resumed_run_ends_bit_identical(precision, &prune_table("l0", 5));
+}
+
+/// With gradient accumulation the resumed run also redraws the same micro-batches and mask noise.
+#[test]
+fn killed_and_resumed_prune_with_grad_accum_ends_bit_identical() {
+    let table = prune_table("l0", 5).replace("batch_size = 2", "batch_size = 4\ngrad_accum = 2");
+    assert!(table.contains("grad_accum = 2"));
+    killed_and_resumed_run_ends_bit_identical(Precision::Fp32, &table);
+}
+
+fn killed_and_resumed_run_ends_bit_identical(precision: Precision, table: &str) {
     let settings = Settings {
         precision,
         ..Settings::for_tests()
     };
     let fx = fixture();
     let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
-    let table = prune_table("l0", 5);
     let straight = fx.root.path().join("straight");
     run_stage_with(
         &settings,
         &PruneStage,
-        &table,
+        table,
         &inputs,
         &straight,
         &fx.root.path().join("s1"),
@@ -187,7 +198,7 @@ fn killed_and_resumed_prune_ends_bit_identical_in(precision: Precision) {
     let first = run_stage_with(
         &settings,
         &PruneStage,
-        &table,
+        table,
         &inputs,
         &resumed,
         &scratch,
@@ -200,7 +211,7 @@ fn killed_and_resumed_prune_ends_bit_identical_in(precision: Precision) {
     run_stage_with(
         &settings,
         &PruneStage,
-        &table,
+        table,
         &inputs,
         &resumed,
         &scratch,

@@ -1,42 +1,44 @@
-//! The `method = "l0"` pruning loop (spec §1.4, §2.4, §4).
+//! The `method = "l0"` pruning step (spec §1.4, §2.4, §4) and the stage's run on the
+//! [training driver](crate::train::driver).
 //!
-//! Per step: clamp z_loga → draw one hard-concrete sample per mask → masked forward → loss =
-//! token-mean CE + Lagrangian (targets warmed up linearly) → ONE backward → negate the λ gradients
-//! (ascent) → global-norm clip over everything → one AdamW step with three learning-rate groups
-//! (weights `lr`, z_loga `mask_lr`, λ `lambda_lr`, all times the same cosine-with-warm-up factor;
-//! z and λ never decay). Evaluation uses the deterministic expected-count masks.
+//! Per optimiser step: clamp z_loga → draw ONE hard-concrete noise sample per mask unit (shared by the
+//! step's micro-batches, so `grad_accum` changes memory, not the step) → per micro-batch: masked
+//! forward → loss = token-mean CE / grad_accum (+ the Lagrangian, targets warmed up linearly, in the
+//! first micro-batch only: it depends on z_loga and λ, not on the data) → backward. Then, on the
+//! accumulated gradients: negate the λ gradients (ascent) → global-norm clip over everything → one
+//! AdamW step with three learning-rate groups (weights `lr`, z_loga `mask_lr`, λ `lambda_lr`, all times
+//! the same cosine-with-warm-up factor; z and λ never decay). Evaluation uses the deterministic
+//! expected-count masks.
 //!
-//! Resume: every `checkpoint_every` steps the weights, z_loga, λ (burnpack, ParamIds kept), the
-//! AdamW state, the mask RNG, the data sampler and the length of `metrics.jsonl` go to
-//! `<scratch>/checkpoints`. A rerun continues from the newest complete checkpoint and ends with the
-//! same bits as an uninterrupted run (on CPU).
+//! Resume, metrics, cancel, evaluation cadence, dynamic batch loading, non-finite losses and
+//! checkpoints are the driver's; the step adds the mask RNG to the checkpoint, so a rerun continues
+//! from the newest complete checkpoint and ends with the same bits as an uninterrupted run (on CPU).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::Context;
 use burn::module::{Module, ParamGroup};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::outputs;
-use super::{Method, PruneConfig, ResolvedTarget, loading_error, resolve_target};
-use crate::data::loading::{LoadingPolicy, PolicyState};
-use crate::data::{
-    DomainMixture, EvalWindows, Exhaustion, SamplerState, TokenizedDataset, eval_windows,
-};
-use crate::model::l0::{L0Module, PruningModule, warmed_up_target};
+use super::{Method, PruneConfig, PruneStage, ResolvedTarget, loading_error, resolve_target};
+use crate::data::loading::LoadingPolicy;
+use crate::data::{DomainMixture, EvalWindows, Exhaustion, TokenizedDataset, eval_windows};
+use crate::model::l0::{L0Module, MaskNoise, PruningModule, warmed_up_target};
 use crate::model::{Llama, Masks, cross_entropy, cross_entropy_per_sequence, load_hf};
-use crate::stages::{StageContext, StageError};
+use crate::stages::{Stage, StageContext, StageError};
 use crate::train::checkpoint;
-use crate::train::clip::clip_global_norm;
+use crate::train::driver::{
+    self, DriverParts, MicroBatch, MicroBatchLoss, StepRates, TrainError, TrainStep, domain_losses,
+    per_micro_batch,
+};
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::cosine_with_warmup;
 
@@ -47,16 +49,6 @@ pub struct PruneModel {
     pub l0: L0Module,
 }
 
-/// Everything besides parameters and optimiser state that a resumed run needs to continue exactly.
-#[derive(Debug, Serialize, Deserialize)]
-struct LoopState {
-    mask_rng: ChaCha8Rng,
-    sampler: SamplerState,
-    policy: PolicyState,
-    /// Bytes of `metrics.jsonl` written up to the checkpoint (later lines are dropped on resume).
-    metrics_bytes: u64,
-}
-
 /// Seed streams derived from the stage seed (kept apart so that one never shifts another).
 fn mask_init_seed(seed: u64) -> u64 {
     seed ^ 0x6d61_736b_5f69_6e69 // "mask_ini"
@@ -65,17 +57,12 @@ fn mask_sample_seed(seed: u64) -> u64 {
     seed ^ 0x6d61_736b_5f73_6d70 // "mask_smp"
 }
 
-/// The AdamW optimiser with the three groups; the same construction is used to resume.
-pub fn build_optimizer(weight_decay: f64) -> ModuleOptimizer {
-    let settings = AdamWSettings {
-        betas: [0.9, 0.95],
-        eps: 1e-8,
-        weight_decay,
-        no_decay: Vec::new(),
-    };
-    settings.adamw_config(weight_decay).init().with_group(
+/// The AdamW optimiser with the three groups (weights with `adamw`'s decay and `no_decay`; z_loga and
+/// λ without decay); the same construction is used to resume.
+pub fn build_optimizer(adamw: &AdamWSettings) -> ModuleOptimizer {
+    adamw.build().with_group(
         ParamGroup::from_any_predicates(vec!["z_loga", "lambda"]),
-        settings.adamw(0.0),
+        adamw.adamw(0.0),
         None,
     )
 }
@@ -95,191 +82,183 @@ pub fn learning_rates(config: &PruneConfig, step: usize) -> (f64, f64, f64) {
     )
 }
 
-/// Inputs `[batch, seq]` and targets `[batch, seq]` from rows of `seq + 1` tokens.
-pub fn inputs_and_targets(
-    tokens: &[u32],
-    rows: usize,
-    seq_len: usize,
-    device: &Device,
-) -> (Tensor<2, Int>, Tensor<2, Int>) {
-    let width = seq_len + 1;
-    let mut inputs = Vec::with_capacity(rows * seq_len);
-    let mut targets = Vec::with_capacity(rows * seq_len);
-    for row in tokens.chunks(width).take(rows) {
-        inputs.extend(row[..seq_len].iter().map(|&t| t as i64));
-        targets.extend(row[1..].iter().map(|&t| t as i64));
-    }
-    (
-        Tensor::from_data(TensorData::new(inputs, [rows, seq_len]), device),
-        Tensor::from_data(TensorData::new(targets, [rows, seq_len]), device),
-    )
+/// The mask RNG: what a resumed prune run needs besides parameters, optimiser and sampler.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct L0State {
+    mask_rng: ChaCha8Rng,
 }
 
-/// One training step; returns the updated model and (ce, lagrangian, grad norm before clipping).
-#[allow(clippy::too_many_arguments)]
-pub fn train_step(
-    model: PruneModel,
-    optimizer: &mut ModuleOptimizer,
-    config: &PruneConfig,
-    resolved: &ResolvedTarget,
-    step: usize,
-    tokens: &[u32],
-    mask_rng: &mut ChaCha8Rng,
-    device: &Device,
-) -> (PruneModel, f64, f64, f64) {
-    let model = PruneModel {
-        l0: model.l0.clamp_z_loga(),
-        llama: model.llama,
-    };
-    let (inputs, targets) = inputs_and_targets(tokens, config.batch_size, config.seq_len, device);
-    let masks = model.l0.sample(mask_rng);
-    let logits = model.llama.forward(inputs, Some(&masks)); // [batch, seq, vocab]
-    let lm_loss = cross_entropy(logits, targets); // [1]
-    let warmup = config.lagrangian_warmup_steps();
-    let target_at = |module: PruningModule| {
-        warmed_up_target(
-            resolved.mask_target.sparsity(&resolved.dims, module),
-            step,
-            warmup,
-        )
-    };
-    let lagrangian = model.l0.lagrangian(target_at);
-    let loss = match &lagrangian {
-        Some(lagrangian) => lm_loss.clone() + lagrangian.clone(),
-        None => lm_loss.clone(),
-    };
-    let lm_value = lm_loss.into_scalar::<f32>() as f64;
-    let lagrangian_value = lagrangian.map_or(0.0, |l| l.into_scalar::<f32>() as f64);
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    // Gradient ASCENT on the multipliers: AdamW with a negated gradient = a negative learning rate.
-    for lambda in [
-        &model.l0.head_lambda,
-        &model.l0.intermediate_lambda,
-        &model.l0.layer_lambda,
-        &model.l0.hidden_lambda,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if let Some(gradient) = grads.remove::<1>(lambda.id) {
-            grads.register(lambda.id, gradient.neg());
+/// One L0 pruning step for the driver.
+pub struct L0Step {
+    config: PruneConfig,
+    resolved: ResolvedTarget,
+    mask_rng: ChaCha8Rng,
+    /// The current step's mask noise (drawn in `begin_step`).
+    noise: Option<MaskNoise>,
+}
+
+impl L0Step {
+    pub fn new(config: &PruneConfig, resolved: &ResolvedTarget, mask_rng: ChaCha8Rng) -> Self {
+        L0Step {
+            config: config.clone(),
+            resolved: resolved.clone(),
+            mask_rng,
+            noise: None,
         }
     }
-    let (grads, grad_norm) = clip_global_norm(grads, &model, config.grad_clip);
-    let (lr, mask_lr, lambda_lr) = learning_rates(config, step);
-    let rates = ModuleLrScheduler::new(lr)
-        .with_group(ParamGroup::from_predicate("z_loga"), mask_lr)
-        .with_group(ParamGroup::from_predicate("lambda"), lambda_lr)
-        .step();
-    let model = optimizer.step(rates, model, grads);
-    (model, lm_value, lagrangian_value, grad_norm)
+
+    /// The Lagrangian's per-module targets at the 0-based `step` (warmed up linearly).
+    fn target_at(&self, module: PruningModule, step: u64) -> f64 {
+        warmed_up_target(
+            self.resolved
+                .mask_target
+                .sparsity(&self.resolved.dims, module),
+            step as usize,
+            self.config.lagrangian_warmup_steps(),
+        )
+    }
 }
 
-/// Mean CE per domain on the fixed eval windows, with the deterministic eval-time masks.
-pub fn evaluate(model: &PruneModel, windows: &[EvalWindows], batch_size: usize) -> Vec<f64> {
-    let valid = model.clone().valid();
-    let device = valid.llama.embed_tokens.weight.device();
-    let masks: Masks = valid.l0.host_z_loga().eval_masks().to_masks(&device);
-    windows
-        .iter()
-        .map(|domain| {
-            let mut total = 0.0;
-            let mut start = 0;
-            while start < domain.num_sequences {
-                let rows = batch_size.min(domain.num_sequences - start);
-                let width = domain.seq_len + 1;
-                let tokens = &domain.tokens[start * width..(start + rows) * width];
-                let (inputs, targets) = inputs_and_targets(tokens, rows, domain.seq_len, &device);
-                let logits = valid.llama.forward(inputs, Some(&masks));
-                let per_row: Vec<f32> = cross_entropy_per_sequence(logits, targets)
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .unwrap_or_default();
-                total += per_row.iter().map(|&v| v as f64).sum::<f64>();
-                start += rows;
+impl TrainStep for L0Step {
+    type Model = PruneModel;
+    type State = L0State;
+
+    fn begin_step(&mut self, model: PruneModel, _step: u64) -> PruneModel {
+        let model = PruneModel {
+            l0: model.l0.clamp_z_loga(),
+            llama: model.llama,
+        };
+        self.noise = Some(model.l0.draw_noise(&mut self.mask_rng));
+        model
+    }
+
+    fn micro_batch_loss(
+        &mut self,
+        model: &PruneModel,
+        batch: MicroBatch,
+        step: u64,
+    ) -> MicroBatchLoss {
+        let noise = self
+            .noise
+            .get_or_insert_with(|| model.l0.draw_noise(&mut self.mask_rng));
+        let masks = model.l0.masks_from_noise(noise);
+        let logits = model.llama.forward(batch.input_ids, Some(&masks)); // [micro_batch, seq, vocab]
+        let lm_loss = per_micro_batch(cross_entropy(logits, batch.labels), batch.count); // [1]
+        let lagrangian = if batch.index == 0 {
+            model.l0.lagrangian(|module| self.target_at(module, step)) // [1]
+        } else {
+            None
+        };
+        let objective = match &lagrangian {
+            Some(lagrangian) => lm_loss.clone() + lagrangian.clone(),
+            None => lm_loss.clone(),
+        };
+        let lm_value = lm_loss.into_scalar::<f32>() as f64;
+        let lagrangian_value = lagrangian.map_or(0.0, |l| l.into_scalar::<f32>() as f64);
+        MicroBatchLoss {
+            objective,
+            value: lm_value + lagrangian_value,
+            parts: vec![("lm_loss", lm_value), ("lagrangian", lagrangian_value)],
+        }
+    }
+
+    /// Gradient ASCENT on the multipliers: AdamW with a negated gradient = a negative learning rate.
+    fn finish_gradients(&self, model: &PruneModel, mut grads: GradientsParams) -> GradientsParams {
+        for lambda in [
+            &model.l0.head_lambda,
+            &model.l0.intermediate_lambda,
+            &model.l0.layer_lambda,
+            &model.l0.hidden_lambda,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(gradient) = grads.remove::<1>(lambda.id) {
+                grads.register(lambda.id, gradient.neg());
             }
-            total / domain.num_sequences.max(1) as f64
-        })
-        .collect()
-}
+        }
+        grads
+    }
 
-#[allow(clippy::too_many_arguments)]
-fn step_record(
-    config: &PruneConfig,
-    resolved: &ResolvedTarget,
-    model: &PruneModel,
-    step: usize,
-    values: (f64, f64, f64),
-    weights: &[f64],
-    domains: &[String],
-    tokens_per_s: f64,
-) -> serde_json::Value {
-    let host = model.l0.host_z_loga();
-    let (lm_loss, lagrangian, grad_norm) = values;
-    let (lr, mask_lr, lambda_lr) = learning_rates(config, step);
-    let mut expected = serde_json::Map::new();
-    let mut target = serde_json::Map::new();
-    let mut lambdas = serde_json::Map::new();
-    for module in model.l0.modules() {
-        let rows = host.expected_sparsity(module).unwrap_or_default();
-        let mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
-        expected.insert(module.name().into(), json!(mean));
-        let full = resolved.mask_target.sparsity(&resolved.dims, module);
-        target.insert(
-            module.name().into(),
-            json!(warmed_up_target(
-                full,
-                step,
-                config.lagrangian_warmup_steps()
-            )),
+    fn learning_rates(&self, step: u64) -> StepRates {
+        let (lr, mask_lr, lambda_lr) = learning_rates(&self.config, step as usize);
+        let rates = ModuleLrScheduler::new(lr)
+            .with_group(ParamGroup::from_predicate("z_loga"), mask_lr)
+            .with_group(ParamGroup::from_predicate("lambda"), lambda_lr)
+            .step();
+        StepRates {
+            rates,
+            logged: vec![("lr", lr), ("mask_lr", mask_lr), ("lambda_lr", lambda_lr)],
+        }
+    }
+
+    fn step_metrics(
+        &self,
+        model: &PruneModel,
+        step: u64,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let host = model.l0.host_z_loga();
+        let mut expected = serde_json::Map::new();
+        let mut target = serde_json::Map::new();
+        let mut lambdas = serde_json::Map::new();
+        for module in model.l0.modules() {
+            let rows = host.expected_sparsity(module).unwrap_or_default();
+            let mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
+            expected.insert(module.name().into(), json!(mean));
+            target.insert(module.name().into(), json!(self.target_at(module, step)));
+            lambdas.insert(module.name().into(), json!(model.l0.host_lambda(module)));
+        }
+        let expected_parameters = host.expected_parameters(&self.resolved.dims);
+        let mut record = serde_json::Map::new();
+        record.insert("expected_sparsity".into(), expected.into());
+        record.insert("target_sparsity".into(), target.into());
+        record.insert("lambda".into(), lambdas.into());
+        record.insert("expected_parameters".into(), json!(expected_parameters));
+        record.insert(
+            "expected_model_sparsity".into(),
+            json!(1.0 - expected_parameters / self.resolved.dims.prunable_parameters()),
         );
-        lambdas.insert(module.name().into(), json!(model.l0.host_lambda(module)));
+        record
     }
-    let expected_parameters = host.expected_parameters(&resolved.dims);
-    let domain_weights: serde_json::Map<String, serde_json::Value> = domains
-        .iter()
-        .cloned()
-        .zip(weights.iter().map(|w| json!(w)))
-        .collect();
-    json!({
-        "step": step + 1,
-        "loss": lm_loss + lagrangian,
-        "lm_loss": lm_loss,
-        "lagrangian": lagrangian,
-        "grad_norm": grad_norm,
-        "expected_sparsity": expected,
-        "target_sparsity": target,
-        "lambda": lambdas,
-        "expected_parameters": expected_parameters,
-        "expected_model_sparsity": 1.0 - expected_parameters / resolved.dims.prunable_parameters(),
-        "lr": lr,
-        "mask_lr": mask_lr,
-        "lambda_lr": lambda_lr,
-        "domain_weights": domain_weights,
-        "tokens_per_s": tokens_per_s,
-    })
-}
 
-fn append_line(path: &Path, record: &serde_json::Value) -> Result<(), StageError> {
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-fn truncate_to(path: &Path, bytes: u64) -> Result<(), StageError> {
-    if path.exists() {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        file.set_len(bytes)
-            .with_context(|| format!("truncating {}", path.display()))?;
+    /// Mean CE per domain on the fixed eval windows, with the deterministic eval-time masks.
+    fn evaluate(&self, model: &PruneModel, eval: &[EvalWindows], micro_batch: usize) -> Vec<f64> {
+        let valid = model.clone().valid();
+        let device = valid.llama.embed_tokens.weight.device();
+        let masks: Masks = valid.l0.host_z_loga().eval_masks().to_masks(&device);
+        domain_losses(eval, micro_batch, &device, |input_ids, labels| {
+            cross_entropy_per_sequence(valid.llama.forward(input_ids, Some(&masks)), labels) // [rows]
+        })
     }
-    Ok(())
+
+    fn eval_metrics(&self, model: &PruneModel) -> serde_json::Map<String, serde_json::Value> {
+        let kept = model.l0.host_z_loga().eval_masks();
+        let kept_counts: serde_json::Map<String, serde_json::Value> = PruningModule::ALL
+            .iter()
+            .filter_map(|&m| kept.kept(m).map(|k| (m.name().to_string(), json!(k))))
+            .collect();
+        [("eval_kept".to_string(), kept_counts.into())]
+            .into_iter()
+            .collect()
+    }
+
+    fn device(&self, model: &PruneModel) -> Device {
+        model.llama.embed_tokens.weight.device()
+    }
+
+    fn state(&self) -> L0State {
+        L0State {
+            mask_rng: self.mask_rng.clone(),
+        }
+    }
+
+    fn restore(&mut self, state: L0State) {
+        self.mask_rng = state.mask_rng;
+    }
+
+    fn non_finite_hint(&self) -> &'static str {
+        "Lower `lr`, `mask_lr` or `lambda_lr`, lengthen the warm-up"
+    }
 }
 
 /// The folder a source-model input's tokenizer files come from, if it has any.
@@ -322,7 +301,7 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         .map_err(|error| StageError::input("data", error.to_string()))?;
     let domains: Vec<String> = dataset.domains().to_vec();
     let reference_input = ctx.inputs.get("loading.reference").map(PathBuf::as_path);
-    let mut policy =
+    let policy =
         LoadingPolicy::new(&config.loading, &domains, reference_input).map_err(loading_error)?;
     mixture
         .set_weights(policy.weights())
@@ -343,133 +322,36 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         &device,
         &mut ChaCha8Rng::seed_from_u64(mask_init_seed(seed)),
     );
-    let mut model = PruneModel { llama, l0 };
-    let mut optimizer = build_optimizer(config.weight_decay);
-    let mut mask_rng = ChaCha8Rng::seed_from_u64(mask_sample_seed(seed));
-
-    let checkpoints = ctx.scratch_dir.join("checkpoints");
-    let metrics_path = ctx.scratch_dir.join("metrics.jsonl");
-    let fingerprint = checkpoint::fingerprint(&(ctx.config, seed, &ctx.settings.device));
-    let mut start = 0usize;
-    match checkpoint::newest_complete(&checkpoints)
-        .map_err(|error| StageError::Other(error.into()))?
-    {
-        Some(found) => {
-            let (restored, restored_optimizer, state) =
-                checkpoint::load::<PruneModel, LoopState>(&found, &fingerprint, model, optimizer)
-                    .map_err(|error| StageError::Other(error.into()))?;
-            model = restored;
-            optimizer = restored_optimizer;
-            mask_rng = state.payload.mask_rng;
-            policy
-                .restore(state.payload.policy)
-                .map_err(|error| StageError::Other(error.into()))?;
-            mixture
-                .restore(state.payload.sampler)
-                .map_err(|error| StageError::Other(error.into()))?;
-            truncate_to(&metrics_path, state.payload.metrics_bytes)?;
-            start = state.step as usize;
-            ctx.reporter.message(&format!(
-                "resuming pruning from the checkpoint at step {start}"
-            ));
-        }
-        None => {
-            fs::create_dir_all(&ctx.scratch_dir).context("creating the scratch folder")?;
-            truncate_to(&metrics_path, 0)?;
-        }
-    }
-
-    for step in start..config.steps {
-        ctx.cancel.check()?;
-        let began = Instant::now();
-        let batch = mixture
-            .next_batch(config.batch_size)
-            .map_err(|error| StageError::Other(error.into()))?;
-        let (next, lm_loss, lagrangian, grad_norm) = train_step(
+    let model = PruneModel { llama, l0 };
+    let mut step = L0Step::new(
+        config,
+        &resolved,
+        ChaCha8Rng::seed_from_u64(mask_sample_seed(seed)),
+    );
+    let fingerprint = checkpoint::fingerprint(&json!({
+        "config": ctx.config, "seed": seed, "device": ctx.settings.device, "kind": "prune",
+        "version": PruneStage.version(),
+    }));
+    let outcome = match driver::run(
+        &mut step,
+        &config.driver_settings(),
+        DriverParts {
             model,
-            &mut optimizer,
-            config,
-            &resolved,
-            step,
-            &batch.tokens,
-            &mut mask_rng,
-            &device,
-        );
-        model = next;
-        if !(lm_loss.is_finite() && lagrangian.is_finite()) {
-            return Err(StageError::Other(anyhow::anyhow!(
-                "step {}: the loss became {lm_loss} (LM) + {lagrangian} (Lagrangian); lower `lr`, `mask_lr` or `lambda_lr`. \
-                 The last checkpoint in {} is kept",
-                step + 1,
-                checkpoints.display()
-            )));
-        }
-        let tokens_per_s =
-            (config.batch_size * config.seq_len) as f64 / began.elapsed().as_secs_f64().max(1e-9);
-        let record = step_record(
-            config,
-            &resolved,
-            &model,
-            step,
-            (lm_loss, lagrangian, grad_norm),
-            mixture.weights(),
-            &domains,
-            tokens_per_s,
-        );
-        ctx.reporter.metrics(&record);
-        append_line(&metrics_path, &record)?;
-        let done = step + 1;
-        let update_now = policy.wants_update_at(done as u64);
-        if done % config.eval_every() == 0 || done == config.steps || update_now {
-            let losses = evaluate(&model, &windows, config.batch_size);
-            let by_domain: serde_json::Map<String, serde_json::Value> = domains
-                .iter()
-                .cloned()
-                .zip(losses.iter().map(|l| json!(l)))
-                .collect();
-            let kept = model.l0.host_z_loga().eval_masks();
-            let kept_counts: serde_json::Map<String, serde_json::Value> = PruningModule::ALL
-                .iter()
-                .filter_map(|&m| kept.kept(m).map(|k| (m.name().to_string(), json!(k))))
-                .collect();
-            let mut eval =
-                json!({ "step": done, "eval_loss": by_domain, "eval_kept": kept_counts });
-            // Dynamic batch loading: new weights for the next batches (not after the last step).
-            if done < config.steps && (policy.updates_on_eval() || update_now) {
-                let update = policy
-                    .update(done as u64, &losses)
-                    .map_err(loading_error)?
-                    .cloned();
-                mixture
-                    .set_weights(policy.weights())
-                    .map_err(|error| StageError::Other(error.into()))?;
-                eval["loading_update"] = json!(update);
-            }
-            ctx.reporter.metrics(&eval);
-            append_line(&metrics_path, &eval)?;
-        }
-        ctx.reporter
-            .progress(done as u64, config.steps as u64, "steps");
-        if done % config.checkpoint_every() == 0 && done < config.steps {
-            let metrics_bytes = fs::metadata(&metrics_path).map(|m| m.len()).unwrap_or(0);
-            let state = LoopState {
-                mask_rng: mask_rng.clone(),
-                sampler: mixture.state(),
-                policy: policy.state(),
-                metrics_bytes,
-            };
-            checkpoint::save(
-                &checkpoints,
-                done as u64,
-                &fingerprint,
-                &model,
-                &optimizer,
-                &state,
-                1,
-            )
-            .map_err(|error| StageError::Other(error.into()))?;
-        }
-    }
+            optimizer: build_optimizer(&config.adamw()),
+            mixture,
+            policy,
+            eval: windows,
+        },
+        &ctx.scratch_dir,
+        &fingerprint,
+        ctx.reporter,
+        &ctx.cancel,
+    ) {
+        Ok(outcome) => outcome,
+        Err(TrainError::Cancelled { .. }) => return Err(StageError::Cancelled),
+        Err(error) => return Err(StageError::Other(anyhow::Error::new(error))),
+    };
+    let model = outcome.model;
 
     // Final deterministic masks with exactly the target counts.
     let model = PruneModel {
@@ -496,6 +378,134 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         Some(&model.l0),
         &report,
     )?;
-    fs::copy(&metrics_path, ctx.out_dir.join("metrics.jsonl")).context("copying metrics.jsonl")?;
+    fs::copy(
+        ctx.scratch_dir.join(driver::METRICS_FILE),
+        ctx.out_dir.join(driver::METRICS_FILE),
+    )
+    .context("copying metrics.jsonl")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LlamaConfig;
+    use crate::train::driver::take_step;
+    use crate::train::trainer::seeded_normal_init;
+
+    fn values(model: &PruneModel) -> Vec<f32> {
+        struct Collect(Vec<f32>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(
+                &mut self,
+                param: &burn::module::Param<burn::tensor::Tensor<D>>,
+            ) {
+                self.0
+                    .extend(param.val().into_data().try_into_vec_as::<f32>().unwrap());
+            }
+        }
+        let mut collect = Collect(Vec::new());
+        model.visit(&mut collect);
+        collect.0
+    }
+
+    /// One step of batch 4 as one pass and as two micro-batches of 2 from the same model, noise and
+    /// rows: (updated parameters, loss, grad norm).
+    fn one_step(grad_accum: usize) -> (Vec<f32>, f64, f64, Vec<(&'static str, f64)>) {
+        let device = crate::model::device::for_tests().autodiff();
+        let source = LlamaConfig::new(48, 16, 24, 2, 4, 4);
+        let table: toml::Table = format!(
+            "model = {{ path = \"m\" }}\ndata = {{ stage = \"d\" }}\nsteps = 10\nbatch_size = 4\ngrad_accum = {grad_accum}\n\
+             seq_len = 8\nlr = 1e-3\nwarmup_steps = 0\nlagrangian_warmup_steps = 0\nmask_lr = 0.5\nlambda_lr = 0.5\n\
+             target = {{ layers = 1, hidden = 8, heads = 2, intermediate = 12 }}\n"
+        )
+        .parse()
+        .unwrap();
+        let config = PruneConfig::from_table(&PruneStage.normalize(&table).unwrap()).unwrap();
+        config.check().unwrap();
+        let resolved = resolve_target(&config, &source).unwrap();
+        let model = PruneModel {
+            llama: seeded_normal_init(Llama::new(&source, &device), 3, 0.02),
+            l0: L0Module::new(
+                resolved.dims.clone(),
+                &config.pruning_modules,
+                &device,
+                &mut ChaCha8Rng::seed_from_u64(4),
+            ),
+        };
+        let mut optimizer = build_optimizer(&config.adamw());
+        let mut step = L0Step::new(&config, &resolved, ChaCha8Rng::seed_from_u64(5));
+        let rows: Vec<u32> = (0..4 * 9).map(|i| (i * 7 + i / 5) % 48).collect();
+        let micro = 4 / grad_accum;
+        let mut next = 0;
+        let mut draw = || {
+            let batch = &rows[next * micro * 9..(next + 1) * micro * 9];
+            next += 1;
+            Ok(crate::data::batch::causal_lm_batch_flat(
+                batch, micro, 8, &device,
+            ))
+        };
+        let result = take_step(
+            &mut step,
+            model,
+            &mut optimizer,
+            3,
+            grad_accum,
+            1.0,
+            &mut draw,
+        )
+        .unwrap();
+        assert!(result.finite);
+        (
+            values(&result.model),
+            result.loss,
+            result.grad_norm,
+            result.parts,
+        )
+    }
+
+    /// grad_accum only changes memory: two micro-batches of 2 take the step one pass of 4 takes, up to
+    /// float summation order (tolerance: 1e-5 relative on loss and gradient norm, 1e-6 absolute on
+    /// every updated parameter, i.e. 1e-3 of the weights' lr).
+    #[test]
+    fn two_micro_batches_take_the_same_step_as_one_pass() {
+        let (one, loss_one, norm_one, parts_one) = one_step(1);
+        let (two, loss_two, norm_two, parts_two) = one_step(2);
+        assert!(
+            (loss_one - loss_two).abs() <= 1e-5 * loss_one.abs(),
+            "{loss_one} vs {loss_two}"
+        );
+        assert!(
+            (norm_one - norm_two).abs() <= 1e-5 * norm_one,
+            "{norm_one} vs {norm_two}"
+        );
+        for ((name, a), (other, b)) in parts_one.iter().zip(&parts_two) {
+            assert_eq!(name, other);
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1e-3),
+                "{name}: {a} vs {b}"
+            );
+        }
+        assert_eq!(one.len(), two.len());
+        let worst = one
+            .iter()
+            .zip(&two)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "largest parameter difference {worst}");
+        // ... and it is a real step: the parameters moved.
+        let (before, ..) = {
+            let device = crate::model::device::for_tests();
+            let source = LlamaConfig::new(48, 16, 24, 2, 4, 4);
+            let llama = seeded_normal_init(Llama::new(&source, &device), 3, 0.02);
+            (llama
+                .embed_tokens
+                .weight
+                .val()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap(),)
+        };
+        assert!(before.iter().zip(&one).any(|(a, b)| a != b));
+    }
 }

@@ -231,7 +231,10 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     };
     let scratch = temp.path().join("scratch");
     let outcome = driver::run(
-        &mut LmStep { schedule },
+        &mut LmStep {
+            schedule,
+            activation_checkpointing: false,
+        },
         &settings,
         parts,
         &scratch,

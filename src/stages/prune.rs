@@ -164,6 +164,11 @@ pub struct PruneConfig {
         skip_serializing_if = "is_default_grad_accum"
     )]
     pub grad_accum: usize,
+    /// Per-decoder-layer activation checkpointing: keep only each layer's input between forward and
+    /// backward and recompute one layer at a time (same gradients, about one more forward of compute,
+    /// activation memory of one layer instead of all; `sheared plan` shows the estimate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
     /// Learning rate of the model weights.
@@ -625,7 +630,7 @@ fn add_step_memory(
     };
     let options = MemoryOptions {
         precision,
-        activation_checkpointing: false,
+        activation_checkpointing: config.activation_checkpointing,
     };
     preview.add_memory(
         memory::estimate(source, step, shape, options),
@@ -633,8 +638,16 @@ fn add_step_memory(
         options,
         format!(
             "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {} / {} = {}), or shorten \
-             seq_len (now {})",
-            config.batch_size, grad_accum, shape.micro_batch, config.seq_len
+             seq_len (now {}){}",
+            config.batch_size,
+            grad_accum,
+            shape.micro_batch,
+            config.seq_len,
+            if config.activation_checkpointing {
+                ""
+            } else {
+                ", or set activation_checkpointing = true"
+            }
         ),
     );
 }

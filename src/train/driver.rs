@@ -78,12 +78,22 @@ pub struct MicroBatch {
 
 /// The loss of one micro-batch.
 pub struct MicroBatchLoss {
-    /// What backward runs on, `[1]`, already divided by the micro-batch count (see [`per_micro_batch`]).
-    pub objective: Tensor<1>,
+    /// Where the micro-batch's gradients come from.
+    pub backward: Backward,
     /// The host value of `objective` (summed over micro-batches it is the step's loss).
     pub value: f64,
     /// Named parts of `value` to log (summed over micro-batches), e.g. `lm_loss`, `lagrangian`.
     pub parts: Vec<(&'static str, f64)>,
+}
+
+/// How a micro-batch's gradients are obtained.
+pub enum Backward {
+    /// The driver runs backward on this `[1]` objective, already divided by the micro-batch count
+    /// (see [`per_micro_batch`]).
+    Objective(Tensor<1>),
+    /// The step computed the gradients itself (activation checkpointing:
+    /// [`Llama::backward_checkpointed`](crate::model::Llama::backward_checkpointed)).
+    Gradients(GradientsParams),
 }
 
 /// A micro-batch's token-mean loss as its share of the step's: divided by `count`, untouched at
@@ -113,7 +123,7 @@ pub trait TrainStep {
     /// Prepares one optimiser step, 0-based `step` (prune: clamps z_loga and draws the step's mask noise,
     /// shared by all its micro-batches).
     fn begin_step(&mut self, model: Self::Model, step: u64) -> Self::Model;
-    /// The loss of one micro-batch; backward runs on its `objective`.
+    /// The loss of one micro-batch and how to get its gradients ([`Backward`]).
     fn micro_batch_loss(
         &mut self,
         model: &Self::Model,
@@ -341,7 +351,12 @@ pub fn take_step<S: TrainStep>(
                 None => parts.push((name, value)),
             }
         }
-        let grads = GradientsParams::from_grads(micro.objective.backward(), &model);
+        let grads = match micro.backward {
+            Backward::Objective(objective) => {
+                GradientsParams::from_grads(objective.backward(), &model)
+            }
+            Backward::Gradients(grads) => grads,
+        };
         if count > 1 {
             accumulator.accumulate(&model, grads);
         } else {

@@ -14,13 +14,15 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::data::EvalWindows;
 use crate::model::{Llama, cross_entropy, cross_entropy_per_sequence};
 use crate::train::driver::{
-    MicroBatch, MicroBatchLoss, StepRates, TrainStep, domain_losses, per_micro_batch,
+    Backward, MicroBatch, MicroBatchLoss, StepRates, TrainStep, domain_losses, per_micro_batch,
 };
 use crate::train::schedule::LrSchedule;
 
 /// Continued pre-training of a dense model.
 pub struct LmStep {
     pub schedule: LrSchedule,
+    /// Per-layer activation checkpointing ([`Llama::backward_checkpointed`]).
+    pub activation_checkpointing: bool,
 }
 
 impl TrainStep for LmStep {
@@ -32,11 +34,22 @@ impl TrainStep for LmStep {
     }
 
     fn micro_batch_loss(&mut self, model: &Llama, batch: MicroBatch, _step: u64) -> MicroBatchLoss {
+        if self.activation_checkpointing {
+            let (labels, count) = (batch.labels, batch.count);
+            let result = model.backward_checkpointed(batch.input_ids, None, |logits| {
+                per_micro_batch(cross_entropy(logits, labels), count) // [1]
+            });
+            return MicroBatchLoss {
+                backward: Backward::Gradients(result.gradients),
+                value: result.loss,
+                parts: Vec::new(),
+            };
+        }
         let logits = model.forward(batch.input_ids, None); // [micro_batch, seq_len, vocab]
         let loss = per_micro_batch(cross_entropy(logits, batch.labels), batch.count); // [1]
         let value = loss.clone().into_scalar::<f32>() as f64;
         MicroBatchLoss {
-            objective: loss,
+            backward: Backward::Objective(loss),
             value,
             parts: Vec::new(),
         }

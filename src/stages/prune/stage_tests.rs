@@ -451,3 +451,81 @@ fn a_source_other_than_expect_source_fails_before_compute() {
     )
     .unwrap();
 }
+
+/// All f32 values of a safetensors file, tensors in name order.
+fn f32_values(path: &Path) -> Vec<f32> {
+    let bytes = read(path);
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut named = tensors.tensors();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+        .into_iter()
+        .flat_map(|(_, view)| {
+            view.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Activation checkpointing changes memory, not the pruning: the same losses, weights, mask logits
+/// and Lagrange multipliers as the plain run (up to float summation order), with micro-batches.
+#[test]
+fn activation_checkpointing_prunes_the_same_way() {
+    let fx = fixture();
+    let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+    let base = prune_table("l0", 4).replace("batch_size = 2\n", "batch_size = 2\ngrad_accum = 2\n");
+    let mut outputs = Vec::new();
+    for (name, extra) in [
+        ("plain", ""),
+        ("checkpointed", "activation_checkpointing = true\n"),
+    ] {
+        let out = fx.root.path().join(name);
+        run_stage(
+            &PruneStage,
+            &format!("{base}{extra}"),
+            &inputs,
+            &out,
+            &fx.root.path().join(format!("{name}-scratch")),
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
+        let lm_losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                record["lm_loss"].as_f64()
+            })
+            .collect();
+        outputs.push((
+            lm_losses,
+            f32_values(&out.join("model.safetensors")),
+            f32_values(&out.join("masks.safetensors")),
+        ));
+    }
+    let (plain, checkpointed) = (&outputs[0], &outputs[1]);
+    assert_eq!(plain.0.len(), 4, "{:?}", plain.0);
+    for (a, b) in plain.0.iter().zip(&checkpointed.0) {
+        assert!(
+            (a - b).abs() < 1e-5 * a.abs(),
+            "lm_loss {:?} vs {:?}",
+            plain.0,
+            checkpointed.0
+        );
+    }
+    for (what, a, b) in [
+        ("weights", &plain.1, &checkpointed.1),
+        ("masks", &plain.2, &checkpointed.2),
+    ] {
+        assert_eq!(a.len(), b.len());
+        let difference = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(difference < 1e-4, "{what} differ by up to {difference}");
+    }
+}

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use burn::module::{Module, ParamGroup};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
-use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::Device;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -36,8 +36,8 @@ use crate::model::{Llama, Masks, cross_entropy, cross_entropy_per_sequence, load
 use crate::stages::{Stage, StageContext, StageError};
 use crate::train::checkpoint;
 use crate::train::driver::{
-    self, DriverParts, MicroBatch, MicroBatchLoss, StepRates, TrainError, TrainStep, domain_losses,
-    per_micro_batch,
+    self, Backward, DriverParts, MicroBatch, MicroBatchLoss, StepRates, TrainError, TrainStep,
+    domain_losses, per_micro_batch,
 };
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::cosine_with_warmup;
@@ -119,6 +119,43 @@ impl L0Step {
     }
 }
 
+/// One micro-batch with per-layer activation checkpointing: the model's gradients and ∂loss/∂z from
+/// [`Llama::backward_checkpointed`], then one small backward from the masks (and the Lagrangian) into
+/// the L0 parameters; the two sets of gradients touch disjoint parameters and are merged.
+fn checkpointed_micro_batch(
+    model: &PruneModel,
+    masks: &Masks,
+    lagrangian: Option<Tensor<1>>,
+    batch: MicroBatch,
+) -> MicroBatchLoss {
+    let (labels, count) = (batch.labels, batch.count);
+    let result = model
+        .llama
+        .backward_checkpointed(batch.input_ids, Some(masks), |logits| {
+            per_micro_batch(cross_entropy(logits, labels), count) // [1]
+        });
+    let lagrangian_value = lagrangian
+        .as_ref()
+        .map_or(0.0, |l| l.clone().into_scalar::<f32>() as f64);
+    let upstream = [masks.surrogate(&result.mask_gradients), lagrangian]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a + b); // [1]
+    let mut merged = GradientsAccumulator::<PruneModel>::new();
+    merged.accumulate(model, result.gradients);
+    if let Some(upstream) = upstream {
+        merged.accumulate(
+            model,
+            GradientsParams::from_grads(upstream.backward(), model),
+        );
+    }
+    MicroBatchLoss {
+        backward: Backward::Gradients(merged.grads()),
+        value: result.loss + lagrangian_value,
+        parts: vec![("lm_loss", result.loss), ("lagrangian", lagrangian_value)],
+    }
+}
+
 impl TrainStep for L0Step {
     type Model = PruneModel;
     type State = L0State;
@@ -142,13 +179,16 @@ impl TrainStep for L0Step {
             .noise
             .get_or_insert_with(|| model.l0.draw_noise(&mut self.mask_rng));
         let masks = model.l0.masks_from_noise(noise);
-        let logits = model.llama.forward(batch.input_ids, Some(&masks)); // [micro_batch, seq, vocab]
-        let lm_loss = per_micro_batch(cross_entropy(logits, batch.labels), batch.count); // [1]
         let lagrangian = if batch.index == 0 {
             model.l0.lagrangian(|module| self.target_at(module, step)) // [1]
         } else {
             None
         };
+        if self.config.activation_checkpointing {
+            return checkpointed_micro_batch(model, &masks, lagrangian, batch);
+        }
+        let logits = model.llama.forward(batch.input_ids, Some(&masks)); // [micro_batch, seq, vocab]
+        let lm_loss = per_micro_batch(cross_entropy(logits, batch.labels), batch.count); // [1]
         let objective = match &lagrangian {
             Some(lagrangian) => lm_loss.clone() + lagrangian.clone(),
             None => lm_loss.clone(),
@@ -156,7 +196,7 @@ impl TrainStep for L0Step {
         let lm_value = lm_loss.into_scalar::<f32>() as f64;
         let lagrangian_value = lagrangian.map_or(0.0, |l| l.into_scalar::<f32>() as f64);
         MicroBatchLoss {
-            objective,
+            backward: Backward::Objective(objective),
             value: lm_value + lagrangian_value,
             parts: vec![("lm_loss", lm_value), ("lagrangian", lagrangian_value)],
         }

@@ -25,10 +25,10 @@ use sheared::data::{DomainMixture, EvalWindows, Exhaustion, TokenizedDataset, ev
 use sheared::model::{
     Llama, LlamaConfig, cross_entropy, cross_entropy_per_sequence, load_hf, save_hf,
 };
+use sheared::stage::{CancelFlag, Reporter, Settings, Stage, StageContext};
 use sheared::stages::consolidate::ConsolidateStage;
 use sheared::stages::prune::PruneStage;
 use sheared::stages::prune::train_loop::inputs_and_targets;
-use sheared::stages::{CancelFlag, Reporter, Settings, Stage, StageContext};
 use sheared::train::clip::clip_global_norm;
 use sheared::train::optim::AdamWSettings;
 use sheared::train::schedule::cosine_with_warmup;

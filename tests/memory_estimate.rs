@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use sheared::model::l0::L0Module;
 use sheared::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use sheared::model::{Llama, LlamaConfig, cross_entropy};
-use sheared::stages::Stage;
+use sheared::stage::Stage;
 use sheared::stages::prune::train_loop::{PruneModel, build_optimizer, train_step};
 use sheared::stages::prune::{PruneConfig, PruneStage, resolve_target};
 use sheared::train::clip::clip_global_norm;

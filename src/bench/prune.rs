@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::model::l0::L0Module;
 use crate::model::{Llama, LlamaConfig, cross_entropy};
-use crate::stages::Stage;
+use crate::stage::Stage;
 use crate::stages::prune::train_loop::{
     PruneModel, build_optimizer, inputs_and_targets, train_step,
 };

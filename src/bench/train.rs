@@ -20,7 +20,7 @@ use crate::data::{
     DomainMixture, Exhaustion, ShardWriter, TokenDtype, TokenizedDataset, eval_windows,
 };
 use crate::model::{Llama, LlamaConfig, cross_entropy, device};
-use crate::stages::{CancelFlag, NullReporter};
+use crate::stage::{CancelFlag, NullReporter};
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::{self, LoopSettings, NonFinitePolicy, TrainParts, batch_tensors};

@@ -30,7 +30,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stages::InputRef;
+use crate::stage::InputRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadingError {

@@ -17,7 +17,7 @@ use super::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
 use super::source::{Document, DocumentReader, SourceOptions, resolve_sources};
 use super::special::{SpecialToken, find_bos_eos};
 use super::{DataError, ShardWriter, TokenDtype};
-use crate::stages::{CancelFlag, Reporter};
+use crate::progress::{CancelFlag, Reporter};
 
 /// How a domain is split into train and eval documents.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -670,7 +670,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::data::source::InvalidUtf8;
     use crate::data::{Shard, TokenizedDataset};
-    use crate::stages::NullReporter;
+    use crate::progress::NullReporter;
 
     const WORDS: &[&str] = &[
         "river", "stone", "compile", "function", "garden", "window", "ledger", "quantum", "harbor",

@@ -74,7 +74,7 @@ fn layer_runs(widths: &[LayerWidths]) -> Vec<(usize, usize, LayerWidths)> {
 }
 
 fn thousands(value: u64) -> String {
-    crate::report::compare::group_thousands(value as i64)
+    crate::util::fmt::group_thousands(value as i64)
 }
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {

@@ -12,8 +12,8 @@ use serde_json::json;
 
 use crate::model::slice::consolidate;
 use crate::model::{load_hf, save_hf};
+use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 use crate::stages::prune::{consolidated_config, read_final_masks};
-use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +39,7 @@ impl Stage for ConsolidateStage {
         &[]
     }
     fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
-        Ok(crate::stages::normalize_typed::<ConsolidateConfig>(table)?.1)
+        Ok(crate::stage::normalize_typed::<ConsolidateConfig>(table)?.1)
     }
     fn preview(&self, _config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
         let dense = match inputs.path("model") {

@@ -29,8 +29,8 @@ use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
 use crate::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
-use crate::stages::preview::describe_counts;
-use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
+use crate::stage::preview::describe_counts;
+use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
 pub use outputs::{
     MASKS_FILE, PRUNING_FILE, PruningReport, Shape, consolidated_config, read_final_masks,
@@ -186,7 +186,7 @@ impl PruneConfig {
 
     /// Parse a normalised table.
     pub fn from_table(table: &toml::Table) -> Result<Self, StageError> {
-        Ok(crate::stages::normalize_typed::<PruneConfig>(table)?.0)
+        Ok(crate::stage::normalize_typed::<PruneConfig>(table)?.0)
     }
 
     /// Checks that need the config only (the source-dependent ones are in [`resolve_target`]).
@@ -547,7 +547,7 @@ impl Stage for PruneStage {
         &["seed", "device", "precision"]
     }
     fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
-        let (mut config, _) = crate::stages::normalize_typed::<PruneConfig>(table)?;
+        let (mut config, _) = crate::stage::normalize_typed::<PruneConfig>(table)?;
         // Spell out the step-dependent defaults so the cache key and the logs show the values used.
         config.warmup_steps = Some(config.warmup_steps());
         config.lagrangian_warmup_steps = Some(config.lagrangian_warmup_steps());

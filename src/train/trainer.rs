@@ -29,7 +29,7 @@ use serde_json::json;
 use crate::data::loading::{LoadingError, LoadingPolicy, PolicyState};
 use crate::data::{DataError, DomainMixture, EvalWindows, SamplerState};
 use crate::model::{Llama, cross_entropy, cross_entropy_per_sequence};
-use crate::stages::{CancelFlag, Reporter};
+use crate::progress::{CancelFlag, Reporter};
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::clip::clip_global_norm;
 use crate::train::optim::AdamWSettings;

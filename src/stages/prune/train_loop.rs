@@ -34,7 +34,7 @@ use crate::data::{
 };
 use crate::model::l0::{L0Module, PruningModule, warmed_up_target};
 use crate::model::{Llama, Masks, cross_entropy, cross_entropy_per_sequence, load_hf};
-use crate::stages::{StageContext, StageError};
+use crate::stage::{StageContext, StageError};
 use crate::train::checkpoint;
 use crate::train::clip::clip_global_norm;
 use crate::train::optim::AdamWSettings;

@@ -131,7 +131,45 @@ impl StageContext<'_> {
     }
 }
 
-/// One stage kind.
+/// One stage kind. This is the whole contract between the runner and a kind.
+///
+/// **What the runner guarantees.**
+/// - [`normalize`](Stage::normalize) comes first, on the stage table without `kind`. Its result, with
+///   [`version`](Stage::version), the values of [`settings_in_key`](Stage::settings_in_key) and the
+///   content digests of the inputs, is the cache-key preimage. `validate`, `preview` and `run` only
+///   ever see a normalised table.
+/// - [`validate`](Stage::validate) runs for every stage of the plan before any stage runs.
+/// - [`run`](Stage::run) is called only when no committed output exists for the key, and never
+///   twice at once for one key (a lease, shared with other `sheared` processes, guards it).
+///   `ctx.out_dir` is empty; `ctx.inputs` are materialised and must be treated as read-only;
+///   `ctx.scratch_dir` holds whatever earlier failed or killed attempts of the same key left there.
+/// - On `Ok`, everything in `out_dir` is hashed and committed, and `scratch_dir` is deleted. On `Err`
+///   nothing is committed: the failure and its log tail are recorded, `out_dir` is removed and
+///   `scratch_dir` is kept for the next attempt. A killed process leaves the same state: its `out_dir`
+///   is removed by the next attempt of that key, its `scratch_dir` is kept.
+///
+/// **What a stage must do.**
+/// - Be deterministic given the key: the same normalised config, `version`, key settings and input
+///   contents give the same outputs. When a change of code changes what a kind writes for the same
+///   config, bump `version` (it changes every key of that kind, so only then).
+/// - Keep `normalize` idempotent (`normalize(normalize(t)) == normalize(t)`): fill defaults, reject
+///   unknown keys, leave inputs as written. A new key must be left out of the table while it has its
+///   default (`skip_serializing_if`), or every existing recipe's key changes.
+/// - Expect other stages, of any kind, to run at the same time on other threads under `--jobs N`:
+///   touch no process-wide state (current directory, environment) and share nothing mutable.
+/// - Write only into `out_dir` and `scratch_dir`; put resumable checkpoints in `scratch_dir`. Check
+///   `ctx.cancel` between steps of long loops and return [`StageError::Cancelled`].
+/// - Optionally write `metrics.json` (a JSON object) into `out_dir`; it is recorded with the output.
+///   Keys other code reads: `tokens` (or `tokens_seen`, `train_tokens`, `tokens_total`;
+///   [`stage_tokens`]) and `tokens_upstream` (eval), `domains.<name>.loss` (dynamic batch loading's
+///   reference losses from `{ stage = .. }`, and `sheared compare`), `tasks.<name>.<metric>`
+///   (`sheared compare`). Other keys are shown by `sheared compare`; no code depends on them.
+/// - List in `settings_in_key` exactly the `[settings]` keys that change its outputs.
+/// - Keep `preview` best-effort and cheap: read config files, not weights; leave out what is not
+///   known yet; never fail. A preview is never part of a key.
+///
+/// Each kind reads its table through one typed round trip, [`normalize_typed`], in `normalize` and
+/// again (on the normalised table) in `validate`, `preview` and `run`.
 pub trait Stage: Send + Sync {
     /// The `kind = ".."` name.
     fn kind(&self) -> &'static str;

@@ -1,5 +1,5 @@
 //! Stage kind `consolidate`: a `prune` output (full-size weights + final masks) → a dense HF model of
-//! exactly the target shape (spec §5), tokenizer carried along.
+//! exactly the target shape (docs/pruning.md), tokenizer carried along.
 //!
 //! The masks are folded once each and the pruned units sliced away (`model::slice`), so the dense
 //! model computes what the masked model computes in eval mode. The output config is a stock

@@ -1,4 +1,5 @@
-//! Stage kind `prune`: targeted structured pruning (Sheared LLaMA §2, spec §1–§4).
+//! Stage kind `prune`: targeted structured pruning (paper, arXiv 2310.06694 §2.1;
+//! docs/pruning.md).
 //!
 //! `method = "l0"` trains the source weights, hard-concrete mask logits and Lagrange multipliers
 //! together (one loss = LM cross-entropy + Lagrangian, one backward, λ by ascent) until the learned
@@ -156,7 +157,7 @@ pub struct PruneConfig {
     /// Evaluation batches (of `batch_size` sequences) per domain.
     #[serde(default = "default_eval_batches")]
     pub eval_batches: usize,
-    /// The mixture policy (`static`, `uniform` or `dynamic` batch loading, spec §6); dynamic updates
+    /// The mixture policy (`static`, `uniform` or `dynamic` batch loading, paper §2.2); dynamic updates
     /// after each evaluation unless it sets `update_every`.
     #[serde(default)]
     pub loading: LoadingConfig,

@@ -1,4 +1,4 @@
-//! The `method = "l0"` pruning loop (spec §1.4, §2.4, §4).
+//! The `method = "l0"` pruning loop (paper §2.1; the step is spelled out in docs/pruning.md).
 //!
 //! Per step: clamp z_loga → draw one hard-concrete sample per mask → masked forward → loss =
 //! token-mean CE + Lagrangian (targets warmed up linearly) → ONE backward → negate the λ gradients

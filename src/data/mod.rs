@@ -8,7 +8,8 @@
 //! - [`eval`]: [`eval_windows`], fixed per-domain evaluation sequences.
 //! - [`loading`]: loading policies (static, uniform, Sheared LLaMA's dynamic batch loading) and reference losses.
 //! - [`source`]: reading documents (JSONL / `.txt`, plain or `.gz` / `.zst`) from files, folders and globs.
-//! - [`tokenize`]: the streaming, parallel tokenizer pipeline behind the `tokenize` stage.
+//! - [`tokenize`]: the streaming, parallel encode pipeline behind the `tokenize` stage.
+//! - [`tokenizer`]: loading a `tokenizer.json`, or training a byte-level BPE.
 //! - [`special`]: finding BOS/EOS in any HF `tokenizer.json`.
 //!
 //! Why not reuse the reference's MDS files: they store one fixed-length row per sample and the sampler's resume
@@ -24,6 +25,7 @@ pub mod shard;
 pub mod source;
 pub mod special;
 pub mod tokenize;
+pub mod tokenizer;
 
 use std::path::PathBuf;
 

@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::commit::{Attempt, MANIFEST_FORMAT, Manifest};
 use super::digest::Digest;
+use super::entry::{Attempt, MANIFEST_FORMAT, Manifest};
 use super::fsutil::{self, now_unix_ms, rfc3339};
 use super::index::{self, FAILURES, HISTORY, MANIFESTS};
 use super::{Store, StoreError};

@@ -5,8 +5,9 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::commit::{Manifest, is_cross_device_or_link_limit};
+use super::commit::is_cross_device_or_link_limit;
 use super::digest::Digest;
+use super::entry::Manifest;
 use super::fsutil::{self, at, io_error, unique_suffix};
 use super::{Store, StoreError};
 

@@ -76,6 +76,7 @@
 
 mod commit;
 mod digest;
+mod entry;
 mod external;
 mod failures;
 mod fsutil;
@@ -89,10 +90,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use commit::{Attempt, CommitRecord, EntryStatus, Manifest};
+pub use commit::CommitRecord;
 pub use digest::{
     Digest, DigestParseError, FileEntry, HashingReader, PARALLEL_HASH_MIN_BYTES, folder_digest,
 };
+pub use entry::{Attempt, EntryStatus, Manifest};
 pub use external::ExternalHash;
 pub use failures::{FailureInfo, FailureRecord, HistoryEntry, StageHistory};
 pub use fsutil::{now_unix_ms, rfc3339};

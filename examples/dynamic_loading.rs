@@ -18,8 +18,8 @@ use sheared::data::source::SourceOptions;
 use sheared::data::tokenize::{
     DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
 };
+use sheared::stage::{CancelFlag, NullReporter, Settings, Stage, StageContext};
 use sheared::stages::train::TrainStage;
-use sheared::stages::{CancelFlag, NullReporter, Settings, Stage, StageContext};
 
 const DOMAINS: [&str; 7] = [
     "web",

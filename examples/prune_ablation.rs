@@ -18,17 +18,17 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use serde_json::json;
-use sheared::data::batch::causal_lm_batch_flat as inputs_and_targets;
 use sheared::data::tokenize::{
     DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
 };
 use sheared::data::{DomainMixture, EvalWindows, Exhaustion, TokenizedDataset, eval_windows};
+use sheared::model::batch::causal_lm_batch_flat as inputs_and_targets;
 use sheared::model::{
     Llama, LlamaConfig, cross_entropy, cross_entropy_per_sequence, load_hf, save_hf,
 };
+use sheared::stage::{CancelFlag, Reporter, Settings, Stage, StageContext};
 use sheared::stages::consolidate::ConsolidateStage;
 use sheared::stages::prune::PruneStage;
-use sheared::stages::{CancelFlag, Reporter, Settings, Stage, StageContext};
 use sheared::train::clip::clip_global_norm;
 use sheared::train::optim::AdamWSettings;
 use sheared::train::schedule::cosine_with_warmup;

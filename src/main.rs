@@ -79,19 +79,20 @@ enum BenchArea {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sheared::exec::logging::init();
+    // The stage kinds this binary knows; the runner sees them only through the registry.
+    let registry = sheared::stages::builtin();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Run(args) => sheared::exec::cli::run(&args),
-        Command::Plan(args) => sheared::exec::cli::plan(&args),
-        Command::Why(args) => sheared::exec::cli::why(&args),
-        Command::Path(args) => sheared::exec::cli::path(&args),
-        Command::Dag(args) => sheared::exec::cli::dag(&args),
-        Command::Gc(args) => sheared::exec::cli::gc(&args),
+        Command::Run(args) => sheared::exec::cli::run(&args, &registry),
+        Command::Plan(args) => sheared::exec::cli::plan(&args, &registry),
+        Command::Why(args) => sheared::exec::cli::why(&args, &registry),
+        Command::Path(args) => sheared::exec::cli::path(&args, &registry),
+        Command::Dag(args) => sheared::exec::cli::dag(&args, &registry),
+        Command::Gc(args) => sheared::exec::cli::gc(&args, &registry),
         Command::Verify(args) => sheared::exec::cli::verify(&args),
         Command::Bench {
             area: BenchArea::Runner(args),
         } => sheared::bench::runner::run(&args),
         Command::Kinds => {
-            let registry = sheared::stages::builtin();
             for kind in registry.kinds() {
                 let about = registry
                     .get(kind)
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Compare(args) => sheared::report::cli::compare_command(&args),
+        Command::Compare(args) => sheared::report::cli::compare_command(&args, &registry),
         Command::Benchmarks {
             out,
             only,

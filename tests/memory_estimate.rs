@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use sheared::model::l0::L0Module;
 use sheared::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use sheared::model::{Llama, LlamaConfig, cross_entropy};
-use sheared::stages::Stage;
+use sheared::stage::Stage;
 use sheared::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
 use sheared::stages::prune::{PruneConfig, PruneStage, resolve_target};
 use sheared::train::clip::clip_global_norm;
@@ -97,7 +97,7 @@ fn measure_train(config: &LlamaConfig) -> u64 {
     let mut model = Llama::new(config, &device);
     let mut optimizer = AdamWSettings::default().build();
     for _ in 0..2 {
-        let (inputs, targets) = sheared::data::batch::causal_lm_batch_flat(
+        let (inputs, targets) = sheared::model::batch::causal_lm_batch_flat(
             &rows,
             SHAPE.micro_batch,
             SHAPE.seq_len,
@@ -142,7 +142,7 @@ fn measure_prune(config: &LlamaConfig) -> u64 {
     let mut step_impl = L0Step::new(&prune, &resolved, ChaCha8Rng::seed_from_u64(2));
     for step in 0..2 {
         let mut draw = || {
-            Ok(sheared::data::batch::causal_lm_batch_flat(
+            Ok(sheared::model::batch::causal_lm_batch_flat(
                 &rows,
                 SHAPE.micro_batch,
                 SHAPE.seq_len,

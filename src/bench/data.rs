@@ -16,7 +16,7 @@ use crate::data::tokenize::{
     DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
 };
 use crate::data::{DomainMixture, Exhaustion, TokenizedDataset};
-use crate::stages::{CancelFlag, NullReporter};
+use crate::stage::{CancelFlag, NullReporter};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataBenchArgs {

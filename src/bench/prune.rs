@@ -14,10 +14,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::data::batch::causal_lm_batch_flat as inputs_and_targets;
+use crate::model::batch::causal_lm_batch_flat as inputs_and_targets;
 use crate::model::l0::L0Module;
 use crate::model::{Llama, LlamaConfig, cross_entropy};
-use crate::stages::Stage;
+use crate::stage::Stage;
 use crate::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
 use crate::stages::prune::{PruneConfig, PruneStage, resolve_target};
 use crate::train::clip::clip_global_norm;

@@ -94,7 +94,7 @@ fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
     eprintln!(
         "cold run: {} stages writing {} in total ...",
         args.stages,
-        crate::exec::cli::human_bytes(per_stage * args.stages as u64)
+        crate::util::fmt::human_bytes(per_stage * args.stages as u64)
     );
     let cold = sheared_run()?;
     let mut reruns: Vec<f64> = (0..args.repeats.max(1))

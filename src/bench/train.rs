@@ -14,14 +14,14 @@ use burn::optim::GradientsParams;
 use clap::Args;
 use serde::Serialize;
 
-use crate::data::batch::causal_lm_batch_flat as batch_tensors;
 use crate::data::loading::{DynamicConfig, LoadingConfig, LoadingPolicy, ReferenceSpec};
 use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
 use crate::data::{
     DomainMixture, Exhaustion, ShardWriter, TokenDtype, TokenizedDataset, eval_windows,
 };
+use crate::model::batch::causal_lm_batch_flat as batch_tensors;
 use crate::model::{Llama, LlamaConfig, cross_entropy, device};
-use crate::stages::{CancelFlag, NullReporter};
+use crate::stage::{CancelFlag, NullReporter};
 use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::LrSchedule;

@@ -2,7 +2,8 @@
 //!
 //! - `static`: fixed weights (e.g. the RedPajama proportions), normalised.
 //! - `uniform`: every domain equally often.
-//! - `dynamic`: Sheared LLaMA's dynamic batch loading (spec §6). After each evaluation (or every
+//! - `dynamic`: Sheared LLaMA's dynamic batch loading (paper, arXiv 2310.06694
+//!   §2.2, Algorithm 1). After each evaluation (or every
 //!   `update_every` steps) the weights move toward the domains whose eval loss lags furthest behind a
 //!   reference loss:
 //!
@@ -30,7 +31,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stages::InputRef;
+use crate::stage::InputRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadingError {

@@ -1,6 +1,5 @@
 //! Everything between raw text and a batch of token ids.
 //!
-//! - [`batch`]: the one builder of `input_ids`/`labels` tensors from token rows.
 //! - [`shard`]: the on-disk token stream format (raw little-endian `u16`/`u32`, memory-mapped).
 //! - [`manifest`]: `manifest.json`, the description of a `tokenize` stage output.
 //! - [`dataset`]: [`TokenizedDataset`], an opened `tokenize` output folder.
@@ -9,14 +8,14 @@
 //! - [`eval`]: [`eval_windows`], fixed per-domain evaluation sequences.
 //! - [`loading`]: loading policies (static, uniform, Sheared LLaMA's dynamic batch loading) and reference losses.
 //! - [`source`]: reading documents (JSONL / `.txt`, plain or `.gz` / `.zst`) from files, folders and globs.
-//! - [`tokenize`]: the streaming, parallel tokenizer pipeline behind the `tokenize` stage.
+//! - [`tokenize`]: the streaming, parallel encode pipeline behind the `tokenize` stage.
+//! - [`tokenizer`]: loading a `tokenizer.json`, or training a byte-level BPE.
 //! - [`special`]: finding BOS/EOS in any HF `tokenizer.json`.
 //!
 //! Why not reuse the reference's MDS files: they store one fixed-length row per sample and the sampler's resume
 //! state is a growing list of used ids. A flat token stream per domain plus a (cursor, epoch, RNG position) state
 //! per domain keeps both the files and the resume state small, and lets `seq_len` change without re-tokenizing.
 
-pub mod batch;
 pub mod dataset;
 pub mod eval;
 pub mod loading;
@@ -26,6 +25,7 @@ pub mod shard;
 pub mod source;
 pub mod special;
 pub mod tokenize;
+pub mod tokenizer;
 
 use std::path::PathBuf;
 

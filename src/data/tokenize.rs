@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use super::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
 use super::source::{Document, DocumentReader, SourceOptions, resolve_sources};
 use super::special::{SpecialToken, find_bos_eos};
+use super::tokenizer::{load_tokenizer, train_bpe};
 use super::{DataError, ShardWriter, TokenDtype};
-use crate::stages::{CancelFlag, Reporter};
+use crate::progress::{CancelFlag, Reporter};
+
+pub use super::tokenizer::{TokenizerSource, TrainTokenizer};
 
 /// How a domain is split into train and eval documents.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,30 +29,6 @@ pub enum EvalSplit {
     /// The `n` documents with the smallest hashes are eval (identical documents share a hash, so ties can add a
     /// few more: duplicates never straddle the split).
     Documents(u64),
-}
-
-/// Byte-level BPE training settings (`tokenizer = { train = { .. } }`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainTokenizer {
-    pub vocab_size: usize,
-    #[serde(default = "default_min_frequency")]
-    pub min_frequency: u64,
-    /// Text of each domain's train split fed to the trainer, at most (bytes); the rest is only encoded.
-    #[serde(default = "default_training_bytes")]
-    pub max_bytes_per_domain: u64,
-}
-fn default_min_frequency() -> u64 {
-    2
-}
-fn default_training_bytes() -> u64 {
-    100_000_000
-}
-
-#[derive(Debug, Clone)]
-pub enum TokenizerSource {
-    File(PathBuf),
-    Train(TrainTokenizer),
 }
 
 /// One domain to tokenize.
@@ -316,20 +294,8 @@ fn split_rule(
     }
 }
 
-fn load_tokenizer(path: &Path) -> Result<(Tokenizer, Vec<u8>), DataError> {
-    let bytes = std::fs::read(path).map_err(|error| DataError::Tokenizer {
-        path: path.to_path_buf(),
-        message: format!("cannot be read: {error}"),
-    })?;
-    let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|error| DataError::Tokenizer {
-        path: path.to_path_buf(),
-        message: format!("does not parse as a Hugging Face tokenizer.json: {error}"),
-    })?;
-    Ok((tokenizer, bytes))
-}
-
-/// Trains a GPT-2 style byte-level BPE (no unknown tokens, exact round trip) with `<s>`/`</s>` specials and a
-/// LLaMA-like `<s> $A` post-processor, on the train split of every domain.
+/// Trains the tokenizer ([`super::tokenizer::train_bpe`]) on the train split of every domain, at most
+/// `max_bytes_per_domain` of each.
 fn train_tokenizer(
     settings: &TrainTokenizer,
     spec: &TokenizeSpec,
@@ -337,41 +303,6 @@ fn train_tokenizer(
     rules: &[SplitRule],
     cancel: &CancelFlag,
 ) -> Result<(Tokenizer, Vec<u8>), DataError> {
-    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::processors::template::TemplateProcessing;
-    use tokenizers::{
-        AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-    };
-
-    let trained_path = PathBuf::from("<trained tokenizer>");
-    let fail = |message: String| DataError::Tokenizer {
-        path: trained_path.clone(),
-        message,
-    };
-    let mut trainer = BpeTrainerBuilder::new()
-        .show_progress(false)
-        .vocab_size(settings.vocab_size)
-        .min_frequency(settings.min_frequency)
-        .special_tokens(vec![
-            AddedToken::from("<s>", true),
-            AddedToken::from("</s>", true),
-        ])
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .build();
-    let mut tokenizer = tokenizers::TokenizerBuilder::<
-        BPE,
-        NormalizerWrapper,
-        PreTokenizerWrapper,
-        PostProcessorWrapper,
-        DecoderWrapper,
-    >::new()
-    .with_model(BPE::default())
-    .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
-    .with_decoder(Some(ByteLevel::new(false, true, true).into()))
-    .build()
-    .map_err(|error| fail(error.to_string()))?;
-
     // The trainer pulls documents from this iterator; the first read error is kept and reported after training.
     let first_error: Arc<Mutex<Option<DataError>>> = Arc::new(Mutex::new(None));
     let mut documents: Vec<Box<dyn Iterator<Item = String> + Send>> = Vec::new();
@@ -412,28 +343,11 @@ fn train_tokenizer(
                 .map(|document| document.text),
         ));
     }
-    tokenizer
-        .train(&mut trainer, documents.into_iter().flatten())
-        .map_err(|error| fail(error.to_string()))?;
+    let trained = train_bpe(settings, documents.into_iter().flatten())?;
     if let Some(error) = first_error.lock().ok().and_then(|mut slot| slot.take()) {
         return Err(error);
     }
-    let bos_id = tokenizer
-        .token_to_id("<s>")
-        .ok_or_else(|| fail("the trainer dropped <s>".into()))?;
-    let template = TemplateProcessing::builder()
-        .try_single("<s> $A")
-        .and_then(|builder| builder.try_pair("<s>:0 $A:0 <s>:1 $B:1"))
-        .map_err(|error| fail(error.to_string()))?
-        .special_tokens(vec![("<s>", bos_id)])
-        .build()
-        .map_err(|error| fail(error.to_string()))?;
-    tokenizer.with_post_processor(Some(template));
-    let json = tokenizer
-        .to_string(true)
-        .map_err(|error| fail(error.to_string()))?;
-    let loaded = Tokenizer::from_bytes(json.as_bytes()).map_err(|error| fail(error.to_string()))?;
-    Ok((loaded, json.into_bytes()))
+    Ok(trained)
 }
 
 struct Progress<'a> {
@@ -670,7 +584,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::data::source::InvalidUtf8;
     use crate::data::{Shard, TokenizedDataset};
-    use crate::stages::NullReporter;
+    use crate::progress::NullReporter;
 
     const WORDS: &[&str] = &[
         "river", "stone", "compile", "function", "garden", "window", "ledger", "quantum", "harbor",

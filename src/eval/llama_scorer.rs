@@ -6,7 +6,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::EvalError;
 use super::scoring::{ContinuationScore, LogLikelihoodScorer, ScoreRequest};
 use crate::model::Llama;
-use crate::stages::CancelFlag;
+use crate::progress::CancelFlag;
 
 /// Scores requests the way lm-eval's `_loglikelihood_tokens` does: the model input is
 /// `(context ++ continuation)[-(max_length + 1):][:-1]`, the score is the sum of log-softmax at the

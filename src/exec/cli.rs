@@ -11,8 +11,9 @@ use crate::plan::Plan;
 use crate::plan::dag::{DagFormat, render};
 use crate::plan::status::{NodeStatus, Reason, Status, output_path, plan_status};
 use crate::recipe::LoadOptions;
-use crate::stages::{CancelFlag, builtin};
+use crate::stage::{CancelFlag, Registry};
 use crate::store::Store;
+use crate::util::fmt::human_bytes;
 
 /// Options shared by every command that reads recipes.
 #[derive(Debug, Clone, Args)]
@@ -113,8 +114,12 @@ pub struct VerifyArgs {
     pub cache: PathBuf,
 }
 
-fn plan_recipes(recipes: &[PathBuf], load_options: &LoadOptions) -> anyhow::Result<Plan> {
-    crate::plan::load_plan(recipes, load_options, &builtin())
+fn plan_recipes(
+    recipes: &[PathBuf],
+    load_options: &LoadOptions,
+    registry: &Registry,
+) -> anyhow::Result<Plan> {
+    crate::plan::load_plan(recipes, load_options, registry)
 }
 
 fn open_store(cache: &Path) -> anyhow::Result<Store> {
@@ -122,8 +127,8 @@ fn open_store(cache: &Path) -> anyhow::Result<Store> {
 }
 
 /// `sheared run`.
-pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let plan = plan_recipes(&args.recipes, &args.options.load_options())?;
+pub fn run(args: &RunArgs, registry: &Registry) -> anyhow::Result<()> {
+    let plan = plan_recipes(&args.recipes, &args.options.load_options(), registry)?;
     for recipe in &plan.recipes {
         recipe.check_paths()?;
     }
@@ -140,7 +145,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let summary = super::run(
         &plan,
         &store,
-        &builtin(),
+        registry,
         &options,
         &output,
         &CancelFlag::default(),
@@ -167,14 +172,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 /// `sheared plan`.
-pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
+pub fn plan(args: &PlanArgs, registry: &Registry) -> anyhow::Result<()> {
     let plan = plan_recipes(
         std::slice::from_ref(&args.recipe),
         &args.options.load_options(),
+        registry,
     )?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
-    let previews = crate::plan::preview::previews(&plan, &statuses, &store, &builtin());
+    let previews = crate::plan::preview::previews(&plan, &statuses, &store, registry);
     if args.json {
         let mut stages = Vec::new();
         for &index in &plan.order {
@@ -238,10 +244,11 @@ fn print_tree(reason: &Reason, depth: usize) {
 }
 
 /// `sheared why`: the stage's status and the full chain of causes through its upstream stages.
-pub fn why(args: &StageArgs) -> anyhow::Result<()> {
+pub fn why(args: &StageArgs, registry: &Registry) -> anyhow::Result<()> {
     let plan = plan_recipes(
         std::slice::from_ref(&args.recipe),
         &args.options.load_options(),
+        registry,
     )?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
@@ -290,10 +297,11 @@ fn explain_node(
 }
 
 /// `sheared path`: the committed output folder of a stage.
-pub fn path(args: &StageArgs) -> anyhow::Result<()> {
+pub fn path(args: &StageArgs, registry: &Registry) -> anyhow::Result<()> {
     let plan = plan_recipes(
         std::slice::from_ref(&args.recipe),
         &args.options.load_options(),
+        registry,
     )?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
@@ -320,20 +328,21 @@ pub fn path(args: &StageArgs) -> anyhow::Result<()> {
 }
 
 /// `sheared dag`.
-pub fn dag(args: &DagArgs) -> anyhow::Result<()> {
+pub fn dag(args: &DagArgs, registry: &Registry) -> anyhow::Result<()> {
     let plan = plan_recipes(
         std::slice::from_ref(&args.recipe),
         &LoadOptions {
             overrides: args.set.clone(),
             device: None,
         },
+        registry,
     )?;
     print!("{}", render(&plan, args.format));
     Ok(())
 }
 
 /// `sheared gc`: keep what the recipes under `recipes/` (and the given ones) use, remove the rest.
-pub fn gc(args: &GcArgs) -> anyhow::Result<()> {
+pub fn gc(args: &GcArgs, registry: &Registry) -> anyhow::Result<()> {
     let store = open_store(&args.cache)?;
     let mut files: Vec<PathBuf> = args.recipes.clone();
     if args.recipes_dir.is_dir() {
@@ -351,7 +360,11 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<()> {
     let mut live = std::collections::BTreeSet::new();
     for file in &files {
         let given = args.recipes.contains(file);
-        let plan = match plan_recipes(std::slice::from_ref(file), &LoadOptions::default()) {
+        let plan = match plan_recipes(
+            std::slice::from_ref(file),
+            &LoadOptions::default(),
+            registry,
+        ) {
             Ok(plan) => plan,
             Err(error) if !given => {
                 eprintln!(
@@ -418,22 +431,6 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             report.corrupt.len(),
             report.missing.len()
         )
-    }
-}
-
-/// `1.23 GB` style sizes.
-pub fn human_bytes(bytes: u64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.2} {}", units[unit])
     }
 }
 

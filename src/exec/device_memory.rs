@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::model::memory::{GIB, format_bytes};
-use crate::stages::{Preview, Settings};
+use crate::stage::{Preview, Settings};
 
 /// How much memory a device has, as far as it can be found.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,7 +18,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::stages::Reporter;
+use crate::progress::Reporter;
 
 /// An append-only log file shared by a stage's reporter and its tracing span.
 #[derive(Clone)]

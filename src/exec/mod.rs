@@ -20,7 +20,7 @@ use anyhow::Context;
 
 use crate::plan::status::{Committed, KeyRecord, explain, resolve_key};
 use crate::plan::{InputSource, Plan};
-use crate::stages::{CancelFlag, PreviewInput, PreviewInputs, Registry, StageContext, StageError};
+use crate::stage::{CancelFlag, PreviewInput, PreviewInputs, Registry, StageContext, StageError};
 use crate::store::{Acquire, CommitRecord, FailureInfo, Store, log_tail};
 use device_memory::DeviceMemoryProbe;
 pub use events::{Event, Output};
@@ -431,7 +431,7 @@ fn materialise_inputs(
 /// files (`config.json`, the tokenizer's manifest) rather than upstream predictions.
 fn materialised_preview_inputs<'a>(
     inputs: &'a BTreeMap<String, PathBuf>,
-    settings: &crate::stages::Settings,
+    settings: &crate::stage::Settings,
 ) -> PreviewInputs<'a> {
     PreviewInputs {
         precision: settings.precision,
@@ -659,7 +659,7 @@ fn execute_inner(
 mod tests {
     use super::*;
     use crate::recipe::{LoadOptions, load};
-    use crate::stages::Stage;
+    use crate::stage::Stage;
 
     /// Writes `value` into `out/value.txt`, logs through `tracing`, and reports progress.
     struct Echo;

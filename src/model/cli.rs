@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::config::{LayerWidths, LlamaConfig};
 use super::{Llama, device, gguf, load_hf, loss};
-use crate::data::batch::causal_lm_batch;
+use crate::model::batch::causal_lm_batch;
 
 /// `sheared inspect MODEL_DIR [--json]`
 #[derive(Debug, clap::Args)]
@@ -75,7 +75,7 @@ fn layer_runs(widths: &[LayerWidths]) -> Vec<(usize, usize, LayerWidths)> {
 }
 
 fn thousands(value: u64) -> String {
-    crate::report::compare::group_thousands(value as i64)
+    crate::util::fmt::group_thousands(value as i64)
 }
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {

@@ -623,7 +623,7 @@ mod tests {
         let mut config = LlamaConfig::new(32000, 4096, 11008, 32, 32, 32);
         config.head_dim = 128;
         let counts = config.parameter_counts();
-        // sheared-llama spec §3: 6,738,415,616 with untied embeddings.
+        // LLaMA2-7B: 6,738,415,616 parameters with untied embeddings.
         assert_eq!(counts.total, 6_738_415_616);
         assert_eq!(counts.embedding, 2 * 32000 * 4096);
     }

@@ -1,4 +1,5 @@
-//! Hard-concrete L0 masks and the per-module Lagrangian of Sheared LLaMA (spec §2).
+//! Hard-concrete L0 masks and the per-module Lagrangian of Sheared LLaMA (paper,
+//! arXiv 2310.06694 §2.1 "Targeted structured pruning"; docs/pruning.md).
 //!
 //! Every prunable unit (a layer, an attention head unit, an intermediate dim, a hidden dim) owns a
 //! mask logit `z_loga`. Training draws a stretched, clamped hard-concrete sample per unit and forward;
@@ -115,7 +116,7 @@ impl MaskDims {
     }
 
     /// Prunable parameter count of the full model (embeddings, lm_head and norms excluded):
-    /// L·(attention + 3·d·I). For LLaMA2-7B this is 6,476,005,376 (spec §2.2).
+    /// L·(attention + 3·d·I). For LLaMA2-7B this is 6,476,005,376.
     pub fn prunable_parameters(&self) -> f64 {
         let attention =
             (self.attention_params_per_head_unit_per_hidden * self.heads * self.hidden) as f64;
@@ -553,7 +554,7 @@ impl HostZLoga {
         }
     }
 
-    /// Expected number of remaining prunable parameters (spec §2.2; embeddings, lm_head and norms
+    /// Expected number of remaining prunable parameters (paper §2.1; embeddings, lm_head and norms
     /// excluded): (Σ h)·[P_head·Σ_{l,h} ℓ_l a_{l,h} + 3·Σ_{l,j} ℓ_l m_{l,j}], with absent modules
     /// counting as fully kept.
     pub fn expected_parameters(&self, dims: &MaskDims) -> f64 {
@@ -682,7 +683,7 @@ mod tests {
         let z = Tensor::<1>::from_floats([0.0, Z_LOGA_MAX as f32, Z_LOGA_MIN as f32], &device);
         let score = host(expected_score(z));
         assert!((score[0] as f64 - sigmoid_f64((2.0 / 3.0) * 11f64.ln())).abs() < 1e-6);
-        // At the clamp limits P(z≠0) is 0.998 and 0.047 (spec §2.1).
+        // At the clamp limits P(z≠0) is 0.998 and 0.047.
         assert!((score[1] as f64 - 0.998).abs() < 5e-4, "{}", score[1]);
         assert!((score[2] as f64 - 0.047).abs() < 5e-4, "{}", score[2]);
         assert!((expected_score_host(0.0) - 0.831_822_184).abs() < 1e-8);

@@ -4,7 +4,7 @@
 //! → final RMSNorm → LM head. RoPE is HF's `rotate_half` layout, so HF weights load without any q/k
 //! permutation. Attention uses burn's `attention` op (causal), GQA by repeating key/value heads.
 //!
-//! Masked forward (sheared-llama spec §1.2/§1.3), each mask optional:
+//! Masked forward (where each mask multiplies: docs/model.md, "Masks"), each mask optional:
 //! - `head_z[l]` multiplies the per-head attention context before `o_proj` (see [`Masks`] for GQA);
 //! - `layer_z[l]` multiplies both block outputs of layer `l` (the `layer` mask is shared by the
 //!   attention and MLP sub-blocks);
@@ -401,7 +401,7 @@ impl Mlp {
 }
 
 /// One pre-norm decoder block. `self_attn` / `mlp` are `None` when pruning removed every head /
-/// every intermediate unit of this layer: that sub-block is then the identity (spec §5.2).
+/// every intermediate unit of this layer: that sub-block is then the identity (docs/pruning.md, `consolidate`).
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
@@ -568,7 +568,7 @@ impl Llama {
     pub fn forward(&self, input_ids: Tensor<2, Int>, masks: Option<&Masks>) -> Tensor<3> {
         let [_, seq] = input_ids.dims();
         let rope = self.rope(seq, &input_ids.device());
-        let mut x = self.embed_tokens.forward(input_ids); // [batch, seq, hidden] — never masked (spec §1.2 note)
+        let mut x = self.embed_tokens.forward(input_ids); // [batch, seq, hidden] — never masked (docs/model.md, "Masks")
         let hidden = masks.and_then(|m| m.hidden_z.as_ref()).map(HiddenMask::new);
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_masks = self.layer_masks(masks, hidden.as_ref(), index);

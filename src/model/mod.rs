@@ -2,19 +2,23 @@
 //!
 //! - [`config`]: [`LlamaConfig`] (Hugging Face `config.json`, per-layer widths after pruning).
 //! - [`llama`]: the model ([`Llama`], [`DecoderLayer`], [`Attention`], [`Mlp`], [`RmsNorm`]) and the
-//!   pruning [`Masks`] (where each mask multiplies: sheared-llama spec §1.2/§1.3).
+//!   pruning [`Masks`] (where each mask multiplies: docs/model.md, "Masks").
 //! - [`loss`]: next-token cross-entropy (token mean, per sequence).
+//! - [`batch`]: the one builder of `input_ids`/`labels` tensors from token rows.
+//! - [`precision`]: `fp32` or `bf16` mixed precision of the matrix products.
+//! - [`checkpointing`]: per-layer activation checkpointing (`Llama::backward_checkpointed`).
 //! - [`hf`]: load/save Hugging Face model folders (safetensors, sharded or not).
 //! - [`gguf`]: import llama.cpp GGUF files (dequantise, un-permute q/k, tokenizer).
 //! - [`device`]: `"cpu"` / `"torch-cpu"` / `"cuda:N"` to a burn [`Device`](burn::tensor::Device).
-//! - [`l0`]: hard-concrete L0 masks, expected sizes and the Lagrangian (spec §2).
+//! - [`l0`]: hard-concrete L0 masks, expected sizes and the Lagrangian (paper §2.1).
 //! - [`memory`]: peak device memory of a training step or forward pass, estimated from a config.
-//! - [`slice`]: consolidation, folding masks into the weights and slicing to a dense model (spec §5).
+//! - [`slice`]: consolidation, folding masks into the weights and slicing to a dense model (docs/pruning.md).
 //! - [`cli`]: `sheared inspect`, `sheared score`, `sheared convert`.
 //!
 //! Layout conventions: burn's `Linear` stores its weight as `[in, out]`; Hugging Face stores `[out, in]`.
 //! The I/O code transposes; everything inside the crate sees burn's layout.
 
+pub mod batch;
 pub mod checkpointing;
 pub mod cli;
 pub mod config;

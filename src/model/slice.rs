@@ -1,5 +1,5 @@
 //! Consolidation: fold deterministic masks into the weights and slice a masked model into a dense one
-//! (spec §5.2), so that the dense model computes exactly what the masked model computes in eval mode.
+//! (docs/pruning.md, `consolidate`), so that the dense model computes exactly what the masked model computes in eval mode.
 //!
 //! Every mask is folded exactly ONCE, on the path where the masked forward applies it:
 //! - `head_z[l, g]` scales the context of group g's query heads before `o_proj` → the `o_proj` input

@@ -1,5 +1,5 @@
 //! Previews of every node of a plan (parameter counts, token budgets; see
-//! [`crate::stages::preview`]): each stage kind's [`Stage::preview`](crate::stages::Stage::preview)
+//! [`crate::stage::preview`]): each stage kind's [`Stage::preview`](crate::stage::Stage::preview)
 //! is given what exists now — external paths, committed upstream outputs — and the previews of the
 //! upstream stages that have not run, in topological order so that a prediction flows down the DAG
 //! (source → prune → consolidate → train → eval).
@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use super::status::NodeStatus;
 use super::{InputSource, Plan};
-use crate::plan::status::external_exists;
-use crate::stages::{Preview, PreviewInput, PreviewInputs, Registry};
+use crate::stage::{Preview, PreviewInput, PreviewInputs, Registry};
 use crate::store::Store;
+use crate::util::glob::external_exists;
 
 /// One preview per node, indexed like `plan.nodes` (and `statuses`, from
 /// [`plan_status`](super::status::plan_status)).

@@ -6,12 +6,13 @@
 //! of the same stage name in the same recipe.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value as Json, json};
 
 use super::{InputSource, Plan, key};
 use crate::store::{Digest, Manifest, Store, StoreError};
+use crate::util::glob::{external_exists, glob_matches, is_glob};
 
 /// The five things a stage can be before a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -210,30 +211,6 @@ pub fn resolve_key(
         preimage: key::sorted(&preimage),
         provenance: Json::Object(provenance),
     }))
-}
-
-/// Whether `{ path = .. }` is a glob pattern (`data/books/*.txt.zst`) rather than one file or folder.
-pub fn is_glob(path: &Path) -> bool {
-    path.to_string_lossy().contains(['*', '?', '['])
-}
-
-/// The files a glob matches, sorted (unreadable entries are skipped).
-pub fn glob_matches(path: &Path) -> Vec<PathBuf> {
-    let mut matches: Vec<PathBuf> = match glob::glob(&path.to_string_lossy()) {
-        Ok(paths) => paths.flatten().collect(),
-        Err(_) => Vec::new(),
-    };
-    matches.sort();
-    matches
-}
-
-/// Whether an external input exists: the file or folder, or at least one match of a glob.
-pub fn external_exists(path: &Path) -> bool {
-    if is_glob(path) {
-        !glob_matches(path).is_empty()
-    } else {
-        path.exists()
-    }
 }
 
 /// The content digest of an external input. A glob's digest covers the list of matched paths and

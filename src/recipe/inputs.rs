@@ -3,12 +3,12 @@
 
 use toml::{Table, Value};
 
-use crate::stages::InputRef;
+use crate::stage::InputRef;
 
 /// One input of a stage: where it sits (`inputs.model`, `domains.0`) and what it refers to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputSite {
-    /// Dotted key inside the stage table; the key of [`crate::stages::StageContext::inputs`].
+    /// Dotted key inside the stage table; the key of [`crate::stage::StageContext::inputs`].
     pub key: String,
     /// The same key as segments, for locating it in the recipe file.
     pub path: Vec<String>,

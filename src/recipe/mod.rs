@@ -1,7 +1,7 @@
 //! Recipes: TOML files that describe a DAG of stages (see `docs/recipes.md`).
 //!
 //! Loading a recipe resolves `extends` chains (deep merge), applies `--set` overrides, expands
-//! `[sweep]` into variants, normalises every stage through its kind ([`crate::stages::Stage::normalize`])
+//! `[sweep]` into variants, normalises every stage through its kind ([`crate::stage::Stage::normalize`])
 //! and finds its inputs. Every error names `file:line:col` and the key, because a recipe is code that
 //! people edit by hand.
 
@@ -21,7 +21,7 @@ pub use merge::{did_you_mean, parse_key, parse_value, suggest};
 pub use source::{Location, SourceMap, join_dotted, split_dotted};
 pub use sweep::{Variant, variant_name};
 
-use crate::stages::{InputRef, Registry, Settings, StageError};
+use crate::stage::{InputRef, Registry, Settings, StageError};
 
 /// Why a recipe cannot be used. Each message says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -522,11 +522,11 @@ impl Recipe {
         for (name, decl) in &self.stages {
             for site in &decl.inputs {
                 if let InputRef::Path { path } = &site.reference
-                    && !crate::plan::status::external_exists(Path::new(path))
+                    && !crate::util::glob::external_exists(Path::new(path))
                 {
                     return Err(RecipeError::At {
                         location: self.sources.locate_dotted(&["stages", name], &site.key),
-                        message: if crate::plan::status::is_glob(Path::new(path)) {
+                        message: if crate::util::glob::is_glob(Path::new(path)) {
                             format!(
                                 "stage `{name}`: input `{}`: glob {path} matches no file (relative paths are relative to the recipe file that writes them)",
                                 site.key

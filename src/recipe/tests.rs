@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::stages::{Stage, StageContext, StageError, normalize_typed};
+use crate::stage::{Stage, StageContext, StageError, normalize_typed};
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

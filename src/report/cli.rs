@@ -15,7 +15,7 @@ use super::plots::{SeriesSource, write_plots};
 use crate::plan::Plan;
 use crate::plan::status::plan_status;
 use crate::recipe::{LoadOptions, load};
-use crate::stages::builtin;
+use crate::stage::Registry;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Args)]
@@ -37,17 +37,16 @@ pub struct CompareArgs {
 }
 
 /// `sheared compare`.
-pub fn compare_command(args: &CompareArgs) -> anyhow::Result<()> {
-    let registry = builtin();
+pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Result<()> {
     let options = LoadOptions {
         overrides: args.set.clone(),
         device: None,
     };
     let mut recipes = Vec::new();
     for path in &args.recipes {
-        recipes.extend(load(path, &options, &registry)?);
+        recipes.extend(load(path, &options, registry)?);
     }
-    let plan = Plan::build(recipes, &registry)?;
+    let plan = Plan::build(recipes, registry)?;
     if !args.cache.is_dir() {
         anyhow::bail!(
             "no cache at {}: run the recipes first (`sheared run ...`), or pass --cache DIR",

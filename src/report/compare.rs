@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::stage::stage_tokens;
+use crate::util::fmt::group_thousands;
+
 /// One stage of one variant, as the runner knows it after (or without) running.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StageInput {
@@ -98,16 +101,6 @@ pub fn flatten_toml(table: &toml::Table) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     walk("", table, &mut out);
     out
-}
-
-/// The number of tokens a train/prune stage reports in its `metrics.json`.
-///
-/// Accepted keys, first found wins: `tokens`, `tokens_seen`, `train_tokens`, `tokens_total`. An eval
-/// stage reports what it read upstream as `tokens_upstream`.
-pub fn stage_tokens(metrics: &Value) -> Option<f64> {
-    ["tokens", "tokens_seen", "train_tokens", "tokens_total"]
-        .iter()
-        .find_map(|key| metrics.get(key).and_then(Value::as_f64))
 }
 
 /// Whether a stage reports eval metrics: kind `eval`, or a `command` stage (e.g. one running
@@ -370,19 +363,6 @@ fn format_delta(column: &str, delta: f64) -> String {
     } else {
         format!("+{text}")
     }
-}
-
-/// `-1234567` → `-1,234,567`.
-pub fn group_thousands(number: i64) -> String {
-    let digits = number.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    if number < 0 { format!("-{out}") } else { out }
 }
 
 fn short_key(key: &str) -> &str {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{InputRef, Stage, StageContext, StageError, normalize_typed};
+use crate::stage::{InputRef, Stage, StageContext, StageError, normalize_typed};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

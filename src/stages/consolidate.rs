@@ -1,5 +1,5 @@
 //! Stage kind `consolidate`: a `prune` output (full-size weights + final masks) → a dense HF model of
-//! exactly the target shape (spec §5), tokenizer carried along.
+//! exactly the target shape (docs/pruning.md), tokenizer carried along.
 //!
 //! The masks are folded once each and the pruned units sliced away (`model::slice`), so the dense
 //! model computes what the masked model computes in eval mode. The output config is a stock
@@ -12,8 +12,8 @@ use serde_json::json;
 
 use crate::model::slice::consolidate;
 use crate::model::{load_hf, save_hf};
+use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 use crate::stages::prune::{consolidated_config, read_final_masks};
-use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +39,7 @@ impl Stage for ConsolidateStage {
         &[]
     }
     fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
-        Ok(crate::stages::normalize_typed::<ConsolidateConfig>(table)?.1)
+        Ok(crate::stage::normalize_typed::<ConsolidateConfig>(table)?.1)
     }
     fn preview(&self, _config: &toml::Table, inputs: &PreviewInputs<'_>) -> Preview {
         let dense = match inputs.path("model") {

@@ -12,8 +12,10 @@
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed};
 use crate::model::gguf;
+use crate::stage::{
+    InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
+};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -76,7 +78,7 @@ impl Stage for ConvertStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::{CancelFlag, NullReporter, Settings};
+    use crate::stage::{CancelFlag, NullReporter, Settings};
     use std::collections::BTreeMap;
     use std::path::Path;
 

@@ -36,16 +36,16 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
-use crate::data::batch::causal_lm_batch;
 use crate::data::{TokenizedDataset, eval_windows};
 use crate::eval::{
     EvalError, LlamaScorer, TaskFormat, TextEncoder, domain_loss, evaluate_task, load_task,
 };
+use crate::model::batch::causal_lm_batch;
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, cross_entropy_per_sequence, load_hf};
-use crate::report::compare::stage_tokens;
+use crate::stage::stage_tokens;
+use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 
 /// The `eval` stage kind.
 pub struct EvalStage;
@@ -270,7 +270,7 @@ fn strsim_suggest(word: &str) -> Option<&'static str> {
 type ParsedConfig = (EvalConfig, toml::Table, Vec<(String, TaskSpec)>);
 
 fn parse_config(table: &toml::Table) -> Result<ParsedConfig, StageError> {
-    let (mut config, _) = super::normalize_typed::<EvalConfig>(table)?;
+    let (mut config, _) = crate::stage::normalize_typed::<EvalConfig>(table)?;
     let mut specs = Vec::new();
     for (name, value) in config.tasks.iter_mut() {
         let (spec, normalized) = parse_task(name, value)?;
@@ -669,7 +669,7 @@ mod tests {
         use super::*;
         use crate::data::TokenDtype;
         use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
-        use crate::stages::{CancelFlag, NullReporter, Settings};
+        use crate::stage::{CancelFlag, NullReporter, Settings};
 
         fn fixtures() -> PathBuf {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")

@@ -1,4 +1,5 @@
-//! Stage kind `prune`: targeted structured pruning (Sheared LLaMA §2, spec §1–§4).
+//! Stage kind `prune`: targeted structured pruning (paper, arXiv 2310.06694 §2.1;
+//! docs/pruning.md).
 //!
 //! `method = "l0"` trains the source weights, hard-concrete mask logits and Lagrange multipliers
 //! together (one loss = LM cross-entropy + Lagrangian, one backward, λ by ascent) until the learned
@@ -29,8 +30,8 @@ use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
 use crate::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
-use crate::stages::preview::describe_counts;
-use crate::stages::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
+use crate::stage::preview::describe_counts;
+use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 use crate::train::driver::{DriverSettings, NonFinitePolicy};
 use crate::train::optim::AdamWSettings;
 
@@ -218,7 +219,7 @@ pub struct PruneConfig {
     /// Evaluation batches (of `batch_size` sequences) per domain.
     #[serde(default = "default_eval_batches")]
     pub eval_batches: usize,
-    /// The mixture policy (`static`, `uniform` or `dynamic` batch loading, spec §6); dynamic updates
+    /// The mixture policy (`static`, `uniform` or `dynamic` batch loading, paper §2.2); dynamic updates
     /// after each evaluation unless it sets `update_every`.
     #[serde(default)]
     pub loading: LoadingConfig,
@@ -285,7 +286,7 @@ impl PruneConfig {
 
     /// Parse a normalised table.
     pub fn from_table(table: &toml::Table) -> Result<Self, StageError> {
-        Ok(crate::stages::normalize_typed::<PruneConfig>(table)?.0)
+        Ok(crate::stage::normalize_typed::<PruneConfig>(table)?.0)
     }
 
     /// Checks that need the config only (the source-dependent ones are in [`resolve_target`]).
@@ -669,7 +670,7 @@ impl Stage for PruneStage {
         &["seed", "device", "precision"]
     }
     fn normalize(&self, table: &toml::Table) -> Result<toml::Table, StageError> {
-        let (mut config, _) = crate::stages::normalize_typed::<PruneConfig>(table)?;
+        let (mut config, _) = crate::stage::normalize_typed::<PruneConfig>(table)?;
         // Spell out the step-dependent defaults so the cache key and the logs show the values used.
         config.warmup_steps = Some(config.warmup_steps());
         config.lagrangian_warmup_steps = Some(config.lagrangian_warmup_steps());

@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed};
 use crate::data::DataError;
 use crate::data::source::{InvalidUtf8, SourceOptions};
 use crate::data::tokenize::{
     DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
+};
+use crate::stage::{
+    InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
 };
 
 /// The `tokenize` stage's config, as written in a recipe.
@@ -321,7 +323,7 @@ mod tests {
     use super::*;
     use crate::data::TokenizedDataset;
     use crate::data::tokenize::tests::{documents, write_jsonl};
-    use crate::stages::{CancelFlag, NullReporter, Settings};
+    use crate::stage::{CancelFlag, NullReporter, Settings};
 
     fn table(text: &str) -> toml::Table {
         text.parse().unwrap()

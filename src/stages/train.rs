@@ -30,7 +30,7 @@ use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
-use crate::stages::{
+use crate::stage::{
     InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
 };
 use crate::train::checkpoint;
@@ -713,7 +713,7 @@ pub(crate) mod tests {
     use crate::data::TokenDtype;
     use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
     use crate::model::precision::Precision;
-    use crate::stages::{CancelFlag, NullReporter, Reporter, Settings};
+    use crate::stage::{CancelFlag, NullReporter, Reporter, Settings};
 
     pub const VOCAB: u32 = 48;
 

@@ -1,38 +1,21 @@
-//! Attempts, the commit protocol, lookups, materialised outputs, failures and per-stage history.
+//! Attempts and the commit protocol: begin an attempt, hash and move its files into `objects/`,
+//! write the manifest last; lookups of committed entries.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::digest::{Digest, FileEntry, HashingReader, folder_digest};
+use super::entry::{Attempt, EntryStatus, MANIFEST_FORMAT, Manifest};
+use super::failures::push_history;
 use super::fsutil::{self, at, io_error, now_unix_ms, rfc3339, unique_suffix};
-use super::index::{self, FAILURES, HISTORY, MANIFESTS};
+use super::index::{self, FAILURES, MANIFESTS};
 use super::{Store, StoreError};
-
-/// Manifest format written by this binary; manifests of other formats are treated as absent.
-pub const MANIFEST_FORMAT: u32 = 1;
-/// Entries kept per (recipe, stage) history; older ones are forgotten (their manifests stay).
-const HISTORY_LIMIT: usize = 64;
-
-/// A running attempt of one stage key. Write outputs into `out_dir`, checkpoints into
-/// `scratch_dir`, the log into `log_path`; then [`Store::commit`] or [`Store::fail`].
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub key: Digest,
-    /// Fresh and empty: `attempts/<key>.<pid>-<time>-<n>/`.
-    pub out_dir: PathBuf,
-    /// `scratch/<key>/`: kept across failed and killed attempts, deleted when the key commits.
-    pub scratch_dir: PathBuf,
-    /// `logs/<key>/<time>-<pid>.log` (not created; the runner opens it).
-    pub log_path: PathBuf,
-    pub started_at: SystemTime,
-}
 
 /// Who made an attempt folder, parsed from its name `<key>.<host>.<pid>-<nanos>-<n>`.
 pub(super) struct AttemptOwner {
@@ -71,103 +54,43 @@ pub struct CommitRecord {
     pub seconds: f64,
 }
 
-/// Only committed entries are ever written; the field makes that explicit in the JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryStatus {
-    Committed,
-}
-
-/// A committed cache entry: what a stage key produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub key: Digest,
-    pub status: EntryStatus,
-    pub stage: String,
-    pub recipe: String,
-    pub kind: String,
-    pub version: u32,
-    pub preimage: serde_json::Value,
-    /// Sorted by path.
-    pub files: Vec<FileEntry>,
-    #[serde(default)]
-    pub empty_dirs: Vec<String>,
-    /// [`folder_digest`] of `files`: the input digest downstream stages see. Identical bytes give
-    /// an identical digest, so downstream keys do not change (early cutoff).
-    pub output_digest: Digest,
-    /// Sum of file sizes.
-    pub bytes: u64,
-    /// Parsed `metrics.json` of the output folder, if it had one.
-    pub metrics: Option<serde_json::Value>,
-    /// RFC 3339.
-    pub started_at: String,
-    pub committed_at: String,
-    pub committed_unix_ms: u64,
-    pub seconds: f64,
-    pub host: String,
-    pub log_path: Option<PathBuf>,
-}
-
-impl Manifest {
-    /// The entry of one output file (`{ stage = "x", file = "f" }` inputs use its digest).
-    pub fn file(&self, path: &str) -> Option<&FileEntry> {
-        self.files
-            .binary_search_by(|entry| entry.path.as_str().cmp(path))
-            .ok()
-            .map(|index| &self.files[index])
-    }
-}
-
-/// Why an attempt failed, as the runner reports it.
-#[derive(Debug, Clone)]
-pub struct FailureInfo {
-    pub stage: String,
-    pub recipe: String,
-    /// The error message (one or a few lines).
-    pub error: String,
-}
-
-/// The last failure of a stage key (for `plan` status `failed`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FailureRecord {
-    pub key: Digest,
-    pub stage: String,
-    pub recipe: String,
-    pub error: String,
-    pub log_path: PathBuf,
-    pub failed_at: String,
-    pub failed_unix_ms: u64,
-    /// How many attempts of this key have failed since it last committed.
-    pub failures: u32,
-}
-
-/// One use of a key by a recipe's stage (a commit or a cache hit).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub key: Digest,
-    pub used_unix_ms: u64,
-}
-
-/// The history of one (recipe, stage name), oldest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageHistory {
-    pub recipe: String,
-    pub stage: String,
-    pub entries: Vec<HistoryEntry>,
-}
-
-fn history_key(recipe: &str, stage: &str) -> Vec<u8> {
-    let mut key = recipe.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(stage.as_bytes());
-    key
-}
-
 /// A file of an attempt after hashing, before it becomes an object.
 struct HashedFile {
     walked: fsutil::WalkedFile,
     digest: Digest,
+}
+
+pub(super) fn all_manifests(store: &Store, db: &sled::Db) -> Result<Vec<Manifest>, StoreError> {
+    let manifests = index::tree(&store.index, db, MANIFESTS)?;
+    let mut out = Vec::new();
+    for item in manifests.iter() {
+        let (_, bytes) = item.map_err(|error| store.index.sled_error(error))?;
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(manifest) if manifest.format == MANIFEST_FORMAT => out.push(manifest),
+            Ok(_) => {}
+            Err(error) => tracing::warn!("ignoring an unreadable manifest in the index: {error}"),
+        }
+    }
+    Ok(out)
+}
+
+fn read_metrics(out_dir: &Path) -> Option<serde_json::Value> {
+    let path = out_dir.join("metrics.json");
+    let bytes = fs::read(&path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::warn!(
+                "{} is not valid JSON ({error}); committing it as a file but recording no metrics",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn is_cross_device_or_link_limit(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EXDEV) | Some(libc::EMLINK))
 }
 
 impl Store {
@@ -403,40 +326,6 @@ impl Store {
         result
     }
 
-    /// Record a failed attempt (for `plan` status `failed` and the log tail) and remove its partial
-    /// outputs. The scratch folder is kept: the next attempt resumes from it.
-    pub fn fail(&self, attempt: &Attempt, info: FailureInfo) -> Result<FailureRecord, StoreError> {
-        let key_bytes = attempt.key.as_bytes().to_vec();
-        let now = SystemTime::now();
-        let record = self.index.with(|db| {
-            let failures = index::tree(&self.index, db, FAILURES)?;
-            let previous: Option<FailureRecord> =
-                index::get_json(&self.index, &failures, &key_bytes)?;
-            let record = FailureRecord {
-                key: attempt.key,
-                stage: info.stage,
-                recipe: info.recipe,
-                error: info.error,
-                log_path: attempt.log_path.clone(),
-                failed_at: rfc3339(now),
-                failed_unix_ms: now_unix_ms(),
-                failures: previous.map_or(1, |previous| previous.failures.saturating_add(1)),
-            };
-            index::put_json(&self.index, &failures, &key_bytes, &record)?;
-            Ok(record)
-        })?;
-        fsutil::remove_tree(&attempt.out_dir)?;
-        Ok(record)
-    }
-
-    /// The last failure of `key` since it last committed, if any.
-    pub fn failure(&self, key: &Digest) -> Result<Option<FailureRecord>, StoreError> {
-        self.index.with(|db| {
-            let failures = index::tree(&self.index, db, FAILURES)?;
-            index::get_json(&self.index, &failures, key.as_bytes())
-        })
-    }
-
     /// The committed, complete entry of `key`. If an object it references is missing or has the
     /// wrong size, the manifest is dropped (with a warning) and `None` is returned, so the stage
     /// recomputes instead of handing a broken folder downstream.
@@ -500,231 +389,13 @@ impl Store {
         }
         Ok(())
     }
-
-    /// The output folder of a committed entry: `outputs/<key>/`, hard links to the objects (copies
-    /// across filesystems). Rebuilt if missing or damaged (a file removed, added or resized).
-    pub fn outputs(&self, manifest: &Manifest) -> Result<PathBuf, StoreError> {
-        let folder = self.outputs_path(&manifest.key);
-        if self.outputs_intact(manifest, &folder) {
-            return Ok(folder);
-        }
-        let building = self.dir("outputs").join(format!(
-            ".tmp-{}.{}",
-            manifest.key.to_hex(),
-            unique_suffix()
-        ));
-        let result = self.build_outputs(manifest, &building);
-        if let Err(error) = result {
-            let _ = fsutil::remove_tree(&building);
-            return Err(error);
-        }
-        if folder.exists() {
-            let trash = self.dir("outputs").join(format!(
-                ".trash-{}.{}",
-                manifest.key.to_hex(),
-                unique_suffix()
-            ));
-            if fs::rename(&folder, &trash).is_ok() {
-                fsutil::remove_tree(&trash)?;
-            }
-        }
-        if let Err(error) = fs::rename(&building, &folder) {
-            // Another process materialised it at the same moment; use theirs if it is intact.
-            let _ = fsutil::remove_tree(&building);
-            if !self.outputs_intact(manifest, &folder) {
-                return Err(io_error("materialising outputs into", &folder, error));
-            }
-        }
-        Ok(folder)
-    }
-
-    fn build_outputs(&self, manifest: &Manifest, building: &Path) -> Result<(), StoreError> {
-        fs::create_dir_all(building).map_err(at("creating", building))?;
-        for dir in &manifest.empty_dirs {
-            let path = building.join(dir);
-            fs::create_dir_all(&path).map_err(at("creating", &path))?;
-        }
-        for entry in &manifest.files {
-            let object = self.object_path(&entry.digest);
-            if !object.is_file() {
-                return Err(StoreError::MissingObject {
-                    key: manifest.key,
-                    digest: entry.digest,
-                    path: object,
-                });
-            }
-            let target = building.join(&entry.path);
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(at("creating", parent))?;
-            }
-            match fs::hard_link(&object, &target) {
-                Ok(()) => {}
-                Err(error) if is_cross_device_or_link_limit(&error) => {
-                    fs::copy(&object, &target).map_err(at("copying into", &target))?;
-                    fs::set_permissions(&target, fs::Permissions::from_mode(0o444))
-                        .map_err(at("making read-only", &target))?;
-                }
-                Err(error) => return Err(io_error("linking", &target, error)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `folder` holds exactly the manifest's files, each linked to (or a copy of) its object.
-    fn outputs_intact(&self, manifest: &Manifest, folder: &Path) -> bool {
-        let Ok(walk) = fsutil::walk(folder) else {
-            return false;
-        };
-        walk.files.len() == manifest.files.len()
-            && walk
-                .files
-                .iter()
-                .zip(&manifest.files)
-                .all(|(found, entry)| {
-                    found.relative == entry.path
-                        && !found.is_symlink
-                        && found.metadata.len() == entry.bytes
-                        && self.is_link_or_copy_of(&found.metadata, &entry.digest)
-                })
-    }
-
-    /// On the objects' filesystem an output file must be a hard link to its object (same inode);
-    /// elsewhere it is a copy (size already checked). Catches a re-commit of the key with other
-    /// bytes of the same size, and files replaced by the user.
-    fn is_link_or_copy_of(&self, found: &fs::Metadata, digest: &Digest) -> bool {
-        match fs::metadata(self.object_path(digest)) {
-            Ok(object) => object.dev() != found.dev() || object.ino() == found.ino(),
-            Err(_) => false,
-        }
-    }
-
-    /// Record that `recipe`'s stage `stage` used `key` (commit or cache hit): the runner diffs
-    /// against the newest entry to explain staleness; gc `--keep-last N` keeps the newest N.
-    pub fn record_use(&self, recipe: &str, stage: &str, key: &Digest) -> Result<(), StoreError> {
-        self.index
-            .with(|db| push_history(self, db, recipe, stage, key))
-    }
-
-    /// The history of one recipe stage, oldest first.
-    pub fn history(&self, recipe: &str, stage: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.index.with(|db| {
-            let history = index::tree(&self.index, db, HISTORY)?;
-            Ok(
-                index::get_json(&self.index, &history, &history_key(recipe, stage))?
-                    .unwrap_or_default(),
-            )
-        })
-    }
-
-    /// Every recipe stage's history (for `compare` and gc).
-    pub fn all_history(&self) -> Result<Vec<StageHistory>, StoreError> {
-        self.index.with(|db| all_history(self, db))
-    }
-
-    /// The newest committed manifest that `recipe`'s stage `stage` used, if any is still stored.
-    pub fn last_committed(
-        &self,
-        recipe: &str,
-        stage: &str,
-    ) -> Result<Option<Manifest>, StoreError> {
-        let history = self.history(recipe, stage)?;
-        self.index.with(|db| {
-            let manifests = index::tree(&self.index, db, MANIFESTS)?;
-            for entry in history.iter().rev() {
-                let manifest: Option<Manifest> =
-                    index::get_json(&self.index, &manifests, entry.key.as_bytes())?;
-                if let Some(manifest) =
-                    manifest.filter(|manifest| manifest.format == MANIFEST_FORMAT)
-                {
-                    return Ok(Some(manifest));
-                }
-            }
-            Ok(None)
-        })
-    }
-}
-
-fn push_history(
-    store: &Store,
-    db: &sled::Db,
-    recipe: &str,
-    stage: &str,
-    key: &Digest,
-) -> Result<(), StoreError> {
-    let history = index::tree(&store.index, db, HISTORY)?;
-    let history_key = history_key(recipe, stage);
-    let mut entries: Vec<HistoryEntry> =
-        index::get_json(&store.index, &history, &history_key)?.unwrap_or_default();
-    entries.retain(|entry| entry.key != *key);
-    entries.push(HistoryEntry {
-        key: *key,
-        used_unix_ms: now_unix_ms(),
-    });
-    let excess = entries.len().saturating_sub(HISTORY_LIMIT);
-    entries.drain(..excess);
-    index::put_json(&store.index, &history, &history_key, &entries)
-}
-
-pub(super) fn all_manifests(store: &Store, db: &sled::Db) -> Result<Vec<Manifest>, StoreError> {
-    let manifests = index::tree(&store.index, db, MANIFESTS)?;
-    let mut out = Vec::new();
-    for item in manifests.iter() {
-        let (_, bytes) = item.map_err(|error| store.index.sled_error(error))?;
-        match serde_json::from_slice::<Manifest>(&bytes) {
-            Ok(manifest) if manifest.format == MANIFEST_FORMAT => out.push(manifest),
-            Ok(_) => {}
-            Err(error) => tracing::warn!("ignoring an unreadable manifest in the index: {error}"),
-        }
-    }
-    Ok(out)
-}
-
-pub(super) fn all_history(store: &Store, db: &sled::Db) -> Result<Vec<StageHistory>, StoreError> {
-    let history = index::tree(&store.index, db, HISTORY)?;
-    let mut out = Vec::new();
-    for item in history.iter() {
-        let (key, bytes) = item.map_err(|error| store.index.sled_error(error))?;
-        let mut parts = key.splitn(2, |byte| *byte == 0);
-        let recipe = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-        let stage = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-        if let Ok(entries) = serde_json::from_slice::<Vec<HistoryEntry>>(&bytes) {
-            out.push(StageHistory {
-                recipe,
-                stage,
-                entries,
-            });
-        }
-    }
-    Ok(out)
-}
-
-pub(super) fn history_key_of(recipe: &str, stage: &str) -> Vec<u8> {
-    history_key(recipe, stage)
-}
-
-fn read_metrics(out_dir: &Path) -> Option<serde_json::Value> {
-    let path = out_dir.join("metrics.json");
-    let bytes = fs::read(&path).ok()?;
-    match serde_json::from_slice(&bytes) {
-        Ok(value) => Some(value),
-        Err(error) => {
-            tracing::warn!(
-                "{} is not valid JSON ({error}); committing it as a file but recording no metrics",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
-fn is_cross_device_or_link_limit(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::EXDEV) | Some(libc::EMLINK))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{commit_files, key, record, store, write_files};
     use super::*;
+    use crate::store::FailureInfo;
 
     #[test]
     fn commit_stores_objects_read_only_and_lookup_returns_the_manifest() {

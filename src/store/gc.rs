@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::commit::{AttemptOwner, Manifest, all_history, all_manifests, history_key_of};
+use super::commit::{AttemptOwner, all_manifests};
 use super::digest::Digest;
+use super::entry::Manifest;
+use super::failures::{all_history, history_key_of};
 use super::fsutil::{self, at};
 use super::index::{self, FAILURES, HISTORY, MANIFESTS};
 use super::lease::pid_alive;

@@ -76,25 +76,27 @@
 
 mod commit;
 mod digest;
+mod entry;
 mod external;
+mod failures;
 mod fsutil;
 mod gc;
 mod index;
 mod lease;
+mod materialise;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use commit::{
-    Attempt, CommitRecord, EntryStatus, FailureInfo, FailureRecord, HistoryEntry, Manifest,
-    StageHistory,
-};
+pub use commit::CommitRecord;
 pub use digest::{
     Digest, DigestParseError, FileEntry, HashingReader, PARALLEL_HASH_MIN_BYTES, folder_digest,
 };
+pub use entry::{Attempt, EntryStatus, Manifest};
 pub use external::ExternalHash;
+pub use failures::{FailureInfo, FailureRecord, HistoryEntry, StageHistory};
 pub use fsutil::{now_unix_ms, rfc3339};
 pub use gc::{DroppedManifest, GcReport, VerifyReport};
 pub use lease::{Acquire, LeaseGuard, LeaseInfo, LeaseTiming};

@@ -38,10 +38,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::batch::causal_lm_batch_flat;
 use crate::data::loading::{LoadingError, LoadingPolicy, PolicyState};
 use crate::data::{DataError, DomainMixture, EvalWindows, SamplerState};
-use crate::stages::{CancelFlag, Reporter};
+use crate::model::batch::causal_lm_batch_flat;
+use crate::progress::{CancelFlag, Reporter};
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::clip::clip_global_norm;
 

@@ -8,9 +8,7 @@ use crate::data::TokenizedDataset;
 use crate::data::tokenize::tests::{documents, spec, write_jsonl};
 use crate::data::tokenize::{EvalSplit, tokenize};
 use crate::model::{Llama, LlamaConfig, save_hf};
-use crate::stages::{
-    CancelFlag, NullReporter, Reporter, Settings, Stage, StageContext, StageError,
-};
+use crate::stage::{CancelFlag, NullReporter, Reporter, Settings, Stage, StageContext, StageError};
 
 /// A tokenized two-domain corpus (`web`, `code`) and a random 2-layer model over its vocabulary.
 pub struct Fixture {

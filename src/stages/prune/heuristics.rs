@@ -22,7 +22,7 @@ use super::train_loop::tokenizer_source;
 use super::{Method, PruneConfig, ResolvedTarget, resolve_target};
 use crate::model::l0::HostMasks;
 use crate::model::{Llama, load_hf};
-use crate::stages::{StageContext, StageError};
+use crate::stage::{StageContext, StageError};
 
 /// 1.0 for the `keep` highest scores (ties: lower index first), 0.0 elsewhere.
 pub fn keep_top(scores: &[f64], keep: usize) -> Vec<f32> {
@@ -191,7 +191,7 @@ mod tests {
     use super::*;
     use crate::model::LlamaConfig;
     use crate::model::l0::PruningModule;
-    use crate::stages::Stage;
+    use crate::stage::Stage;
     use crate::stages::prune::{PruneStage, resolve_target};
 
     fn resolved(config: &LlamaConfig) -> ResolvedTarget {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{Method, PruneConfig, ResolvedTarget};
 use crate::model::l0::{HostMasks, HostZLoga, L0Module, PruningModule};
 use crate::model::{Llama, LlamaConfig, save_hf};
-use crate::stages::{StageContext, StageError};
+use crate::stage::{StageContext, StageError};
 
 /// Mask file: final deterministic masks `{head,intermediate,layer,hidden}_z` (what consolidation
 /// folds), plus `*_z_loga` and `*_lambda` for learned masks.

@@ -10,8 +10,8 @@ use super::{PruneStage, read_final_masks};
 use crate::model::load_hf;
 use crate::model::precision::Precision;
 use crate::model::slice::consolidate;
+use crate::stage::{CancelFlag, NullReporter, Settings, StageError};
 use crate::stages::consolidate::ConsolidateStage;
-use crate::stages::{CancelFlag, NullReporter, Settings, StageError};
 
 fn prune_table(method: &str, steps: usize) -> String {
     format!(
@@ -317,7 +317,7 @@ fn a_target_larger_than_the_source_fails_before_compute() {
 
 #[test]
 fn previews_predict_the_consolidated_model_exactly() {
-    use crate::stages::{PreviewInput, PreviewInputs, Stage};
+    use crate::stage::{PreviewInput, PreviewInputs, Stage};
     let fx = fixture();
     let table: toml::Table = "model = { path = \"m\" }\nmethod = \"magnitude\"\n\
          target = { layers = 1, hidden = 12, heads = 1, intermediate = 10 }\n"

@@ -1,5 +1,5 @@
-//! The `method = "l0"` pruning step (spec §1.4, §2.4, §4) and the stage's run on the
-//! [training driver](crate::train::driver).
+//! The `method = "l0"` pruning step (paper §2.1; the step is spelled out in docs/pruning.md) and the
+//! stage's run on the [training driver](crate::train::driver).
 //!
 //! Per optimiser step: clamp z_loga → draw ONE hard-concrete noise sample per mask unit (shared by the
 //! step's micro-batches, so `grad_accum` changes memory, not the step) → per micro-batch: masked
@@ -33,7 +33,7 @@ use crate::data::loading::LoadingPolicy;
 use crate::data::{DomainMixture, EvalWindows, Exhaustion, TokenizedDataset, eval_windows};
 use crate::model::l0::{L0Module, MaskNoise, PruningModule, warmed_up_target};
 use crate::model::{Llama, Masks, cross_entropy, cross_entropy_per_sequence, load_hf};
-use crate::stages::{Stage, StageContext, StageError};
+use crate::stage::{Stage, StageContext, StageError};
 use crate::train::checkpoint;
 use crate::train::driver::{
     self, Backward, DriverParts, MicroBatch, MicroBatchLoss, StepRates, TrainError, TrainStep,
@@ -481,7 +481,7 @@ mod tests {
         let mut draw = || {
             let batch = &rows[next * micro * 9..(next + 1) * micro * 9];
             next += 1;
-            Ok(crate::data::batch::causal_lm_batch_flat(
+            Ok(crate::model::batch::causal_lm_batch_flat(
                 batch, micro, 8, &device,
             ))
         };

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::model::memory::{MemoryEstimate, MemoryOptions, Precision, StepShape};
 use crate::model::{LlamaConfig, ParameterCounts};
-use crate::report::compare::group_thousands;
+use crate::util::fmt::group_thousands;
 
 /// What a stage will produce, as far as it is known before it runs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -183,9 +183,13 @@ impl<'a> PreviewInputs<'a> {
     pub fn vocab_size(&self, key: &str) -> Option<usize> {
         let input = self.get(key);
         match input.path {
-            Some(dir) => crate::data::Manifest::load(&dir.join("manifest.json"))
+            // `vocab_size` of the tokenized data's `manifest.json` (`crate::data::Manifest`), read
+            // as plain JSON so that the contract stays below `data`.
+            Some(dir) => std::fs::read(dir.join("manifest.json"))
                 .ok()
-                .map(|manifest| manifest.vocab_size as usize),
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|manifest| manifest.get("vocab_size")?.as_u64())
+                .map(|vocab_size| vocab_size as usize),
             None => input.upstream.and_then(|preview| preview.vocab_size),
         }
     }

@@ -1,0 +1,4 @@
+//! Small leaf helpers that several layers share; nothing here imports the rest of the crate.
+
+pub mod fmt;
+pub mod glob;

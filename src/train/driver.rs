@@ -90,7 +90,7 @@ pub struct MicroBatchLoss {
 pub enum Backward {
     /// The driver runs backward on this `[1]` objective, already divided by the micro-batch count
     /// (see [`per_micro_batch`]).
-    Objective(Tensor<1>),
+    Objective(Box<Tensor<1>>),
     /// The step computed the gradients itself (activation checkpointing:
     /// [`Llama::backward_checkpointed`](crate::model::Llama::backward_checkpointed)).
     Gradients(GradientsParams),

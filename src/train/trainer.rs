@@ -49,7 +49,7 @@ impl TrainStep for LmStep {
         let loss = per_micro_batch(cross_entropy(logits, batch.labels), batch.count); // [1]
         let value = loss.clone().into_scalar::<f32>() as f64;
         MicroBatchLoss {
-            backward: Backward::Objective(loss),
+            backward: Backward::Objective(Box::new(loss)),
             value,
             parts: Vec::new(),
         }

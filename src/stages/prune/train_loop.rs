@@ -196,7 +196,7 @@ impl TrainStep for L0Step {
         let lm_value = lm_loss.into_scalar::<f32>() as f64;
         let lagrangian_value = lagrangian.map_or(0.0, |l| l.into_scalar::<f32>() as f64);
         MicroBatchLoss {
-            backward: Backward::Objective(objective),
+            backward: Backward::Objective(Box::new(objective)),
             value: lm_value + lagrangian_value,
             parts: vec![("lm_loss", lm_value), ("lagrangian", lagrangian_value)],
         }

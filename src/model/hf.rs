@@ -599,3 +599,28 @@ pub fn copy_tokenizer_files(source: &Path, dir: &Path) -> Result<(), ModelError>
     }
     Ok(())
 }
+
+/// Test helpers shared by the stage tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    /// Every f32 value of a safetensors file, tensors in name order (safetensors lists them in no
+    /// fixed order).
+    pub(crate) fn f32_values(path: &Path) -> Vec<f32> {
+        let bytes =
+            std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut named = tensors.tensors();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+            .into_iter()
+            .flat_map(|(_, view)| {
+                view.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}

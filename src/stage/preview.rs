@@ -116,6 +116,26 @@ pub struct MemoryPreview {
     pub advice: String,
 }
 
+/// What shrinks a training step's memory, for a stage with `batch_size`, `grad_accum`, `seq_len` and
+/// `activation_checkpointing` keys (`train`, `prune`); the runner quotes it when it refuses a stage.
+pub fn step_memory_advice(
+    batch_size: usize,
+    grad_accum: usize,
+    seq_len: usize,
+    activation_checkpointing: bool,
+) -> String {
+    let micro_batch = batch_size / grad_accum.max(1);
+    let checkpointing = if activation_checkpointing {
+        ""
+    } else {
+        ", or set activation_checkpointing = true"
+    };
+    format!(
+        "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {batch_size} / {grad_accum} \
+         = {micro_batch}), or shorten seq_len (now {seq_len}){checkpointing}"
+    )
+}
+
 /// `2,701,560,320 (2.70B)`.
 pub fn describe_counts(counts: &ParameterCounts) -> String {
     format!(

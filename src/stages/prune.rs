@@ -30,7 +30,7 @@ use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
 use crate::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
-use crate::stage::preview::describe_counts;
+use crate::stage::preview::{describe_counts, step_memory_advice};
 use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 use crate::train::driver::{DriverSettings, NonFinitePolicy};
 use crate::train::optim::AdamWSettings;
@@ -637,18 +637,11 @@ fn add_step_memory(
         memory::estimate(source, step, shape, options),
         shape,
         options,
-        format!(
-            "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {} / {} = {}), or shorten \
-             seq_len (now {}){}",
+        step_memory_advice(
             config.batch_size,
             grad_accum,
-            shape.micro_batch,
             config.seq_len,
-            if config.activation_checkpointing {
-                ""
-            } else {
-                ", or set activation_checkpointing = true"
-            }
+            config.activation_checkpointing,
         ),
     );
 }

@@ -30,6 +30,7 @@ use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
+use crate::stage::preview::step_memory_advice;
 use crate::stage::{
     InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
 };
@@ -446,18 +447,11 @@ fn add_step_memory(
         memory::estimate(model, Step::Train { grad_accum }, shape, options),
         shape,
         options,
-        format!(
-            "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {} / {} = {}), or shorten \
-             seq_len (now {}){}",
+        step_memory_advice(
             config.batch_size,
             grad_accum,
-            shape.micro_batch,
             config.seq_len,
-            if config.activation_checkpointing {
-                ""
-            } else {
-                ", or set activation_checkpointing = true"
-            }
+            config.activation_checkpointing,
         ),
     );
 }
@@ -712,6 +706,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::data::TokenDtype;
     use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
+    use crate::model::hf::testing::f32_values;
     use crate::model::precision::Precision;
     use crate::stage::{CancelFlag, NullReporter, Reporter, Settings};
 
@@ -1031,19 +1026,7 @@ pub(crate) mod tests {
                 .filter(|(_, kind, _)| kind == "\"train\"")
                 .map(|(_, _, value)| value.split('{').next().unwrap().parse().unwrap())
                 .collect();
-            let weights = std::fs::read(run.out.join("model.safetensors")).unwrap();
-            let tensors = safetensors::SafeTensors::deserialize(&weights).unwrap();
-            let mut named = tensors.tensors();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            let values: Vec<f32> = named
-                .into_iter()
-                .flat_map(|(_, view)| {
-                    view.data()
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let values = f32_values(&run.out.join("model.safetensors"));
             runs.push((train, values));
         }
         let ((plain_losses, plain), (losses_checkpointed, checkpointed)) = (&runs[0], &runs[1]);

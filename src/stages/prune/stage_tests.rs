@@ -7,6 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::fixtures::{KillAt, fixture, run_stage, run_stage_with};
 use super::{PruneStage, read_final_masks};
+use crate::model::hf::testing::f32_values;
 use crate::model::load_hf;
 use crate::model::precision::Precision;
 use crate::model::slice::consolidate;
@@ -450,23 +451,6 @@ fn a_source_other_than_expect_source_fails_before_compute() {
         CancelFlag::default(),
     )
     .unwrap();
-}
-
-/// All f32 values of a safetensors file, tensors in name order.
-fn f32_values(path: &Path) -> Vec<f32> {
-    let bytes = read(path);
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut named = tensors.tensors();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
-        .into_iter()
-        .flat_map(|(_, view)| {
-            view.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 /// Activation checkpointing changes memory, not the pruning: the same losses, weights, mask logits

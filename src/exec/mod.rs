@@ -427,6 +427,26 @@ fn materialise_inputs(
     Ok(inputs)
 }
 
+/// The error for a stage that panicked. libtorch reports running out of device memory by panicking
+/// ("CUDA out of memory. Tried to allocate ..."): that is the user's sizing, not a bug, so it gets
+/// the fix instead of a bug report. Either way the attempt's scratch (its checkpoints) is kept and
+/// committed outputs are untouched, so running again resumes.
+fn panic_error(kind: &str, text: &str) -> StageError {
+    let lower = text.to_lowercase();
+    if lower.contains("out of memory") || lower.contains("cuda error: out of memory") {
+        let first_line = text.lines().next().unwrap_or(text);
+        return StageError::Other(anyhow::anyhow!(
+            "the device ran out of memory ({first_line}); make each step smaller and run again, which \
+             resumes from the stage's last checkpoint: lower batch_size or raise grad_accum, shorten \
+             seq_len, set activation_checkpointing = true, or settings.precision = \"bf16\" (`sheared \
+             plan` shows each stage's estimated peak memory)"
+        ));
+    }
+    StageError::Other(anyhow::anyhow!(
+        "the stage panicked: {text} (a bug in kind `{kind}`; please report it)"
+    ))
+}
+
 /// The preview inputs of a stage about to run: every input exists now, so previews read the real
 /// files (`config.json`, the tokenizer's manifest) rather than upstream predictions.
 fn materialised_preview_inputs<'a>(
@@ -591,10 +611,7 @@ fn execute_inner(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(StageError::Other(anyhow::anyhow!(
-                "the stage panicked: {text} (a bug in kind `{}`; please report it)",
-                node.kind
-            )))
+            Err(panic_error(&node.kind, &text))
         })
     });
     let seconds = clock.elapsed().as_secs_f64();
@@ -660,6 +677,26 @@ mod tests {
     use super::*;
     use crate::recipe::{LoadOptions, load};
     use crate::stage::Stage;
+
+    #[test]
+    fn out_of_memory_panics_get_the_fix_other_panics_a_bug_report() {
+        let oom = panic_error(
+            "train",
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)\nException raised from malloc",
+        )
+        .to_string();
+        assert!(
+            oom.contains("ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "{oom}"
+        );
+        assert!(
+            oom.contains("grad_accum") && oom.contains("activation_checkpointing"),
+            "{oom}"
+        );
+        assert!(!oom.contains("Exception raised"), "{oom}");
+        let bug = panic_error("train", "index out of bounds").to_string();
+        assert!(bug.contains("a bug in kind `train`"), "{bug}");
+    }
 
     /// Writes `value` into `out/value.txt`, logs through `tracing`, and reports progress.
     struct Echo;

@@ -469,7 +469,7 @@ impl Stage for EvalStage {
         "eval"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn about(&self) -> &'static str {
         "per-domain eval loss/perplexity and lm-eval-style multiple-choice accuracy of a model"
@@ -692,7 +692,12 @@ impl Stage for EvalStage {
                     ctx.cancel.check()?;
                     let (result, per_question) = outcome.map_err(|e| task_error(name, spec, e))?;
                     write_predictions(&ctx.out_dir, name, &per_question)?;
-                    serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?
+                    let mut entry =
+                        serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?;
+                    if let Value::Object(map) = &mut entry {
+                        map.insert("max_gen_toks".into(), json!(task.max_gen_toks));
+                    }
+                    entry
                 } else {
                     unreachable!("a task is either scored or generated")
                 };

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check sheared's templated eval tasks against lm-evaluation-harness itself.
 
-Usage: lm_eval_fewshot.py EVAL_OUTPUT DATASETS_DIR MODEL_DIR
+Usage: lm_eval_fewshot.py EVAL_OUTPUT DATASETS_DIR MODEL_DIR [REFERENCE_JSON]
   EVAL_OUTPUT:  the output folder of a sheared `eval` stage run with `dump_prompts = true`
                 (`sheared path RECIPE eval`); its metrics.json names each task's lm-eval task,
                 num_fewshot, split and few-shot split, and prompts/ + predictions/ hold what sheared scored
@@ -17,7 +17,9 @@ wants is not on disk sheared evaluates `validation` and draws shots from it, whi
   2. `HFLM.loglikelihood` / `HFLM.generate_until` on the same model (float32, CPU) and
      `task.process_results`: per-request log-likelihoods (relative difference), acc / acc_norm /
      exact_match per task against sheared's predictions/ and metrics.json.
-Prints one JSON object per task and exits non-zero on any mismatch.
+Prints one JSON object per task and exits non-zero on any mismatch. With REFERENCE_JSON it also writes
+lm-eval's numbers (per-request log-likelihoods, generations, metrics, the first question's requests) for
+tests/eval_fewshot_stage.rs.
 
 Needs torch, transformers, datasets, pyarrow and lm-eval==0.4.13 (pip-installable).
 """
@@ -105,6 +107,8 @@ def main():
     from lm_eval.models.huggingface import HFLM
 
     out_dir, datasets_dir, model_dir = sys.argv[1:4]
+    reference_path = sys.argv[4] if len(sys.argv) > 4 else None
+    reference = {"lm_eval_version": lm_eval.__version__, "tasks": {}}
     metrics = json.load(open(os.path.join(out_dir, "metrics.json")))
     tasks_root = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
     lm = HFLM(pretrained=model_dir, device="cpu", dtype="float32", batch_size=4)
@@ -143,6 +147,11 @@ def main():
         if len(prompts) != len(lm_eval_prompts):
             mismatched_prompts += abs(len(prompts) - len(lm_eval_prompts))
         report = {"n": len(prompts), "prompts_differing": mismatched_prompts}
+        first = lm_eval_prompts[0]
+        saved = reference["tasks"][name] = {
+            "n": len(lm_eval_prompts),
+            "first_requests": [list(i.arguments) if isinstance(i.arguments[1], str) else [i.arguments[0]] for i in first],
+        }
         if task_name == "nq_open":
             instances = [i for group in lm_eval_prompts for i in group]
             generated = lm.generate_until(instances, disable_tqdm=True)
@@ -153,6 +162,8 @@ def main():
                 report.setdefault("generations_differing", 0)
                 report["generations_differing"] += int(text != ours["generated"])
             report["exact_match"] = [float(np.mean(hits)), entry["exact_match"]]
+            saved["generated"] = generated
+            saved["exact_match"] = float(np.mean(hits))
             failures += int(report["generations_differing"] > 0 or report["exact_match"][0] != report["exact_match"][1])
         else:
             instances = [i for group in lm_eval_prompts for i in group]
@@ -167,6 +178,9 @@ def main():
                 for (ll, _), mine in zip(lls, ours["log_likelihoods"]):
                     worst = max(worst, abs(ll - mine) / max(1.0, abs(ll)))
             report["max_rel_ll_diff"] = worst
+            saved["log_likelihoods"] = [float(ll) for ll, _ in results]
+            saved["acc"] = float(np.mean(acc))
+            saved["acc_norm"] = float(np.mean(acc_norm))
             report["acc"] = [float(np.mean(acc)), entry["acc"]]
             failures += int(worst > 1e-4 or report["acc"][0] != report["acc"][1])
             if task_name != "winogrande":  # lm-eval's winogrande reports acc only
@@ -174,6 +188,9 @@ def main():
                 failures += int(report["acc_norm"][0] != report["acc_norm"][1])
         failures += int(mismatched_prompts > 0)
         print(json.dumps({name: report}))
+    if reference_path:
+        with open(reference_path, "w") as f:
+            json.dump(reference, f, indent=1)
     return 1 if failures else 0
 
 

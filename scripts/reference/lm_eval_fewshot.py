@@ -126,7 +126,7 @@ def main():
             groups = [(s, os.path.join(dataset_root, s), os.path.join(tasks_root, "mmlu", "default", f"mmlu_{s}.yaml")) for s in subjects]
         else:
             groups = [(None, dataset_root, os.path.join(tasks_root, YAMLS[task_name]))]
-        limit = entry["n"] if task_name != "mmlu" else None
+        limit = entry.get("limit")  # per task; for MMLU per subject, as lm-eval's --limit
         lm_eval_prompts, per_doc = [], []
         for subject, dataset_dir, yaml_path in groups:
             task = build(task_config(task_name, yaml_path, dataset_dir, entry), limit)

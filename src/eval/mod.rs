@@ -12,21 +12,41 @@
 //! - `acc_stderr` is lm-eval's `mean_stderr`: sample standard deviation (n − 1) over √n, which for a
 //!   0/1 metric is √(p(1−p)/(n−1)).
 //!
-//! [`tasks`] reads the task files, [`scoring`] computes the metrics over any [`LogLikelihoodScorer`],
-//! [`domains`] aggregates per-window losses into per-domain loss / perplexity with error bars.
+//! [`tasks`] reads ready-made request files, [`builtin`] builds lm-eval's tasks from the Hugging Face
+//! datasets themselves (templates in [`templates`], few-shot sampling in [`fewshot`] with Python's
+//! generator in [`py_random`], prompt assembly in [`prompt`]), [`user_tasks`] reads tasks a user brings
+//! (MMLU, LogiQA) as JSONL, [`scoring`] computes the metrics over any [`LogLikelihoodScorer`],
+//! [`generate`] runs greedy generation tasks (NQ-open) scored by [`exact_match`], and [`domains`]
+//! aggregates per-window losses into per-domain loss / perplexity with error bars.
 
+pub mod builtin;
 pub mod domains;
+pub mod exact_match;
+pub mod fewshot;
+pub mod generate;
+pub mod hf_arrow;
+pub mod llama_generator;
 pub mod llama_scorer;
+pub mod prompt;
+pub mod py_random;
 pub mod scoring;
 pub mod tasks;
+pub mod templates;
+pub mod user_tasks;
 
+pub use builtin::{BUILTIN_TASKS, BuiltinTask, DocsOptions, Splits, builtin_task, load_builtin};
 pub use domains::{DomainLoss, domain_loss};
+pub use generate::{GenerationQuestion, GenerationResult, GenerationTask, evaluate_generation};
+pub use llama_generator::LlamaGreedy;
 pub use llama_scorer::LlamaScorer;
+pub use prompt::Prompted;
 pub use scoring::{
     ContinuationScore, LogLikelihoodScorer, QuestionScore, ScoreRequest, TaskResult, TextEncoder,
     encode_pair, evaluate_task, mean_stderr,
 };
 pub use tasks::{Choice, Question, Task, TaskFormat, load_task};
+pub use templates::Template;
+pub use user_tasks::load_user_task;
 
 use std::path::PathBuf;
 

@@ -10,6 +10,10 @@
 //! batch_size = 8                         # windows per forward pass
 //! tasks.arc_easy = { source = { path = "eval-tasks/arc_easy/rc_0shot" }, limit = 100 }
 //! tasks.piqa = { path = "eval-tasks/piqa/rc_0shot" }   # shorthand: the whole task, defaults
+//! tasks.arc_challenge = { source = { path = "eval-data" }, task = "arc_challenge", num_fewshot = 25 }
+//! tasks.nq_open = { source = { path = "eval-data" }, task = "nq_open", num_fewshot = 32, max_gen_toks = 256 }
+//! tasks.logiqa = { source = { path = "logiqa.jsonl" }, task = "logiqa", fewshot_source = { path = "train.jsonl" } }
+//! dump_prompts = false                   # true: prompts/<task>.jsonl with every scored string
 //! tokens_from = { prune = { stage = "prune" }, train = { stage = "train" } }   # optional
 //! ```
 //!
@@ -17,6 +21,12 @@
 //! hashes its content into the cache key and resolves relative paths against the recipe. That is why the
 //! file is not a plain string next to `limit`. Task files: see [`crate::eval::tasks`]; scoring follows
 //! lm-eval-harness ([`crate::eval`]). Every task's per-question scores land in `predictions/<task>.jsonl`.
+//!
+//! With `task`, the prompts are built by sheared from a Hugging Face dataset folder (Arrow files) or a
+//! user's JSONL with lm-eval's template, few-shot sampler (seed 1234) and delimiters
+//! ([`crate::eval::builtin`], [`crate::eval::user_tasks`]); `nq_open` is answered by greedy generation
+//! and scored by exact match ([`crate::eval::generate`]). `metrics.json` then names each task's
+//! `task`, `num_fewshot`, `split` and `fewshot_split` (and `max_gen_toks` for generation).
 //!
 //! Tokens seen upstream (`tokens_upstream` in `metrics.json`): the sum of `tokens` (or `tokens_seen`,
 //! `train_tokens`, `tokens_total`) over the `metrics.json` of every `tokens_from` input (else the last
@@ -37,8 +47,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::data::{TokenizedDataset, eval_windows};
+use crate::eval::fewshot::LM_EVAL_FEWSHOT_SEED;
 use crate::eval::{
-    EvalError, LlamaScorer, TaskFormat, TextEncoder, domain_loss, evaluate_task, load_task,
+    BUILTIN_TASKS, DocsOptions, EvalError, GenerationTask, LlamaGreedy, LlamaScorer, Prompted,
+    Splits, Task, TaskFormat, Template, TextEncoder, builtin_task, domain_loss,
+    evaluate_generation, evaluate_task, load_builtin, load_task, load_user_task,
 };
 use crate::model::batch::causal_lm_batch;
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
@@ -75,6 +88,9 @@ pub struct EvalConfig {
     pub tasks: BTreeMap<String, toml::Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tokens_from: BTreeMap<String, InputRef>,
+    /// Write `prompts/<task>.jsonl`: every context and continuation as scored (for reference checks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dump_prompts: bool,
 }
 
 fn default_seq_len() -> usize {
@@ -145,9 +161,37 @@ pub struct TaskSpec {
     pub limit: Option<usize>,
     pub format: TaskFormat,
     pub unconditional: bool,
+    /// The lm-eval task whose template builds the prompts (`arc_challenge`, `mmlu`, `logiqa`, ...);
+    /// `None` for ready-made request / simple files, whose contexts are used as written.
+    pub task: Option<String>,
+    pub num_fewshot: usize,
+    pub seed: u64,
+    pub split: Option<String>,
+    pub fewshot_split: Option<String>,
+    /// Input key of `fewshot_source` (a user task's shots file).
+    pub fewshot_key: Option<String>,
+    pub max_gen_toks: usize,
 }
 
-const TASK_KEYS: [&str; 4] = ["source", "limit", "format", "unconditional"];
+const TASK_KEYS: [&str; 11] = [
+    "source",
+    "limit",
+    "format",
+    "unconditional",
+    "task",
+    "num_fewshot",
+    "seed",
+    "split",
+    "fewshot_split",
+    "fewshot_source",
+    "max_gen_toks",
+];
+
+/// Templates for tasks a user brings as JSONL ([`crate::eval::user_tasks`]) and not shipped as datasets.
+const USER_ONLY_TASKS: [&str; 1] = ["logiqa"];
+
+/// lm-eval's `max_gen_toks` default.
+const DEFAULT_MAX_GEN_TOKS: usize = 256;
 
 fn is_input(value: &toml::Value) -> bool {
     let Some(table) = value.as_table() else {
@@ -160,6 +204,13 @@ fn is_input(value: &toml::Value) -> bool {
     )
 }
 
+/// The template of a task name: a built-in dataset task or a user-only one.
+pub fn template_of(name: &str) -> Option<Template> {
+    builtin_task(name)
+        .map(|task| task.template)
+        .or((name == "logiqa").then_some(Template::Logiqa))
+}
+
 /// Check one `tasks.<name>` entry and fill its defaults (the input itself is left as written).
 pub fn parse_task(name: &str, value: &toml::Value) -> Result<(TaskSpec, toml::Value), StageError> {
     let key = format!("tasks.{name}");
@@ -169,6 +220,13 @@ pub fn parse_task(name: &str, value: &toml::Value) -> Result<(TaskSpec, toml::Va
             limit: None,
             format: TaskFormat::Auto,
             unconditional: false,
+            task: None,
+            num_fewshot: 0,
+            seed: LM_EVAL_FEWSHOT_SEED,
+            split: None,
+            fewshot_split: None,
+            fewshot_key: None,
+            max_gen_toks: DEFAULT_MAX_GEN_TOKS,
         };
         return Ok((spec, value.clone()));
     }
@@ -208,16 +266,32 @@ pub fn parse_task(name: &str, value: &toml::Value) -> Result<(TaskSpec, toml::Va
             "must be an input: `{ path = \"..\" }` or `{ stage = \"..\", file = \"..\" }`",
         ));
     }
-    let limit = match table.get("limit") {
-        None => None,
-        Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as usize),
-        Some(other) => {
-            return Err(StageError::config(
-                format!("{key}.limit"),
-                format!("must be a positive integer, got {other}"),
-            ));
+    let positive = |entry: &str, zero_ok: bool| -> Result<Option<usize>, StageError> {
+        match table.get(entry) {
+            None => Ok(None),
+            Some(toml::Value::Integer(n)) if *n > 0 || (zero_ok && *n == 0) => {
+                Ok(Some(*n as usize))
+            }
+            Some(other) => Err(StageError::config(
+                format!("{key}.{entry}"),
+                format!(
+                    "must be a {} integer, got {other}",
+                    if zero_ok { "non-negative" } else { "positive" }
+                ),
+            )),
         }
     };
+    let text = |entry: &str| -> Result<Option<String>, StageError> {
+        match table.get(entry) {
+            None => Ok(None),
+            Some(toml::Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
+            Some(other) => Err(StageError::config(
+                format!("{key}.{entry}"),
+                format!("must be a non-empty string, got {other}"),
+            )),
+        }
+    };
+    let limit = positive("limit", false)?;
     let format = match table.get("format") {
         None => TaskFormat::Auto,
         Some(value) => value.clone().try_into().map_err(|_| {
@@ -237,22 +311,117 @@ pub fn parse_task(name: &str, value: &toml::Value) -> Result<(TaskSpec, toml::Va
             ));
         }
     };
+    let task = text("task")?;
+    if let Some(task) = &task
+        && template_of(task).is_none()
+    {
+        let known: Vec<&str> = BUILTIN_TASKS
+            .iter()
+            .map(|task| task.name)
+            .chain(USER_ONLY_TASKS)
+            .collect();
+        return Err(StageError::config(
+            format!("{key}.task"),
+            format!("unknown task {task:?}; known: {}", known.join(", ")),
+        ));
+    }
+    let num_fewshot = positive("num_fewshot", true)?.unwrap_or(0);
+    let seed = positive("seed", true)?.map_or(LM_EVAL_FEWSHOT_SEED, |seed| seed as u64);
+    let split = text("split")?;
+    let fewshot_split = text("fewshot_split")?;
+    let max_gen_toks = positive("max_gen_toks", false)?.unwrap_or(DEFAULT_MAX_GEN_TOKS);
+    let fewshot_source = table.get("fewshot_source");
+    if let Some(fewshot_source) = fewshot_source
+        && !is_input(fewshot_source)
+    {
+        return Err(StageError::config(
+            format!("{key}.fewshot_source"),
+            "must be an input: `{ path = \"..\" }` or `{ stage = \"..\", file = \"..\" }`",
+        ));
+    }
+    // Keys that only mean something for templated tasks, and the other way round.
+    let templated_only = [
+        "num_fewshot",
+        "seed",
+        "split",
+        "fewshot_split",
+        "fewshot_source",
+        "max_gen_toks",
+    ];
+    match &task {
+        None => {
+            if let Some(entry) = templated_only
+                .iter()
+                .find(|entry| table.contains_key(**entry))
+            {
+                return Err(StageError::config(
+                    format!("{key}.{entry}"),
+                    "needs `task = \"<lm-eval task>\"` (e.g. \"arc_challenge\"): request and simple files carry \
+                     their prompts as written",
+                ));
+            }
+        }
+        Some(_) => {
+            if let Some(entry) = ["format", "unconditional"]
+                .iter()
+                .find(|entry| table.contains_key(**entry))
+            {
+                return Err(StageError::config(
+                    format!("{key}.{entry}"),
+                    "only applies to request and simple files (without `task`)",
+                ));
+            }
+        }
+    }
     let mut normalized = toml::Table::new();
     normalized.insert("source".into(), source.clone());
     if let Some(limit) = limit {
         normalized.insert("limit".into(), toml::Value::Integer(limit as i64));
     }
-    normalized.insert(
-        "format".into(),
-        toml::Value::try_from(format).map_err(|e| StageError::Other(e.into()))?,
-    );
-    normalized.insert("unconditional".into(), toml::Value::Boolean(unconditional));
+    match &task {
+        None => {
+            normalized.insert(
+                "format".into(),
+                toml::Value::try_from(format).map_err(|e| StageError::Other(e.into()))?,
+            );
+            normalized.insert("unconditional".into(), toml::Value::Boolean(unconditional));
+        }
+        Some(task) => {
+            normalized.insert("task".into(), toml::Value::String(task.clone()));
+            normalized.insert(
+                "num_fewshot".into(),
+                toml::Value::Integer(num_fewshot as i64),
+            );
+            normalized.insert("seed".into(), toml::Value::Integer(seed as i64));
+            for (entry, value) in [("split", &split), ("fewshot_split", &fewshot_split)] {
+                if let Some(value) = value {
+                    normalized.insert(entry.into(), toml::Value::String(value.clone()));
+                }
+            }
+            if let Some(fewshot_source) = fewshot_source {
+                normalized.insert("fewshot_source".into(), fewshot_source.clone());
+            }
+            if template_of(task) == Some(Template::NqOpen) {
+                normalized.insert(
+                    "max_gen_toks".into(),
+                    toml::Value::Integer(max_gen_toks as i64),
+                );
+            }
+        }
+    }
     Ok((
         TaskSpec {
             input_key: format!("{key}.source"),
             limit,
             format,
             unconditional,
+            task,
+            num_fewshot,
+            seed,
+            split,
+            fewshot_split,
+            fewshot_key: fewshot_source.map(|_| format!("{key}.fewshot_source")),
+            max_gen_toks,
         },
         toml::Value::Table(normalized),
     ))
@@ -311,7 +480,7 @@ impl Stage for EvalStage {
         "eval"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn about(&self) -> &'static str {
         "per-domain eval loss/perplexity and lm-eval-style multiple-choice accuracy of a model"
@@ -341,7 +510,13 @@ impl Stage for EvalStage {
             ));
         }
         if !specs.is_empty() {
-            let names: Vec<&str> = config.tasks.keys().map(String::as_str).collect();
+            let names: Vec<String> = specs
+                .iter()
+                .map(|(name, spec)| match (&spec.task, spec.num_fewshot) {
+                    (Some(_), shots) if shots > 0 => format!("{name} ({shots}-shot)"),
+                    _ => name.clone(),
+                })
+                .collect();
             preview.facts.push(format!("tasks: {}", names.join(", ")));
         }
         if let Some(model) = &model {
@@ -447,46 +622,104 @@ impl Stage for EvalStage {
             };
             std::fs::create_dir_all(ctx.out_dir.join("predictions"))
                 .context("creating predictions/")?;
+            let eos_tokens: Vec<u32> = model_config.eos_token_id.clone();
             for (name, spec) in &specs {
-                let path = ctx.input(&spec.input_key)?;
-                let task = load_task(path, spec.format, spec.limit)
-                    .map_err(|e| StageError::input(&spec.input_key, e.to_string()))?;
-                ctx.reporter
-                    .message(&format!("task {name}: {} questions", task.questions.len()));
+                let loaded = load_spec(ctx, spec)?;
                 let progress = |done: usize, total: usize| {
                     ctx.reporter.progress(done as u64, total as u64, "requests")
                 };
-                let mut scorer =
-                    LlamaScorer::new(&model, device.clone(), max_length, config.batch_tokens)
-                        .with_cancel(ctx.cancel.clone())
-                        .with_progress(&progress);
-                let outcome = evaluate_task(
-                    &task,
-                    &tokenizer as &dyn TextEncoder,
-                    &mut scorer,
-                    prefix_token,
-                    spec.unconditional,
-                );
-                ctx.cancel.check()?;
-                let (result, per_question) = outcome.map_err(|e| match e {
-                    EvalError::Scorer(_) => StageError::Other(anyhow::anyhow!("task {name}: {e}")),
-                    other => StageError::input(&spec.input_key, other.to_string()),
-                })?;
-                let lines: String = per_question
-                    .iter()
-                    .map(|q| serde_json::to_string(q).unwrap_or_default() + "\n")
-                    .collect();
-                std::fs::write(
-                    ctx.out_dir
-                        .join("predictions")
-                        .join(format!("{name}.jsonl")),
-                    lines,
-                )
-                .context("writing predictions")?;
-                let mut entry =
-                    serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?;
-                if let Value::Object(map) = &mut entry {
-                    map.insert("questions_in_file".into(), json!(task.questions_in_file));
+                let (task, generation, extra) = match loaded {
+                    Loaded::File(task) => (Some(task), None, json!({})),
+                    Loaded::Templated {
+                        prompts,
+                        docs_in_split,
+                        splits,
+                        path,
+                    } => {
+                        if config.dump_prompts {
+                            write_prompts(&ctx.out_dir, name, &prompts)?;
+                        }
+                        let extra = json!({
+                            "task": spec.task, "num_fewshot": spec.num_fewshot, "limit": spec.limit, "split": splits.eval,
+                            "fewshot_split": splits.fewshot, "questions_in_file": docs_in_split,
+                        });
+                        let (choices, generations) = split_prompts(prompts);
+                        if generations.is_empty() {
+                            let task = Task {
+                                path,
+                                format: TaskFormat::Simple,
+                                questions: choices,
+                                questions_in_file: docs_in_split,
+                            };
+                            (Some(task), None, extra)
+                        } else {
+                            let until = spec
+                                .task
+                                .as_deref()
+                                .and_then(builtin_task)
+                                .map(|task| task.until.iter().map(|s| s.to_string()).collect())
+                                .unwrap_or_default();
+                            let task = GenerationTask {
+                                questions: generations,
+                                until,
+                                max_gen_toks: spec.max_gen_toks,
+                            };
+                            (None, Some(task), extra)
+                        }
+                    }
+                };
+                let mut entry = if let Some(task) = task {
+                    ctx.reporter
+                        .message(&format!("task {name}: {} questions", task.questions.len()));
+                    let mut scorer =
+                        LlamaScorer::new(&model, device.clone(), max_length, config.batch_tokens)
+                            .with_cancel(ctx.cancel.clone())
+                            .with_progress(&progress);
+                    let outcome = evaluate_task(
+                        &task,
+                        &tokenizer as &dyn TextEncoder,
+                        &mut scorer,
+                        prefix_token,
+                        spec.unconditional,
+                    );
+                    ctx.cancel.check()?;
+                    let (result, per_question) = outcome.map_err(|e| task_error(name, spec, e))?;
+                    write_predictions(&ctx.out_dir, name, &per_question)?;
+                    let mut entry =
+                        serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?;
+                    if let Value::Object(map) = &mut entry {
+                        map.insert("questions_in_file".into(), json!(task.questions_in_file));
+                    }
+                    entry
+                } else if let Some(task) = generation {
+                    ctx.reporter.message(&format!(
+                        "task {name}: {} questions (greedy generation)",
+                        task.questions.len()
+                    ));
+                    let mut generator =
+                        LlamaGreedy::new(&model, device.clone()).with_cancel(ctx.cancel.clone());
+                    let outcome = evaluate_generation(
+                        &task,
+                        &tokenizer,
+                        &mut generator,
+                        &eos_tokens,
+                        max_length,
+                        &progress,
+                    );
+                    ctx.cancel.check()?;
+                    let (result, per_question) = outcome.map_err(|e| task_error(name, spec, e))?;
+                    write_predictions(&ctx.out_dir, name, &per_question)?;
+                    let mut entry =
+                        serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?;
+                    if let Value::Object(map) = &mut entry {
+                        map.insert("max_gen_toks".into(), json!(task.max_gen_toks));
+                    }
+                    entry
+                } else {
+                    unreachable!("a task is either scored or generated")
+                };
+                if let (Value::Object(map), Value::Object(extra)) = (&mut entry, extra) {
+                    map.extend(extra);
                 }
                 tasks.insert(name.clone(), entry);
             }
@@ -509,6 +742,177 @@ impl Stage for EvalStage {
             .context("writing metrics.json")?;
         Ok(())
     }
+}
+
+/// A task ready to score: a ready-made file, or prompts built from documents by a template.
+enum Loaded {
+    File(Task),
+    Templated {
+        prompts: Vec<Prompted>,
+        docs_in_split: usize,
+        splits: Splits,
+        path: PathBuf,
+    },
+}
+
+fn load_spec(ctx: &StageContext<'_>, spec: &TaskSpec) -> Result<Loaded, StageError> {
+    let path = ctx.input(&spec.input_key)?;
+    let input_error = |e: EvalError| StageError::input(&spec.input_key, e.to_string());
+    let Some(name) = &spec.task else {
+        return load_task(path, spec.format, spec.limit)
+            .map(Loaded::File)
+            .map_err(input_error);
+    };
+    let options = DocsOptions {
+        num_fewshot: spec.num_fewshot,
+        limit: spec.limit,
+        seed: spec.seed,
+        split: spec.split.clone(),
+        fewshot_split: spec.fewshot_split.clone(),
+    };
+    let fewshot_path = match &spec.fewshot_key {
+        Some(key) => Some(ctx.input(key)?.to_path_buf()),
+        None => None,
+    };
+    let template = template_of(name).ok_or_else(|| {
+        StageError::config(
+            format!("{}.task", spec.input_key.trim_end_matches(".source")),
+            format!("unknown task {name:?}"),
+        )
+    })?;
+    // A JSONL file is a user task in the documented format; a folder is a dataset.
+    if path.is_file() {
+        if !matches!(template, Template::Mmlu | Template::Logiqa) {
+            return Err(StageError::input(
+                &spec.input_key,
+                format!(
+                    "{} is a file, but task {name:?} is built from its dataset folder (split folders with data-*.arrow); \
+                     only `mmlu` and `logiqa` read a user's JSONL",
+                    path.display()
+                ),
+            ));
+        }
+        if spec.split.is_some() || spec.fewshot_split.is_some() {
+            return Err(StageError::config(
+                format!("{}.split", spec.input_key.trim_end_matches(".source")),
+                "a JSONL task has no splits: give the shots as `fewshot_source = { path = \"..\" }`",
+            ));
+        }
+        let (prompts, docs_in_split, splits) =
+            load_user_task(path, fewshot_path.as_deref(), template, &options).map_err(|e| {
+                // A problem in the shots file is reported against its own input key.
+                let message = e.to_string();
+                let in_shots = fewshot_path
+                    .as_ref()
+                    .is_some_and(|shots| message.contains(&shots.display().to_string()));
+                let key = match (&spec.fewshot_key, in_shots) {
+                    (Some(key), true) => key.as_str(),
+                    _ => spec.input_key.as_str(),
+                };
+                StageError::input(key, message)
+            })?;
+        return Ok(Loaded::Templated {
+            prompts,
+            docs_in_split,
+            splits,
+            path: path.to_path_buf(),
+        });
+    }
+    if fewshot_path.is_some() {
+        return Err(StageError::config(
+            format!(
+                "{}.fewshot_source",
+                spec.input_key.trim_end_matches(".source")
+            ),
+            "only for JSONL tasks; a dataset folder names its shots' split with `fewshot_split`",
+        ));
+    }
+    let builtin = builtin_task(name).ok_or_else(|| {
+        StageError::input(
+            &spec.input_key,
+            format!(
+                "task {name:?} is not shipped as a dataset: give a JSONL file (see docs/eval.md)"
+            ),
+        )
+    })?;
+    let task = load_builtin(builtin, path, &options).map_err(input_error)?;
+    Ok(Loaded::Templated {
+        prompts: task.prompts,
+        docs_in_split: task.docs_in_split,
+        splits: task.splits,
+        path: task.dataset_dir,
+    })
+}
+
+/// Multiple-choice questions and generation questions, in order (a task has only one kind).
+fn split_prompts(
+    prompts: Vec<Prompted>,
+) -> (
+    Vec<crate::eval::Question>,
+    Vec<crate::eval::GenerationQuestion>,
+) {
+    let mut choices = Vec::new();
+    let mut generations = Vec::new();
+    for prompt in prompts {
+        match prompt {
+            Prompted::Choice(question) => choices.push(question),
+            Prompted::Generation(question) => generations.push(question),
+        }
+    }
+    (choices, generations)
+}
+
+fn task_error(name: &str, spec: &TaskSpec, error: EvalError) -> StageError {
+    match error {
+        EvalError::Scorer(_) => StageError::Other(anyhow::anyhow!("task {name}: {error}")),
+        other => StageError::input(&spec.input_key, other.to_string()),
+    }
+}
+
+fn write_predictions<T: Serialize>(
+    out_dir: &Path,
+    name: &str,
+    rows: &[T],
+) -> Result<(), StageError> {
+    let mut lines = String::new();
+    for row in rows {
+        lines.push_str(&serde_json::to_string(row).map_err(|e| StageError::Other(e.into()))?);
+        lines.push('\n');
+    }
+    std::fs::write(
+        out_dir.join("predictions").join(format!("{name}.jsonl")),
+        lines,
+    )
+    .context("writing predictions")?;
+    Ok(())
+}
+
+/// `prompts/<task>.jsonl` (with `dump_prompts = true`): the exact strings each question is scored on,
+/// for comparing with another harness. Multiple choice: `{"id", "requests": [[context, continuation], ..], "gold"}`;
+/// generation: `{"id", "context", "answers"}`.
+fn write_prompts(out_dir: &Path, name: &str, prompts: &[Prompted]) -> Result<(), StageError> {
+    let dir = out_dir.join("prompts");
+    std::fs::create_dir_all(&dir).context("creating prompts/")?;
+    let rows: Vec<Value> = prompts
+        .iter()
+        .map(|prompt| match prompt {
+            Prompted::Choice(question) => json!({
+                "id": question.id,
+                "requests": question.choices.iter().map(|c| [&c.context, &c.continuation]).collect::<Vec<_>>(),
+                "gold": question.gold,
+            }),
+            Prompted::Generation(question) => json!({
+                "id": question.id, "context": question.context, "answers": question.answers,
+            }),
+        })
+        .collect();
+    let mut lines = String::new();
+    for row in rows {
+        lines.push_str(&row.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(dir.join(format!("{name}.jsonl")), lines).context("writing prompts")?;
+    Ok(())
 }
 
 /// Tokens seen upstream and where the number came from (see the module docs).

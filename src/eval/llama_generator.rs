@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::EvalError;
 use super::generate::NextToken;
 use crate::model::Llama;
-use crate::stages::CancelFlag;
+use crate::progress::CancelFlag;
 
 pub struct LlamaGreedy<'a> {
     model: &'a Llama,

@@ -1,4 +1,4 @@
-//! `sheared bench store` end to end: a small file, the table on stdout, the JSON report.
+//! `sheared-bench store` end to end: a small file, the table on stdout, the JSON report.
 
 use assert_cmd::Command;
 
@@ -6,17 +6,9 @@ use assert_cmd::Command;
 fn bench_store_prints_a_table_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let output = Command::cargo_bin("sheared")
+    let output = Command::cargo_bin("sheared-bench")
         .unwrap()
-        .args([
-            "bench",
-            "store",
-            "--bytes",
-            "1048576",
-            "--repeats",
-            "1",
-            "--dir",
-        ])
+        .args(["store", "--bytes", "1048576", "--repeats", "1", "--dir"])
         .arg(dir.path())
         .arg("--json")
         .arg(&json)
@@ -49,9 +41,9 @@ fn bench_store_prints_a_table_and_writes_json() {
 
 #[test]
 fn bench_store_rejects_zero_bytes() {
-    let output = Command::cargo_bin("sheared")
+    let output = Command::cargo_bin("sheared-bench")
         .unwrap()
-        .args(["bench", "store", "--bytes", "0"])
+        .args(["store", "--bytes", "0"])
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -1,4 +1,4 @@
-//! `sheared benchmarks` regenerates BENCHMARKS.md from whatever `sheared bench <area>` areas exist.
+//! `sheared-bench all` regenerates BENCHMARKS.md; the product binary `sheared` carries no benchmarks.
 
 use assert_cmd::Command;
 
@@ -6,9 +6,9 @@ use assert_cmd::Command;
 fn benchmarks_writes_markdown_even_without_areas() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("BENCHMARKS.md");
-    Command::cargo_bin("sheared")
+    Command::cargo_bin("sheared-bench")
         .unwrap()
-        .args(["benchmarks", "--out"])
+        .args(["all", "--out"])
         .arg(&out)
         .args(["--only", "no-such-area"])
         .assert()
@@ -26,9 +26,9 @@ fn benchmarks_writes_markdown_even_without_areas() {
 fn benchmarks_reports_an_unwritable_destination() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("missing-folder").join("BENCHMARKS.md");
-    let assert = Command::cargo_bin("sheared")
+    let assert = Command::cargo_bin("sheared-bench")
         .unwrap()
-        .args(["benchmarks", "--out"])
+        .args(["all", "--out"])
         .arg(&out)
         .args(["--only", "x"])
         .assert()
@@ -38,4 +38,31 @@ fn benchmarks_reports_an_unwritable_destination() {
         stderr.contains("writing") && stderr.contains("missing-folder"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_product_binary_has_no_benchmarks() {
+    let output = Command::cargo_bin("sheared")
+        .unwrap()
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| line.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(commands.contains(&"run"), "{help}");
+    assert!(
+        !commands.contains(&"bench") && !commands.contains(&"benchmarks"),
+        "{help}"
+    );
+    Command::cargo_bin("sheared")
+        .unwrap()
+        .args(["bench", "store"])
+        .assert()
+        .failure();
 }

@@ -1,4 +1,4 @@
-//! `sheared bench train`: training tokens/s of the full `train` loop on CPU, the share of step time
+//! `sheared-bench train`: training tokens/s of the full `train` loop on CPU, the share of step time
 //! spent outside the model (drawing batches, building tensors, the loading policy, metrics lines,
 //! checkpoints), and, as the peer measured in the same run, a bare burn loop over the same model and
 //! batches (forward, cross-entropy, backward, AdamW, nothing else). Target: < 5% outside the model.
@@ -14,18 +14,18 @@ use burn::optim::GradientsParams;
 use clap::Args;
 use serde::Serialize;
 
-use crate::data::loading::{DynamicConfig, LoadingConfig, LoadingPolicy, ReferenceSpec};
-use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
-use crate::data::{
+use sheared::data::loading::{DynamicConfig, LoadingConfig, LoadingPolicy, ReferenceSpec};
+use sheared::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
+use sheared::data::{
     DomainMixture, Exhaustion, ShardWriter, TokenDtype, TokenizedDataset, eval_windows,
 };
-use crate::model::batch::causal_lm_batch_flat as batch_tensors;
-use crate::model::{Llama, LlamaConfig, cross_entropy, device};
-use crate::stage::{CancelFlag, NullReporter};
-use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
-use crate::train::optim::AdamWSettings;
-use crate::train::schedule::LrSchedule;
-use crate::train::trainer::LmStep;
+use sheared::model::batch::causal_lm_batch_flat as batch_tensors;
+use sheared::model::{Llama, LlamaConfig, cross_entropy, device};
+use sheared::stage::{CancelFlag, NullReporter};
+use sheared::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
+use sheared::train::optim::AdamWSettings;
+use sheared::train::schedule::LrSchedule;
+use sheared::train::trainer::LmStep;
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainBenchArgs {

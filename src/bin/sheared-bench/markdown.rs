@@ -233,14 +233,15 @@ pub fn run_areas(
 ) -> anyhow::Result<Vec<AreaRun>> {
     use anyhow::Context;
     let help = Command::new(binary)
-        .args(["bench", "--help"])
+        .arg("--help")
         .output()
-        .with_context(|| format!("running {} bench --help", binary.display()))?;
+        .with_context(|| format!("running {} --help", binary.display()))?;
     let mut areas = if help.status.success() {
         parse_areas(&String::from_utf8_lossy(&help.stdout))
     } else {
         Vec::new()
     };
+    areas.retain(|area| area != "all");
     if !only.is_empty() {
         areas.retain(|area| only.contains(area));
     }
@@ -249,12 +250,12 @@ pub fn run_areas(
     for area in areas {
         let area_help = String::from_utf8_lossy(
             &Command::new(binary)
-                .args(["bench", &area, "--help"])
+                .args([&area, "--help"])
                 .output()?
                 .stdout,
         )
         .to_string();
-        let mut args = vec!["bench".to_string(), area.clone()];
+        let mut args = vec![area.clone()];
         args.extend(extra.get(&area).cloned().unwrap_or_default());
         let json_file = scratch.path().join(format!("{area}.json"));
         let mut shown = args.clone();
@@ -266,7 +267,7 @@ pub fn run_areas(
             args.push("--json".into());
             shown.push("--json".into());
         }
-        let command = format!("sheared {}", shown.join(" "));
+        let command = format!("sheared-bench {}", shown.join(" "));
         eprintln!("running {command}");
         let started = Instant::now();
         let output = Command::new(binary)
@@ -399,9 +400,24 @@ pub fn render_markdown(runs: &[AreaRun], machine: &str, generated_at: &str) -> S
     out
 }
 
-/// `sheared benchmarks`: run every area of this very binary and write the Markdown to `out`.
-pub fn regenerate(out: &Path, only: &[String], area_args: &[String]) -> anyhow::Result<()> {
+/// Arguments of `sheared-bench all`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AllArgs {
+    /// Where to write the Markdown.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: std::path::PathBuf,
+    /// Only these areas (repeatable); default: every area.
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Extra arguments for one area, e.g. `--arg "store=--bytes 100000000"` (repeatable).
+    #[arg(long = "arg", value_name = "AREA=ARGS")]
+    pub area_args: Vec<String>,
+}
+
+/// `sheared-bench all`: run every area of this very binary and write the Markdown to `out`.
+pub fn regenerate(args: &AllArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    let (out, only, area_args) = (&args.out, &args.only, &args.area_args);
     let extra = parse_area_args(area_args)?;
     if let Some(unknown) = extra
         .keys()
@@ -409,7 +425,7 @@ pub fn regenerate(out: &Path, only: &[String], area_args: &[String]) -> anyhow::
     {
         anyhow::bail!("--arg for area `{unknown}`, which --only leaves out");
     }
-    let binary = std::env::current_exe().context("finding the sheared binary")?;
+    let binary = std::env::current_exe().context("finding the sheared-bench binary")?;
     let runs = run_areas(&binary, only, &extra)?;
     let generated_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let text = render_markdown(&runs, &machine_description(), &generated_at);

@@ -1,4 +1,4 @@
-//! `sheared bench data`: tokenize throughput of the `tokenize` stage's pipeline against Python `tokenizers`
+//! `sheared-bench data`: tokenize throughput of the `tokenize` stage's pipeline against Python `tokenizers`
 //! `encode_batch` on the same corpus and `tokenizer.json` in the same run, and `DomainMixture` sampler throughput.
 //!
 //! Both tokenizers run with the same number of threads (a rayon pool here, `RAYON_NUM_THREADS` for Python).
@@ -11,12 +11,12 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::data::source::{DocumentReader, SourceOptions, resolve_sources};
-use crate::data::tokenize::{
+use sheared::data::source::{DocumentReader, SourceOptions, resolve_sources};
+use sheared::data::tokenize::{
     DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
 };
-use crate::data::{DomainMixture, Exhaustion, TokenizedDataset};
-use crate::stage::{CancelFlag, NullReporter};
+use sheared::data::{DomainMixture, Exhaustion, TokenizedDataset};
+use sheared::stage::{CancelFlag, NullReporter};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataBenchArgs {
@@ -128,7 +128,7 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
         max_tokens_per_domain: None,
         bos_token: None,
         eos_token: None,
-        batch_documents: crate::data::tokenize::DEFAULT_BATCH_DOCUMENTS,
+        batch_documents: sheared::data::tokenize::DEFAULT_BATCH_DOCUMENTS,
     };
     let (null, cancel) = (NullReporter, CancelFlag::default());
 

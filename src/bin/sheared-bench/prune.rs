@@ -1,4 +1,4 @@
-//! `sheared bench prune`: the cost of pruning over plain training on the same model.
+//! `sheared-bench prune`: the cost of pruning over plain training on the same model.
 //!
 //! A prune step (hard-concrete sampling, masked forward, Lagrangian, λ-gradient negation, three
 //! optimiser groups) and a plain train step (unmasked forward, one AdamW group) run on the same
@@ -14,15 +14,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::model::batch::causal_lm_batch_flat as inputs_and_targets;
-use crate::model::l0::L0Module;
-use crate::model::{Llama, LlamaConfig, cross_entropy};
-use crate::stage::Stage;
-use crate::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
-use crate::stages::prune::{PruneConfig, PruneStage, resolve_target};
-use crate::train::clip::clip_global_norm;
-use crate::train::driver::take_step;
-use crate::train::optim::AdamWSettings;
+use sheared::model::batch::causal_lm_batch_flat as inputs_and_targets;
+use sheared::model::l0::L0Module;
+use sheared::model::{Llama, LlamaConfig, cross_entropy};
+use sheared::stage::Stage;
+use sheared::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
+use sheared::stages::prune::{PruneConfig, PruneStage, resolve_target};
+use sheared::train::clip::clip_global_norm;
+use sheared::train::driver::take_step;
+use sheared::train::optim::AdamWSettings;
 
 /// Model and batch sizes of the benchmark (defaults: the 5.3M-parameter probe model of the burn notes).
 #[derive(Debug, Clone, Serialize)]
@@ -177,7 +177,7 @@ pub fn run(options: &PruneBenchOptions) -> anyhow::Result<PruneBenchReport> {
     })
 }
 
-/// `sheared bench prune` arguments.
+/// `sheared-bench prune` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PruneBenchArgs {
     /// Timed steps per method per round.

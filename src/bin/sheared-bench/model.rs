@@ -1,4 +1,4 @@
-//! `sheared bench model`: tokens/s of a LLaMA training step (forward + cross-entropy + backward, and
+//! `sheared-bench model`: tokens/s of a LLaMA training step (forward + cross-entropy + backward, and
 //! the AdamW step separately) for a ~20M-parameter model, against transformers' `LlamaForCausalLM`
 //! in PyTorch with the same config, batch, sequence length and thread count, measured in the same
 //! run (the PyTorch side is `scripts/bench_model_torch.py`, embedded in the binary and run with
@@ -16,10 +16,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::model::precision::Precision;
-use crate::model::{Llama, LlamaConfig, cross_entropy, device};
+use sheared::model::precision::Precision;
+use sheared::model::{Llama, LlamaConfig, cross_entropy, device};
 
-const TORCH_SCRIPT: &str = include_str!("../../scripts/bench_model_torch.py");
+const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_model_torch.py");
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelBenchArgs {

@@ -1,4 +1,4 @@
-//! `sheared bench store`: how fast the store hashes, against `b3sum` and `md5sum` on the same file
+//! `sheared-bench store`: how fast the store hashes, against `b3sum` and `md5sum` on the same file
 //! in the same run, and what a stat-cache hit costs.
 //!
 //! Every timing is hot-cache (the file is read once before timing) and the best of `--repeats`
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Digest, Store};
+use sheared::store::{Digest, Store};
 
-/// Arguments of `sheared bench store`.
+/// Arguments of `sheared-bench store`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Size of the generated test file in bytes.
@@ -63,7 +63,7 @@ pub struct StatCacheTiming {
     pub hit_in_session_seconds: f64,
 }
 
-/// Everything `sheared bench store` measured.
+/// Everything `sheared-bench store` measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub bytes: u64,

@@ -118,19 +118,19 @@ for shape in "${shapes[@]}"; do
 import json, sys
 label, text = sys.argv[1:]
 try:
-    report = json.loads(text[text.index("{"):])
+    rows = json.loads(text[0 if text.startswith("[") else text.index("\n[") + 1:])
 except Exception:
     print(json.dumps({"check": "speed", "shape": label, "error": text.strip().splitlines()[-3:]}))
     sys.exit()
-row = {"check": "speed", "shape": label, "parameters": report["config"]["parameters"],
-       "tokens_per_step": report["config"]["batch"] * report["config"]["seq"]}
-for side in ["sheared", "torch"]:
-    if side in report:
-        row[side] = {key: report[side].get(key) for key in
-                     ["train_step_tokens_per_s", "forward_backward_tokens_per_s", "model_flops_utilisation",
-                      "forward_s", "backward_s", "optimizer_s", "peak_device_bytes"]}
-if "ratio_train_step" in report:
-    row["ratio_train_step"] = report["ratio_train_step"]
+# sheared-bench's result rows (src/bin/sheared-bench/row.rs), one per metric, each with its PyTorch peer.
+row = {"check": "speed", "shape": label, "setup": rows[0].get("notes")}
+for result in rows:
+    key = f"{result['name']} {result['metric']}"
+    peer = result.get("peer") or {}
+    row[key] = {"sheared": result["value"], "torch": peer.get("value"), "unit": result["unit"],
+                "ratio": result.get("ratio")}
+    if result["metric"] == "peak RSS" and result.get("notes"):
+        row[key]["notes"] = result["notes"]
 print(json.dumps(row))
 EOF
 )"

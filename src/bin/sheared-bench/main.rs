@@ -6,9 +6,11 @@
 //! through its public API. Run it with `cargo run --release --bin sheared-bench -- <area> ...`.
 
 mod data;
+mod machine;
 mod markdown;
 mod model;
 mod prune;
+mod row;
 mod runner;
 mod store;
 mod train;
@@ -61,7 +63,9 @@ fn main() -> ExitCode {
                 None => Ok(()),
             }
         }),
-        Command::Train(args) => train::run(&args).map(|report| train::print(&report, args.json)),
+        Command::Train(args) => {
+            train::run(&args).and_then(|report| train::print(&report, args.json))
+        }
         Command::All(args) => markdown::regenerate(&args),
     };
     match result {
@@ -70,5 +74,27 @@ fn main() -> ExitCode {
             eprintln!("error: {}", sheared::exec::cli::format_error(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// `sheared-bench all` runs the areas it declares; every subcommand but `all` must be one.
+    #[test]
+    fn every_area_is_declared_for_the_markdown() {
+        let subcommands: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|command| command.get_name().to_string())
+            .filter(|name| name != "all")
+            .collect();
+        let declared: Vec<String> = markdown::AREAS
+            .iter()
+            .map(|(area, _)| area.to_string())
+            .collect();
+        assert_eq!(subcommands, declared);
     }
 }

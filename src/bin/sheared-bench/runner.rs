@@ -17,6 +17,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::row::{self, Better, Conditions};
+
 #[derive(Debug, Clone, Args)]
 pub struct RunnerBenchArgs {
     /// Total bytes of cached outputs (default 5 GB).
@@ -38,6 +40,9 @@ pub struct RunnerBenchArgs {
     /// the same folder).
     #[arg(long, env = "SHEARED_BIN")]
     pub sheared: Option<PathBuf>,
+    /// Print the results as JSON rows (see `row.rs`) instead of the text report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The `sheared` binary: `--sheared`, else the sibling of this executable.
@@ -136,6 +141,34 @@ fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
         hashed_bytes += std::fs::metadata(file)?.len();
     }
     let rehash = start.elapsed().as_secs_f64();
+    if args.json {
+        let conditions = Conditions::now("runner", rayon::current_num_threads());
+        let setup = format!(
+            "{} stages, {hashed_bytes} B of cached outputs in {} files, page cache warm",
+            args.stages,
+            files.len()
+        );
+        return row::print_json(&[
+            conditions
+                .row(
+                    format!("no-op rerun, `sheared run` (median of {})", reruns.len()),
+                    "wall time",
+                    rerun,
+                    "s",
+                    Better::Lower,
+                )
+                .against("rehash every output (blake3, mmap, all cores)", rehash)
+                .target("< 0.5 s")
+                .notes(setup),
+            conditions.row(
+                "cold run (execute + hash + commit)",
+                "wall time",
+                cold,
+                "s",
+                Better::Lower,
+            ),
+        ]);
+    }
     println!("# sheared-bench runner");
     println!(
         "stages: {}, cached output bytes: {} ({} files)",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch side of `sheared bench model`: the same LLaMA training step in transformers' LlamaForCausalLM.
+"""PyTorch side of `sheared-bench model`: the same LLaMA training step in transformers' LlamaForCausalLM.
 
 Prints one JSON object: per measured step the forward, backward and optimiser seconds, and the
 process's peak RSS. Called by the Rust benchmark with identical config, batch, sequence length and

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one short check a GPU machine runs (under 10 minutes on an H100/H200), with a sheared binary
-# built elsewhere against the same torch (scripts/gpu-build.sh puts a stripped release build in
-# .gpu/sheared). It prints, and writes as JSON lines to $OUT/gpu-check.jsonl:
+# built elsewhere against the same torch (scripts/gpu-build.sh puts stripped release builds in
+# .gpu/sheared and .gpu/sheared-bench). It prints, and writes as JSON lines to $OUT/gpu-check.jsonl:
 #   1. parity: the committed transformers fixtures scored on the GPU, on libtorch's CPU and as
 #      transformers computed them (loss differences);
 #   2. speed: a training step (forward + backward + AdamW) in bf16 at SmolLM2-135M's shape and at
@@ -14,7 +14,7 @@
 #   scripts/gpu-check.sh                        # on the GPU machine
 #   DEVICE=torch-cpu QUICK=1 scripts/gpu-check.sh   # a small rehearsal on a CPU machine
 #
-# Environment: SHEARED_BIN (default .gpu/sheared), DEVICE (cuda:0), PYTHON (python3, the one with
+# Environment: SHEARED_BIN (default .gpu/sheared), BENCH_BIN (default .gpu/sheared-bench), DEVICE (cuda:0), PYTHON (python3, the one with
 # torch and transformers), OUT (gpu-check-out), PEAK_TFLOPS (989: dense bf16 of an H100/H200 SXM),
 # QUICK=1 (tiny shapes, for rehearsals).
 set -uo pipefail
@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 BIN="${SHEARED_BIN:-$ROOT/.gpu/sheared}"
+BENCH_BIN="${BENCH_BIN:-$ROOT/.gpu/sheared-bench}"
 DEVICE="${DEVICE:-cuda:0}"
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-$ROOT/gpu-check-out}"
@@ -40,6 +41,7 @@ TORCH_LIB="$("$PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(
 }
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -x "$BIN" ] || { say "gpu-check: no sheared binary at $BIN (scripts/gpu-build.sh makes one; or set SHEARED_BIN)"; exit 1; }
+[ -x "$BENCH_BIN" ] || { say "gpu-check: no sheared-bench binary at $BENCH_BIN (scripts/gpu-build.sh makes one; or set BENCH_BIN)"; exit 1; }
 
 say "== machine"
 record "$("$PYTHON" - "$DEVICE" <<'EOF'
@@ -110,25 +112,25 @@ fi
 for shape in "${shapes[@]}"; do
     read -r label arguments <<<"$shape"
     # shellcheck disable=SC2086
-    result="$("$BIN" bench model $arguments --device "$DEVICE" --precision bf16 --python "$PYTHON" \
+    result="$("$BENCH_BIN" model $arguments --device "$DEVICE" --precision bf16 --python "$PYTHON" \
         --peak-tflops "$PEAK_TFLOPS" --steps 3 --warmup 1 --json 2>&1)"
     record "$("$PYTHON" - "$label" "$result" <<'EOF'
 import json, sys
 label, text = sys.argv[1:]
 try:
-    report = json.loads(text[text.index("{"):])
+    rows = json.loads(text[0 if text.startswith("[") else text.index("\n[") + 1:])
 except Exception:
     print(json.dumps({"check": "speed", "shape": label, "error": text.strip().splitlines()[-3:]}))
     sys.exit()
-row = {"check": "speed", "shape": label, "parameters": report["config"]["parameters"],
-       "tokens_per_step": report["config"]["batch"] * report["config"]["seq"]}
-for side in ["sheared", "torch"]:
-    if side in report:
-        row[side] = {key: report[side].get(key) for key in
-                     ["train_step_tokens_per_s", "forward_backward_tokens_per_s", "model_flops_utilisation",
-                      "forward_s", "backward_s", "optimizer_s", "peak_device_bytes"]}
-if "ratio_train_step" in report:
-    row["ratio_train_step"] = report["ratio_train_step"]
+# sheared-bench's result rows (src/bin/sheared-bench/row.rs), one per metric, each with its PyTorch peer.
+row = {"check": "speed", "shape": label, "setup": rows[0].get("notes")}
+for result in rows:
+    key = f"{result['name']} {result['metric']}"
+    peer = result.get("peer") or {}
+    row[key] = {"sheared": result["value"], "torch": peer.get("value"), "unit": result["unit"],
+                "ratio": result.get("ratio")}
+    if result["metric"] == "peak RSS" and result.get("notes"):
+        row[key]["notes"] = result["notes"]
 print(json.dumps(row))
 EOF
 )"

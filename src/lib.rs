@@ -17,7 +17,6 @@
 //! [`stages::builtin`]. `tests/architecture.rs` holds the layer order and fails on an import that
 //! goes up or round.
 
-pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod exec;

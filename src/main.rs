@@ -19,18 +19,6 @@ struct Cli {
 enum Command {
     /// List the stage kinds this binary knows.
     Kinds,
-    /// Run every `sheared bench <area>` this binary has and regenerate BENCHMARKS.md.
-    Benchmarks {
-        /// Where to write the Markdown.
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        out: std::path::PathBuf,
-        /// Only these areas (repeatable); default: every area.
-        #[arg(long)]
-        only: Vec<String>,
-        /// Extra arguments for one area, e.g. `--arg "store=--bytes 100000000"` (repeatable).
-        #[arg(long = "arg", value_name = "AREA=ARGS")]
-        area_args: Vec<String>,
-    },
     /// Recipes or sweep variants side by side: differing parameters, metrics, deltas, reuse; plots.
     Compare(sheared::report::cli::CompareArgs),
     /// Show a model folder's architecture, per-layer widths and parameter counts.
@@ -53,27 +41,6 @@ enum Command {
     Gc(sheared::exec::cli::GcArgs),
     /// Rehash every cached object; drop entries with corrupt or missing objects.
     Verify(sheared::exec::cli::VerifyArgs),
-    /// Run a benchmark and print a markdown table.
-    Bench {
-        #[command(subcommand)]
-        area: BenchArea,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchArea {
-    /// Tokens/s of a LLaMA training step (forward + backward) against PyTorch, same config and threads.
-    Model(sheared::bench::model::ModelBenchArgs),
-    /// Prune-step vs plain train-step tokens/s on the same model (the mask overhead; target < 15 %).
-    Prune(sheared::bench::prune::PruneBenchArgs),
-    /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
-    Data(sheared::bench::data::DataBenchArgs),
-    /// No-op rerun of a 20-stage recipe with large cached outputs, against rehashing everything.
-    Runner(sheared::bench::runner::RunnerBenchArgs),
-    /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
-    Store(sheared::bench::store::Args),
-    /// Training tokens/s of the `train` loop and its time outside the model, against a bare burn loop.
-    Train(sheared::bench::train::TrainBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,9 +56,6 @@ fn main() -> ExitCode {
         Command::Dag(args) => sheared::exec::cli::dag(&args, &registry),
         Command::Gc(args) => sheared::exec::cli::gc(&args, &registry),
         Command::Verify(args) => sheared::exec::cli::verify(&args),
-        Command::Bench {
-            area: BenchArea::Runner(args),
-        } => sheared::bench::runner::run(&args),
         Command::Kinds => {
             for kind in registry.kinds() {
                 let about = registry
@@ -103,36 +67,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Compare(args) => sheared::report::cli::compare_command(&args, &registry),
-        Command::Benchmarks {
-            out,
-            only,
-            area_args,
-        } => sheared::report::benchmarks::regenerate(&out, &only, &area_args),
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),
-        Command::Bench {
-            area: BenchArea::Model(args),
-        } => sheared::bench::model::run(&args),
-        Command::Bench {
-            area: BenchArea::Prune(args),
-        } => sheared::bench::prune::run_cli(&args),
-        Command::Bench {
-            area: BenchArea::Data(args),
-        } => sheared::bench::data::run(&args).map(|report| sheared::bench::data::print(&report)),
-        Command::Bench {
-            area: BenchArea::Store(args),
-        } => sheared::bench::store::run(&args).and_then(|report| {
-            println!("{}", report.to_markdown());
-            match &args.json {
-                Some(path) => report.write_json(path),
-                None => Ok(()),
-            }
-        }),
-        Command::Bench {
-            area: BenchArea::Train(args),
-        } => sheared::bench::train::run(&args)
-            .map(|report| sheared::bench::train::print(&report, args.json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! `sheared bench store` end to end: a small file, the table on stdout, the JSON report.
+//! `sheared-bench store` end to end: a small file, the table on stdout, the JSON rows.
 
 use assert_cmd::Command;
 
@@ -6,17 +6,9 @@ use assert_cmd::Command;
 fn bench_store_prints_a_table_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let output = Command::cargo_bin("sheared")
+    let output = Command::cargo_bin("sheared-bench")
         .unwrap()
-        .args([
-            "bench",
-            "store",
-            "--bytes",
-            "1048576",
-            "--repeats",
-            "1",
-            "--dir",
-        ])
+        .args(["store", "--bytes", "1048576", "--repeats", "1", "--dir"])
         .arg(dir.path())
         .arg("--json")
         .arg(&json)
@@ -32,9 +24,38 @@ fn bench_store_prints_a_table_and_writes_json() {
         table.contains("| sheared |") && table.contains("Stat cache"),
         "{table}"
     );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(report["bytes"], 1048576);
-    assert_eq!(report["stat_cache"]["hit_hashed_bytes"], 0);
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = rows.as_array().expect("a JSON array of rows");
+    for row in rows {
+        for key in [
+            "area",
+            "name",
+            "metric",
+            "value",
+            "unit",
+            "better",
+            "peer",
+            "ratio",
+            "machine",
+            "threads",
+            "load_average",
+        ] {
+            assert!(row.get(key).is_some(), "row without {key}: {row}");
+        }
+        assert_eq!(row["area"], "store");
+    }
+    let rehashed = rows
+        .iter()
+        .find(|row| row["metric"] == "bytes rehashed")
+        .expect("the stat-cache row");
+    assert_eq!(rehashed["value"], 0.0);
+    assert!(
+        rows.iter().any(|row| row["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("hash a 0.00 GB file")),
+        "{rows:?}"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()
@@ -49,9 +70,9 @@ fn bench_store_prints_a_table_and_writes_json() {
 
 #[test]
 fn bench_store_rejects_zero_bytes() {
-    let output = Command::cargo_bin("sheared")
+    let output = Command::cargo_bin("sheared-bench")
         .unwrap()
-        .args(["bench", "store", "--bytes", "0"])
+        .args(["store", "--bytes", "0"])
         .output()
         .unwrap();
     assert!(!output.status.success());

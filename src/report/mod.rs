@@ -1,7 +1,7 @@
 //! Reports over finished runs: [`compare`] puts recipes or sweep variants side by side, [`plots`]
-//! draws their training curves, [`benchmarks`] gathers every benchmark into BENCHMARKS.md.
+//! draws their training curves. (Benchmarks are not part of the product: see the `sheared-bench`
+//! binary, `src/bin/sheared-bench/`.)
 
-pub mod benchmarks;
 pub mod cli;
 pub mod compare;
 pub mod plots;

@@ -1,4 +1,4 @@
-//! `sheared bench model`: tokens/s of a LLaMA training step (forward + cross-entropy + backward, and
+//! `sheared-bench model`: tokens/s of a LLaMA training step (forward + cross-entropy + backward, and
 //! the AdamW step separately) for a ~20M-parameter model, against transformers' `LlamaForCausalLM`
 //! in PyTorch with the same config, batch, sequence length and thread count, measured in the same
 //! run (the PyTorch side is `scripts/bench_model_torch.py`, embedded in the binary and run with
@@ -14,12 +14,14 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::model::precision::Precision;
-use crate::model::{Llama, LlamaConfig, cross_entropy, device};
+use sheared::model::precision::Precision;
+use sheared::model::{Llama, LlamaConfig, cross_entropy, device};
 
-const TORCH_SCRIPT: &str = include_str!("../../scripts/bench_model_torch.py");
+use crate::machine::load_average;
+use crate::row::{self, Better, Conditions, Row};
+
+const TORCH_SCRIPT: &str = include_str!("../../../scripts/bench_model_torch.py");
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelBenchArgs {
@@ -67,7 +69,7 @@ pub struct ModelBenchArgs {
     /// Measure sheared only.
     #[arg(long)]
     pub skip_torch: bool,
-    /// Print one JSON object.
+    /// Print the results as JSON rows (see `row.rs`) instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -216,16 +218,6 @@ fn measure_torch(args: &ModelBenchArgs, threads: usize) -> anyhow::Result<TorchR
     serde_json::from_str(line).context("parsing the PyTorch benchmark's JSON")
 }
 
-/// The 1-minute load average (Linux), so that numbers measured on a busy machine say so.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     let kv_heads = args.kv_heads.unwrap_or(args.heads);
     if args.steps == 0
@@ -284,30 +276,121 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
         args.peak_tflops
             .map(|peak| rate(t) * flops_per_token / (peak * 1e12))
     };
-    let mut report = json!({
-        "config": {"vocab": args.vocab, "hidden": args.hidden, "intermediate": args.intermediate, "layers": args.layers,
-                   "heads": args.heads, "kv_heads": kv_heads, "tied": args.tied, "precision": args.precision,
-                   "parameters": parameters, "batch": args.batch, "seq": args.seq,
-                   "threads": threads, "device": args.device, "steps": args.steps,
-                   "flops_per_token": flops_per_token, "peak_tflops": args.peak_tflops},
-        "load_average_1min": {"before": load_before, "after": load_after},
-        "sheared": {"forward_s": sheared.forward_s, "backward_s": sheared.backward_s, "optimizer_s": sheared.optimizer_s,
-                    "forward_backward_tokens_per_s": rate(&sheared), "train_step_tokens_per_s": step_rate(&sheared),
-                    "model_flops_utilisation": utilisation(&sheared), "peak_rss_bytes": sheared_rss},
-    });
-    if let Some(torch) = &torch {
-        let peer = medians(&torch.steps);
-        report["torch"] = json!({"version": torch.torch_version, "parameters": torch.parameters,
-            "forward_s": peer.forward_s, "backward_s": peer.backward_s, "optimizer_s": peer.optimizer_s,
-            "forward_backward_tokens_per_s": rate(&peer), "train_step_tokens_per_s": step_rate(&peer),
-            "model_flops_utilisation": utilisation(&peer), "peak_rss_bytes": torch.peak_rss_bytes,
-            "peak_device_bytes": torch.peak_device_bytes});
-        report["ratio_forward_backward"] = json!(rate(&sheared) / rate(&peer));
-        report["ratio_train_step"] = json!(step_rate(&sheared) / step_rate(&peer));
-    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        let conditions = Conditions::now("model", threads);
+        let setup = format!(
+            "{parameters} parameters (vocab {}, d {}, I {}, {} layers, {} heads, {kv_heads} kv heads{}), {}, batch {} × seq {}, device {}, median of {} steps; load average before {}",
+            args.vocab,
+            args.hidden,
+            args.intermediate,
+            args.layers,
+            args.heads,
+            if args.tied { ", tied" } else { "" },
+            args.precision,
+            args.batch,
+            args.seq,
+            args.device,
+            args.steps,
+            load_before.map_or("unknown".to_string(), |load| format!("{load:.1}")),
+        );
+        let setup = match &torch {
+            Some(torch) => format!(
+                "{setup}; the PyTorch model has {} parameters",
+                torch.parameters
+            ),
+            None => setup,
+        };
+        let peer = torch.as_ref().map(|torch| (medians(&torch.steps), torch));
+        let mut rows = Vec::new();
+        let mut add = |row: Row, peer_value: Option<f64>| {
+            let row = match (&peer, peer_value) {
+                (Some((_, torch)), Some(value)) => row
+                    .against("PyTorch (transformers LlamaForCausalLM)", value)
+                    .peer_version(torch.torch_version.clone()),
+                _ => row,
+            };
+            rows.push(row);
+        };
+        let times = peer.as_ref().map(|(times, _)| times);
+        add(
+            conditions
+                .row(
+                    "forward + backward",
+                    "throughput",
+                    rate(&sheared),
+                    "tokens/s",
+                    Better::Higher,
+                )
+                .notes(setup),
+            times.map(rate),
+        );
+        add(
+            conditions.row(
+                "training step (+ AdamW)",
+                "throughput",
+                step_rate(&sheared),
+                "tokens/s",
+                Better::Higher,
+            ),
+            times.map(step_rate),
+        );
+        add(
+            conditions.row(
+                "forward",
+                "wall time",
+                sheared.forward_s,
+                "s",
+                Better::Lower,
+            ),
+            times.map(|t| t.forward_s),
+        );
+        add(
+            conditions.row(
+                "backward",
+                "wall time",
+                sheared.backward_s,
+                "s",
+                Better::Lower,
+            ),
+            times.map(|t| t.backward_s),
+        );
+        add(
+            conditions.row(
+                "AdamW step",
+                "wall time",
+                sheared.optimizer_s,
+                "s",
+                Better::Lower,
+            ),
+            times.map(|t| t.optimizer_s),
+        );
+        let mut memory = conditions.row(
+            "whole process",
+            "peak RSS",
+            sheared_rss as f64,
+            "B",
+            Better::Lower,
+        );
+        if let Some(device_bytes) = torch.as_ref().and_then(|torch| torch.peak_device_bytes) {
+            memory = memory.notes(format!("PyTorch peak device memory {device_bytes} B"));
+        }
+        add(
+            memory,
+            torch.as_ref().map(|torch| torch.peak_rss_bytes as f64),
+        );
+        if let Some(ours) = utilisation(&sheared) {
+            add(
+                conditions.row(
+                    "forward + backward",
+                    "model FLOPs utilisation",
+                    ours,
+                    "fraction",
+                    Better::Higher,
+                ),
+                times.and_then(utilisation),
+            );
+        }
+        return row::print_json(&rows);
     }
     println!(
         "LLaMA {} params (vocab {}, d {}, I {}, {} layers, {} heads), batch {} x seq {}, {} threads, device {}",

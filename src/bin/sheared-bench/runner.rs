@@ -1,11 +1,12 @@
-//! `sheared bench runner`: the wall time of a no-op rerun of a 20-stage recipe whose cached outputs
+//! `sheared-bench runner`: the wall time of a no-op rerun of a 20-stage recipe whose cached outputs
 //! total 5 GB (target: under 0.5 s, no rehashing), against the naive peer that rehashes every output
 //! to decide whether anything changed (what a runner without trusted manifests and a stat cache
 //! must do).
 //!
 //! The recipe is a chain of `command` stages; stage i writes `bytes / stages` bytes (a distinct
 //! header, then zeros) into its output, and the first stage also reads an external input file, so
-//! the rerun exercises the stat cache too. Both timings use the real binary (`sheared run`), the peer
+//! the rerun exercises the stat cache too. Both timings use the real binary (`sheared run`, found next
+//! to this one unless `--sheared` says otherwise), the peer
 //! uses multi-threaded memory-mapped blake3 over the same files (its best case: they are in the
 //! page cache right after the cold run).
 
@@ -15,6 +16,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+
+use crate::row::{self, Better, Conditions};
 
 #[derive(Debug, Clone, Args)]
 pub struct RunnerBenchArgs {
@@ -33,6 +36,29 @@ pub struct RunnerBenchArgs {
     /// Keep the work folder.
     #[arg(long)]
     pub keep: bool,
+    /// The `sheared` binary to time; default: the one next to this binary (cargo builds both into
+    /// the same folder).
+    #[arg(long, env = "SHEARED_BIN")]
+    pub sheared: Option<PathBuf>,
+    /// Print the results as JSON rows (see `row.rs`) instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `sheared` binary: `--sheared`, else the sibling of this executable.
+fn sheared_binary(args: &RunnerBenchArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.sheared {
+        return Ok(path.clone());
+    }
+    let this = std::env::current_exe().context("finding the sheared-bench binary")?;
+    let sibling = this.with_file_name(format!("sheared{}", std::env::consts::EXE_SUFFIX));
+    if !sibling.is_file() {
+        bail!(
+            "no `sheared` binary next to {} (build it: cargo build --release --bin sheared), or pass --sheared PATH",
+            this.display()
+        );
+    }
+    Ok(sibling)
 }
 
 pub fn run(args: &RunnerBenchArgs) -> anyhow::Result<()> {
@@ -75,7 +101,7 @@ fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
     let recipe_path = dir.join("bench.toml");
     std::fs::write(&recipe_path, recipe)?;
     let cache = dir.join("cache");
-    let exe = std::env::current_exe().context("finding the sheared binary")?;
+    let exe = sheared_binary(args)?;
     let sheared_run = || -> anyhow::Result<f64> {
         let start = Instant::now();
         let status = Command::new(&exe)
@@ -94,7 +120,7 @@ fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
     eprintln!(
         "cold run: {} stages writing {} in total ...",
         args.stages,
-        crate::util::fmt::human_bytes(per_stage * args.stages as u64)
+        sheared::util::fmt::human_bytes(per_stage * args.stages as u64)
     );
     let cold = sheared_run()?;
     let mut reruns: Vec<f64> = (0..args.repeats.max(1))
@@ -115,7 +141,35 @@ fn measure(args: &RunnerBenchArgs) -> anyhow::Result<()> {
         hashed_bytes += std::fs::metadata(file)?.len();
     }
     let rehash = start.elapsed().as_secs_f64();
-    println!("# sheared bench runner");
+    if args.json {
+        let conditions = Conditions::now("runner", rayon::current_num_threads());
+        let setup = format!(
+            "{} stages, {hashed_bytes} B of cached outputs in {} files, page cache warm",
+            args.stages,
+            files.len()
+        );
+        return row::print_json(&[
+            conditions
+                .row(
+                    format!("no-op rerun, `sheared run` (median of {})", reruns.len()),
+                    "wall time",
+                    rerun,
+                    "s",
+                    Better::Lower,
+                )
+                .against("rehash every output (blake3, mmap, all cores)", rehash)
+                .target("< 0.5 s")
+                .notes(setup),
+            conditions.row(
+                "cold run (execute + hash + commit)",
+                "wall time",
+                cold,
+                "s",
+                Better::Lower,
+            ),
+        ]);
+    }
+    println!("# sheared-bench runner");
     println!(
         "stages: {}, cached output bytes: {} ({} files)",
         args.stages,

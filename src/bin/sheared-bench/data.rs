@@ -1,4 +1,4 @@
-//! `sheared bench data`: tokenize throughput of the `tokenize` stage's pipeline against Python `tokenizers`
+//! `sheared-bench data`: tokenize throughput of the `tokenize` stage's pipeline against Python `tokenizers`
 //! `encode_batch` on the same corpus and `tokenizer.json` in the same run, and `DomainMixture` sampler throughput.
 //!
 //! Both tokenizers run with the same number of threads (a rayon pool here, `RAYON_NUM_THREADS` for Python).
@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 
-use crate::data::source::{DocumentReader, SourceOptions, resolve_sources};
-use crate::data::tokenize::{
+use sheared::data::source::{DocumentReader, SourceOptions, resolve_sources};
+use sheared::data::tokenize::{
     DomainSpec, EvalSplit, TokenizeSpec, TokenizerSource, TrainTokenizer, tokenize,
 };
-use crate::data::{DomainMixture, Exhaustion, TokenizedDataset};
-use crate::stage::{CancelFlag, NullReporter};
+use sheared::data::{DomainMixture, Exhaustion, TokenizedDataset};
+use sheared::stage::{CancelFlag, NullReporter};
+
+use crate::row::{self, Better, Conditions, Row};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataBenchArgs {
@@ -47,12 +48,12 @@ pub struct DataBenchArgs {
     /// Tokens the sampler benchmark draws.
     #[arg(long, default_value_t = 50_000_000)]
     pub sampler_tokens: u64,
-    /// Write the report as JSON here too.
+    /// Write the results as JSON rows (see `row.rs`) here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct DataBenchReport {
     pub threads: usize,
     pub corpus_bytes: u64,
@@ -128,7 +129,7 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
         max_tokens_per_domain: None,
         bos_token: None,
         eos_token: None,
-        batch_documents: crate::data::tokenize::DEFAULT_BATCH_DOCUMENTS,
+        batch_documents: sheared::data::tokenize::DEFAULT_BATCH_DOCUMENTS,
     };
     let (null, cancel) = (NullReporter, CancelFlag::default());
 
@@ -242,9 +243,61 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<DataBenchReport> {
         sampler_batch_size: args.batch_size,
     };
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+        row::write_json(&rows(&report), path)?;
     }
     Ok(report)
+}
+
+/// The report as rows: the stage and the Rust encoder against Python `tokenizers`, and the sampler.
+fn rows(report: &DataBenchReport) -> Vec<Row> {
+    let conditions = Conditions::now("data", report.threads);
+    let python = "Python tokenizers encode_batch (in memory)";
+    let mut stage = conditions
+        .row(
+            "tokenize stage (read + split + encode + write)",
+            "throughput",
+            report.stage_tokens_per_s,
+            "tokens/s",
+            Better::Higher,
+        )
+        .against(python, report.python_encode_batch_tokens_per_s)
+        .peer_version(report.python_tokenizers_version.clone())
+        .target("≥ 1.0")
+        .notes(format!(
+            "{} documents, {} B, {} tokens; stage {:.1} MB/s",
+            report.documents,
+            report.corpus_bytes,
+            report.tokens,
+            report.stage_bytes_per_s / 1e6
+        ));
+    if let Some(seconds) = report.tokenizer_training_s {
+        stage.notes = stage
+            .notes
+            .map(|notes| format!("{notes}; byte-level BPE training + first pass {seconds:.2} s"));
+    }
+    vec![
+        stage,
+        conditions
+            .row(
+                "Rust tokenizers encode_batch (in memory)",
+                "throughput",
+                report.rust_encode_batch_tokens_per_s,
+                "tokens/s",
+                Better::Higher,
+            )
+            .against(python, report.python_encode_batch_tokens_per_s)
+            .peer_version(report.python_tokenizers_version.clone()),
+        conditions.row(
+            format!(
+                "DomainMixture sampler (seq_len {}, batch {})",
+                report.sampler_seq_len, report.sampler_batch_size
+            ),
+            "throughput",
+            report.sampler_tokens_per_s,
+            "tokens/s",
+            Better::Higher,
+        ),
+    ]
 }
 
 /// Prints the report as a table.

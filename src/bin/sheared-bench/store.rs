@@ -1,4 +1,4 @@
-//! `sheared bench store`: how fast the store hashes, against `b3sum` and `md5sum` on the same file
+//! `sheared-bench store`: how fast the store hashes, against `b3sum` and `md5sum` on the same file
 //! in the same run, and what a stat-cache hit costs.
 //!
 //! Every timing is hot-cache (the file is read once before timing) and the best of `--repeats`
@@ -13,11 +13,12 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 
-use crate::store::{Digest, Store};
+use sheared::store::{Digest, Store};
 
-/// Arguments of `sheared bench store`.
+use crate::row::{self, Better, Conditions, Row};
+
+/// Arguments of `sheared-bench store`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Size of the generated test file in bytes.
@@ -30,13 +31,13 @@ pub struct Args {
     /// Timed runs per tool; the best is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: u32,
-    /// Also write the report as JSON to this file.
+    /// Also write the results as JSON rows (see `row.rs`) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
 /// One hashing tool on the test file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct ToolTiming {
     pub name: String,
     /// What ran (a command line, or the library function).
@@ -49,7 +50,7 @@ pub struct ToolTiming {
 }
 
 /// Cost of hashing an external file through the store's stat cache.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct StatCacheTiming {
     /// First `hash_external` (reads and hashes everything).
     pub first_seconds: f64,
@@ -63,11 +64,10 @@ pub struct StatCacheTiming {
     pub hit_in_session_seconds: f64,
 }
 
-/// Everything `sheared bench store` measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Everything `sheared-bench store` measured.
+#[derive(Debug, Clone)]
 pub struct BenchReport {
     pub bytes: u64,
-    pub file: PathBuf,
     pub rayon_threads: usize,
     pub repeats: u32,
     pub tools: Vec<ToolTiming>,
@@ -121,10 +121,94 @@ impl BenchReport {
         out
     }
 
+    /// The report as rows: sheared's hashing against each peer tool, and the stat-cache hit.
+    pub fn rows(&self) -> Vec<Row> {
+        let conditions = Conditions::now("store", self.rayon_threads);
+        let name = format!(
+            "hash a {:.2} GB file (hot page cache)",
+            self.bytes as f64 / 1e9
+        );
+        let ours = &self.tools[0];
+        let mut rows: Vec<Row> = self.tools[1..]
+            .iter()
+            .map(|tool| {
+                let mut row = conditions
+                    .row(
+                        name.clone(),
+                        "throughput",
+                        ours.bytes_per_s,
+                        "B/s",
+                        Better::Higher,
+                    )
+                    .against(tool.name.clone(), tool.bytes_per_s)
+                    .notes(format!("`{}` against `{}`", ours.command, tool.command));
+                if tool.name == "b3sum"
+                    && let Some(agrees) = self.b3sum_agrees
+                {
+                    row = row.notes(format!(
+                        "`{}` against `{}`; digests agree: {agrees}",
+                        ours.command, tool.command
+                    ));
+                }
+                row
+            })
+            .collect();
+        if !self.missing_tools.is_empty() {
+            rows.push(
+                conditions
+                    .row(
+                        name.clone(),
+                        "throughput",
+                        ours.bytes_per_s,
+                        "B/s",
+                        Better::Higher,
+                    )
+                    .notes(format!(
+                        "`{}`; peers not installed: {}",
+                        ours.command,
+                        self.missing_tools.join(", ")
+                    )),
+            );
+        }
+        let cache = &self.stat_cache;
+        rows.push(
+            conditions
+                .row(
+                    format!(
+                        "stat-cache hit, unchanged file (median of {})",
+                        cache.hit_calls
+                    ),
+                    "wall time",
+                    cache.hit_seconds,
+                    "s",
+                    Better::Lower,
+                )
+                .against(
+                    "first hash_external (reads the whole file)",
+                    cache.first_seconds,
+                )
+                .notes(format!(
+                    "{:.3} ms inside an index session",
+                    cache.hit_in_session_seconds * 1e3
+                )),
+        );
+        rows.push(
+            conditions
+                .row(
+                    "stat-cache hit, unchanged file",
+                    "bytes rehashed",
+                    cache.hit_hashed_bytes as f64,
+                    "B",
+                    Better::Lower,
+                )
+                .target("0"),
+        );
+        rows
+    }
+
+    /// Write the rows as JSON to `path`.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text)
-            .with_context(|| format!("writing the benchmark report to {}", path.display()))
+        row::write_json(&self.rows(), path)
     }
 }
 
@@ -224,7 +308,6 @@ pub fn run(args: &Args) -> anyhow::Result<BenchReport> {
         .collect();
     Ok(BenchReport {
         bytes: args.bytes,
-        file,
         rayon_threads: rayon::current_num_threads(),
         repeats,
         tools,
@@ -363,8 +446,12 @@ mod tests {
         );
         let json_path = dir.path().join("report.json");
         report.write_json(&json_path).unwrap();
-        let parsed: BenchReport =
-            serde_json::from_slice(&std::fs::read(json_path).unwrap()).unwrap();
-        assert_eq!(parsed.bytes, 3 << 20);
+        let rows = row::parse(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+        assert!(rows.iter().all(|row| row.area == "store"));
+        let rehashed = rows
+            .iter()
+            .find(|row| row.metric == "bytes rehashed")
+            .unwrap();
+        assert_eq!(rehashed.value, 0.0);
     }
 }

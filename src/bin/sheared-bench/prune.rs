@@ -1,4 +1,4 @@
-//! `sheared bench prune`: the cost of pruning over plain training on the same model.
+//! `sheared-bench prune`: the cost of pruning over plain training on the same model.
 //!
 //! A prune step (hard-concrete sampling, masked forward, Lagrangian, λ-gradient negation, three
 //! optimiser groups) and a plain train step (unmasked forward, one AdamW group) run on the same
@@ -12,20 +12,21 @@ use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 
-use crate::model::batch::causal_lm_batch_flat as inputs_and_targets;
-use crate::model::l0::L0Module;
-use crate::model::{Llama, LlamaConfig, cross_entropy};
-use crate::stage::Stage;
-use crate::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
-use crate::stages::prune::{PruneConfig, PruneStage, resolve_target};
-use crate::train::clip::clip_global_norm;
-use crate::train::driver::take_step;
-use crate::train::optim::AdamWSettings;
+use sheared::model::batch::causal_lm_batch_flat as inputs_and_targets;
+use sheared::model::l0::L0Module;
+use sheared::model::{Llama, LlamaConfig, cross_entropy};
+use sheared::stage::Stage;
+use sheared::stages::prune::train_loop::{L0Step, PruneModel, build_optimizer};
+use sheared::stages::prune::{PruneConfig, PruneStage, resolve_target};
+use sheared::train::clip::clip_global_norm;
+use sheared::train::driver::take_step;
+use sheared::train::optim::AdamWSettings;
+
+use crate::row::{self, Better, Conditions, Row};
 
 /// Model and batch sizes of the benchmark (defaults: the 5.3M-parameter probe model of the burn notes).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PruneBenchOptions {
     pub vocab: usize,
     pub hidden: usize,
@@ -55,7 +56,7 @@ impl Default for PruneBenchOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PruneBenchReport {
     pub options: PruneBenchOptions,
     pub parameters: u64,
@@ -177,7 +178,7 @@ pub fn run(options: &PruneBenchOptions) -> anyhow::Result<PruneBenchReport> {
     })
 }
 
-/// `sheared bench prune` arguments.
+/// `sheared-bench prune` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PruneBenchArgs {
     /// Timed steps per method per round.
@@ -194,7 +195,7 @@ pub struct PruneBenchArgs {
     pub seq_len: usize,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Print the report as JSON.
+    /// Print the results as JSON rows (see `row.rs`) instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -213,7 +214,7 @@ pub fn run_cli(args: &PruneBenchArgs) -> anyhow::Result<()> {
     let json = args.json;
     let report = run(&options)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        row::print_json(&rows(&report))?;
     } else {
         println!(
             "model: {} params (hidden {}, {} layers, {} heads, intermediate {}), batch {} × seq {}",
@@ -239,4 +240,38 @@ pub fn run_cli(args: &PruneBenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The report as rows: the prune step against the plain train step on the same model and batch.
+fn rows(report: &PruneBenchReport) -> Vec<Row> {
+    let options = &report.options;
+    let conditions = Conditions::now("prune", rayon::current_num_threads());
+    vec![
+        conditions
+            .row(
+                "prune step (masks + Lagrangian, 3 groups)",
+                "throughput",
+                report.prune_tokens_per_s,
+                "tokens/s",
+                Better::Higher,
+            )
+            .against(
+                "plain train step (same model and batch, 1 AdamW group)",
+                report.train_tokens_per_s,
+            )
+            .target("≥ 0.87 (mask overhead < 15 %)")
+            .notes(format!(
+                "mask overhead {:.1} %; {} parameters (hidden {}, {} layers, {} heads, intermediate {}), batch {} × seq {}, {} rounds of {} steps",
+                report.mask_overhead_percent,
+                report.parameters,
+                options.hidden,
+                options.layers,
+                options.heads,
+                options.intermediate,
+                options.batch_size,
+                options.seq_len,
+                options.rounds,
+                options.steps
+            )),
+    ]
 }

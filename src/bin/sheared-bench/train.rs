@@ -1,4 +1,4 @@
-//! `sheared bench train`: training tokens/s of the full `train` loop on CPU, the share of step time
+//! `sheared-bench train`: training tokens/s of the full `train` loop on CPU, the share of step time
 //! spent outside the model (drawing batches, building tensors, the loading policy, metrics lines,
 //! checkpoints), and, as the peer measured in the same run, a bare burn loop over the same model and
 //! batches (forward, cross-entropy, backward, AdamW, nothing else). Target: < 5% outside the model.
@@ -12,20 +12,21 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::optim::GradientsParams;
 use clap::Args;
-use serde::Serialize;
 
-use crate::data::loading::{DynamicConfig, LoadingConfig, LoadingPolicy, ReferenceSpec};
-use crate::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
-use crate::data::{
+use sheared::data::loading::{DynamicConfig, LoadingConfig, LoadingPolicy, ReferenceSpec};
+use sheared::data::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
+use sheared::data::{
     DomainMixture, Exhaustion, ShardWriter, TokenDtype, TokenizedDataset, eval_windows,
 };
-use crate::model::batch::causal_lm_batch_flat as batch_tensors;
-use crate::model::{Llama, LlamaConfig, cross_entropy, device};
-use crate::stage::{CancelFlag, NullReporter};
-use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
-use crate::train::optim::AdamWSettings;
-use crate::train::schedule::LrSchedule;
-use crate::train::trainer::LmStep;
+use sheared::model::batch::causal_lm_batch_flat as batch_tensors;
+use sheared::model::{Llama, LlamaConfig, cross_entropy, device};
+use sheared::stage::{CancelFlag, NullReporter};
+use sheared::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
+use sheared::train::optim::AdamWSettings;
+use sheared::train::schedule::LrSchedule;
+use sheared::train::trainer::LmStep;
+
+use crate::row::{self, Better, Conditions, Row};
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainBenchArgs {
@@ -58,12 +59,12 @@ pub struct TrainBenchArgs {
     pub data: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Print one JSON object instead of the table.
+    /// Print the results as JSON rows (see `row.rs`) instead of the table.
     #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct TrainBenchReport {
     pub parameters: u64,
     pub steps: u64,
@@ -80,7 +81,6 @@ pub struct TrainBenchReport {
     pub logging_and_policy_fraction: f64,
     pub checkpoint_fraction: f64,
     pub eval_s: f64,
-    pub timing: driver::Timing,
 }
 
 /// Writes a three-domain tokenized folder with synthetic token streams (counting, noise, repeated phrases).
@@ -282,17 +282,51 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         logging_and_policy_fraction: timing.logging_s / loop_s,
         checkpoint_fraction: timing.checkpoint_s / loop_s,
         eval_s: timing.eval_s,
-        timing,
     })
 }
 
-pub fn print(report: &TrainBenchReport, json: bool) {
+/// The report as rows: the `train` loop against the bare loop, and its time outside the model.
+fn rows(report: &TrainBenchReport) -> Vec<Row> {
+    let conditions = Conditions::now("train", report.threads);
+    vec![
+        conditions
+            .row(
+                "`train` loop (steps + checkpoints)",
+                "throughput",
+                report.loop_tokens_per_s,
+                "tokens/s",
+                Better::Higher,
+            )
+            .against(
+                "bare burn loop (same batches, forward/backward/AdamW only)",
+                report.bare_tokens_per_s,
+            )
+            .notes(format!(
+                "{} parameters; {} steps of {} tokens; evaluation {:.2} s (reported apart)",
+                report.parameters, report.steps, report.tokens_per_step, report.eval_s
+            )),
+        conditions
+            .row(
+                "`train` loop, time outside the model",
+                "share of step time",
+                100.0 * report.outside_model_fraction,
+                "%",
+                Better::Lower,
+            )
+            .target("< 5 %")
+            .notes(format!(
+                "data {:.2} %, metrics + policy {:.2} %, checkpoints {:.2} %",
+                100.0 * report.data_fraction,
+                100.0 * report.logging_and_policy_fraction,
+                100.0 * report.checkpoint_fraction
+            )),
+    ]
+}
+
+/// Print the table, or the rows as JSON with `--json`.
+pub fn print(report: &TrainBenchReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).unwrap_or_default()
-        );
-        return;
+        return row::print_json(&rows(report));
     }
     println!(
         "model: {} parameters; {} steps of {} tokens; {} threads",
@@ -318,4 +352,5 @@ pub fn print(report: &TrainBenchReport, json: bool) {
         100.0 * report.checkpoint_fraction
     );
     println!("evaluation (reported apart): {:.2} s", report.eval_s);
+    Ok(())
 }

@@ -5,7 +5,7 @@ For every domain, re-encodes each document of the source files with `tokenizers`
 tokenizer.json, as `BOS + encode(text, add_special_tokens=False) + EOS`, and checks that the train and eval shards
 hold exactly those ids: every document appears, whole, in one split, in file order. Also compares token totals.
 
-    pip install tokenizers numpy   # e.g. in /work/venv-data
+    pip install tokenizers numpy   # e.g. in a virtual environment
     python scripts/check-token-counts.py OUT_DIR --sources data/sample            # <domain>.jsonl per domain
     python scripts/check-token-counts.py OUT_DIR --source web=data/web --source code=data/code/*.jsonl
 

@@ -16,7 +16,7 @@ Fixtures:
                  a small GPT-2 style vocabulary) written with the `gguf` package, and the logits
                  transformers computes from gguf's own dequantisation of it
 
-Not run in CI. Run:  /work/venv-model/bin/python scripts/make-parity-fixtures.py
+Not run in CI. Run:  VENV/bin/python scripts/make-parity-fixtures.py  (VENV: torch + transformers)
 (needs torch, transformers, safetensors, gguf, numpy)
 """
 

@@ -8,9 +8,9 @@ request of the fixture tasks, the log-likelihood and is_greedy that lm-eval's HF
 acc_norm per task computed the way lm-eval's `process_results` does (argmax of lls; argmax of
 lls / len(choice) in characters).
 
-Needs: torch + transformers (e.g. /work/venv-model) and lm-eval 0.4.13 on PYTHONPATH, e.g.
+Needs: torch + transformers (a virtual environment VENV) and lm-eval 0.4.13 on PYTHONPATH, e.g.
     pip download --no-deps lm-eval==0.4.13 accelerate==1.15.0 -d W; unpack both wheels into SITE
-    PYTHONPATH=SITE /work/venv-model/bin/python scripts/reference/eval_fixture.py
+    PYTHONPATH=SITE VENV/bin/python scripts/reference/eval_fixture.py
 """
 import gzip
 import json

@@ -47,3 +47,41 @@ impl CancelFlag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cancelled")]
 pub struct Cancelled;
+
+/// Test helpers shared by the stage tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{CancelFlag, Reporter};
+
+    /// A cooperative "kill" between two steps: cancels `flag` when the stage reports `step` steps
+    /// done (the training driver reports a step after writing its metrics line, so the run stops
+    /// with exactly `step` steps behind it). `seen` is the last progress count reported.
+    pub(crate) struct CancelAtStep {
+        pub(crate) step: u64,
+        pub(crate) flag: CancelFlag,
+        pub(crate) seen: AtomicU64,
+    }
+
+    impl CancelAtStep {
+        pub(crate) fn new(step: u64, flag: &CancelFlag) -> Self {
+            CancelAtStep {
+                step,
+                flag: flag.clone(),
+                seen: AtomicU64::new(0),
+            }
+        }
+    }
+
+    impl Reporter for CancelAtStep {
+        fn progress(&self, done: u64, _: u64, _: &str) {
+            self.seen.store(done, Ordering::SeqCst);
+            if done == self.step {
+                self.flag.cancel();
+            }
+        }
+        fn message(&self, _: &str) {}
+        fn metrics(&self, _: &serde_json::Value) {}
+    }
+}

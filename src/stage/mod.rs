@@ -22,6 +22,8 @@ pub use crate::progress::{CancelFlag, Cancelled, NullReporter, Reporter};
 pub use preview::{Preview, PreviewInput, PreviewInputs};
 
 pub mod preview;
+#[cfg(test)]
+pub(crate) mod testing;
 
 /// Errors a stage reports. `Config` errors name the key so the runner can point at the recipe line.
 #[derive(Debug, thiserror::Error)]

@@ -78,42 +78,27 @@ impl Stage for ConvertStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::{CancelFlag, NullReporter, Settings};
-    use std::collections::BTreeMap;
+    use crate::stage::testing::StageRun;
     use std::path::Path;
 
     #[test]
     fn run_converts_the_gguf_input() {
         let gguf =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/gguf_tiny/tiny.gguf");
-        let out = tempfile::tempdir().unwrap();
-        let scratch = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let config: toml::Table = toml::from_str("gguf = { path = \"tiny.gguf\" }").unwrap();
-        let settings = Settings::for_tests();
-        let ctx = StageContext {
-            name: "base",
-            config: &config,
-            inputs: BTreeMap::from([("gguf".to_string(), gguf)]),
-            out_dir: out.path().to_path_buf(),
-            scratch_dir: scratch.path().to_path_buf(),
-            settings: &settings,
-            reporter: &NullReporter,
-            cancel: CancelFlag::default(),
-        };
-        ConvertStage.run(&ctx).unwrap();
+        let run = StageRun::in_dir(dir.path()).input("gguf", &gguf);
+        run.run(&ConvertStage, &config).unwrap();
         for file in [
             "config.json",
             "model.safetensors",
             "tokenizer.json",
             "metrics.json",
         ] {
-            assert!(out.path().join(file).is_file(), "{file} missing");
+            assert!(run.out_dir.join(file).is_file(), "{file} missing");
         }
-        let missing = StageContext {
-            inputs: BTreeMap::new(),
-            ..ctx
-        };
-        let message = ConvertStage.run(&missing).unwrap_err().to_string();
+        let missing = StageRun::in_dir(&dir.path().join("missing"));
+        let message = missing.run(&ConvertStage, &config).unwrap_err().to_string();
         assert!(message.contains("gguf"), "{message}");
     }
 

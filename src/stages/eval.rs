@@ -1073,7 +1073,8 @@ mod tests {
         use super::*;
         use crate::data::TokenDtype;
         use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
-        use crate::stage::{CancelFlag, NullReporter, Settings};
+        use crate::stage::testing::StageRun;
+        use crate::stage::{CancelFlag, NullReporter};
 
         fn fixtures() -> PathBuf {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
@@ -1118,23 +1119,13 @@ mod tests {
         ) -> (Result<(), StageError>, PathBuf, tempfile::TempDir) {
             let work = tempfile::tempdir().unwrap();
             let config = EvalStage.normalize(&table(config_text)).unwrap();
-            let out_dir = work.path().join("out");
-            std::fs::create_dir_all(&out_dir).unwrap();
-            let settings = Settings::for_tests();
-            let ctx = StageContext {
-                name: "eval",
-                config: &config,
-                inputs: inputs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect(),
-                out_dir: out_dir.clone(),
-                scratch_dir: work.path().join("scratch"),
-                settings: &settings,
-                reporter: &NullReporter,
-                cancel,
-            };
-            let result = EvalStage.run(&ctx);
+            let run = inputs
+                .iter()
+                .fold(StageRun::in_dir(work.path()), |run, (key, path)| {
+                    run.input(key, path)
+                });
+            let result = run.run_with(&EvalStage, &config, &NullReporter, cancel);
+            let out_dir = run.out_dir;
             (result, out_dir, work)
         }
 

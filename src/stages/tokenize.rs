@@ -318,12 +318,11 @@ fn stage_error(error: DataError) -> StageError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::data::TokenizedDataset;
     use crate::data::tokenize::tests::{documents, write_jsonl};
-    use crate::stage::{CancelFlag, NullReporter, Settings};
+    use crate::stage::testing::StageRun;
 
     fn table(text: &str) -> toml::Table {
         text.parse().unwrap()
@@ -396,25 +395,12 @@ mod tests {
                  domain_settings = { code = { eval_documents = 4 } }",
             ))
             .unwrap();
-        let settings = Settings::for_tests();
-        let out_dir = root.path().join("out");
-        std::fs::create_dir_all(&out_dir).unwrap();
-        let inputs = BTreeMap::from([
-            ("domains.web".to_string(), root.path().join("web.jsonl")),
-            ("domains.code".to_string(), root.path().join("code")),
-        ]);
-        let ctx = StageContext {
-            name: "tokens",
-            config: &config,
-            inputs: inputs.clone(),
-            out_dir: out_dir.clone(),
-            scratch_dir: root.path().join("scratch"),
-            settings: &settings,
-            reporter: &NullReporter,
-            cancel: CancelFlag::default(),
-        };
-        TokenizeStage.run(&ctx).unwrap();
-        let dataset = TokenizedDataset::open(&out_dir).unwrap();
+        let run = StageRun::in_dir(root.path())
+            .input("domains.web", &root.path().join("web.jsonl"))
+            .input("domains.code", &root.path().join("code"));
+        run.run(&TokenizeStage, &config).unwrap();
+        let out_dir = &run.out_dir;
+        let dataset = TokenizedDataset::open(out_dir).unwrap();
         assert_eq!(dataset.domains(), ["web", "code"]);
         assert_eq!(dataset.manifest().domains[1].eval_documents, 4);
         assert!(out_dir.join("metrics.json").is_file());
@@ -426,14 +412,11 @@ mod tests {
              tokenizer = { train = { vocab_size = 300 } }\nseq_len = 100000",
             ))
             .unwrap();
-        let fresh = root.path().join("out2");
-        let ctx = StageContext {
-            config: &small,
-            out_dir: fresh,
-            inputs,
-            ..ctx
+        let fresh = StageRun {
+            out_dir: root.path().join("out2"),
+            ..run
         };
-        match TokenizeStage.run(&ctx) {
+        match fresh.run(&TokenizeStage, &small) {
             Err(StageError::Input { key, message }) => {
                 assert_eq!(key, "domains.web");
                 assert!(message.contains("fewer than one sequence"), "{message}");

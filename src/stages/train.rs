@@ -701,13 +701,14 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
 #[cfg(test)]
 pub(crate) mod tests {
     use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
 
     use super::*;
     use crate::data::TokenDtype;
     use crate::data::dataset::testing::{FakeManifest, write_dataset_with};
     use crate::model::hf::testing::f32_values;
     use crate::model::precision::Precision;
+    use crate::progress::testing::CancelAtStep;
+    use crate::stage::testing::StageRun;
     use crate::stage::{CancelFlag, NullReporter, Reporter, Settings};
 
     pub const VOCAB: u32 = 48;
@@ -793,41 +794,10 @@ pub(crate) mod tests {
         reporter: &dyn Reporter,
         cancel: CancelFlag,
     ) -> Result<(), StageError> {
-        std::fs::create_dir_all(&run.out).unwrap();
-        let ctx = StageContext {
-            name: "train",
-            config,
-            inputs: [("data".to_string(), data.to_path_buf())]
-                .into_iter()
-                .collect(),
-            out_dir: run.out.clone(),
-            scratch_dir: run.scratch.clone(),
-            settings,
-            reporter,
-            cancel,
-        };
-        TrainStage.validate(config)?;
-        TrainStage.run(&ctx)
-    }
-
-    /// Cancels the run when it sees the train record of `step` (a kill between two steps).
-    struct CancelAt {
-        step: u64,
-        flag: CancelFlag,
-        seen: Mutex<Vec<u64>>,
-    }
-    impl Reporter for CancelAt {
-        fn progress(&self, _: u64, _: u64, _: &str) {}
-        fn message(&self, _: &str) {}
-        fn metrics(&self, record: &serde_json::Value) {
-            if record["kind"] == "train" {
-                let step = record["step"].as_u64().unwrap();
-                self.seen.lock().unwrap().push(step);
-                if step == self.step {
-                    self.flag.cancel();
-                }
-            }
-        }
+        StageRun::with_dirs(&run.out, &run.scratch)
+            .settings(settings.clone())
+            .input("data", data)
+            .run_with(&TrainStage, config, reporter, cancel)
     }
 
     fn losses(metrics_jsonl: &Path) -> Vec<(u64, String, String)> {
@@ -894,11 +864,7 @@ pub(crate) mod tests {
             scratch: dir.path().join("b/scratch"),
         };
         let flag = CancelFlag::default();
-        let reporter = CancelAt {
-            step: 5,
-            flag: flag.clone(),
-            seen: Mutex::new(Vec::new()),
-        };
+        let reporter = CancelAtStep::new(5, &flag);
         let error = run_stage(&config, &data, &killed, &reporter, flag).unwrap_err();
         assert!(matches!(error, StageError::Cancelled), "{error}");
         let checkpoints = killed.scratch.join(driver::CHECKPOINT_DIR);

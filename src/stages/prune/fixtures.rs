@@ -1,14 +1,13 @@
-//! Test fixtures: a tiny tokenized corpus, a tiny source model, and stage contexts around them.
+//! Test fixtures: a tiny tokenized corpus, a tiny source model, and stage runs around them.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::data::TokenizedDataset;
 use crate::data::tokenize::tests::{documents, spec, write_jsonl};
 use crate::data::tokenize::{EvalSplit, tokenize};
 use crate::model::{Llama, LlamaConfig, save_hf};
-use crate::stage::{CancelFlag, NullReporter, Reporter, Settings, Stage, StageContext, StageError};
+use crate::stage::testing::StageRun;
+use crate::stage::{CancelFlag, NullReporter, Reporter, Settings, Stage, StageError};
 
 /// A tokenized two-domain corpus (`web`, `code`) and a random 2-layer model over its vocabulary.
 pub struct Fixture {
@@ -50,24 +49,6 @@ pub fn fixture() -> Fixture {
     }
 }
 
-/// Cancels the run when `progress` reports `cancel_at` done steps (a cooperative "kill").
-pub struct KillAt {
-    pub cancel: CancelFlag,
-    pub cancel_at: u64,
-    pub seen: AtomicU64,
-}
-
-impl Reporter for KillAt {
-    fn progress(&self, done: u64, _: u64, _: &str) {
-        self.seen.store(done, Ordering::SeqCst);
-        if done == self.cancel_at {
-            self.cancel.cancel();
-        }
-    }
-    fn message(&self, _: &str) {}
-    fn metrics(&self, _: &serde_json::Value) {}
-}
-
 /// Run `stage` on the (un-normalised) TOML `table` with `inputs`.
 pub fn run_stage(
     stage: &dyn Stage,
@@ -103,24 +84,10 @@ pub fn run_stage_with(
     reporter: &dyn Reporter,
     cancel: CancelFlag,
 ) -> Result<(), StageError> {
-    let table: toml::Table = table.parse().unwrap();
-    let config = stage.normalize(&table)?;
-    stage.validate(&config)?;
-    std::fs::create_dir_all(out_dir).unwrap();
-    std::fs::create_dir_all(scratch_dir).unwrap();
-    let inputs: BTreeMap<String, PathBuf> = inputs
-        .iter()
-        .map(|(k, p)| (k.to_string(), p.to_path_buf()))
-        .collect();
-    let ctx = StageContext {
-        name: "test",
-        config: &config,
-        inputs,
-        out_dir: out_dir.to_path_buf(),
-        scratch_dir: scratch_dir.to_path_buf(),
-        settings,
-        reporter,
-        cancel,
-    };
-    stage.run(&ctx)
+    let config = stage.normalize(&table.parse().unwrap())?;
+    let run = inputs.iter().fold(
+        StageRun::with_dirs(out_dir, scratch_dir).settings(settings.clone()),
+        |run, (key, path)| run.input(key, path),
+    );
+    run.run_with(stage, &config, reporter, cancel)
 }

@@ -1,16 +1,16 @@
 //! End-to-end tests of the `prune` and `consolidate` stages on a tiny corpus and model.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::fixtures::{KillAt, fixture, run_stage, run_stage_with};
+use super::fixtures::{fixture, run_stage, run_stage_with};
 use super::{PruneStage, read_final_masks};
 use crate::model::hf::testing::f32_values;
 use crate::model::load_hf;
 use crate::model::precision::Precision;
 use crate::model::slice::consolidate;
+use crate::progress::testing::CancelAtStep;
 use crate::stage::{CancelFlag, NullReporter, Settings, StageError};
 use crate::stages::consolidate::ConsolidateStage;
 
@@ -191,11 +191,7 @@ fn killed_and_resumed_run_ends_bit_identical(precision: Precision, table: &str) 
     let resumed = fx.root.path().join("resumed");
     let scratch = fx.root.path().join("s2");
     let cancel = CancelFlag::default();
-    let killer = KillAt {
-        cancel: cancel.clone(),
-        cancel_at: 3,
-        seen: AtomicU64::new(0),
-    };
+    let killer = CancelAtStep::new(3, &cancel);
     let first = run_stage_with(
         &settings,
         &PruneStage,

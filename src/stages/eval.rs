@@ -57,8 +57,8 @@ use crate::model::batch::causal_lm_batch;
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, cross_entropy_per_sequence, load_hf};
-use crate::stage::stage_tokens;
 use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
+use crate::stage::{METRICS_FILE, StageMetrics};
 
 /// The `eval` stage kind.
 pub struct EvalStage;
@@ -922,15 +922,15 @@ fn upstream_tokens(
     model_dir: &Path,
 ) -> Result<(Option<f64>, Vec<String>), StageError> {
     // `metrics.json`'s tokens, else the last `metrics.jsonl` record that has them.
+    // An unreadable or malformed `metrics.json` counts as absent here, as a missing number does: the
+    // error below names the folder and what it lacks.
     let read = |dir: &Path| -> Option<f64> {
-        if !dir.is_dir() {
-            let text = std::fs::read_to_string(dir).ok()?;
-            return stage_tokens(&serde_json::from_str::<Value>(&text).ok()?);
-        }
-        let summary = std::fs::read_to_string(dir.join("metrics.json"))
+        let summary = StageMetrics::read(&StageMetrics::file_in(dir))
             .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|value| stage_tokens(&value));
+            .and_then(|metrics| metrics.tokens());
+        if !dir.is_dir() {
+            return summary;
+        }
         summary.or_else(|| {
             let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
             text.lines()
@@ -954,7 +954,7 @@ fn upstream_tokens(
             StageError::input(
                 &key,
                 format!(
-                    "{} has no `tokens` number in metrics.json (nor in metrics.jsonl); name only stages that \
+                    "{} has no `tokens` number in {METRICS_FILE} (nor in metrics.jsonl); name only stages that \
                      report the tokens they trained on",
                     dir.display()
                 ),

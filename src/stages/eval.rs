@@ -1138,6 +1138,42 @@ mod tests {
             (result, out_dir, work)
         }
 
+        /// The file the stage writes is what [`StageMetrics`] describes: its readers (`sheared compare`,
+        /// dynamic loading's reference, another eval's `tokens_from`) find the numbers under the typed
+        /// keys, and typing loses nothing.
+        #[test]
+        fn its_metrics_json_reads_back_as_stage_metrics() {
+            let data = tempfile::tempdir().unwrap();
+            write_dataset(data.path());
+            let config = "model = { stage = 'train' }\ndata = { stage = 'tokenize' }\nseq_len = 16\nsequences_per_domain = 2\n\
+                          batch_size = 2\ntasks.arc = { source = { path = 'a' }, limit = 2 }";
+            let inputs = [
+                ("model", fixtures().join("tiny_model")),
+                ("data", data.path().to_path_buf()),
+                ("tasks.arc.source", fixtures().join("arc_easy/rc_0shot")),
+            ];
+            let (result, out, _work) = run_stage(config, &inputs, CancelFlag::default());
+            result.unwrap();
+            let path = out.join(METRICS_FILE);
+            let written: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let metrics = StageMetrics::read(&path).unwrap();
+            assert_eq!(serde_json::to_value(&metrics).unwrap(), written);
+            for domain in ["web", "code"] {
+                assert_eq!(
+                    metrics.domain_loss(domain),
+                    written["domains"][domain]["loss"].as_f64()
+                );
+                assert!(metrics.domain_loss(domain).is_some());
+            }
+            let arc = &metrics.tasks.as_ref().unwrap()["arc"];
+            assert_eq!(arc.acc, written["tasks"]["arc"]["acc"].as_f64());
+            assert!(arc.acc.is_some() && arc.acc_norm.is_some());
+            let counts = metrics.parameter_counts().unwrap();
+            assert_eq!(counts.total(), written["parameters"]["total"].as_f64());
+            assert!(counts.total().is_some() && counts.non_embedding().is_some());
+        }
+
         #[test]
         fn writes_domain_losses_tasks_parameters_and_upstream_tokens() {
             let data = tempfile::tempdir().unwrap();

@@ -31,7 +31,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::InputRef;
+use crate::stage::{InputRef, MetricsError, StageMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadingError {
@@ -262,33 +262,26 @@ fn normalised(weights: &[f64]) -> Vec<f64> {
 /// Reads per-domain losses from a `metrics.json` (a file, or a folder containing one):
 /// `{"domains": {"<domain>": {"loss": <number>}}}`. Returns them in `domains` order.
 pub fn reference_from_metrics(path: &Path, domains: &[String]) -> Result<Vec<f64>, LoadingError> {
-    let file = if path.is_dir() {
-        path.join("metrics.json")
-    } else {
-        path.to_path_buf()
-    };
+    let file = StageMetrics::file_in(path);
     let file_error = |message: String| LoadingError::ReferenceFile {
         path: file.display().to_string(),
         message,
     };
-    let text = std::fs::read_to_string(&file).map_err(|error| file_error(error.to_string()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|error| file_error(error.to_string()))?;
-    let table = json
-        .get("domains")
-        .and_then(|value| value.as_object())
-        .ok_or_else(|| {
-            file_error(
-                "no `domains` object; expected {\"domains\": {\"<domain>\": {\"loss\": ..}}}"
-                    .into(),
-            )
-        })?;
+    // `MetricsError` names the file itself; the variant's `path` already says it once.
+    let metrics = StageMetrics::read(&file).map_err(|error| match error {
+        MetricsError::Read { source, .. } => file_error(source.to_string()),
+        MetricsError::Parse { source, .. } => file_error(source.to_string()),
+    })?;
+    let Some(table) = &metrics.domains else {
+        return Err(file_error(
+            "no `domains` object; expected {\"domains\": {\"<domain>\": {\"loss\": ..}}}".into(),
+        ));
+    };
     let mut losses = Vec::with_capacity(domains.len());
     for domain in domains {
         let loss = table
             .get(domain)
-            .and_then(|entry| entry.get("loss"))
-            .and_then(|loss| loss.as_f64())
+            .and_then(|entry| entry.loss)
             .ok_or_else(|| {
                 file_error(format!(
                     "no `domains.{domain}.loss`; the reference must cover every training domain"

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::stage::stage_tokens;
+use crate::stage::StageMetrics;
 use crate::util::fmt::group_thousands;
 
 /// One stage of one variant, as the runner knows it after (or without) running.
@@ -109,10 +109,11 @@ pub fn flatten_toml(table: &toml::Table) -> BTreeMap<String, String> {
 fn is_eval_like(stage: &StageInput) -> bool {
     stage.kind == "eval"
         || (stage.kind == "command"
-            && stage.metrics.as_ref().is_some_and(|m| {
-                m.get("domains").is_some_and(Value::is_object)
-                    || m.get("tasks").is_some_and(Value::is_object)
-            }))
+            && stage
+                .metrics
+                .as_ref()
+                .and_then(StageMetrics::from_value)
+                .is_some_and(|m| m.domains.is_some() || m.tasks.is_some()))
 }
 
 /// Metric columns and values of one variant, in a stable order (see [`compare`]).
@@ -128,11 +129,11 @@ fn variant_metrics(
         if let Some(value) = stage.seconds {
             *seconds.get_or_insert(0.0) += value;
         }
-        let Some(metrics) = &stage.metrics else {
+        let Some(metrics) = stage.metrics.as_ref().and_then(StageMetrics::from_value) else {
             continue;
         };
         if matches!(stage.kind.as_str(), "train" | "prune")
-            && let Some(tokens) = stage_tokens(metrics)
+            && let Some(tokens) = metrics.tokens()
         {
             *tokens_from_training.get_or_insert(0.0) += tokens;
         }
@@ -140,14 +141,15 @@ fn variant_metrics(
             continue;
         }
         let prefix = eval_prefix(&stage.name);
-        if let Some(domains) = metrics.get("domains").and_then(Value::as_object) {
-            let mut losses = Vec::new();
-            for (domain, values) in domains {
-                if let Some(loss) = values.get("loss").and_then(Value::as_f64) {
+        if let Some(domains) = &metrics.domains {
+            let losses: Vec<f64> = domains
+                .iter()
+                .filter_map(|(domain, values)| {
+                    let loss = values.loss?;
                     out.insert((0, format!("{prefix}loss.{domain}")), loss);
-                    losses.push(loss);
-                }
-            }
+                    Some(loss)
+                })
+                .collect();
             if losses.len() > 1 {
                 out.insert(
                     (1, format!("{prefix}loss.mean")),
@@ -155,24 +157,24 @@ fn variant_metrics(
                 );
             }
         }
-        if let Some(tasks) = metrics.get("tasks").and_then(Value::as_object) {
-            for (task, values) in tasks {
-                for metric in ["acc", "acc_norm"] {
-                    if let Some(value) = values.get(metric).and_then(Value::as_f64) {
-                        out.insert((2, format!("{prefix}{task}.{metric}")), value);
-                    }
+        for (task, values) in metrics.tasks.iter().flatten() {
+            for (metric, value) in [("acc", values.acc), ("acc_norm", values.acc_norm)] {
+                if let Some(value) = value {
+                    out.insert((2, format!("{prefix}{task}.{metric}")), value);
                 }
             }
         }
-        for count in ["total", "non_embedding"] {
-            if let Some(value) = metrics
-                .pointer(&format!("/parameters/{count}"))
-                .and_then(Value::as_f64)
-            {
-                out.insert((3, format!("{prefix}params.{count}")), value);
+        if let Some(counts) = metrics.parameter_counts() {
+            for (count, value) in [
+                ("total", counts.total()),
+                ("non_embedding", counts.non_embedding()),
+            ] {
+                if let Some(value) = value {
+                    out.insert((3, format!("{prefix}params.{count}")), value);
+                }
             }
         }
-        if let Some(tokens) = metrics.get("tokens_upstream").and_then(Value::as_f64) {
+        if let Some(tokens) = metrics.tokens_upstream() {
             tokens_from_eval = Some(tokens_from_eval.map_or(tokens, |seen: f64| seen.max(tokens)));
         }
     }

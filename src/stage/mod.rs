@@ -1,5 +1,6 @@
 //! The stage contract between the runner and every stage kind: [`Stage`], [`StageContext`],
-//! [`StageError`], [`Settings`], [`InputRef`], [`Registry`] and previews ([`preview`]). The kinds live in
+//! [`StageError`], [`Settings`], [`InputRef`], [`Registry`], previews ([`preview`]) and the typed
+//! `metrics.json` ([`StageMetrics`]). The kinds live in
 //! [`crate::stages`]; the runner (`recipe`, `plan`, `exec`) sees them only through this module.
 //!
 //! A stage kind (`command`, `tokenize`, `prune`, ...) implements [`Stage`]. The runner:
@@ -19,8 +20,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::progress::{CancelFlag, Cancelled, NullReporter, Reporter};
+pub use metrics::{
+    DomainMetrics, METRICS_FILE, MetricsError, ParameterCounts, Parameters, StageMetrics,
+    TaskMetrics,
+};
 pub use preview::{Preview, PreviewInput, PreviewInputs};
 
+pub mod metrics;
 pub mod preview;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -162,10 +168,9 @@ impl StageContext<'_> {
 /// - Write only into `out_dir` and `scratch_dir`; put resumable checkpoints in `scratch_dir`. Check
 ///   `ctx.cancel` between steps of long loops and return [`StageError::Cancelled`].
 /// - Optionally write `metrics.json` (a JSON object) into `out_dir`; it is recorded with the output.
-///   Keys other code reads: `tokens` (or `tokens_seen`, `train_tokens`, `tokens_total`;
-///   [`stage_tokens`]) and `tokens_upstream` (eval), `domains.<name>.loss` (dynamic batch loading's
-///   reference losses from `{ stage = .. }`, and `sheared compare`), `tasks.<name>.<metric>`
-///   (`sheared compare`). Other keys are shown by `sheared compare`; no code depends on them.
+///   The keys other code reads (tokens, per-domain eval losses, task scores, parameter counts), which
+///   kind writes which and who reads them, are the contract documented on [`StageMetrics`]; readers
+///   go through that type. Other keys are shown by `sheared compare`; no code depends on them.
 /// - List in `settings_in_key` exactly the `[settings]` keys that change its outputs.
 /// - Keep `preview` best-effort and cheap: read config files, not weights; leave out what is not
 ///   known yet; never fail. A preview is never part of a key.
@@ -253,15 +258,4 @@ impl Registry {
     pub fn kinds(&self) -> impl Iterator<Item = &str> {
         self.kinds.keys().copied()
     }
-}
-
-/// The number of tokens a train/prune stage reports in its `metrics.json`: part of the contract,
-/// read by `eval` (what the model it scores was trained on) and by `sheared compare`.
-///
-/// Accepted keys, first found wins: `tokens`, `tokens_seen`, `train_tokens`, `tokens_total`. An eval
-/// stage reports what it read upstream as `tokens_upstream`.
-pub fn stage_tokens(metrics: &serde_json::Value) -> Option<f64> {
-    ["tokens", "tokens_seen", "train_tokens", "tokens_total"]
-        .iter()
-        .find_map(|key| metrics.get(key).and_then(serde_json::Value::as_f64))
 }

@@ -57,8 +57,8 @@ use crate::model::batch::causal_lm_batch;
 use crate::model::memory::{self, MemoryOptions, Step, StepShape};
 use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, cross_entropy_per_sequence, load_hf};
-use crate::stage::stage_tokens;
 use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
+use crate::stage::{METRICS_FILE, StageMetrics};
 
 /// The `eval` stage kind.
 pub struct EvalStage;
@@ -922,15 +922,15 @@ fn upstream_tokens(
     model_dir: &Path,
 ) -> Result<(Option<f64>, Vec<String>), StageError> {
     // `metrics.json`'s tokens, else the last `metrics.jsonl` record that has them.
+    // An unreadable or malformed `metrics.json` counts as absent here, as a missing number does: the
+    // error below names the folder and what it lacks.
     let read = |dir: &Path| -> Option<f64> {
-        if !dir.is_dir() {
-            let text = std::fs::read_to_string(dir).ok()?;
-            return stage_tokens(&serde_json::from_str::<Value>(&text).ok()?);
-        }
-        let summary = std::fs::read_to_string(dir.join("metrics.json"))
+        let summary = StageMetrics::read(&StageMetrics::file_in(dir))
             .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|value| stage_tokens(&value));
+            .and_then(|metrics| metrics.tokens());
+        if !dir.is_dir() {
+            return summary;
+        }
         summary.or_else(|| {
             let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
             text.lines()
@@ -954,7 +954,7 @@ fn upstream_tokens(
             StageError::input(
                 &key,
                 format!(
-                    "{} has no `tokens` number in metrics.json (nor in metrics.jsonl); name only stages that \
+                    "{} has no `tokens` number in {METRICS_FILE} (nor in metrics.jsonl); name only stages that \
                      report the tokens they trained on",
                     dir.display()
                 ),
@@ -1127,6 +1127,42 @@ mod tests {
             let result = run.run_with(&EvalStage, &config, &NullReporter, cancel);
             let out_dir = run.out_dir;
             (result, out_dir, work)
+        }
+
+        /// The file the stage writes is what [`StageMetrics`] describes: its readers (`sheared compare`,
+        /// dynamic loading's reference, another eval's `tokens_from`) find the numbers under the typed
+        /// keys, and typing loses nothing.
+        #[test]
+        fn its_metrics_json_reads_back_as_stage_metrics() {
+            let data = tempfile::tempdir().unwrap();
+            write_dataset(data.path());
+            let config = "model = { stage = 'train' }\ndata = { stage = 'tokenize' }\nseq_len = 16\nsequences_per_domain = 2\n\
+                          batch_size = 2\ntasks.arc = { source = { path = 'a' }, limit = 2 }";
+            let inputs = [
+                ("model", fixtures().join("tiny_model")),
+                ("data", data.path().to_path_buf()),
+                ("tasks.arc.source", fixtures().join("arc_easy/rc_0shot")),
+            ];
+            let (result, out, _work) = run_stage(config, &inputs, CancelFlag::default());
+            result.unwrap();
+            let path = out.join(METRICS_FILE);
+            let written: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let metrics = StageMetrics::read(&path).unwrap();
+            assert_eq!(serde_json::to_value(&metrics).unwrap(), written);
+            for domain in ["web", "code"] {
+                assert_eq!(
+                    metrics.domain_loss(domain),
+                    written["domains"][domain]["loss"].as_f64()
+                );
+                assert!(metrics.domain_loss(domain).is_some());
+            }
+            let arc = &metrics.tasks.as_ref().unwrap()["arc"];
+            assert_eq!(arc.acc, written["tasks"]["arc"]["acc"].as_f64());
+            assert!(arc.acc.is_some() && arc.acc_norm.is_some());
+            let counts = metrics.parameter_counts().unwrap();
+            assert_eq!(counts.total(), written["parameters"]["total"].as_f64());
+            assert!(counts.total().is_some() && counts.non_embedding().is_some());
         }
 
         #[test]

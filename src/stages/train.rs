@@ -1011,6 +1011,38 @@ pub(crate) mod tests {
         assert!(difference < 1e-4, "weights differ by up to {difference}");
     }
 
+    /// The train stage's `metrics.json` is what [`crate::stage::StageMetrics`] describes: typing
+    /// loses nothing, an eval's `tokens_from` finds its tokens, and its final eval losses serve as
+    /// dynamic loading's reference when another stage names it `{ stage = .. }`.
+    #[test]
+    fn its_metrics_json_reads_back_as_stage_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, 2000);
+        let config = table("steps = 2\nbatch_size = 2\nseq_len = 8\neval_batches = 1");
+        let run = Run {
+            out: dir.path().join("out"),
+            scratch: dir.path().join("scratch"),
+        };
+        run_stage(&config, &data, &run, &NullReporter, CancelFlag::default()).unwrap();
+        let path = run.out.join(crate::stage::METRICS_FILE);
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let metrics = crate::stage::StageMetrics::read(&path).unwrap();
+        assert_eq!(serde_json::to_value(&metrics).unwrap(), written);
+        assert_eq!(metrics.tokens(), written["tokens"].as_f64());
+        assert!(metrics.tokens().is_some_and(|tokens| tokens > 0.0));
+        let domains: Vec<String> = ["counting", "noise", "phrases"].map(String::from).into();
+        let losses: Vec<f64> = domains
+            .iter()
+            .map(|domain| metrics.domain_loss(domain).unwrap())
+            .collect();
+        assert_eq!(
+            crate::data::loading::reference_from_metrics(&run.out, &domains).unwrap(),
+            losses
+        );
+    }
+
     #[test]
     fn a_checkpoint_of_another_config_is_refused() {
         let dir = tempfile::tempdir().unwrap();

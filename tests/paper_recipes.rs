@@ -108,3 +108,55 @@ fn plan_works_without_the_model_and_data() {
         assert!(line_of("train").contains("tokens"), "{stdout}");
     }
 }
+
+/// Keys a kind leaves out of its normalised table while they hold their defaults (`grad_accum`,
+/// `activation_checkpointing`, `settings.precision`) are settable with `--set` like any other, and
+/// the plan's memory estimate follows them; a misspelt one is still refused with a suggestion.
+#[test]
+fn set_reaches_keys_kept_out_of_the_key_at_their_defaults() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let plan = |sets: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sheared"));
+        command
+            .arg("plan")
+            .arg(repo().join("recipes").join("2.7b.toml"))
+            .arg("--json")
+            .env("SHEARED_CACHE", cache.path())
+            .env_remove("SHEARED_DEVICE");
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        command.output().expect("run sheared plan")
+    };
+    let output = plan(&[
+        "settings.precision=\"bf16\"",
+        "stages.prune.grad_accum=32",
+        "stages.prune.activation_checkpointing=true",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("plan JSON");
+    let prune = document["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .find(|stage| stage["id"] == "prune")
+        .expect("a prune stage");
+    let memory = &prune["preview"]["memory"];
+    assert_eq!(memory["micro_batch"], 1, "{memory}");
+    assert_eq!(memory["precision"], "bf16", "{memory}");
+    assert_eq!(memory["activation_checkpointing"], true, "{memory}");
+    // ≈ 143 GiB (docs/training.md): far below the 6.2 TiB of one fp32 pass of 32 × 4096.
+    let bytes = prune["preview"]["memory_bytes"]
+        .as_u64()
+        .expect("memory_bytes");
+    assert!(bytes < 150 << 30 && bytes > 130 << 30, "{bytes}");
+
+    let output = plan(&["stages.prune.grad_acum=32"]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("did you mean `grad_accum`"), "{message}");
+}

@@ -252,6 +252,19 @@ fn absolute(directory: &Path, path: &Path) -> PathBuf {
     clean
 }
 
+/// The field names serde lists after "expected one of" in an unknown-field error (`` `a`, `b` ``),
+/// for did-you-mean suggestions that include keys kept out of the normalised table.
+fn expected_fields(message: &str) -> Vec<String> {
+    let Some((_, list)) = message.split_once("expected one of") else {
+        return Vec::new();
+    };
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
 /// Set `path` to `value`. The key must exist in the recipe, or be a key the stage's kind knows
 /// (a default), so that a typo in `--set` is an error rather than a silently ignored value.
 fn apply_override(
@@ -283,11 +296,31 @@ fn apply_override(
             raw.remove("kind");
             if let Ok(normalized) = kind.normalize(&raw)
                 && merge::has_path(&normalized, &path[2..])
-                && merge::insert_path(table, path, value)
+                && merge::insert_path(table, path, value.clone())
             {
                 return Ok(());
             }
+            // A key that normalisation leaves out while it has its default (so that adding it kept
+            // older cache keys): the kind knows it if the table with it still normalises, or fails
+            // for a reason other than an unknown key (a bad value is reported by the stage itself,
+            // naming the key).
+            let mut with_value = raw.clone();
+            let mut expected = Vec::new();
+            if merge::insert_path(&mut with_value, &path[2..], value.clone()) {
+                let known = match kind.normalize(&with_value) {
+                    Ok(_) => true,
+                    Err(error) => {
+                        let text = error.to_string();
+                        expected = expected_fields(&text);
+                        !text.contains("unknown field")
+                    }
+                };
+                if known && merge::insert_path(table, path, value) {
+                    return Ok(());
+                }
+            }
             let mut candidates = failure.candidates.clone();
+            candidates.extend(expected);
             if let Ok(normalized) = kind.normalize(&raw) {
                 let inner = &path[2..failure.existing.max(2)];
                 candidates.extend(merge::keys_at(&normalized, inner));

@@ -8,35 +8,13 @@
 //! the first question's prompts, every request's log-likelihood, acc / acc_norm, the NQ generations
 //! and exact match must come out the same here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::{eval_fixtures as fixtures, sheared_ok as sheared};
 
 use serde_json::Value;
-
-const SHEARED: &str = env!("CARGO_BIN_EXE_sheared");
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
-}
-
-fn sheared(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(SHEARED)
-        .args(args)
-        .current_dir(dir)
-        .env("SHEARED_CACHE", dir.join("cache"))
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    );
-    assert!(
-        output.status.success(),
-        "sheared {args:?} failed:\n{stdout}\n{stderr}"
-    );
-    stdout
-}
 
 fn jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -153,15 +131,9 @@ fn bad_task_specs_name_the_key_and_the_file() {
             f.display()
         );
         std::fs::write(dir.join("bad.toml"), recipe).unwrap();
-        let output = Command::new(SHEARED)
-            .args(["run", "bad.toml"])
-            .current_dir(dir)
-            .env("SHEARED_CACHE", dir.join("cache"))
-            .output()
-            .unwrap();
+        let output = common::sheared(dir, &["run", "bad.toml"]);
         assert!(!output.status.success());
-        String::from_utf8_lossy(&output.stdout).to_string()
-            + &String::from_utf8_lossy(&output.stderr)
+        common::text(&output)
     };
     let message = run(&format!(
         "tasks.x = {{ source = {{ path = \"{}/hf_datasets\" }}, task = \"arc_chalenge\" }}",

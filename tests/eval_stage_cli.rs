@@ -2,35 +2,13 @@
 //! tiny model's tokenizer, evaluate the model on its eval split and on two tasks, then change only the
 //! task limit and check that tokenize is reused while eval reruns.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
+
+use common::{eval_fixtures as fixtures, sheared_ok as sheared};
 
 use serde_json::Value;
-
-const SHEARED: &str = env!("CARGO_BIN_EXE_sheared");
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
-}
-
-fn sheared(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(SHEARED)
-        .args(args)
-        .current_dir(dir)
-        .env("SHEARED_CACHE", dir.join("cache"))
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    );
-    assert!(
-        output.status.success(),
-        "sheared {args:?} failed:\n{stdout}\n{stderr}"
-    );
-    stdout
-}
 
 /// `(stage, event)` pairs of an NDJSON run.
 fn events(ndjson: &str) -> Vec<(String, String)> {

@@ -3,41 +3,9 @@
 //! upstream output stays committed, an independent stage still runs with `--keep-going`, `sheared
 //! plan --json` shows the estimate, and with enough memory the same stage runs.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-const SHEARED: &str = env!("CARGO_BIN_EXE_sheared");
-
-fn sheared(dir: &Path, args: &[&str]) -> Output {
-    Command::new(SHEARED)
-        .args(args)
-        .current_dir(dir)
-        .env("SHEARED_CACHE", dir.join("cache"))
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run sheared")
-}
-
-fn text(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
-}
-
-fn write_corpus(dir: &Path) {
-    let words = [
-        "the", "river", "runs", "past", "old", "mills", "and", "quiet",
-    ];
-    for (index, name) in ["web", "code"].iter().enumerate() {
-        let mut lines = String::new();
-        for document in 0..20 {
-            let body: Vec<&str> = (0..50)
-                .map(|i| words[(i * (document + 3 + index) + i / 5) % words.len()])
-                .collect();
-            lines.push_str(&serde_json::json!({ "text": body.join(" ") }).to_string());
-            lines.push('\n');
-        }
-        std::fs::write(dir.join(format!("{name}.jsonl")), lines).unwrap();
-    }
-}
+use common::{sheared, text, write_corpus};
 
 /// The model's vocabulary is the trained tokenizer's, so the train stage's estimate is known once
 /// `tokens` has run (a small corpus can stop short of `vocab_size`).

@@ -1,47 +1,9 @@
 //! End-to-end: `sheared run` of a recipe that tokenizes a tiny three-domain corpus and trains a tiny
 //! LLaMA on it with dynamic batch loading, through the real binary and the runner.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-const SHEARED: &str = env!("CARGO_BIN_EXE_sheared");
-
-fn sheared(dir: &Path, args: &[&str]) -> Output {
-    Command::new(SHEARED)
-        .args(args)
-        .current_dir(dir)
-        .env("SHEARED_CACHE", dir.join("cache"))
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run sheared")
-}
-
-fn text(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
-}
-
-fn write_corpus(dir: &Path) {
-    let words = [
-        [
-            "the", "river", "runs", "past", "old", "mills", "and", "quiet", "fields",
-        ],
-        ["fn", "main", "let", "x", "=", "vec", "!", "[", "]"],
-        [
-            "theorem", "proof", "lemma", "let", "epsilon", "be", "small", "then", "holds",
-        ],
-    ];
-    for (index, name) in ["web", "code", "arxiv"].iter().enumerate() {
-        let mut lines = String::new();
-        for document in 0..40 {
-            let body: Vec<&str> = (0..60)
-                .map(|i| words[index][(i * (document + 3) + i / 7) % 9])
-                .collect();
-            lines.push_str(&serde_json::json!({ "text": body.join(" ") }).to_string());
-            lines.push('\n');
-        }
-        std::fs::write(dir.join(format!("{name}.jsonl")), lines).unwrap();
-    }
-}
+use common::{sheared, text, write_corpus};
 
 const RECIPE: &str = r#"
 name = "train-e2e"

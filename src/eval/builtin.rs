@@ -147,6 +147,19 @@ pub struct DocsOptions {
     pub fewshot_split: Option<String>,
 }
 
+impl DocsOptions {
+    /// `num_fewshot` shots with lm-eval's seed, every document, the task's own splits.
+    pub fn shots(num_fewshot: usize) -> Self {
+        DocsOptions {
+            num_fewshot,
+            limit: None,
+            seed: super::fewshot::LM_EVAL_FEWSHOT_SEED,
+            split: None,
+            fewshot_split: None,
+        }
+    }
+}
+
 /// The splits a run uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Splits {
@@ -372,13 +385,7 @@ mod tests {
     use super::*;
 
     fn options(num_fewshot: usize) -> DocsOptions {
-        DocsOptions {
-            num_fewshot,
-            limit: None,
-            seed: 1234,
-            split: None,
-            fewshot_split: None,
-        }
+        DocsOptions::shots(num_fewshot)
     }
 
     #[test]

@@ -191,13 +191,7 @@ mod tests {
     use super::*;
 
     fn options(num_fewshot: usize) -> DocsOptions {
-        DocsOptions {
-            num_fewshot,
-            limit: None,
-            seed: 1234,
-            split: None,
-            fewshot_split: None,
-        }
+        DocsOptions::shots(num_fewshot)
     }
 
     #[test]

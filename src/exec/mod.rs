@@ -564,8 +564,8 @@ fn execute_inner(
         &node.config,
         &materialised_preview_inputs(&inputs, &recipe.settings),
     );
-    if let Err(refusal) = memory.check(&node.id, &preview, &recipe.settings) {
-        let message = refusal.to_string();
+    // The attempt's log, failure record and outcome, for a stage refused before it runs or failed.
+    let fail = |message: String| -> anyhow::Result<Outcome> {
         log.line(&format!("failed: {message}"));
         store.fail(
             &attempt,
@@ -575,10 +575,13 @@ fn execute_inner(
                 error: message.clone(),
             },
         )?;
-        return Ok(Outcome::Failed {
+        Ok(Outcome::Failed {
             message,
             log: Some(attempt.log_path.clone()),
-        });
+        })
+    };
+    if let Err(refusal) = memory.check(&node.id, &preview, &recipe.settings) {
+        return fail(refusal.to_string());
     }
     let mut started = Event::new("started", &node.id);
     started.key = Some(record.key.to_hex());
@@ -655,19 +658,7 @@ fn execute_inner(
                 }
                 other => format!("{other:#}"),
             };
-            log.line(&format!("failed: {message}"));
-            store.fail(
-                &attempt,
-                FailureInfo {
-                    stage: node.stage.clone(),
-                    recipe: recipe_name.to_string(),
-                    error: message.clone(),
-                },
-            )?;
-            Ok(Outcome::Failed {
-                message,
-                log: Some(attempt.log_path.clone()),
-            })
+            fail(message)
         }
     }
 }

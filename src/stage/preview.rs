@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::model::memory::{MemoryEstimate, MemoryOptions, Precision, StepShape};
+use crate::model::memory::{self, MemoryEstimate, MemoryOptions, Precision, Step, StepShape};
 use crate::model::{LlamaConfig, ParameterCounts};
 use crate::util::fmt::group_thousands;
 
@@ -95,10 +95,50 @@ impl Preview {
         });
     }
 
+    /// Record the peak memory of one training step of `model` (`train` and `prune`): a micro-batch of
+    /// `batch.batch_size / batch.grad_accum` sequences in a forward/backward pass, with the advice
+    /// that names the stage's keys (`batch_size`, `grad_accum`, `seq_len`, `activation_checkpointing`).
+    pub fn add_step_memory(&mut self, model: &LlamaConfig, step: Step, batch: StepBatch) {
+        let grad_accum = batch.grad_accum.max(1);
+        let shape = StepShape {
+            micro_batch: batch.batch_size / grad_accum,
+            seq_len: batch.seq_len,
+        };
+        let options = MemoryOptions {
+            precision: batch.precision,
+            activation_checkpointing: batch.activation_checkpointing,
+        };
+        let checkpointing = if batch.activation_checkpointing {
+            ""
+        } else {
+            ", or set activation_checkpointing = true"
+        };
+        let advice = format!(
+            "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {} / {grad_accum} \
+             = {}), or shorten seq_len (now {}){checkpointing}",
+            batch.batch_size, shape.micro_batch, batch.seq_len
+        );
+        self.add_memory(
+            memory::estimate(model, step, shape, options),
+            shape,
+            options,
+            advice,
+        );
+    }
+
     /// The facts as one line.
     pub fn line(&self) -> String {
         self.facts.join("; ")
     }
+}
+
+/// The keys of a training stage that shape one step's memory.
+pub struct StepBatch {
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub seq_len: usize,
+    pub activation_checkpointing: bool,
+    pub precision: Precision,
 }
 
 /// A stage's peak-memory estimate as `plan --json` shows it (`preview.memory`).
@@ -114,26 +154,6 @@ pub struct MemoryPreview {
     pub activation_checkpointing: bool,
     /// What to change in the stage to need less (`lower batch_size or raise grad_accum ...`).
     pub advice: String,
-}
-
-/// What shrinks a training step's memory, for a stage with `batch_size`, `grad_accum`, `seq_len` and
-/// `activation_checkpointing` keys (`train`, `prune`); the runner quotes it when it refuses a stage.
-pub fn step_memory_advice(
-    batch_size: usize,
-    grad_accum: usize,
-    seq_len: usize,
-    activation_checkpointing: bool,
-) -> String {
-    let micro_batch = batch_size / grad_accum.max(1);
-    let checkpointing = if activation_checkpointing {
-        ""
-    } else {
-        ", or set activation_checkpointing = true"
-    };
-    format!(
-        "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {batch_size} / {grad_accum} \
-         = {micro_batch}), or shorten seq_len (now {seq_len}){checkpointing}"
-    )
 }
 
 /// `2,701,560,320 (2.70B)`.

@@ -685,12 +685,7 @@ impl Stage for EvalStage {
                     ctx.cancel.check()?;
                     let (result, per_question) = outcome.map_err(|e| task_error(name, spec, e))?;
                     write_predictions(&ctx.out_dir, name, &per_question)?;
-                    let mut entry =
-                        serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?;
-                    if let Value::Object(map) = &mut entry {
-                        map.insert("questions_in_file".into(), json!(task.questions_in_file));
-                    }
-                    entry
+                    task_entry(&result, "questions_in_file", json!(task.questions_in_file))?
                 } else if let Some(task) = generation {
                     ctx.reporter.message(&format!(
                         "task {name}: {} questions (greedy generation)",
@@ -709,12 +704,7 @@ impl Stage for EvalStage {
                     ctx.cancel.check()?;
                     let (result, per_question) = outcome.map_err(|e| task_error(name, spec, e))?;
                     write_predictions(&ctx.out_dir, name, &per_question)?;
-                    let mut entry =
-                        serde_json::to_value(&result).map_err(|e| StageError::Other(e.into()))?;
-                    if let Value::Object(map) = &mut entry {
-                        map.insert("max_gen_toks".into(), json!(task.max_gen_toks));
-                    }
-                    entry
+                    task_entry(&result, "max_gen_toks", json!(task.max_gen_toks))?
                 } else {
                     unreachable!("a task is either scored or generated")
                 };
@@ -867,6 +857,15 @@ fn task_error(name: &str, spec: &TaskSpec, error: EvalError) -> StageError {
         EvalError::Scorer(_) => StageError::Other(anyhow::anyhow!("task {name}: {error}")),
         other => StageError::input(&spec.input_key, other.to_string()),
     }
+}
+
+/// A task's `metrics.json` entry: its result with one detail of how it was run added.
+fn task_entry(result: &impl Serialize, key: &str, value: Value) -> Result<Value, StageError> {
+    let mut entry = serde_json::to_value(result).map_err(|e| StageError::Other(e.into()))?;
+    if let Value::Object(map) = &mut entry {
+        map.insert(key.into(), value);
+    }
+    Ok(entry)
 }
 
 fn write_predictions<T: Serialize>(

@@ -28,9 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::loading::{LoadingConfig, LoadingError};
 use crate::model::LlamaConfig;
 use crate::model::l0::{MaskDims, MaskTarget, PruningModule, default_pruning_modules};
-use crate::model::memory::{self, MaskSet, MemoryOptions, Step, StepShape};
+use crate::model::memory::{MaskSet, Step};
 use crate::model::precision::Precision;
-use crate::stage::preview::{describe_counts, step_memory_advice};
+use crate::stage::preview::{StepBatch, describe_counts};
 use crate::stage::{InputRef, Preview, PreviewInputs, Stage, StageContext, StageError};
 use crate::train::driver::{DriverSettings, NonFinitePolicy};
 use crate::train::optim::AdamWSettings;
@@ -265,6 +265,17 @@ impl PruneConfig {
 
     pub fn micro_batch_size(&self) -> usize {
         self.batch_size / self.grad_accum.max(1)
+    }
+
+    /// The keys that shape one step's memory ([`Preview::add_step_memory`]).
+    pub fn step_batch(&self, precision: Precision) -> StepBatch {
+        StepBatch {
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            seq_len: self.seq_len,
+            activation_checkpointing: self.activation_checkpointing,
+            precision,
+        }
     }
 
     /// What the training driver needs (evaluation only when due, never before the first step).
@@ -612,40 +623,6 @@ pub fn resolve_target(
     })
 }
 
-/// The peak memory of one L0 step: the full source model with its masks, one micro-batch
-/// (`batch_size / grad_accum` sequences) in a forward/backward pass, weights and masks in fp32.
-fn add_step_memory(
-    preview: &mut Preview,
-    config: &PruneConfig,
-    source: &LlamaConfig,
-    precision: Precision,
-) {
-    let grad_accum = config.grad_accum.max(1);
-    let shape = StepShape {
-        micro_batch: config.micro_batch_size(),
-        seq_len: config.seq_len,
-    };
-    let step = Step::Prune {
-        masks: MaskSet::from_modules(&config.pruning_modules),
-        grad_accum,
-    };
-    let options = MemoryOptions {
-        precision,
-        activation_checkpointing: config.activation_checkpointing,
-    };
-    preview.add_memory(
-        memory::estimate(source, step, shape, options),
-        shape,
-        options,
-        step_memory_advice(
-            config.batch_size,
-            grad_accum,
-            config.seq_len,
-            config.activation_checkpointing,
-        ),
-    );
-}
-
 /// The `prune` stage kind.
 pub struct PruneStage;
 
@@ -727,7 +704,12 @@ impl Stage for PruneStage {
         if config.method == Method::L0 {
             preview.add_tokens(config.steps as u64, config.batch_size, config.seq_len);
             if let Some(source) = preview.model_config.clone() {
-                add_step_memory(&mut preview, &config, &source, inputs.precision);
+                // The full source model with its masks (weights, masks and λ stay fp32).
+                let step = Step::Prune {
+                    masks: MaskSet::from_modules(&config.pruning_modules),
+                    grad_accum: config.grad_accum.max(1),
+                };
+                preview.add_step_memory(&source, step, config.step_batch(inputs.precision));
             }
         }
         preview

@@ -27,10 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::loading::{LoadingConfig, LoadingError, LoadingPolicy};
 use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
-use crate::model::memory::{self, MemoryOptions, Step, StepShape};
+use crate::model::memory::Step;
 use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
-use crate::stage::preview::step_memory_advice;
+use crate::stage::preview::StepBatch;
 use crate::stage::{
     InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
 };
@@ -178,6 +178,17 @@ fn default_max_skipped() -> u64 {
 }
 
 impl TrainConfig {
+    /// The keys that shape one step's memory ([`Preview::add_step_memory`]).
+    pub fn step_batch(&self, precision: Precision) -> StepBatch {
+        StepBatch {
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            seq_len: self.seq_len,
+            activation_checkpointing: self.activation_checkpointing,
+            precision,
+        }
+    }
+
     pub fn adamw(&self) -> AdamWSettings {
         AdamWSettings {
             betas: self.betas,
@@ -415,7 +426,10 @@ impl Stage for TrainStage {
             .unwrap_or_default();
         preview.add_tokens(config.total_steps(), config.batch_size, config.seq_len);
         if let Some(model_config) = &model_config {
-            add_step_memory(&mut preview, &config, model_config, inputs.precision);
+            let step = Step::Train {
+                grad_accum: config.grad_accum.max(1),
+            };
+            preview.add_step_memory(model_config, step, config.step_batch(inputs.precision));
         }
         preview
     }
@@ -424,36 +438,6 @@ impl Stage for TrainStage {
         config.check()?;
         run_train(&config, ctx)
     }
-}
-
-/// The peak memory of one micro-batch's forward/backward (`batch_size / grad_accum` sequences) with
-/// the optimiser state of the whole model, fp32 (the only `dtype` the stage trains in).
-fn add_step_memory(
-    preview: &mut Preview,
-    config: &TrainConfig,
-    model: &LlamaConfig,
-    precision: Precision,
-) {
-    let grad_accum = config.grad_accum.max(1);
-    let shape = StepShape {
-        micro_batch: config.batch_size / grad_accum,
-        seq_len: config.seq_len,
-    };
-    let options = MemoryOptions {
-        precision,
-        activation_checkpointing: config.activation_checkpointing,
-    };
-    preview.add_memory(
-        memory::estimate(model, Step::Train { grad_accum }, shape, options),
-        shape,
-        options,
-        step_memory_advice(
-            config.batch_size,
-            grad_accum,
-            config.seq_len,
-            config.activation_checkpointing,
-        ),
-    );
 }
 
 /// Builds the model config of `init = { config = .. }`; the `config.json` keys it leaves out take

@@ -338,6 +338,14 @@ fn apply_override(
         merge::insert_path(table, path, value);
         return Ok(());
     }
+    if path.len() == 2 && path[0] == "settings" {
+        // `[settings]` may be absent from the file; its keys are the type's either way.
+        return Err(format!(
+            "key `{dotted}` does not exist: `{}` is not a key of `settings`{}",
+            path[1],
+            did_you_mean(&path[1], settings_keys.iter().map(String::as_str))
+        ));
+    }
     let missing = path.get(failure.existing).cloned().unwrap_or_default();
     let mut candidates = failure.candidates;
     if failure.existing == 1 && path[0] == "settings" {
@@ -354,16 +362,15 @@ fn apply_override(
     ))
 }
 
-/// The keys `[settings]` accepts (read from the type, so new settings need no change here; a
-/// non-default value of every skippable field makes sure each is serialised).
+/// The keys `[settings]` accepts, as serde lists them for a key it does not know: read from the
+/// type, keys that serialisation leaves out at their defaults (`precision`) included, so a new
+/// setting needs no change here.
 fn settings_keys() -> Vec<String> {
-    let every_key = Settings {
-        precision: crate::model::precision::Precision::Bf16,
-        ..Settings::default()
-    };
-    match Value::try_from(every_key) {
-        Ok(Value::Table(table)) => table.keys().cloned().collect(),
-        _ => Vec::new(),
+    let mut probe = Table::new();
+    probe.insert("\u{1}".into(), Value::Integer(0));
+    match Value::Table(probe).try_into::<Settings>() {
+        Err(error) => expected_fields(error.message()),
+        Ok(_) => Vec::new(),
     }
 }
 

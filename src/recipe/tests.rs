@@ -250,6 +250,14 @@ fn set_overrides_written_and_default_keys_and_rejects_typos() {
     );
     let message = error(&path, &["stages.p.lr"]);
     assert!(message.contains("KEY=VALUE"), "{message}");
+    // A setting kept out of serialisation at its default is settable and suggested.
+    let recipe = load_one(&path, &["settings.precision=\"bf16\""]).unwrap();
+    assert_eq!(
+        recipe.settings.precision,
+        crate::model::precision::Precision::Bf16
+    );
+    let message = error(&path, &["settings.precison=\"bf16\""]);
+    assert!(message.contains("did you mean `precision`"), "{message}");
 }
 
 #[test]

@@ -128,7 +128,7 @@ impl Llama {
 
 impl Masks {
     /// The same masks on the inner (non-autodiff) backend, detached from any graph.
-    pub(crate) fn inner(&self) -> Masks {
+    fn inner(&self) -> Masks {
         Masks {
             layer_z: self.layer_z.clone().map(Tensor::inner),
             head_z: self.head_z.clone().map(Tensor::inner),

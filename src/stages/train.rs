@@ -804,6 +804,17 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// The `loss` of every train line of a `metrics.jsonl`, in order.
+    fn train_losses(metrics_jsonl: &Path) -> Vec<f64> {
+        std::fs::read_to_string(metrics_jsonl)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|record| record["kind"] == "train")
+            .map(|record| record["loss"].as_f64().unwrap())
+            .collect()
+    }
+
     #[test]
     fn killed_run_resumes_to_the_same_bits() {
         killed_run_resumes_to_the_same_bits_in(Precision::Fp32);
@@ -927,12 +938,7 @@ pub(crate) mod tests {
                 CancelFlag::default(),
             )
             .unwrap();
-            let records = losses(&run.out.join("metrics.jsonl"));
-            let train: Vec<f64> = records
-                .iter()
-                .filter(|(_, kind, _)| kind == "\"train\"")
-                .map(|(_, _, value)| value.split('{').next().unwrap().parse().unwrap())
-                .collect();
+            let train = train_losses(&run.out.join("metrics.jsonl"));
             let weights = std::fs::read(run.out.join("model.safetensors")).unwrap();
             let tensors = safetensors::SafeTensors::deserialize(&weights).unwrap();
             for (name, view) in tensors.tensors() {
@@ -971,11 +977,7 @@ pub(crate) mod tests {
             };
             let config = table(&format!("{base}\n{extra}"));
             run_stage(&config, &data, &run, &NullReporter, CancelFlag::default()).unwrap();
-            let train: Vec<f64> = losses(&run.out.join("metrics.jsonl"))
-                .iter()
-                .filter(|(_, kind, _)| kind == "\"train\"")
-                .map(|(_, _, value)| value.split('{').next().unwrap().parse().unwrap())
-                .collect();
+            let train = train_losses(&run.out.join("metrics.jsonl"));
             let values = f32_values(&run.out.join("model.safetensors"));
             runs.push((train, values));
         }

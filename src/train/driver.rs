@@ -230,6 +230,17 @@ pub enum TrainError {
     },
 }
 
+/// What a stage returns for a failed run: cancellation stays cancellation (the runner keeps the
+/// scratch folder for the resume), everything else carries its message.
+impl From<TrainError> for crate::stage::StageError {
+    fn from(error: TrainError) -> Self {
+        match error {
+            TrainError::Cancelled { .. } => crate::stage::StageError::Cancelled,
+            other => crate::stage::StageError::Other(anyhow::Error::new(other)),
+        }
+    }
+}
+
 /// What the driver trains with. `model` must live on an autodiff device; `optimizer` has the
 /// parameter groups the step's [`TrainStep::learning_rates`] address.
 pub struct DriverParts<M> {

@@ -36,8 +36,8 @@ use crate::model::{Llama, Masks, cross_entropy, cross_entropy_per_sequence, load
 use crate::stage::{Stage, StageContext, StageError};
 use crate::train::checkpoint;
 use crate::train::driver::{
-    self, Backward, DriverParts, MicroBatch, MicroBatchLoss, StepRates, TrainError, TrainStep,
-    domain_losses, per_micro_batch,
+    self, Backward, DriverParts, MicroBatch, MicroBatchLoss, StepRates, TrainStep, domain_losses,
+    per_micro_batch,
 };
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::cosine_with_warmup;
@@ -372,7 +372,7 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         "config": ctx.config, "seed": seed, "device": ctx.settings.device, "kind": "prune",
         "version": PruneStage.version(),
     }));
-    let outcome = match driver::run(
+    let outcome = driver::run(
         &mut step,
         &config.driver_settings(),
         DriverParts {
@@ -386,11 +386,7 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         &fingerprint,
         ctx.reporter,
         &ctx.cancel,
-    ) {
-        Ok(outcome) => outcome,
-        Err(TrainError::Cancelled { .. }) => return Err(StageError::Cancelled),
-        Err(error) => return Err(StageError::Other(anyhow::Error::new(error))),
-    };
+    )?;
     let model = outcome.model;
 
     // Final deterministic masks with exactly the target counts.
@@ -430,8 +426,8 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
 mod tests {
     use super::*;
     use crate::model::LlamaConfig;
+    use crate::model::init::seeded_normal_init;
     use crate::train::driver::take_step;
-    use crate::train::trainer::seeded_normal_init;
 
     fn values(model: &PruneModel) -> Vec<f32> {
         struct Collect(Vec<f32>);

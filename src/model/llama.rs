@@ -909,21 +909,29 @@ mod tests {
         let device = crate::model::device::for_tests().autodiff();
         device.seed(11);
         let config = tiny_config();
-        let model = Llama::new(&config, &device);
+        // Seeded weights: burn's device RNG is shared with concurrently running tests.
+        let model = crate::model::init::seeded_normal_init(
+            Llama::new(&config, &device),
+            11,
+            config.initializer_range,
+        );
+        // Fixed mask values in [0.5, 1): nothing here draws from the shared device RNG.
+        let values = |count: usize| -> Vec<f32> {
+            (0..count)
+                .map(|i| 0.5 + 0.05 * ((i * 7) % 10) as f32)
+                .collect()
+        };
         let masks = Masks {
-            head_z: Some(Tensor::<2>::random(
-                [3, 2],
-                Distribution::Uniform(0.5, 1.0),
+            head_z: Some(Tensor::from_data(
+                TensorData::new(values(6), [3, 2]),
                 &device,
             )),
-            intermediate_z: Some(Tensor::<2>::random(
-                [3, 12],
-                Distribution::Uniform(0.5, 1.0),
+            intermediate_z: Some(Tensor::from_data(
+                TensorData::new(values(36), [3, 12]),
                 &device,
             )),
-            hidden_z: Some(Tensor::<1>::random(
-                [16],
-                Distribution::Uniform(0.5, 1.0),
+            hidden_z: Some(Tensor::from_data(
+                TensorData::new(values(16), [16]),
                 &device,
             )),
             ..Masks::default()

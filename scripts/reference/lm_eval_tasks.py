@@ -8,7 +8,9 @@ Usage: lm_eval_tasks.py MODEL_DIR NAME=TASK_PATH[:LIMIT] ...
 For each task: the first LIMIT questions (file order, unconditional twins skipped, like sheared), every
 (context, continuation) request through lm-eval's `HFLM.loglikelihood`, then acc = mean(argmax(lls) == gold)
 and acc_norm = mean(argmax(lls / len(choice)) == gold) as lm-eval's `process_results` computes them.
-Prints one JSON object {task: {acc, acc_norm, n, seconds}}.
+A completion task (one request per doc, e.g. lambada/bpb_0shot) gets lm-eval's `lambada_openai` metrics
+instead: acc = mean(is_greedy), perplexity = exp(-mean(ll)).
+Prints one JSON object {task: {acc, acc_norm | perplexity, n, seconds}}.
 
 Needs torch + transformers and lm-eval on PYTHONPATH (see scripts/reference/eval_fixture.py).
 """
@@ -33,7 +35,8 @@ def questions(path, limit):
             r = json.loads(line)
             if r["doc_id"] >= 1_000_000:
                 continue
-            doc = docs.setdefault(r["doc_id"], {"gold": r["label"], "choices": {}})
+            label = r["label"] if isinstance(r["label"], int) else 0  # a completion's label is its answer text
+            doc = docs.setdefault(r["doc_id"], {"gold": label, "choices": {}})
             cont = r["request"]["continuation"]
             choices = r["doc"].get("choices")
             text = choices[r["idx"]] if choices else (cont[1:] if cont.startswith(" ") else cont)
@@ -57,6 +60,15 @@ def main():
         requests = [(c, k) for _, choices in qs for c, k, _ in choices]
         instances = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i) for i, r in enumerate(requests)]
         scores = lm.loglikelihood(instances, disable_tqdm=True)
+        if all(len(choices) == 1 for _, choices in qs):
+            lls = [ll for ll, _ in scores]
+            results[name] = {
+                "acc": float(np.mean([float(greedy) for _, greedy in scores])),
+                "perplexity": float(np.exp(-np.mean(lls))),
+                "n": len(qs),
+                "seconds": time.time() - started,
+            }
+            continue
         position, acc, acc_norm = 0, [], []
         for gold, choices in qs:
             lls = np.array([scores[position + i][0] for i in range(len(choices))])

@@ -1,16 +1,17 @@
 //! [`LlamaGreedy`]: the next greedy token of a burn [`Llama`].
 //!
-//! There is no key/value cache: every step runs the whole sequence through
-//! [`Llama::forward`] and reads the last position, so a continuation of `g` tokens after a context of
-//! `c` costs about `g` forward passes of `c + g` tokens. For NQ-open (answers of a few tokens, stopped
-//! at the first newline, period or comma) that is a small multiple of one scoring pass; a cache would
-//! have to live inside the model's attention and is left for later.
+//! Decoding keeps a key/value cache ([`KvCache`]): when the tokens asked about extend the tokens
+//! of the previous call (the usual case: the previous tokens plus the token just generated), only
+//! the new ones run through the model; otherwise (a new question, or a context left-truncated to
+//! fit the window) the cache starts over. A continuation of `g` tokens after a context of `c` so
+//! costs one forward pass of `c` tokens and `g − 1` of one token.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::EvalError;
 use super::generate::NextToken;
 use crate::model::Llama;
+use crate::model::kv_cache::KvCache;
 use crate::progress::CancelFlag;
 
 pub struct LlamaGreedy<'a> {
@@ -18,6 +19,9 @@ pub struct LlamaGreedy<'a> {
     device: Device,
     vocab_size: usize,
     cancel: Option<CancelFlag>,
+    /// The tokens whose keys and values `cache` holds.
+    cached_tokens: Vec<u32>,
+    cache: KvCache,
 }
 
 impl<'a> LlamaGreedy<'a> {
@@ -27,6 +31,8 @@ impl<'a> LlamaGreedy<'a> {
             model,
             device,
             cancel: None,
+            cached_tokens: Vec::new(),
+            cache: KvCache::new(),
         }
     }
     /// Fail with "cancelled" at the next step once `cancel` is set.
@@ -52,10 +58,18 @@ impl NextToken for LlamaGreedy<'_> {
                 self.vocab_size
             )));
         }
-        let length = tokens.len();
-        let input: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let input = Tensor::<2, Int>::from_data(TensorData::new(input, [1, length]), &self.device); // [1, seq]
-        let logits = self.model.forward(input, None); // [1, seq, vocab]
+        let reuse =
+            self.cached_tokens.len() < tokens.len() && tokens.starts_with(&self.cached_tokens);
+        if !reuse {
+            self.cache = KvCache::new();
+            self.cached_tokens.clear();
+        }
+        let new_tokens = &tokens[self.cached_tokens.len()..];
+        let length = new_tokens.len();
+        let input: Vec<i64> = new_tokens.iter().map(|&t| i64::from(t)).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(input, [1, length]), &self.device); // [1, new]
+        let logits = self.model.forward_cached(input, &mut self.cache); // [1, new, vocab]
+        self.cached_tokens.extend_from_slice(new_tokens);
         let last = logits.narrow(1, length - 1, 1); // [1, 1, vocab]
         let best = last
             .argmax(2)

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::EvalError;
-use super::tasks::{Choice, Task};
+use super::tasks::{Choice, Question, Task};
 
 /// Turns text into token ids without special tokens (lm-eval's `tok_encode` for causal models).
 pub trait TextEncoder {
@@ -103,10 +103,20 @@ pub fn encode_pair(
 pub struct TaskResult {
     /// Questions scored.
     pub n: usize,
+    /// Multiple choice: the share of questions whose gold choice has the highest log-likelihood.
+    /// Completions: the share whose continuation greedy decoding reproduces exactly (lm-eval's
+    /// `acc` of `lambada_openai`).
     pub acc: f64,
     pub acc_stderr: Option<f64>,
-    pub acc_norm: f64,
+    /// Multiple choice only: as `acc` with log-likelihoods divided by each choice's length in characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acc_norm_stderr: Option<f64>,
+    /// Completions only: exp(−mean log-likelihood of the continuations), lm-eval's `perplexity`
+    /// (per item, not per token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
     /// PMI-style accuracy (argmax of conditional minus unconditional log-likelihood), only when the
     /// unconditional twins were scored.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,8 +234,18 @@ pub fn evaluate_task(
             .filter_map(|q| pick(q).map(|p| if p == q.gold { 1.0 } else { 0.0 }))
             .collect()
     };
-    let acc = hits(&|q| Some(q.prediction));
-    let acc_norm = hits(&|q| Some(q.prediction_norm));
+    let completion = task.questions.first().is_some_and(Question::is_completion);
+    let acc = if completion {
+        let greedy = |q: &QuestionScore| if q.is_greedy[0] { 1.0 } else { 0.0 };
+        per_question.iter().map(greedy).collect()
+    } else {
+        hits(&|q| Some(q.prediction))
+    };
+    let acc_norm = (!completion).then(|| hits(&|q| Some(q.prediction_norm)));
+    let perplexity = completion.then(|| {
+        let log_likelihoods: Vec<f64> = per_question.iter().map(|q| q.log_likelihoods[0]).collect();
+        (-mean(&log_likelihoods)).exp()
+    });
     let acc_uncond = if use_twins {
         Some(hits(&|q| q.prediction_uncond))
     } else {
@@ -235,8 +255,9 @@ pub fn evaluate_task(
         n: per_question.len(),
         acc: mean(&acc),
         acc_stderr: mean_stderr(&acc),
-        acc_norm: mean(&acc_norm),
-        acc_norm_stderr: mean_stderr(&acc_norm),
+        acc_norm: acc_norm.as_deref().map(mean),
+        acc_norm_stderr: acc_norm.as_deref().and_then(mean_stderr),
+        perplexity,
         acc_uncond: acc_uncond.as_deref().map(mean),
         acc_uncond_stderr: acc_uncond.as_deref().and_then(mean_stderr),
         requests: requests.len(),
@@ -389,7 +410,7 @@ mod tests {
         assert_eq!(per_question[0].prediction_norm, 1); // -2/1 < -5/10
         assert_eq!(
             (result.acc, result.acc_norm, result.n, result.requests),
-            (0.5, 1.0, 2, 4)
+            (0.5, Some(1.0), 2, 4)
         );
         // p = 0.5, n = 2: sample std = sqrt(0.5), stderr = sqrt(0.5)/sqrt(2) = 0.5
         assert!((result.acc_stderr.unwrap() - 0.5).abs() < 1e-12);
@@ -402,6 +423,50 @@ mod tests {
         assert_eq!(with_twins.requests, 8);
         assert_eq!(per_question[1].prediction_uncond, Some(0));
         assert_eq!(with_twins.acc_uncond, Some(0.5));
+    }
+
+    /// Scores every request with a fixed log-likelihood; greedy when the continuation starts with 'g'.
+    struct GreedyWhenG(f64);
+    impl LogLikelihoodScorer for GreedyWhenG {
+        fn score(
+            &mut self,
+            requests: &[ScoreRequest],
+        ) -> Result<Vec<ContinuationScore>, EvalError> {
+            Ok(requests
+                .iter()
+                .map(|r| ContinuationScore {
+                    log_likelihood: self.0,
+                    is_greedy: r.continuation[0] == 1000 + 'g' as u32,
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn completions_score_greedy_accuracy_and_perplexity() {
+        let completion = |id: &str, text: &str| Question {
+            id: id.into(),
+            choices: vec![choice("The end of the", text)],
+            gold: 0,
+            unconditional: None,
+        };
+        let task = Task {
+            path: PathBuf::from("lambada"),
+            format: TaskFormat::Requests,
+            questions: vec![
+                completion("0", "game"),
+                completion("1", "road"),
+                completion("2", "gate"),
+            ],
+            questions_in_file: 3,
+        };
+        let (result, per_question) =
+            evaluate_task(&task, &SpaceMerging, &mut GreedyWhenG(-2.0), None, false).unwrap();
+        // lm-eval's lambada: acc = mean(is_greedy); perplexity = exp(-mean(log-likelihood)).
+        assert!((result.acc - 2.0 / 3.0).abs() < 1e-12);
+        assert!((result.perplexity.unwrap() - 2f64.exp()).abs() < 1e-9);
+        assert_eq!((result.acc_norm, result.acc_norm_stderr), (None, None));
+        assert_eq!(per_question[1].is_greedy, vec![false]);
     }
 
     #[test]

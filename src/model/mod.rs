@@ -9,6 +9,7 @@
 //! - [`checkpointing`]: per-layer activation checkpointing (`Llama::backward_checkpointed`).
 //! - [`hf`]: load/save Hugging Face model folders (safetensors, sharded or not).
 //! - [`init`]: seeded normal initialisation, reproducible whatever else draws random numbers.
+//! - [`kv_cache`]: incremental decoding (`Llama::forward_cached`) for greedy generation.
 //! - [`gguf`]: import llama.cpp GGUF files (dequantise, un-permute q/k, tokenizer).
 //! - [`device`]: `"cpu"` / `"torch-cpu"` / `"cuda:N"` to a burn [`Device`](burn::tensor::Device).
 //! - [`l0`]: hard-concrete L0 masks, expected sizes and the Lagrangian (paper §2.1).
@@ -27,6 +28,7 @@ pub mod device;
 pub mod gguf;
 pub mod hf;
 pub mod init;
+pub mod kv_cache;
 pub mod l0;
 pub mod llama;
 pub mod loss;

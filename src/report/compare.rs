@@ -158,7 +158,12 @@ fn variant_metrics(
             }
         }
         for (task, values) in metrics.tasks.iter().flatten() {
-            for (metric, value) in [("acc", values.acc), ("acc_norm", values.acc_norm)] {
+            for (metric, value) in [
+                ("acc", values.acc),
+                ("acc_norm", values.acc_norm),
+                ("exact_match", values.exact_match),
+                ("perplexity", values.perplexity),
+            ] {
                 if let Some(value) = value {
                     out.insert((2, format!("{prefix}{task}.{metric}")), value);
                 }

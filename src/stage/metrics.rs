@@ -49,7 +49,8 @@ pub enum MetricsError {
 ///   `non_embedding_parameters`, `tokens_per_s`, `outside_model_fraction`, `timing`.
 /// - `prune`: no `metrics.json` (its numbers are in `metrics.jsonl`).
 /// - `eval`: `domains.<name>.{loss, perplexity, stderr, sequences, tokens}`,
-///   `tasks.<name>.{n, acc, acc_stderr, acc_norm, acc_norm_stderr, ...}` (multiple choice) or
+///   `tasks.<name>.{n, acc, acc_stderr, acc_norm, acc_norm_stderr, ...}` (multiple choice),
+///   `tasks.<name>.{n, acc, acc_stderr, perplexity, ...}` (completions, LAMBADA) or
 ///   `tasks.<name>.{n, exact_match, exact_match_stderr, ...}` (generation),
 ///   `parameters.{total, non_embedding, embedding}`, `tokens_upstream`, `tokens_upstream_from`,
 ///   `eval`, `wall_seconds`, `device`.
@@ -60,7 +61,7 @@ pub enum MetricsError {
 ///   (tokens of train/prune stages).
 /// - `domains.<name>.loss`: dynamic batch loading's reference losses from `{ stage = .. }`, and
 ///   `sheared compare` (eval-like stages).
-/// - `tasks.<name>.{acc, acc_norm}`, `parameters.{total, non_embedding}`, `tokens_upstream`:
+/// - `tasks.<name>.{acc, acc_norm, exact_match, perplexity}`, `parameters.{total, non_embedding}`, `tokens_upstream`:
 ///   `sheared compare` (eval-like stages).
 ///
 /// Reading is lenient by design: a known key whose value has another shape than the one above (a
@@ -159,6 +160,9 @@ pub struct TaskMetrics {
     pub exact_match: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exact_match_stderr: Option<f64>,
+    /// A completion task's (LAMBADA's) perplexity over items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -304,6 +308,7 @@ impl<'de> Deserialize<'de> for TaskMetrics {
             acc_norm_stderr: fields.take("acc_norm_stderr"),
             exact_match: fields.take("exact_match"),
             exact_match_stderr: fields.take("exact_match_stderr"),
+            perplexity: fields.take("perplexity"),
             extra: fields.0,
         })
     }

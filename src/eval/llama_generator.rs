@@ -68,9 +68,8 @@ impl NextToken for LlamaGreedy<'_> {
         let length = new_tokens.len();
         let input: Vec<i64> = new_tokens.iter().map(|&t| i64::from(t)).collect();
         let input = Tensor::<2, Int>::from_data(TensorData::new(input, [1, length]), &self.device); // [1, new]
-        let logits = self.model.forward_cached(input, &mut self.cache); // [1, new, vocab]
+        let last = self.model.forward_cached_last(input, &mut self.cache); // [1, 1, vocab]
         self.cached_tokens.extend_from_slice(new_tokens);
-        let last = logits.narrow(1, length - 1, 1); // [1, 1, vocab]
         let best = last
             .argmax(2)
             .into_data()

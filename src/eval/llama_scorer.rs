@@ -1,11 +1,14 @@
 //! [`LlamaScorer`]: log-likelihoods of continuations under a burn [`Llama`], as lm-eval computes them.
 
 use burn::tensor::activation::log_softmax;
+use std::collections::HashMap;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::EvalError;
 use super::scoring::{ContinuationScore, LogLikelihoodScorer, ScoreRequest};
 use crate::model::Llama;
+use crate::model::kv_cache::KvCache;
 use crate::progress::CancelFlag;
 
 /// Scores requests the way lm-eval's `_loglikelihood_tokens` does: the model input is
@@ -13,6 +16,11 @@ use crate::progress::CancelFlag;
 /// continuation tokens and `is_greedy` says whether each of them is the argmax. Rows are sorted
 /// longest first and packed into batches of at most `batch_tokens` padded tokens; right padding
 /// cannot change a causal model's earlier positions, so batching does not change the numbers.
+///
+/// Requests that share a context of at least 64 tokens (the answer choices of a few-shot question)
+/// run it once and score their continuations on its key/value cache: a 25-shot ARC question costs
+/// one pass over its prompt instead of four. (lm-eval shares a context only between one-token
+/// continuations, through its logits cache; the numbers are the same up to float rounding.)
 pub struct LlamaScorer<'a> {
     model: &'a Llama,
     device: Device,
@@ -66,10 +74,28 @@ fn host_i64(tensor: Tensor<3, Int>) -> Result<Vec<i64>, EvalError> {
         .map_err(|error| EvalError::Scorer(format!("reading model output: {error:?}")))
 }
 
+/// One request ready for the model: the whole sequence left-truncated to `max_length + 1` tokens,
+/// of which the last `continuation` are scored.
+struct Row {
+    index: usize,
+    whole: Vec<u32>,
+    continuation: usize,
+}
+
+impl Row {
+    fn context(&self) -> &[u32] {
+        &self.whole[..self.whole.len() - self.continuation]
+    }
+}
+
+/// Contexts at least this long are run once for all the requests that share them (few-shot
+/// prompts); shorter ones are packed into batches with everything else, which keeps the
+/// matrices of zero-shot tasks large enough to be efficient.
+const SHARED_CONTEXT_MIN_TOKENS: usize = 64;
+
 impl LogLikelihoodScorer for LlamaScorer<'_> {
     fn score(&mut self, requests: &[ScoreRequest]) -> Result<Vec<ContinuationScore>, EvalError> {
-        // (request index, whole sequence left-truncated to max_length + 1, continuation tokens within it)
-        let mut rows: Vec<(usize, Vec<u32>, usize)> = Vec::with_capacity(requests.len());
+        let mut rows: Vec<Row> = Vec::with_capacity(requests.len());
         for (index, request) in requests.iter().enumerate() {
             let mut whole: Vec<u32> = request
                 .context
@@ -95,9 +121,33 @@ impl LogLikelihoodScorer for LlamaScorer<'_> {
                 whole.drain(..whole.len() - (self.max_length + 1));
             }
             let continuation = request.continuation.len().min(whole.len() - 1);
-            rows.push((index, whole, continuation));
+            rows.push(Row {
+                index,
+                whole,
+                continuation,
+            });
         }
-        rows.sort_by_key(|(index, whole, _)| (std::cmp::Reverse(whole.len()), *index));
+
+        // Requests with the same long context (the choices of one few-shot question) share its forward pass.
+        let mut by_context: HashMap<&[u32], Vec<usize>> = HashMap::new();
+        for (position, row) in rows.iter().enumerate() {
+            by_context.entry(row.context()).or_default().push(position);
+        }
+        let mut shared: Vec<Vec<usize>> = by_context
+            .into_iter()
+            .filter(|(context, members)| {
+                members.len() > 1 && context.len() >= SHARED_CONTEXT_MIN_TOKENS
+            })
+            .map(|(_, members)| members)
+            .collect();
+        shared.sort(); // a fixed order (HashMap's is random): the first member's position
+        let in_shared: std::collections::HashSet<usize> =
+            shared.iter().flatten().copied().collect();
+        let mut packed: Vec<&Row> = (0..rows.len())
+            .filter(|position| !in_shared.contains(position))
+            .map(|position| &rows[position])
+            .collect();
+        packed.sort_by_key(|row| (std::cmp::Reverse(row.whole.len()), row.index));
 
         let mut scores = vec![
             ContinuationScore {
@@ -106,49 +156,223 @@ impl LogLikelihoodScorer for LlamaScorer<'_> {
             };
             requests.len()
         ];
-        let mut start = 0;
-        while start < rows.len() {
-            if self.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
-                return Err(EvalError::Scorer("cancelled".into()));
+        let mut done = 0;
+        let mut report = |count: usize| {
+            done += count;
+            if let Some(progress) = self.progress {
+                progress(done, rows.len());
             }
-            let length = rows[start].1.len() - 1; // the longest input of this batch; the rest are right-padded
-            let batch = (self.batch_tokens / length).clamp(1, rows.len() - start);
-            let chunk = &rows[start..start + batch];
+        };
+        for members in &shared {
+            self.check_cancel()?;
+            let members: Vec<&Row> = members.iter().map(|&position| &rows[position]).collect();
+            for (row, score) in members.iter().zip(self.score_shared(&members)?) {
+                scores[row.index] = score;
+            }
+            report(members.len());
+        }
+        let mut start = 0;
+        while start < packed.len() {
+            self.check_cancel()?;
+            let length = packed[start].whole.len() - 1; // the longest input of this batch; the rest are right-padded
+            let batch = (self.batch_tokens / length).clamp(1, packed.len() - start);
+            let chunk = &packed[start..start + batch];
+            for (row, score) in chunk.iter().zip(self.score_packed(chunk, length)?) {
+                scores[row.index] = score;
+            }
+            start += batch;
+            report(batch);
+        }
+        Ok(scores)
+    }
+}
+
+impl LlamaScorer<'_> {
+    fn check_cancel(&self) -> Result<(), EvalError> {
+        if self.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
+            return Err(EvalError::Scorer("cancelled".into()));
+        }
+        Ok(())
+    }
+
+    /// One forward pass over `chunk`, right-padded to `length` input tokens.
+    fn score_packed(
+        &self,
+        chunk: &[&Row],
+        length: usize,
+    ) -> Result<Vec<ContinuationScore>, EvalError> {
+        let batch = chunk.len();
+        let mut inputs = vec![0i64; batch * length];
+        let mut targets = vec![0i64; batch * length];
+        for (row, request) in chunk.iter().enumerate() {
+            for (position, pair) in request.whole.windows(2).enumerate() {
+                inputs[row * length + position] = i64::from(pair[0]);
+                targets[row * length + position] = i64::from(pair[1]);
+            }
+        }
+        let inputs =
+            Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, length]), &self.device); // [batch, seq]
+        let log_probs = log_softmax(self.model.forward(inputs, None), 2); // [batch, seq, vocab]
+        let (picked, greedy) = pick(log_probs, &targets, [batch, length], &self.device)?;
+        Ok(chunk
+            .iter()
+            .enumerate()
+            .map(|(row, request)| {
+                let end = row * length + request.whole.len() - 1; // one past the last real position of this row
+                let positions = end - request.continuation..end;
+                ContinuationScore {
+                    log_likelihood: picked[positions.clone()]
+                        .iter()
+                        .map(|&p| f64::from(p))
+                        .sum(),
+                    is_greedy: positions.into_iter().all(|p| greedy[p] == targets[p]),
+                }
+            })
+            .collect())
+    }
+
+    /// Requests with one context: the context runs once (its last position predicts every
+    /// continuation's first token), then the continuations' remaining tokens run as one batch on
+    /// copies of its key/value cache. Equal to scoring each request alone up to float rounding.
+    fn score_shared(&self, members: &[&Row]) -> Result<Vec<ContinuationScore>, EvalError> {
+        let context = members[0].context();
+        let ids = |tokens: Vec<i64>, shape: [usize; 2]| {
+            Tensor::<2, Int>::from_data(TensorData::new(tokens, shape), &self.device)
+        };
+        let mut cache = KvCache::new();
+        let context_ids = context.iter().map(|&t| i64::from(t)).collect();
+        let last = self
+            .model
+            .forward_cached_last(ids(context_ids, [1, context.len()]), &mut cache); // [1, 1, vocab]
+        let first_log_probs = host_f32(log_softmax(last, 2))?; // [vocab]
+        let first_best = argmax(&first_log_probs);
+
+        // Tokens 1.. of each continuation are predicted by its own earlier tokens.
+        let length = members
+            .iter()
+            .map(|row| row.continuation)
+            .max()
+            .unwrap_or(1)
+            - 1;
+        let (picked, greedy, targets) = if length == 0 {
+            (Vec::new(), Vec::new(), Vec::new())
+        } else {
+            let batch = members.len();
             let mut inputs = vec![0i64; batch * length];
             let mut targets = vec![0i64; batch * length];
-            for (row, (_, whole, _)) in chunk.iter().enumerate() {
-                for (position, pair) in whole.windows(2).enumerate() {
+            for (row, request) in members.iter().enumerate() {
+                let continuation = &request.whole[request.whole.len() - request.continuation..];
+                for (position, pair) in continuation.windows(2).enumerate() {
                     inputs[row * length + position] = i64::from(pair[0]);
                     targets[row * length + position] = i64::from(pair[1]);
                 }
             }
-            let inputs =
-                Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, length]), &self.device); // [batch, seq]
-            let targets_tensor = Tensor::<2, Int>::from_data(
-                TensorData::new(targets.clone(), [batch, length]),
+            let mut branches = cache.repeat_batch(batch);
+            let logits = self
+                .model
+                .forward_cached(ids(inputs, [batch, length]), &mut branches); // [batch, length, vocab]
+            let (picked, greedy) = pick(
+                log_softmax(logits, 2),
+                &targets,
+                [batch, length],
                 &self.device,
-            ); // [batch, seq]
-            let log_probs = log_softmax(self.model.forward(inputs, None), 2); // [batch, seq, vocab]
-            let greedy = host_i64(log_probs.clone().argmax(2))?; // [batch, seq, 1]
-            let picked = host_f32(log_probs.gather(2, targets_tensor.unsqueeze_dim::<3>(2)))?; // [batch, seq, 1]
-            for (row, (index, whole, continuation)) in chunk.iter().enumerate() {
-                let end = row * length + whole.len() - 1; // one past the last real position of this row
-                let positions = end - continuation..end;
-                let log_likelihood = picked[positions.clone()]
-                    .iter()
-                    .map(|&p| f64::from(p))
-                    .sum();
-                let is_greedy = positions.into_iter().all(|p| greedy[p] == targets[p]);
-                scores[*index] = ContinuationScore {
-                    log_likelihood,
-                    is_greedy,
-                };
-            }
-            start += batch;
-            if let Some(progress) = self.progress {
-                progress(start, rows.len());
-            }
+            )?;
+            (picked, greedy, targets)
+        };
+        Ok(members
+            .iter()
+            .enumerate()
+            .map(|(row, request)| {
+                let first = request.whole[request.whole.len() - request.continuation] as usize;
+                let rest = row * length..row * length + request.continuation - 1;
+                ContinuationScore {
+                    log_likelihood: f64::from(first_log_probs[first])
+                        + picked[rest.clone()]
+                            .iter()
+                            .map(|&p| f64::from(p))
+                            .sum::<f64>(),
+                    is_greedy: first_best == first
+                        && rest.into_iter().all(|p| greedy[p] == targets[p]),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Log-probabilities at `targets` and the argmax, per position, as host vectors (`[batch·seq]`).
+fn pick(
+    log_probs: Tensor<3>,
+    targets: &[i64],
+    [batch, length]: [usize; 2],
+    device: &Device,
+) -> Result<(Vec<f32>, Vec<i64>), EvalError> {
+    let targets =
+        Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [batch, length]), device); // [batch, seq]
+    let greedy = host_i64(log_probs.clone().argmax(2))?; // [batch, seq, 1]
+    let picked = host_f32(log_probs.gather(2, targets.unsqueeze_dim::<3>(2)))?; // [batch, seq, 1]
+    Ok((picked, greedy))
+}
+
+/// numpy's `argmax` (first maximum), as torch's `argmax` picks for lm-eval's `is_greedy`.
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (index, &value) in values.iter().enumerate() {
+        if value > values[best] {
+            best = index;
         }
-        Ok(scores)
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LlamaConfig;
+    use crate::model::device;
+    use crate::model::init::seeded_normal_init;
+
+    /// A shared long context (run once, continuations on its cache) scores what each request
+    /// scored alone in a packed batch scores.
+    #[test]
+    fn shared_context_equals_scoring_each_request_alone() {
+        let device = device::for_tests();
+        let mut config = LlamaConfig::new(53, 32, 48, 2, 4, 2);
+        config.head_dim = 8;
+        let model = seeded_normal_init(Llama::new(&config, &device), 11, 0.3);
+        let context: Vec<u32> = (0..SHARED_CONTEXT_MIN_TOKENS as u32 + 6)
+            .map(|i| (i * 7) % 53)
+            .collect();
+        let continuations: [&[u32]; 4] = [&[4], &[9, 2], &[30, 31, 32], &[4, 4]];
+        let requests: Vec<ScoreRequest> = continuations
+            .iter()
+            .map(|c| ScoreRequest {
+                context: context.clone(),
+                continuation: c.to_vec(),
+            })
+            .collect();
+        let mut scorer = LlamaScorer::new(&model, device.clone(), 512, 4096);
+        let together = scorer.score(&requests).unwrap();
+        for (request, shared) in requests.iter().zip(&together) {
+            // Alone: a one-request call never shares (a group needs two members).
+            let alone = scorer.score(std::slice::from_ref(request)).unwrap()[0];
+            let difference = (alone.log_likelihood - shared.log_likelihood).abs();
+            assert!(
+                difference < 1e-4 * alone.log_likelihood.abs().max(1.0),
+                "{alone:?} vs {shared:?}"
+            );
+            assert_eq!(alone.is_greedy, shared.is_greedy);
+        }
+        // The greedy continuation of the context is greedy when shared too.
+        let mut greedy = crate::eval::llama_generator::LlamaGreedy::new(&model, device);
+        let next = crate::eval::generate::NextToken::next_token(&mut greedy, &context).unwrap();
+        let requests: Vec<ScoreRequest> = [next, (next + 1) % 53]
+            .iter()
+            .map(|&token| ScoreRequest {
+                context: context.clone(),
+                continuation: vec![token],
+            })
+            .collect();
+        let scores = scorer.score(&requests).unwrap();
+        assert_eq!((scores[0].is_greedy, scores[1].is_greedy), (true, false));
     }
 }

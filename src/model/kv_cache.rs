@@ -33,12 +33,44 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.positions == 0
     }
+
+    /// The cache of one sequence (batch 1) repeated for `batch` sequences that continue the same
+    /// prefix differently (the answer choices after one shared few-shot context).
+    pub fn repeat_batch(&self, batch: usize) -> KvCache {
+        let repeat = |t: &Tensor<4>| {
+            let [_, groups, positions, head_dim] = t.dims();
+            t.clone().expand([batch, groups, positions, head_dim]) // [batch, groups, positions, head_dim]
+        };
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|layer| layer.as_ref().map(|(k, v)| (repeat(k), repeat(v))))
+                .collect(),
+            positions: self.positions,
+        }
+    }
 }
 
 impl Llama {
     /// `input_ids: [batch, new]`, the tokens at positions `cache.len()..cache.len() + new` →
     /// logits `[batch, new, vocab]`; their keys and values are appended to `cache`.
     pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let x = self.decode(input_ids, cache); // [batch, new, hidden]
+        self.head(x, None) // [batch, new, vocab]
+    }
+
+    /// [`forward_cached`](Self::forward_cached) returning only the last position's logits
+    /// `[batch, 1, vocab]`: what greedy decoding and a shared context need, without the LM head's
+    /// `new × vocab` product for every other position.
+    pub fn forward_cached_last(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let x = self.decode(input_ids, cache); // [batch, new, hidden]
+        let new = x.dims()[1];
+        self.head(x.narrow(1, new - 1, 1), None) // [batch, 1, vocab]
+    }
+
+    /// The decoder stack over the new positions: hidden states `[batch, new, hidden]` before the final norm.
+    fn decode(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
         let [_, new] = input_ids.dims();
         let start = cache.positions;
         let device = input_ids.device();
@@ -56,7 +88,7 @@ impl Llama {
             }
         }
         cache.positions = start + new;
-        self.head(x, None) // [batch, new, vocab]
+        x
     }
 }
 
@@ -154,11 +186,28 @@ mod tests {
             for position in 4..6 {
                 pieces.push(model.forward_cached(ids(position..position + 1), &mut cache));
             }
+            let mut branch = cache.repeat_batch(2);
             pieces.push(model.forward_cached(ids(6..8), &mut cache));
             assert_eq!(cache.len(), 8);
             let cached = Tensor::cat(pieces, 1); // [1, 8, vocab]
-            let difference = max_difference(full, cached);
+            let difference = max_difference(full.clone(), cached);
             assert!(difference < 1e-4, "heads {heads}/{kv_heads}: {difference}");
+
+            // Two sequences continuing the same 6-token prefix: each equals its own full forward.
+            let other: Vec<i64> = vec![3, 17, 42, 5, 9, 60, 11, 12];
+            let both = [tokens[6..8].to_vec(), other[6..8].to_vec()].concat();
+            let input = Tensor::<2, Int>::from_data(TensorData::new(both, [2, 2]), &device);
+            let last = model.forward_cached_last(input, &mut branch); // [2, 1, vocab]
+            let other_full = model.forward(
+                Tensor::<2, Int>::from_data(TensorData::new(other, [1, 8]), &device),
+                None,
+            );
+            let expected = Tensor::cat(vec![full.narrow(1, 7, 1), other_full.narrow(1, 7, 1)], 0); // [2, 1, vocab]
+            let difference = max_difference(expected, last);
+            assert!(
+                difference < 1e-4,
+                "branches {heads}/{kv_heads}: {difference}"
+            );
         }
     }
 }

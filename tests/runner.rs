@@ -795,3 +795,61 @@ fn glob_inputs_are_hashed_by_their_matches() {
         "{stderr}"
     );
 }
+
+/// `{ stage = "a", file = "sub" }` takes a folder inside an upstream output: the stage sees the
+/// folder, and its key follows the files under it only (a change elsewhere in `a` is cut off).
+#[test]
+fn a_folder_inside_an_upstream_output_is_an_input() {
+    let project = Project::new();
+    let a = project.script(
+        "a",
+        "mkdir -p {out}/sub/deep && echo x > {out}/sub/x.txt && echo $Y > {out}/sub/deep/y.txt && echo $OTHER > {out}/other.txt",
+    );
+    let b = project.script(
+        "b",
+        "cat {inputs.sub}/x.txt {inputs.sub}/deep/y.txt > {out}/b.txt",
+    );
+    project.write(
+        "folder.toml",
+        &format!(
+            r#"name = "folder"
+
+[stages.a]
+kind = "command"
+argv = ["/bin/sh", "-c", "{a}"]
+env = {{ Y = "1", OTHER = "1" }}
+
+[stages.b]
+kind = "command"
+argv = ["/bin/sh", "-c", "{b}"]
+inputs = {{ sub = {{ stage = "a", file = "sub" }} }}
+"#
+        ),
+    );
+    project.ok(&["run", "folder.toml"]);
+    let out = PathBuf::from(project.ok(&["path", "folder.toml", "b"]).trim());
+    assert_eq!(
+        std::fs::read_to_string(out.join("b.txt")).unwrap(),
+        "x\n1\n"
+    );
+    assert_eq!((project.count("a"), project.count("b")), (1, 1));
+
+    // Only a file outside `sub` changes: `b`'s key is the same, so it is not rerun.
+    project.ok(&["run", "folder.toml", "--set", "stages.a.env.OTHER=\"2\""]);
+    assert_eq!((project.count("a"), project.count("b")), (2, 1));
+    // A file inside `sub` changes: `b` reruns.
+    project.ok(&["run", "folder.toml", "--set", "stages.a.env.Y=\"2\""]);
+    assert_eq!((project.count("a"), project.count("b")), (3, 2));
+
+    // A name that is neither a file nor a folder of `a` is refused with what `a` has.
+    let message = project.fails(&[
+        "run",
+        "folder.toml",
+        "--set",
+        "stages.b.inputs.sub={ stage = \"a\", file = \"subs\" }",
+    ]);
+    assert!(
+        message.contains("no such file or folder") && message.contains("sub/x.txt"),
+        "{message}"
+    );
+}

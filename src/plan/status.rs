@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::{Value as Json, json};
 
 use super::{InputSource, Plan, key};
-use crate::store::{Digest, Manifest, Store, StoreError};
+use crate::store::{Digest, FileEntry, Manifest, Store, StoreError, folder_digest};
 use crate::util::glob::{external_exists, glob_matches, is_glob};
 
 /// The five things a stage can be before a run.
@@ -114,7 +114,7 @@ pub struct Committed {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "stage `{stage}`: input `{input}` wants file `{file}` of stage `{upstream}`, which has no such file (it has: {available})"
+        "stage `{stage}`: input `{input}` wants file `{file}` of stage `{upstream}`, which has no such file or folder (it has: {available})"
     )]
     NoSuchFile {
         stage: String,
@@ -130,6 +130,29 @@ pub enum KeyError {
         #[source]
         source: Box<StoreError>,
     },
+}
+
+/// The digest of `file` in an upstream output: the file's own digest, or, when `file` names a
+/// folder inside the output, the [`folder_digest`] of the files under it (paths relative to it),
+/// so a stage can take a whole sub-folder (`{ stage = "fetch-tasks", file = "datasets" }`) and its
+/// key changes exactly when something in that folder does. `None` when neither exists.
+fn file_or_folder_digest(manifest: &Manifest, file: &str) -> Option<Digest> {
+    let file = file.trim_end_matches('/');
+    if let Some(entry) = manifest.files.iter().find(|entry| entry.path == file) {
+        return Some(entry.digest);
+    }
+    let prefix = format!("{file}/");
+    let inside: Vec<FileEntry> = manifest
+        .files
+        .iter()
+        .filter_map(|entry| {
+            entry.path.strip_prefix(&prefix).map(|relative| FileEntry {
+                path: relative.to_string(),
+                ..entry.clone()
+            })
+        })
+        .collect();
+    (!inside.is_empty()).then(|| folder_digest(&inside))
 }
 
 /// The key of node `index`, given the committed outputs of its upstream nodes; `None` while an
@@ -154,13 +177,8 @@ pub fn resolve_key(
                 };
                 let digest = match file {
                     None => upstream_commit.manifest.output_digest.to_hex(),
-                    Some(file) => match upstream_commit
-                        .manifest
-                        .files
-                        .iter()
-                        .find(|entry| entry.path == *file)
-                    {
-                        Some(entry) => entry.digest.to_hex(),
+                    Some(file) => match file_or_folder_digest(&upstream_commit.manifest, file) {
+                        Some(digest) => digest.to_hex(),
                         None => {
                             return Err(KeyError::NoSuchFile {
                                 stage: node.id.clone(),

@@ -719,7 +719,7 @@ fn a_missing_upstream_file_fails_the_stage_and_plan_says_why() {
     let stderr = project.fails(&["run", recipe]);
     assert!(
         stderr.contains(
-            "wants file `two.txt` of stage `a`, which has no such file (it has: one.txt)"
+            "wants file `two.txt` of stage `a`, which has no such file or folder (it has: one.txt)"
         ),
         "{stderr}"
     );

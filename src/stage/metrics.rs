@@ -47,7 +47,8 @@ pub enum MetricsError {
 ///   `domains.<name>.{weight, tokens_seen, loss, reference_loss}` (`loss`: the final eval loss, when
 ///   there was an eval), `skipped_batches`, `resumed_from_step`, `parameters` (a number),
 ///   `non_embedding_parameters`, `tokens_per_s`, `outside_model_fraction`, `timing`.
-/// - `prune`: no `metrics.json` (its numbers are in `metrics.jsonl`).
+/// - `prune`: `l0` writes no `metrics.json` (its numbers are in `metrics.jsonl`); the baselines
+///   (`magnitude`, `random`) write `method`, `steps` = 0 and `tokens` = 0.
 /// - `eval`: `domains.<name>.{loss, perplexity, stderr, sequences, tokens}`,
 ///   `tasks.<name>.{n, acc, acc_stderr, acc_norm, acc_norm_stderr, ...}` (multiple choice),
 ///   `tasks.<name>.{n, acc, acc_stderr, perplexity, ...}` (completions, LAMBADA) or

@@ -183,7 +183,13 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
         None,
     )?;
     let tokenizer = tokenizer_source(&model_dir, None);
-    outputs::write(ctx, &model, tokenizer.as_deref(), &masks, None, &report)
+    outputs::write(ctx, &model, tokenizer.as_deref(), &masks, None, &report)?;
+    // No data was read: say so, so that `tokens_from = { prune = .. }` of an eval counts zero
+    // tokens for a baseline instead of refusing a stage that reports none.
+    let metrics = serde_json::json!({ "method": config.method, "steps": 0, "tokens": 0 });
+    std::fs::write(ctx.out_dir.join("metrics.json"), format!("{metrics:#}\n")).map_err(|error| {
+        StageError::Other(anyhow::Error::new(error).context("writing metrics.json"))
+    })
 }
 
 #[cfg(test)]

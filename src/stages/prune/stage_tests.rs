@@ -259,6 +259,13 @@ fn baselines_go_straight_to_consolidation() {
             CancelFlag::default(),
         )
         .unwrap();
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            (metrics["tokens"].as_u64(), metrics["method"].as_str()),
+            (Some(0), Some(method))
+        );
         let dense = fx.root.path().join(format!("{method}-dense"));
         run_stage(
             &ConsolidateStage,

@@ -106,6 +106,39 @@ fn the_smollm2_chain_runs_on_fixtures_and_compares() {
     let rows = sheared_ok(dir, &["compare", recipe, "--format", "md"]);
     assert!(rows.contains("l0") && rows.contains("magnitude"), "{rows}");
 
+    // One row per evaluated model: the source (shared), then each method's final and pruned-only
+    // models (in the plan's order).
+    let by_stage: Value = serde_json::from_str(&sheared_ok(
+        dir,
+        &["compare", recipe, "--by-stage", "--format", "json"],
+    ))
+    .unwrap();
+    let names: Vec<&str> = by_stage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "eval-source",
+            "chain[prune.method=l0]/eval",
+            "chain[prune.method=l0]/eval-pruned",
+            "chain[prune.method=magnitude]/eval",
+            "chain[prune.method=magnitude]/eval-pruned",
+        ]
+    );
+    let columns = by_stage["metric_columns"].to_string();
+    for metric in [
+        "hellaswag.acc_norm",
+        "lambada.perplexity",
+        "nq_open.exact_match",
+        "params.total",
+    ] {
+        assert!(columns.contains(metric), "{metric}: {columns}");
+    }
+
     // The pruned model has exactly the target shape.
     let consolidated = PathBuf::from(
         sheared_ok(

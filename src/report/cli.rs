@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::compare::{Format, StageInput, VariantInput, compare, flatten_toml, render};
+use super::compare::{Format, StageInput, VariantInput, by_stage, compare, flatten_toml, render};
 use super::plots::{SeriesSource, write_plots};
 use crate::plan::Plan;
 use crate::plan::status::plan_status;
@@ -34,6 +34,10 @@ pub struct CompareArgs {
     /// Also write training-loss, eval-loss, domain-weight and sparsity plots (SVG and PNG) here.
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
+    /// One row per evaluated model (each eval stage of each variant; a stage shared by every variant,
+    /// such as the source model's eval, once) instead of one row per variant.
+    #[arg(long)]
+    pub by_stage: bool,
 }
 
 /// `sheared compare`.
@@ -112,6 +116,9 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
             params,
             stages,
         });
+    }
+    if args.by_stage {
+        variants = by_stage(&variants);
     }
     print!("{}", render(&compare(&variants), args.format));
     if !not_run.is_empty() {

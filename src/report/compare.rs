@@ -192,6 +192,59 @@ fn variant_metrics(
     out
 }
 
+/// One row per evaluated model instead of per variant (`sheared compare --by-stage`): every
+/// eval-like stage with metrics becomes a row `variant/stage` holding just that stage, so the source
+/// model's scores (an `eval-source` shared by every variant, which [`compare`] leaves out as identical
+/// columns), the pruned-only model's and the final model's sit in one table with the same columns.
+/// A stage whose key several variants share is one row, named by the stage alone and without
+/// parameters. The stage is renamed `eval` in its row so that columns are not prefixed per stage.
+pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
+    let mut owners: HashMap<&str, usize> = HashMap::new();
+    for variant in variants {
+        for stage in &variant.stages {
+            *owners.entry(stage.key.as_str()).or_default() += 1;
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut shared_rows = Vec::new();
+    let mut own_rows = Vec::new();
+    for variant in variants {
+        for stage in variant
+            .stages
+            .iter()
+            .filter(|s| is_eval_like(s) && s.metrics.is_some())
+        {
+            if !seen.insert(stage.key.as_str()) {
+                continue;
+            }
+            let shared = owners[stage.key.as_str()] > 1 && variants.len() > 1;
+            let row = VariantInput {
+                name: if shared {
+                    stage.name.clone()
+                } else {
+                    format!("{}/{}", variant.name, stage.name)
+                },
+                params: if shared {
+                    BTreeMap::new()
+                } else {
+                    variant.params.clone()
+                },
+                stages: vec![StageInput {
+                    name: "eval".into(),
+                    ..stage.clone()
+                }],
+            };
+            if shared {
+                shared_rows.push(row);
+            } else {
+                own_rows.push(row);
+            }
+        }
+    }
+    shared_rows.extend(own_rows);
+    shared_rows
+}
+
 /// Build the comparison. The first variant is the baseline for deltas.
 pub fn compare(variants: &[VariantInput]) -> Comparison {
     // Parameters that differ (a key missing in some variant differs too).
@@ -569,6 +622,49 @@ pub fn render(comparison: &Comparison, format: Format) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn by_stage_gives_the_shared_source_eval_and_each_model_its_own_row() {
+        let eval = |name: &str, key: &str, acc: f64| StageInput {
+            name: name.into(),
+            kind: "eval".into(),
+            key: key.into(),
+            seconds: Some(1.0),
+            metrics: Some(serde_json::json!({"tasks": {"arc_easy": {"acc": acc}}})),
+        };
+        let variant = |method: &str, keys: [&str; 2]| VariantInput {
+            name: format!("r[{method}]"),
+            params: BTreeMap::from([("stages.prune.method".to_string(), method.to_string())]),
+            stages: vec![
+                eval("eval-source", "k-source", 0.5),
+                eval("eval-pruned", keys[0], 0.3),
+                eval("eval", keys[1], 0.4),
+            ],
+        };
+        let rows = by_stage(&[variant("l0", ["a", "b"]), variant("magnitude", ["c", "d"])]);
+        let names: Vec<&str> = rows.iter().map(|row| row.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "eval-source",
+                "r[l0]/eval-pruned",
+                "r[l0]/eval",
+                "r[magnitude]/eval-pruned",
+                "r[magnitude]/eval"
+            ]
+        );
+        assert!(rows[0].params.is_empty());
+        let comparison = compare(&rows);
+        assert!(
+            comparison
+                .metric_columns
+                .contains(&"arc_easy.acc".to_string()),
+            "{:?}",
+            comparison.metric_columns
+        );
+        assert_eq!(comparison.rows[0].metrics[0], Some(0.5));
+        assert_eq!(comparison.param_columns, ["stages.prune.method"]);
+    }
+
     use super::*;
     use serde_json::json;
 

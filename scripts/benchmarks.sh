@@ -3,6 +3,9 @@
 # area, so both), then run every `sheared-bench <area>` (each compares us with its named peer in the
 # same run) and write the tables.
 # Usage: scripts/benchmarks.sh [--only AREA ...] [--arg "AREA=ARGS" ...]   (passed to `sheared-bench all`)
+# The eval area needs a model and tasks (and a Python with torch, transformers and lm-eval), e.g.
+#   --arg "eval=--model MODEL_DIR --task lambada=TASKS/requests/lambada/bpb_0shot:100 --python VENV/bin/python"
+# where MODEL_DIR is `sheared convert` of SmolLM2's GGUF and TASKS is `scripts/fetch-eval-tasks.sh --suite TASKS`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin sheared --bin sheared-bench

@@ -50,7 +50,7 @@ fn all_rejects_an_unknown_area() {
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
     assert!(
         stderr.contains("no such area")
-            && stderr.contains("model, prune, data, runner, store, train"),
+            && stderr.contains("model, prune, data, eval, runner, store, train"),
         "{stderr}"
     );
 }

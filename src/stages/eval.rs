@@ -624,6 +624,7 @@ impl Stage for EvalStage {
                 .context("creating predictions/")?;
             let eos_tokens: Vec<u32> = model_config.eos_token_id.clone();
             for (name, spec) in &specs {
+                let task_started = Instant::now();
                 let loaded = load_spec(ctx, spec)?;
                 let progress = |done: usize, total: usize| {
                     ctx.reporter.progress(done as u64, total as u64, "requests")
@@ -710,6 +711,11 @@ impl Stage for EvalStage {
                 };
                 if let (Value::Object(map), Value::Object(extra)) = (&mut entry, extra) {
                     map.extend(extra);
+                    // Building the prompts and scoring them: where an evaluation's time goes.
+                    map.insert(
+                        "seconds".into(),
+                        json!(task_started.elapsed().as_secs_f64()),
+                    );
                 }
                 tasks.insert(name.clone(), entry);
             }

@@ -6,6 +6,7 @@
 //! through its public API. Run it with `cargo run --release --bin sheared-bench -- <area> ...`.
 
 mod data;
+mod eval;
 mod machine;
 mod markdown;
 mod model;
@@ -38,6 +39,8 @@ enum Command {
     Prune(prune::PruneBenchArgs),
     /// Tokenize throughput vs Python `tokenizers`, and DomainMixture sampler throughput.
     Data(data::DataBenchArgs),
+    /// Scored requests/s of the eval stage's scorer vs lm-eval-harness on the same model and items.
+    Eval(eval::EvalBenchArgs),
     /// No-op rerun of a 20-stage recipe with large cached outputs, against rehashing everything.
     Runner(runner::RunnerBenchArgs),
     /// Hashing throughput against b3sum and md5sum, and the stat-cache hit cost.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Model(args) => model::run(&args),
         Command::Prune(args) => prune::run_cli(&args),
         Command::Data(args) => data::run(&args).map(|report| data::print(&report)),
+        Command::Eval(args) => eval::run(&args),
         Command::Runner(args) => runner::run(&args),
         Command::Store(args) => store::run(&args).and_then(|report| {
             println!("{}", report.to_markdown());

@@ -31,6 +31,7 @@ pub const AREAS: &[(&str, JsonFlag)] = &[
     ("model", JsonFlag::Stdout),
     ("prune", JsonFlag::Stdout),
     ("data", JsonFlag::File),
+    ("eval", JsonFlag::File),
     ("runner", JsonFlag::Stdout),
     ("store", JsonFlag::File),
     ("train", JsonFlag::Stdout),

@@ -10,11 +10,18 @@
 //! When the size cannot be found the check is skipped with a warning: a missing `nvidia-smi` must
 //! not stop a run that would have fitted. A refused stage fails like any other (its dependents are
 //! skipped, `--keep-going` runs the rest, committed outputs stay), with nothing computed.
+//!
+//! The same probe refuses `settings.precision = "bf16"` on a GPU below compute capability 8.0
+//! (`nvidia-smi --query-gpu=compute_cap`): bf16 matrix units arrived with Ampere (A100, RTX 30xx);
+//! on a V100 (7.0) or T4 (7.5) libtorch runs bf16 through slow emulation or not at all, which a user
+//! would only find out after hours of a stage. Only stages that compute with the model (those whose
+//! preview estimates memory) are checked; an unknown capability is not a refusal.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::model::memory::{GIB, format_bytes};
+use crate::model::precision::Precision;
 use crate::stage::{Preview, Settings};
 
 /// How much memory a device has, as far as it can be found.
@@ -51,11 +58,30 @@ pub struct MemoryRefusal {
     pub advice: String,
 }
 
-/// Detected device sizes, one lookup per device and override for the whole run (`nvidia-smi` is
-/// slow to start, and the warning for an unknown size is printed once).
+/// Detected device sizes (and GPU compute capabilities), one lookup per device and override for
+/// the whole run (`nvidia-smi` is slow to start, and the warning for an unknown size is printed once).
 #[derive(Default)]
 pub struct DeviceMemoryProbe {
     known: Mutex<BTreeMap<String, DeviceMemory>>,
+    capabilities: Mutex<BTreeMap<usize, Result<(u32, u32), String>>>,
+}
+
+/// Compute capability at which GPUs have bf16 matrix units (Ampere).
+const BF16_MIN_CAPABILITY: (u32, u32) = (8, 0);
+
+/// bf16 asked of a GPU that cannot compute it natively.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stage `{stage}`: settings.precision = \"bf16\" but GPU {index} (`{device}`) has compute capability {}.{} \
+     (nvidia-smi compute_cap); bf16 needs {}.{} or newer (A100, H100, RTX 30xx and later). Refused before \
+     computing anything: set settings.precision = \"fp32\" (or --set settings.precision='\"fp32\"'), or use a newer GPU",
+    .capability.0, .capability.1, BF16_MIN_CAPABILITY.0, BF16_MIN_CAPABILITY.1
+)]
+pub struct PrecisionRefusal {
+    pub stage: String,
+    pub device: String,
+    pub index: usize,
+    pub capability: (u32, u32),
 }
 
 impl DeviceMemoryProbe {
@@ -120,6 +146,93 @@ impl DeviceMemoryProbe {
             advice,
         }))
     }
+}
+
+impl DeviceMemoryProbe {
+    /// `Err` when a stage that computes with the model (its preview estimates memory) asks for bf16
+    /// on a CUDA GPU below compute capability 8.0.
+    pub fn check_precision(
+        &self,
+        stage: &str,
+        preview: &Preview,
+        settings: &Settings,
+    ) -> Result<(), Box<PrecisionRefusal>> {
+        self.check_precision_with(stage, preview, settings, &gpu_compute_capability)
+    }
+
+    fn check_precision_with(
+        &self,
+        stage: &str,
+        preview: &Preview,
+        settings: &Settings,
+        lookup: &dyn Fn(usize) -> Result<(u32, u32), String>,
+    ) -> Result<(), Box<PrecisionRefusal>> {
+        if settings.precision != Precision::Bf16 || preview.memory_bytes.is_none() {
+            return Ok(());
+        }
+        let Some(index) = cuda_index(&settings.device) else {
+            return Ok(());
+        };
+        let capability = self
+            .capabilities
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .entry(index)
+            .or_insert_with(|| {
+                let found = lookup(index);
+                if let Err(reason) = &found {
+                    tracing::warn!(
+                        "not checking that GPU {index} computes bf16 natively: {reason}"
+                    );
+                }
+                found
+            })
+            .clone();
+        match capability {
+            Ok(capability) if capability < BF16_MIN_CAPABILITY => Err(Box::new(PrecisionRefusal {
+                stage: stage.to_string(),
+                device: settings.device.clone(),
+                index,
+                capability,
+            })),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `cuda` → 0, `cuda:3` → 3; `None` for other devices.
+fn cuda_index(device: &str) -> Option<usize> {
+    match device.strip_prefix("cuda")? {
+        "" => Some(0),
+        rest => rest.strip_prefix(':')?.parse().ok(),
+    }
+}
+
+fn gpu_compute_capability(index: usize) -> Result<(u32, u32), String> {
+    let output = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=compute_cap",
+            "--format=csv,noheader",
+            "-i",
+            &index.to_string(),
+        ])
+        .output()
+        .map_err(|error| format!("cannot run nvidia-smi: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "nvidia-smi -i {index} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_compute_cap(&text)
+        .ok_or_else(|| format!("unexpected nvidia-smi compute_cap output {text:?}"))
+}
+
+/// `8.6\n` → (8, 6).
+pub fn parse_compute_cap(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.lines().next()?.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// The memory of `settings.device` (or the override).
@@ -252,6 +365,72 @@ mod tests {
             "lower batch_size".into(),
         );
         preview
+    }
+
+    #[test]
+    fn bf16_is_refused_below_ampere_and_only_for_model_stages_on_cuda() {
+        let probe = DeviceMemoryProbe::default();
+        let mut settings = settings("cuda:1", 0.0);
+        settings.precision = Precision::Bf16;
+        let model_stage = preview_needing(1 << 30);
+        let turing = |index: usize| {
+            assert_eq!(index, 1);
+            Ok((7, 5))
+        };
+        let refusal = probe
+            .check_precision_with("prune", &model_stage, &settings, &turing)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refusal.contains("GPU 1")
+                && refusal.contains("7.5")
+                && refusal.contains("settings.precision = \"fp32\""),
+            "{refusal}"
+        );
+        // A command stage (no memory estimate), fp32, another device, an Ampere GPU, an unknown one: no refusal.
+        let command = Preview::default();
+        assert!(
+            probe
+                .check_precision_with("fetch", &command, &settings, &turing)
+                .is_ok()
+        );
+        let ampere = DeviceMemoryProbe::default();
+        assert!(
+            ampere
+                .check_precision_with("prune", &model_stage, &settings, &|_| Ok((8, 0)))
+                .is_ok()
+        );
+        let unknown = DeviceMemoryProbe::default();
+        assert!(
+            unknown
+                .check_precision_with("prune", &model_stage, &settings, &|_| Err(
+                    "no nvidia-smi".into()
+                ))
+                .is_ok()
+        );
+        settings.precision = Precision::Fp32;
+        assert!(
+            DeviceMemoryProbe::default()
+                .check_precision_with("prune", &model_stage, &settings, &turing)
+                .is_ok()
+        );
+        settings.precision = Precision::Bf16;
+        settings.device = "torch-cpu".into();
+        assert!(
+            DeviceMemoryProbe::default()
+                .check_precision_with("prune", &model_stage, &settings, &turing)
+                .is_ok()
+        );
+        assert_eq!(parse_compute_cap("8.6\n"), Some((8, 6)));
+        assert_eq!(parse_compute_cap("[N/A]"), None);
+        assert_eq!(
+            (
+                cuda_index("cuda"),
+                cuda_index("cuda:2"),
+                cuda_index("cudax")
+            ),
+            (Some(0), Some(2), None)
+        );
     }
 
     #[test]

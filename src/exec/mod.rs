@@ -583,6 +583,9 @@ fn execute_inner(
     if let Err(refusal) = memory.check(&node.id, &preview, &recipe.settings) {
         return fail(refusal.to_string());
     }
+    if let Err(refusal) = memory.check_precision(&node.id, &preview, &recipe.settings) {
+        return fail(refusal.to_string());
+    }
     let mut started = Event::new("started", &node.id);
     started.key = Some(record.key.to_hex());
     started.reason = Some(why_it_runs(store, recipe_name, &node.stage, record, force));

@@ -63,8 +63,11 @@ pub struct MemoryRefusal {
 #[derive(Default)]
 pub struct DeviceMemoryProbe {
     known: Mutex<BTreeMap<String, DeviceMemory>>,
-    capabilities: Mutex<BTreeMap<usize, Result<(u32, u32), String>>>,
+    capabilities: Mutex<BTreeMap<usize, Capability>>,
 }
+
+/// A GPU's compute capability `(major, minor)`, or why it could not be found.
+type Capability = Result<(u32, u32), String>;
 
 /// Compute capability at which GPUs have bf16 matrix units (Ampere).
 const BF16_MIN_CAPABILITY: (u32, u32) = (8, 0);
@@ -165,7 +168,7 @@ impl DeviceMemoryProbe {
         stage: &str,
         preview: &Preview,
         settings: &Settings,
-        lookup: &dyn Fn(usize) -> Result<(u32, u32), String>,
+        lookup: &dyn Fn(usize) -> Capability,
     ) -> Result<(), Box<PrecisionRefusal>> {
         if settings.precision != Precision::Bf16 || preview.memory_bytes.is_none() {
             return Ok(());
@@ -208,7 +211,7 @@ fn cuda_index(device: &str) -> Option<usize> {
     }
 }
 
-fn gpu_compute_capability(index: usize) -> Result<(u32, u32), String> {
+fn gpu_compute_capability(index: usize) -> Capability {
     let output = std::process::Command::new("nvidia-smi")
         .args([
             "--query-gpu=compute_cap",

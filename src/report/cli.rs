@@ -29,6 +29,10 @@ pub struct CompareArgs {
     /// Override one recipe value (as for `sheared run`), TOML value syntax.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// The device the runs used (as for `sheared run`): prune and train keys include it, so a run on
+    /// `cuda:0` is found only with the same device.
+    #[arg(long, env = "SHEARED_DEVICE")]
+    pub device: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Also write training-loss, eval-loss, domain-weight and sparsity plots (SVG and PNG) here.
@@ -44,7 +48,7 @@ pub struct CompareArgs {
 pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Result<()> {
     let options = LoadOptions {
         overrides: args.set.clone(),
-        device: None,
+        device: args.device.clone(),
     };
     let mut recipes = Vec::new();
     for path in &args.recipes {

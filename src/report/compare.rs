@@ -196,8 +196,8 @@ fn variant_metrics(
 /// eval-like stage with metrics becomes a row `variant/stage` holding just that stage, so the source
 /// model's scores (an `eval-source` shared by every variant, which [`compare`] leaves out as identical
 /// columns), the pruned-only model's and the final model's sit in one table with the same columns.
-/// A stage whose key several variants share is one row, named by the stage alone and without
-/// parameters. The stage is renamed `eval` in its row so that columns are not prefixed per stage.
+/// A stage whose key several variants share is one row, named by the stage alone, with only the
+/// parameters all variants agree on. The stage is renamed `eval` in its row so that columns are not prefixed per stage.
 pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
     let mut owners: HashMap<&str, usize> = HashMap::new();
     for variant in variants {
@@ -205,6 +205,17 @@ pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
             *owners.entry(stage.key.as_str()).or_default() += 1;
         }
     }
+    // A shared row carries the parameters every variant agrees on, so only the ones that make the
+    // ablation become columns (and the shared row shows none of those).
+    let common: BTreeMap<String, String> = match variants.split_first() {
+        Some((first, rest)) => first
+            .params
+            .iter()
+            .filter(|(key, value)| rest.iter().all(|v| v.params.get(*key) == Some(*value)))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let mut seen = BTreeSet::new();
     let mut shared_rows = Vec::new();
     let mut own_rows = Vec::new();
@@ -225,7 +236,7 @@ pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
                     format!("{}/{}", variant.name, stage.name)
                 },
                 params: if shared {
-                    BTreeMap::new()
+                    common.clone()
                 } else {
                     variant.params.clone()
                 },
@@ -652,7 +663,7 @@ mod tests {
                 "r[magnitude]/eval"
             ]
         );
-        assert!(rows[0].params.is_empty());
+        assert!(rows[0].params.is_empty()); // the variants agree on no parameter here
         let comparison = compare(&rows);
         assert!(
             comparison

@@ -212,10 +212,17 @@ fn cuda_index(device: &str) -> Option<usize> {
 }
 
 fn gpu_compute_capability(index: usize) -> Capability {
+    let text = nvidia_smi("compute_cap", "csv,noheader", index)?;
+    parse_compute_cap(&text)
+        .ok_or_else(|| format!("unexpected nvidia-smi compute_cap output {text:?}"))
+}
+
+/// `nvidia-smi --query-gpu=<field> --format=<format> -i <index>`'s stdout, or why there is none.
+fn nvidia_smi(field: &str, format: &str, index: usize) -> Result<String, String> {
     let output = std::process::Command::new("nvidia-smi")
         .args([
-            "--query-gpu=compute_cap",
-            "--format=csv,noheader",
+            &format!("--query-gpu={field}"),
+            &format!("--format={format}"),
             "-i",
             &index.to_string(),
         ])
@@ -227,9 +234,7 @@ fn gpu_compute_capability(index: usize) -> Capability {
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    parse_compute_cap(&text)
-        .ok_or_else(|| format!("unexpected nvidia-smi compute_cap output {text:?}"))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// `8.6\n` → (8, 6).
@@ -305,30 +310,15 @@ pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
 }
 
 fn gpu_memory(index: usize) -> DeviceMemory {
-    let output = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=memory.total",
-            "--format=csv,noheader,nounits",
-            "-i",
-            &index.to_string(),
-        ])
-        .output();
     let unknown = |reason: String| DeviceMemory::Unknown { reason };
-    match output {
-        Err(error) => unknown(format!("cannot run nvidia-smi: {error}")),
-        Ok(output) if !output.status.success() => unknown(format!(
-            "nvidia-smi -i {index} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
-        Ok(output) => match parse_nvidia_smi_total(&String::from_utf8_lossy(&output.stdout)) {
+    match nvidia_smi("memory.total", "csv,noheader,nounits", index) {
+        Err(reason) => unknown(reason),
+        Ok(text) => match parse_nvidia_smi_total(&text) {
             Some(bytes) => DeviceMemory::Known {
                 bytes,
                 source: format!("nvidia-smi memory.total of GPU {index}"),
             },
-            None => unknown(format!(
-                "unexpected nvidia-smi output {:?}",
-                String::from_utf8_lossy(&output.stdout)
-            )),
+            None => unknown(format!("unexpected nvidia-smi output {text:?}")),
         },
     }
 }

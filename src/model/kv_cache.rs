@@ -107,10 +107,8 @@ impl Attention {
         let heads = self.num_heads();
         let groups = self.num_key_value_heads();
         let head_dim = self.head_dim;
-        let split = |t: Tensor<3>, n: usize| t.reshape([batch, new, n, head_dim]).swap_dims(1, 2);
-        let query = rope.apply(split(project(&self.q_proj, x.clone(), precision), heads)); // [batch, heads, new, head_dim]
-        let key = rope.apply(split(project(&self.k_proj, x.clone(), precision), groups)); // [batch, groups, new, head_dim]
-        let value = split(project(&self.v_proj, x, precision), groups); // [batch, groups, new, head_dim]
+        // query [batch, heads, new, head_dim]; key, value [batch, groups, new, head_dim]
+        let (query, key, value) = self.query_key_value(x, rope, precision);
         let (key, value) = match past.take() {
             Some((past_key, past_value)) => (
                 Tensor::cat(vec![past_key, key], 2), // [batch, groups, start + new, head_dim]

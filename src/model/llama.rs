@@ -288,6 +288,32 @@ impl Attention {
         self.k_proj.weight.dims()[1] / self.head_dim
     }
 
+    /// `x: [batch, seq, hidden]` → rotated queries `[batch, heads, seq, head_dim]`, rotated keys and
+    /// values `[batch, groups, seq, head_dim]` (keys and values not yet repeated for GQA).
+    pub(super) fn query_key_value(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        precision: Precision,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [batch, seq, _] = x.dims();
+        let head_dim = self.head_dim;
+        let split = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, head_dim]).swap_dims(1, 2);
+        let query = rope.apply(split(
+            project(&self.q_proj, x.clone(), precision),
+            self.num_heads(),
+        )); // [batch, heads, seq, head_dim]
+        let key = rope.apply(split(
+            project(&self.k_proj, x.clone(), precision),
+            self.num_key_value_heads(),
+        )); // [batch, groups, seq, head_dim]
+        let value = split(
+            project(&self.v_proj, x, precision),
+            self.num_key_value_heads(),
+        ); // [batch, groups, seq, head_dim]
+        (query, key, value)
+    }
+
     /// `x: [batch, seq, hidden]`, `head_z: [groups]` → `[batch, seq, hidden]`.
     fn forward(
         &self,
@@ -300,10 +326,7 @@ impl Attention {
         let heads = self.num_heads();
         let groups = self.num_key_value_heads();
         let head_dim = self.head_dim;
-        let split = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, head_dim]).swap_dims(1, 2);
-        let query = rope.apply(split(project(&self.q_proj, x.clone(), precision), heads)); // [batch, heads, seq, head_dim]
-        let key = rope.apply(split(project(&self.k_proj, x.clone(), precision), groups)); // [batch, groups, seq, head_dim]
-        let value = split(project(&self.v_proj, x, precision), groups); // [batch, groups, seq, head_dim]
+        let (query, key, value) = self.query_key_value(x, rope, precision);
         let key = repeat_kv(key, heads / groups); // [batch, heads, seq, head_dim]
         let value = repeat_kv(value, heads / groups); // [batch, heads, seq, head_dim]
         let mut context = match precision {

@@ -195,30 +195,48 @@ impl LlamaScorer<'_> {
         Ok(())
     }
 
-    /// One forward pass over `chunk`, right-padded to `length` input tokens.
+    /// One forward pass over `chunk`, right-padded to `length` input tokens. The LM head and the
+    /// log-softmax run only at the last `scored` positions of each row (the longest continuation
+    /// of the chunk): a zero-shot question's continuation is a few tokens of a prompt of dozens, and
+    /// the head's `vocab`-wide rows are the costliest part of a position for a small model.
     fn score_packed(
         &self,
         chunk: &[&Row],
         length: usize,
     ) -> Result<Vec<ContinuationScore>, EvalError> {
         let batch = chunk.len();
+        let scored = chunk.iter().map(|row| row.continuation).max().unwrap_or(1);
         let mut inputs = vec![0i64; batch * length];
-        let mut targets = vec![0i64; batch * length];
+        let mut targets = vec![0i64; batch * scored];
+        let mut positions = vec![0i64; batch * scored];
         for (row, request) in chunk.iter().enumerate() {
-            for (position, pair) in request.whole.windows(2).enumerate() {
-                inputs[row * length + position] = i64::from(pair[0]);
-                targets[row * length + position] = i64::from(pair[1]);
+            for (position, &token) in request.whole[..request.whole.len() - 1].iter().enumerate() {
+                inputs[row * length + position] = i64::from(token);
+            }
+            // Input position p predicts whole[p + 1]; the row's last input position is whole.len() - 2.
+            let end = request.whole.len() - 1; // one past the row's last input position
+            for slot in 0..scored {
+                let position = (end + slot).saturating_sub(scored); // earlier slots may repeat position 0
+                positions[row * scored + slot] = position as i64;
+                targets[row * scored + slot] = i64::from(request.whole[position + 1]);
             }
         }
         let inputs =
             Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, length]), &self.device); // [batch, seq]
-        let log_probs = log_softmax(self.model.forward(inputs, None), 2); // [batch, seq, vocab]
-        let (picked, greedy) = pick(log_probs, &targets, [batch, length], &self.device)?;
+        let hidden = self.model.hidden_states(inputs); // [batch, seq, hidden]
+        let width = hidden.dims()[2];
+        let index =
+            Tensor::<2, Int>::from_data(TensorData::new(positions, [batch, scored]), &self.device)
+                .unsqueeze_dim::<3>(2)
+                .expand([batch, scored, width]); // [batch, scored, hidden]
+        let last = hidden.gather(1, index); // [batch, scored, hidden]
+        let log_probs = log_softmax(self.model.logits(last), 2); // [batch, scored, vocab]
+        let (picked, greedy) = pick(log_probs, &targets, [batch, scored], &self.device)?;
         Ok(chunk
             .iter()
             .enumerate()
             .map(|(row, request)| {
-                let end = row * length + request.whole.len() - 1; // one past the last real position of this row
+                let end = (row + 1) * scored; // the row's slots end with its last input position
                 let positions = end - request.continuation..end;
                 ContinuationScore {
                     log_likelihood: picked[positions.clone()]

@@ -608,6 +608,25 @@ impl Llama {
         self.head(x, hidden.as_ref()) // [batch, seq, vocab]
     }
 
+    /// The plain model's decoder stack: `input_ids: [batch, seq]` → hidden states `[batch, seq,
+    /// hidden]` before the final norm. With [`logits`](Self::logits), a caller that needs the
+    /// predictions at a few positions only (scoring continuations) skips the LM head and its
+    /// `vocab`-wide rows everywhere else: `forward(ids, None)` = `logits(hidden_states(ids))`.
+    pub fn hidden_states(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [_, seq] = input_ids.dims();
+        let rope = self.rope(seq, &input_ids.device());
+        let mut x = self.embed_tokens.forward(input_ids); // [batch, seq, hidden]
+        for layer in &self.layers {
+            x = layer.forward(x, &rope, LayerMasks::default(), self.precision); // [batch, seq, hidden]
+        }
+        x
+    }
+
+    /// The final norm and LM head of the plain model: `[batch, positions, hidden]` → `[batch, positions, vocab]`.
+    pub fn logits(&self, hidden_states: Tensor<3>) -> Tensor<3> {
+        self.head(hidden_states, None)
+    }
+
     /// The rotary tables for `seq` positions on `device`.
     pub(super) fn rope(&self, seq: usize, device: &Device) -> Rope {
         Rope::new(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::EvalError;
-use super::scoring::{ContinuationScore, LogLikelihoodScorer, ScoreRequest};
+use super::scoring::{ContinuationScore, LogLikelihoodScorer, ScoreRequest, argmax};
 use crate::model::Llama;
 use crate::model::kv_cache::KvCache;
 use crate::progress::CancelFlag;
@@ -263,7 +263,12 @@ impl LlamaScorer<'_> {
             .model
             .forward_cached_last(ids(context_ids, [1, context.len()]), &mut cache); // [1, 1, vocab]
         let first_log_probs = host_f32(log_softmax(last, 2))?; // [vocab]
-        let first_best = argmax(&first_log_probs);
+        let first_best = argmax(
+            &first_log_probs
+                .iter()
+                .map(|&p| f64::from(p))
+                .collect::<Vec<_>>(),
+        );
 
         // Tokens 1.. of each continuation are predicted by its own earlier tokens.
         let length = members
@@ -329,17 +334,6 @@ fn pick(
     let greedy = host_i64(log_probs.clone().argmax(2))?; // [batch, seq, 1]
     let picked = host_f32(log_probs.gather(2, targets.unsqueeze_dim::<3>(2)))?; // [batch, seq, 1]
     Ok((picked, greedy))
-}
-
-/// numpy's `argmax` (first maximum), as torch's `argmax` picks for lm-eval's `is_greedy`.
-fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (index, &value) in values.iter().enumerate() {
-        if value > values[best] {
-            best = index;
-        }
-    }
-    best
 }
 
 #[cfg(test)]

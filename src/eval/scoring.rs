@@ -266,7 +266,7 @@ pub fn evaluate_task(
 }
 
 /// numpy's `argmax`: the first maximum; a NaN counts as the maximum (first NaN wins).
-fn argmax(values: &[f64]) -> usize {
+pub(super) fn argmax(values: &[f64]) -> usize {
     let mut best = 0;
     for (index, value) in values.iter().enumerate().skip(1) {
         let current = values[best];

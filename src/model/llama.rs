@@ -864,6 +864,16 @@ mod tests {
     }
 
     #[test]
+    fn logits_of_hidden_states_equal_the_forward() {
+        let device = crate::model::device::for_tests();
+        let model =
+            crate::model::init::seeded_normal_init(Llama::new(&tiny_config(), &device), 3, 0.3);
+        let full = model.forward(ids(&device), None); // [batch, seq, vocab]
+        let split = model.logits(model.hidden_states(ids(&device))); // [batch, seq, vocab]
+        assert!(max_difference(full, split) < 1e-6);
+    }
+
+    #[test]
     fn all_ones_masks_equal_the_plain_forward() {
         let device = crate::model::device::for_tests();
         device.seed(3);

@@ -179,6 +179,34 @@ fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
         kinds.contains(&("\"cached\"".into(), "\"tokens\"".into())),
         "{all}"
     );
+
+    // Offloading AdamW's moments changes where bytes wait, not the outputs: the committed stage is
+    // still the cached one, and its device estimate no longer adds the moments to the backward peak.
+    let output = sheared(
+        dir.path(),
+        &[
+            "plan",
+            "recipe.toml",
+            "--json",
+            "--set",
+            "stages.train.optimizer_offload=true",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let offload_plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let train = stage(&offload_plan, "train");
+    assert_eq!(train["status"], "cached", "not in the key: {offload_plan}");
+    let offloaded = &train["preview"]["memory"];
+    assert_eq!(offloaded["optimizer_on_host"], true, "{offloaded}");
+    let part = |name: &str| offloaded[name].as_u64().unwrap();
+    assert_eq!(
+        train["preview"]["memory_bytes"].as_u64().unwrap(),
+        part("weights_bytes")
+            + part("masks_bytes")
+            + (part("gradients_bytes") + part("activations_bytes")).max(part("optimizer_bytes")),
+        "{offloaded}"
+    );
+    assert!(train["preview"]["memory_bytes"].as_u64().unwrap() < estimate);
 }
 
 #[test]

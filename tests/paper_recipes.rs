@@ -132,6 +132,7 @@ fn set_reaches_keys_kept_out_of_the_key_at_their_defaults() {
         "settings.precision=\"bf16\"",
         "stages.prune.grad_accum=32",
         "stages.prune.activation_checkpointing=true",
+        "stages.prune.optimizer_offload=false",
     ]);
     assert!(
         output.status.success(),
@@ -154,6 +155,30 @@ fn set_reaches_keys_kept_out_of_the_key_at_their_defaults() {
         .as_u64()
         .expect("memory_bytes");
     assert!(bytes < 150 << 30 && bytes > 130 << 30, "{bytes}");
+
+    // As written, the recipe keeps AdamW's moments on the host: its prune step fits one 141 GB GPU.
+    let output = plan(&[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("plan JSON");
+    for id in ["prune", "train"] {
+        let stage = document["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .find(|stage| stage["id"] == id)
+            .expect("the stage");
+        let bytes = stage["preview"]["memory_bytes"]
+            .as_u64()
+            .expect("memory_bytes");
+        assert!(
+            bytes < 141_000_000_000,
+            "{id}: {bytes} bytes do not fit one H200"
+        );
+    }
 
     let output = plan(&["stages.prune.grad_acum=32"]);
     assert!(!output.status.success());

@@ -126,7 +126,11 @@ impl Plan {
                         stage: stage_name.clone(),
                         kind: decl.kind.clone(),
                     })?;
-                let mut key_config = Value::Table(decl.config.clone());
+                let mut key_table = decl.config.clone();
+                for key in kind.execution_keys() {
+                    key_table.remove(*key);
+                }
+                let mut key_config = Value::Table(key_table);
                 let mut input_keys = decl.inputs.iter().map(|site| site.key.clone());
                 map_inputs(&mut key_config, &mut |_| {
                     let mut marker = Table::new();

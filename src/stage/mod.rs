@@ -144,7 +144,8 @@ impl StageContext<'_> {
 /// **What the runner guarantees.**
 /// - [`normalize`](Stage::normalize) comes first, on the stage table without `kind`. Its result, with
 ///   [`version`](Stage::version), the values of [`settings_in_key`](Stage::settings_in_key) and the
-///   content digests of the inputs, is the cache-key preimage. `validate`, `preview` and `run` only
+///   content digests of the inputs, is the cache-key preimage (less its
+///   [`execution_keys`](Stage::execution_keys)). `validate`, `preview` and `run` only
 ///   ever see a normalised table.
 /// - [`validate`](Stage::validate) runs for every stage of the plan before any stage runs.
 /// - [`run`](Stage::run) is called only when no committed output exists for the key, and never
@@ -190,6 +191,12 @@ pub trait Stage: Send + Sync {
     /// Which `[settings]` keys enter this kind's cache key (e.g. `["seed", "device"]`).
     fn settings_in_key(&self) -> &'static [&'static str] {
         &["seed"]
+    }
+    /// Keys of the normalised config that change how the stage runs but not one bit of its outputs
+    /// (e.g. `optimizer_offload`): the runner leaves them out of the cache key, so toggling one
+    /// reuses committed outputs. A key belongs here only if a test shows the outputs are identical.
+    fn execution_keys(&self) -> &'static [&'static str] {
+        &[]
     }
     /// Checks that need only the normalised config (before any compute, before upstream stages run).
     fn validate(&self, _config: &toml::Table) -> Result<(), StageError> {

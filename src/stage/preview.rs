@@ -91,6 +91,7 @@ impl Preview {
             seq_len: shape.seq_len,
             precision: options.precision,
             activation_checkpointing: options.activation_checkpointing,
+            optimizer_offload: options.optimizer_offload,
             advice,
         });
     }
@@ -107,15 +108,23 @@ impl Preview {
         let options = MemoryOptions {
             precision: batch.precision,
             activation_checkpointing: batch.activation_checkpointing,
+            optimizer_offload: batch.optimizer_offload,
         };
-        let checkpointing = if batch.activation_checkpointing {
-            ""
+        let mut switches = Vec::new();
+        if !batch.activation_checkpointing {
+            switches.push("activation_checkpointing = true");
+        }
+        if !batch.optimizer_offload {
+            switches.push("optimizer_offload = true");
+        }
+        let switches = if switches.is_empty() {
+            String::new()
         } else {
-            ", or set activation_checkpointing = true"
+            format!(", or set {}", switches.join(" and "))
         };
         let advice = format!(
             "lower batch_size or raise grad_accum (the micro-batch is batch_size / grad_accum = {} / {grad_accum} \
-             = {}), or shorten seq_len (now {}){checkpointing}",
+             = {}), or shorten seq_len (now {}){switches}",
             batch.batch_size, shape.micro_batch, batch.seq_len
         );
         self.add_memory(
@@ -138,6 +147,7 @@ pub struct StepBatch {
     pub grad_accum: usize,
     pub seq_len: usize,
     pub activation_checkpointing: bool,
+    pub optimizer_offload: bool,
     pub precision: Precision,
 }
 
@@ -152,6 +162,8 @@ pub struct MemoryPreview {
     pub seq_len: usize,
     pub precision: Precision,
     pub activation_checkpointing: bool,
+    /// AdamW's moments wait in host memory between steps (`optimizer_bytes` is then host memory).
+    pub optimizer_offload: bool,
     /// What to change in the stage to need less (`lower batch_size or raise grad_accum ...`).
     pub advice: String,
 }

@@ -128,6 +128,7 @@ fn add_forward_memory(
     let options = MemoryOptions {
         precision,
         activation_checkpointing: false,
+        optimizer_offload: false,
     };
     let Some((estimate, shape)) = domains
         .into_iter()

@@ -44,6 +44,7 @@ use crate::model::batch::causal_lm_batch_flat;
 use crate::progress::{CancelFlag, Reporter};
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::clip::clip_global_norm;
+use crate::train::optim::offload_to_host;
 
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -182,6 +183,30 @@ pub struct DriverSettings {
     pub keep_checkpoints: usize,
     pub on_non_finite: NonFinitePolicy,
     pub max_skipped_batches: u64,
+    /// Keep AdamW's moments in host memory between steps ([`offload_to_host`]): the same bits, a
+    /// device that needs two weight-sized buffers less during forward and backward.
+    pub optimizer_offload: bool,
+}
+
+/// Keys of the `train` and `prune` tables that change how a stage runs but not one bit of what it
+/// writes; they are left out of the cache key ([`crate::stage::Stage::execution_keys`]) and out of
+/// the checkpoint fingerprint, so toggling one reuses committed outputs and resumes checkpoints.
+pub const EXECUTION_KEYS: &[&str] = &["optimizer_offload"];
+
+/// The checkpoint fingerprint of a stage: its normalised `config` without [`EXECUTION_KEYS`] under
+/// `"config"`, beside what else decides its outputs in `extra` (`seed`, `device`, `kind`, `version`).
+/// Without execution keys it is the fingerprint earlier versions wrote, so their checkpoints resume.
+pub fn fingerprint(config: &toml::Table, extra: serde_json::Value) -> String {
+    let mut keyed = config.clone();
+    for key in EXECUTION_KEYS {
+        keyed.remove(*key);
+    }
+    let mut object = match extra {
+        serde_json::Value::Object(object) => object,
+        other => serde_json::Map::from_iter([("extra".to_string(), other)]),
+    };
+    object.insert("config".into(), json!(keyed));
+    checkpoint::fingerprint(&serde_json::Value::Object(object))
 }
 
 impl DriverSettings {
@@ -264,6 +289,9 @@ pub struct Timing {
     pub logging_s: f64,
     pub checkpoint_s: f64,
     pub eval_s: f64,
+    /// Moving AdamW's moments to the host after each step (`optimizer_offload`; part of `steps_s`).
+    #[serde(default)]
+    pub offload_s: f64,
     /// Optimiser steps this process ran.
     pub steps: u64,
 }
@@ -728,6 +756,11 @@ pub fn run<S: TrainStep>(
             )?
         };
         model = result.model;
+        if settings.optimizer_offload {
+            let started = Instant::now();
+            run.optimizer = offload_to_host(run.optimizer.clone());
+            run.timing.offload_s += started.elapsed().as_secs_f64();
+        }
         if !result.finite {
             let domains_text = domain_summary(&run.domains, &counts);
             match settings.on_non_finite {

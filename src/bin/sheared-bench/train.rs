@@ -196,6 +196,7 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         keep_checkpoints: 2,
         on_non_finite: NonFinitePolicy::Stop,
         max_skipped_batches: 0,
+        optimizer_offload: false,
     };
     let loading = LoadingConfig::Dynamic(DynamicConfig {
         reference: ReferenceSpec::Table(domains.iter().map(|d| (d.clone(), 2.0)).collect()),

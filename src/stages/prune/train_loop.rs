@@ -34,7 +34,6 @@ use crate::data::{DomainMixture, EvalWindows, Exhaustion, TokenizedDataset, eval
 use crate::model::l0::{L0Module, MaskNoise, PruningModule, warmed_up_target};
 use crate::model::{Llama, Masks, cross_entropy, cross_entropy_per_sequence, load_hf};
 use crate::stage::{Stage, StageContext, StageError};
-use crate::train::checkpoint;
 use crate::train::driver::{
     self, Backward, DriverParts, MicroBatch, MicroBatchLoss, StepRates, TrainStep, domain_losses,
     per_micro_batch,
@@ -368,10 +367,13 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         &resolved,
         ChaCha8Rng::seed_from_u64(mask_sample_seed(seed)),
     );
-    let fingerprint = checkpoint::fingerprint(&json!({
-        "config": ctx.config, "seed": seed, "device": ctx.settings.device, "kind": "prune",
-        "version": PruneStage.version(),
-    }));
+    let fingerprint = driver::fingerprint(
+        ctx.config,
+        json!({
+            "seed": seed, "device": ctx.settings.device, "kind": "prune",
+            "version": PruneStage.version(),
+        }),
+    );
     let outcome = driver::run(
         &mut step,
         &config.driver_settings(),

@@ -46,7 +46,8 @@ pub struct AllArgs {
     /// Only these areas (repeatable); default: every area.
     #[arg(long)]
     pub only: Vec<String>,
-    /// Extra arguments for one area, e.g. `--arg "store=--bytes 100000000"` (repeatable).
+    /// Extra arguments for one area, e.g. `--arg "store=--bytes 100000000"`. Each `--arg` of an area
+    /// is one run of it: `--arg "model=" --arg "model=--hidden 576 ..."` measures two model shapes.
     #[arg(long = "arg", value_name = "AREA=ARGS")]
     pub area_args: Vec<String>,
 }
@@ -64,16 +65,17 @@ pub struct AreaRun {
     pub failure: Option<String>,
 }
 
-/// Parse `--arg AREA=ARGS` values into extra arguments per area (split on whitespace).
-pub fn parse_area_args(values: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// Parse `--arg AREA=ARGS` values into runs per area, each its extra arguments (split on
+/// whitespace), in the order given.
+pub fn parse_area_args(values: &[String]) -> anyhow::Result<BTreeMap<String, Vec<Vec<String>>>> {
+    let mut out: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
     for value in values {
         let Some((area, args)) = value.split_once('=') else {
             bail!("--arg {value:?}: expected AREA=ARGS, e.g. --arg \"store=--bytes 100000000\"");
         };
         out.entry(area.trim().to_string())
             .or_default()
-            .extend(args.split_whitespace().map(str::to_string));
+            .push(args.split_whitespace().map(str::to_string).collect());
     }
     Ok(out)
 }
@@ -261,8 +263,12 @@ pub fn regenerate(args: &AllArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for &(area, json) in AREAS {
         if args.only.is_empty() || args.only.iter().any(|only| only == area) {
-            let area_extra = extra.get(area).map(Vec::as_slice).unwrap_or_default();
-            runs.push(run_area(&binary, area, json, area_extra, scratch.path())?);
+            let no_extra = vec![Vec::new()];
+            for (index, area_extra) in extra.get(area).unwrap_or(&no_extra).iter().enumerate() {
+                let scratch = scratch.path().join(format!("{area}-{index}"));
+                std::fs::create_dir_all(&scratch).context("creating a temporary folder")?;
+                runs.push(run_area(&binary, area, json, area_extra, &scratch)?);
+            }
         }
     }
     let generated_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -289,8 +295,16 @@ mod tests {
             "model=--skip-torch".into(),
         ])
         .unwrap();
-        assert_eq!(parsed["store"], vec!["--bytes", "1000", "--repeats", "1"]);
-        assert_eq!(parsed["model"], vec!["--skip-torch"]);
+        assert_eq!(
+            parsed["store"],
+            vec![vec!["--bytes", "1000", "--repeats", "1"]]
+        );
+        assert_eq!(parsed["model"], vec![vec!["--skip-torch"]]);
+        let twice = parse_area_args(&["model=".into(), "model=--hidden 576".into()]).unwrap();
+        assert_eq!(
+            twice["model"],
+            vec![Vec::<String>::new(), vec!["--hidden".into(), "576".into()]]
+        );
         assert!(
             parse_area_args(&["no equals sign".into()])
                 .unwrap_err()

@@ -116,3 +116,59 @@ fn compare_a_sweep_in_every_format_with_plots() {
         );
     }
 }
+
+/// Ablations kept one per file: `lr2.toml` extends `base.toml` and changes one value. `run` and
+/// `compare` take both files; each is its own namespace (stages it changes are its own nodes), and
+/// what they share runs once.
+#[test]
+fn compare_across_recipe_files_that_extend_one_base() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_project(dir);
+    let sweep = std::fs::read_to_string(dir.join("ablation.toml")).unwrap();
+    let base = sweep
+        .split("[sweep]")
+        .next()
+        .unwrap()
+        .replace("name = \"ablation\"", "name = \"base\"");
+    std::fs::write(dir.join("base.toml"), base).unwrap();
+    std::fs::write(
+        dir.join("lr2.toml"),
+        "extends = \"base.toml\"\n[stages.train]\nenv = { LR = \"2\" }\n",
+    )
+    .unwrap();
+
+    let (events, _) = ok(dir, &["run", "base.toml", "lr2.toml", "--json"]);
+    let committed: Vec<String> = events
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["event"] == "committed")
+        .map(|event| event["stage"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = committed.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "eval[base]",
+            "eval[lr2]",
+            "prep",
+            "train[base]",
+            "train[lr2]"
+        ],
+        "prep once, the rest per recipe"
+    );
+
+    let (table, stderr) = ok(dir, &["compare", "base.toml", "lr2.toml"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].contains("stages.train.env.LR"), "{table}");
+    assert!(
+        lines[1].starts_with("base") && lines[2].starts_with("lr2"),
+        "{table}"
+    );
+    assert!(lines[2].contains("3.2000 (+0.1000)"), "{table}");
+    assert!(table.contains("reused: prep"), "{table}\n{stderr}");
+    // A second run finds everything cached.
+    let (events, _) = ok(dir, &["run", "base.toml", "lr2.toml", "--json"]);
+    assert!(!events.contains("\"committed\""), "{events}");
+}

@@ -33,12 +33,74 @@ fn identical_stages_of_two_recipes_are_one_node() {
     assert_eq!(plan.with_descendants(a[0]).len(), 3);
 }
 
+/// Each recipe is its own namespace: a stage name two recipes define differently is two nodes named
+/// by their recipes, and what they share (identical definitions) stays one node.
 #[test]
-fn same_name_different_config_is_an_error_outside_sweeps() {
-    let other = "name = \"other\"\n[stages.a]\nkind = \"command\"\nargv = [\"false\"]\n";
-    let error = plan_of(&[("one.toml", BASE), ("two.toml", other)]).unwrap_err();
+fn same_name_different_config_is_one_node_per_recipe() {
+    let other = "name = \"other\"\n[stages.a]\nkind = \"command\"\nargv = [\"false\"]\n[stages.b]\nkind = \"command\"\nargv = [\"echo\", \"{inputs.x}\"]\ninputs = { x = { stage = \"a\" } }\n";
+    let plan = plan_of(&[("one.toml", BASE), ("two.toml", other)]).unwrap();
+    let ids: BTreeSet<&str> = plan.nodes.iter().map(|node| node.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["a[one]", "a[other]", "b[one]", "b[other]"]),
+        "b's config is the same, its upstream is not"
+    );
+    assert_eq!(plan.find("a").unwrap().len(), 2);
+    assert_eq!(plan.find("a[other]").unwrap().len(), 1);
+
+    // A third recipe with one's definition of `a` shares its node.
+    let third = "name = \"third\"\n[stages.a]\nkind = \"command\"\nargv = [\"true\"]\n";
+    let plan = plan_of(&[
+        ("one.toml", BASE),
+        ("two.toml", other),
+        ("three.toml", third),
+    ])
+    .unwrap();
+    let ids: BTreeSet<&str> = plan.nodes.iter().map(|node| node.id.as_str()).collect();
     assert!(
-        error.contains("stage `a` is defined differently"),
+        ids.contains("a[one,third]") && ids.contains("a[other]"),
+        "{ids:?}"
+    );
+}
+
+/// A file that extends another to change one value is a second experiment with its own name (its
+/// file stem unless it sets `name`), not a clash with its base.
+#[test]
+fn an_extending_file_is_named_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("base.toml"),
+        format!("name = \"base\"\n{BASE}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("base-false.toml"),
+        "extends = \"base.toml\"\n[stages.a]\nargv = [\"false\"]\n",
+    )
+    .unwrap();
+    let mut recipes = Vec::new();
+    for file in ["base.toml", "base-false.toml"] {
+        recipes.extend(load(&dir.path().join(file), &LoadOptions::default(), &builtin()).unwrap());
+    }
+    assert_eq!(recipes[1].name, "base-false");
+    let plan = Plan::build(recipes, &builtin()).unwrap();
+    let ids: BTreeSet<&str> = plan.nodes.iter().map(|node| node.id.as_str()).collect();
+    assert!(
+        ids.contains("a[base]") && ids.contains("a[base-false]"),
+        "{ids:?}"
+    );
+}
+
+/// Two files that carry the same `name` cannot both name their stages: the error names both files.
+#[test]
+fn two_recipes_with_one_name_are_refused() {
+    let same = "name = \"one\"\n[stages.a]\nkind = \"command\"\nargv = [\"false\"]\n";
+    let error = plan_of(&[("one.toml", BASE), ("two.toml", same)]).unwrap_err();
+    assert!(
+        error.contains("two recipes of this run are named `one`")
+            && error.contains("one.toml")
+            && error.contains("two.toml")
+            && error.contains("name = "),
         "{error}"
     );
 }
@@ -51,7 +113,7 @@ fn sweep_variants_get_distinct_ids_and_share_the_rest() {
     assert_eq!(plan.nodes.len(), 3);
     let ids: BTreeSet<&str> = plan.nodes.iter().map(|node| node.id.as_str()).collect();
     assert!(
-        ids.contains("a") && ids.contains("b[b.argv=[echo,1]]"),
+        ids.contains("a") && ids.contains("b[argv=[echo,1]]"),
         "{ids:?}"
     );
     assert_eq!(plan.find("b").unwrap().len(), 2);

@@ -365,7 +365,7 @@ fn sweep_variants_share_common_stages() {
     project.ok(&["run", recipe, "--jobs", "2"]);
     assert_eq!((project.count("a"), project.count("b")), (1, 3));
     let plan = project.ok(&["plan", recipe]);
-    assert!(plan.contains("b[b.env.X=2]"), "{plan}");
+    assert!(plan.contains("b[X=2]"), "{plan}");
     project.ok(&["run", recipe]);
     assert_eq!(project.count("b"), 3);
 }
@@ -502,16 +502,16 @@ fn bad_inputs_give_clear_errors() {
             "did you mean `env`",
         ],
     );
-    // Two recipes, one stage name, two configs.
+    // Two recipe files that carry one name.
     let other = project.write(
         "other.toml",
-        "name = \"other\"\n[stages.a]\nkind = \"command\"\nargv = [\"false\"]\n",
+        "name = \"first\"\n[stages.a]\nkind = \"command\"\nargv = [\"false\"]\n",
     );
     check(
         "first.toml",
         "name = \"first\"\n[stages.a]\nkind = \"command\"\nargv = [\"true\"]\n",
         &[other.to_str().unwrap()],
-        &["stage `a` is defined differently", "`first`", "`other`"],
+        &["named `first`", "first.toml", "other.toml", "its own `name"],
     );
     // A cache that cannot be written.
     let blocked = project.write("blocked", "a file where the cache folder should be");

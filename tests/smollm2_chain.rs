@@ -123,10 +123,10 @@ fn the_smollm2_chain_runs_on_fixtures_and_compares() {
         names,
         [
             "eval-source",
-            "chain[prune.method=l0]/eval",
-            "chain[prune.method=l0]/eval-pruned",
-            "chain[prune.method=magnitude]/eval",
-            "chain[prune.method=magnitude]/eval-pruned",
+            "method=l0/eval",
+            "method=l0/eval-pruned",
+            "method=magnitude/eval",
+            "method=magnitude/eval-pruned",
         ]
     );
     let columns = by_stage["metric_columns"].to_string();
@@ -140,13 +140,8 @@ fn the_smollm2_chain_runs_on_fixtures_and_compares() {
     }
 
     // The pruned model has exactly the target shape.
-    let consolidated = PathBuf::from(
-        sheared_ok(
-            dir,
-            &["path", recipe, "consolidate[prune.method=magnitude]"],
-        )
-        .trim(),
-    );
+    let consolidated =
+        PathBuf::from(sheared_ok(dir, &["path", recipe, "consolidate[method=magnitude]"]).trim());
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(consolidated.join("config.json")).unwrap())
             .unwrap();

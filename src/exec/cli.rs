@@ -75,7 +75,7 @@ pub struct PlanArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StageArgs {
     pub recipe: PathBuf,
-    /// Stage name (or a sweep node id such as `prune[prune.target={hidden=32}]`).
+    /// Stage name (or a sweep node id such as `prune[target={hidden=32}]`).
     pub stage: String,
     #[command(flatten)]
     pub options: RecipeOptions,

@@ -1,7 +1,9 @@
 //! The plan: one DAG of stages over every recipe (and sweep variant) of a run.
 //!
 //! Identical stages (same kind, version, config, settings and upstream definitions) become one node,
-//! so two ablations that share `tokenize` run it once. Cache keys are not known when planning: a key
+//! so two ablations that share `tokenize` run it once. A stage name that recipes (or sweep variants)
+//! define differently becomes one node per definition, named `stage[what differs]`: each recipe is its
+//! own namespace, and `--only stage` still selects every one of them. Cache keys are not known when planning: a key
 //! includes the digests of the upstream outputs, which exist only after upstream commits (early
 //! cutoff). [`status`] resolves as much as the store allows.
 
@@ -27,14 +29,12 @@ pub enum PlanError {
     #[error("recipe `{recipe}`: dependency cycle {cycle}; a stage cannot consume its own output")]
     Cycle { recipe: String, cycle: String },
     #[error(
-        "stage `{stage}` is defined differently in recipe `{first}` ({first_file}) and recipe `{second}` ({second_file}); \
-         in one run a stage name means one stage: run the recipes separately, rename one stage, or make them variants of one recipe with [sweep]"
+        "two recipes of this run are named `{name}` ({first_file} and {second_file}); stages defined \
+         differently in them would get the same name: give one of them its own `name = \"...\"`"
     )]
-    Conflict {
-        stage: String,
-        first: String,
+    SameName {
+        name: String,
         first_file: String,
-        second: String,
         second_file: String,
     },
     #[error(
@@ -226,18 +226,13 @@ impl Plan {
                 node_of.insert(stage_name, index);
             }
         }
+        check_recipe_names(&recipes)?;
         for (stage, entries) in &definitions_by_name {
             if entries.len() < 2 {
                 continue;
             }
-            check_variants_only(stage, entries, &nodes, &recipes)?;
             for (_, index) in entries {
-                let variants: Vec<&Variant> = nodes[*index]
-                    .members
-                    .iter()
-                    .filter_map(|member| recipes[member.recipe].variant.as_ref())
-                    .collect();
-                nodes[*index].id = format!("{stage}[{}]", common_overrides(&variants));
+                nodes[*index].id = format!("{stage}[{}]", node_label(&nodes[*index], &recipes));
             }
         }
         let mut graph = DiGraph::new();
@@ -304,7 +299,7 @@ impl Plan {
         seen
     }
 
-    /// Nodes named `name`: a node id (`prune[prune.target=..]`) or a stage name (all its variants).
+    /// Nodes named `name`: a node id (`prune[target=..]`) or a stage name (all its variants).
     pub fn find(&self, name: &str) -> Result<Vec<usize>, PlanError> {
         let by_id: Vec<usize> = (0..self.nodes.len())
             .filter(|&index| self.nodes[index].id == name)
@@ -453,60 +448,76 @@ fn describe_cycle(graph: &DiGraph<&str, ()>, component: &[NodeIndex]) -> String 
 }
 
 /// Two definitions of one stage name are fine only between variants of one sweep recipe.
-fn check_variants_only(
-    stage: &str,
-    entries: &[(String, usize)],
-    nodes: &[PlanNode],
-    recipes: &[Recipe],
-) -> Result<(), PlanError> {
-    let members: Vec<&Member> = entries
-        .iter()
-        .flat_map(|(_, index)| {
-            nodes[*index]
-                .members
-                .iter()
-                .filter(|member| member.stage == stage)
-        })
-        .collect();
-    let first = &recipes[members[0].recipe];
-    for member in &members[1..] {
-        let other = &recipes[member.recipe];
-        let same_sweep =
-            first.variant.is_some() && other.variant.is_some() && first.file == other.file;
-        let same_definition = entries.iter().any(|(_, index)| {
-            nodes[*index].members.contains(members[0]) && nodes[*index].members.contains(member)
-        });
-        if !same_sweep && !same_definition {
-            return Err(PlanError::Conflict {
-                stage: stage.to_string(),
-                first: first.name.clone(),
-                first_file: first.file.display().to_string(),
-                second: other.name.clone(),
-                second_file: other.file.display().to_string(),
-            });
+/// Recipes name the rows of `compare` and the nodes of a stage name they define differently, so
+/// two recipe files of one run may not share a name (sweep variants of one file differ by theirs).
+fn check_recipe_names(recipes: &[Recipe]) -> Result<(), PlanError> {
+    let mut files: HashMap<&str, &Recipe> = HashMap::new();
+    for recipe in recipes {
+        match files.get(recipe.base_name.as_str()) {
+            Some(first) if first.file != recipe.file => {
+                return Err(PlanError::SameName {
+                    name: recipe.base_name.clone(),
+                    first_file: first.file.display().to_string(),
+                    second_file: recipe.file.display().to_string(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                files.insert(&recipe.base_name, recipe);
+            }
         }
     }
     Ok(())
 }
 
-/// The overrides every variant in `variants` shares, as a name (`prune.target={hidden=32}`).
+/// What tells one definition of a stage name from the others, for its node id `stage[label]`:
+/// for variants of one sweep, the overrides they share (`prune.method=magnitude`); otherwise the
+/// names of the recipes (and variants) that define the stage this way, in run order.
+fn node_label(node: &PlanNode, recipes: &[Recipe]) -> String {
+    let members: Vec<&Recipe> = node
+        .members
+        .iter()
+        .map(|member| &recipes[member.recipe])
+        .collect();
+    let one_sweep = members
+        .iter()
+        .all(|recipe| recipe.variant.is_some() && recipe.file == members[0].file);
+    if one_sweep {
+        let variants: Vec<&Variant> = members
+            .iter()
+            .filter_map(|recipe| recipe.variant.as_ref())
+            .collect();
+        return common_overrides(&variants);
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for recipe in members {
+        if !names.contains(&recipe.name.as_str()) {
+            names.push(&recipe.name);
+        }
+    }
+    names.join(",")
+}
+
+/// The name parts of the overrides every variant in `variants` shares (`method=magnitude`), or
+/// the first variant's name when they share none.
 fn common_overrides(variants: &[&Variant]) -> String {
     let Some(first) = variants.first() else {
         return String::new();
     };
-    let common: Vec<(String, Value)> = first
+    let common: Vec<&str> = first
         .overrides
         .iter()
-        .filter(|pair| {
+        .zip(&first.parts)
+        .filter(|(pair, _)| {
             variants
                 .iter()
                 .all(|variant| variant.overrides.contains(pair))
         })
-        .cloned()
+        .map(|(_, part)| part.as_str())
         .collect();
     if common.is_empty() {
         first.name.clone()
     } else {
-        crate::recipe::variant_name(&common)
+        common.join(",")
     }
 }

@@ -113,9 +113,16 @@ pub fn load(
             table, None, &file, &sources, options, registry,
         )?]),
         Some(Value::Table(sweep)) => {
-            let variants = sweep::expand(&sweep).map_err(|error| RecipeError::At {
-                location: sources.locate(&["sweep".to_string(), error.key.clone()]),
-                message: format!("[sweep] `{}`: {}", error.key, error.message),
+            let variants = sweep::expand(&sweep).map_err(|error| {
+                let mut path = vec!["sweep".to_string()];
+                match error.key.strip_prefix("labels.") {
+                    Some(axis) => path.extend(["labels".to_string(), axis.to_string()]),
+                    None => path.push(error.key.clone()),
+                }
+                RecipeError::At {
+                    location: sources.locate(&path),
+                    message: format!("[sweep] `{}`: {}", error.key, error.message),
+                }
             })?;
             variants
                 .into_iter()
@@ -202,6 +209,9 @@ fn load_chain(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Table, SourceMap
                 });
             }
             let (mut merged, base_sources) = load_chain(&base_path, chain)?;
+            // A recipe's name is its own (or its file's stem), never its base's: `b.toml` that extends
+            // `a.toml` to change one value is a second experiment, compared beside the first.
+            merged.remove("name");
             merge::deep_merge(&mut merged, table);
             let mut sources = this_file;
             sources.files.extend(base_sources.files);

@@ -272,10 +272,8 @@ fn sweeps_expand_into_named_variants() {
     let names: Vec<&str> = recipes.iter().map(|recipe| recipe.name.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "abl[p.lr=0.1,p.target={hidden=1,heads=1}]",
-            "abl[p.lr=0.2,p.target={hidden=2,heads=1}]"
-        ]
+        ["abl[lr=0.1,hidden=1]", "abl[lr=0.2,hidden=2]"],
+        "short names: the key's last segment, a table by the leaf that differs"
     );
     assert_eq!(
         recipes[1].stages["p"].config["target"]["hidden"].as_integer(),

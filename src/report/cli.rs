@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::compare::{Format, StageInput, VariantInput, by_stage, compare, flatten_toml, render};
+use super::compare::{
+    Format, StageInput, VariantInput, View, apply_view, by_stage, compare, flatten_toml, render,
+};
 use super::plots::{SeriesSource, write_plots};
 use crate::plan::Plan;
 use crate::plan::status::plan_status;
@@ -42,6 +44,24 @@ pub struct CompareArgs {
     /// such as the source model's eval, once) instead of one row per variant.
     #[arg(long)]
     pub by_stage: bool,
+    /// Keep only the columns whose names contain one of these (comma-separated), e.g.
+    /// `--columns loss.mean,arc_easy`.
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Leave out metric columns that are the same in every row.
+    #[arg(long)]
+    pub only_changed: bool,
+    /// Sort the rows by this metric column, ascending (`--sort loss.mean`); deltas stay relative to
+    /// the first variant.
+    #[arg(long, value_name = "COLUMN")]
+    pub sort: Option<String>,
+    /// Sort descending (`--sort arc_easy.acc --reverse`).
+    #[arg(long, requires = "sort")]
+    pub reverse: bool,
+    /// Wrap the table at this many characters (default: the terminal's width when printing to a
+    /// terminal, no wrapping otherwise).
+    #[arg(long)]
+    pub width: Option<usize>,
 }
 
 /// `sheared compare`.
@@ -116,7 +136,7 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
             }
         }
         variants.push(VariantInput {
-            name: recipe.name.clone(),
+            name: row_name(&plan.recipes, recipe_index),
             params,
             stages,
         });
@@ -124,11 +144,31 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
     if args.by_stage {
         variants = by_stage(&variants);
     }
-    print!("{}", render(&compare(&variants), args.format));
+    let view = View {
+        columns: args.columns.clone(),
+        only_changed: args.only_changed,
+        sort: args.sort.clone(),
+        reverse: args.reverse,
+    };
+    let comparison = apply_view(compare(&variants), &view).map_err(anyhow::Error::msg)?;
+    let width = args.width.or_else(|| {
+        let terminal = console::Term::stdout();
+        terminal
+            .is_term()
+            .then(|| terminal.size_checked().map(|(_, columns)| columns as usize))
+            .flatten()
+    });
+    print!("{}", render(&comparison, args.format, width));
     if !not_run.is_empty() {
+        let files: Vec<String> = args
+            .recipes
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
         eprintln!(
-            "not run yet (no metrics): {}; run `sheared run` on the same recipes first",
-            not_run.join(", ")
+            "not run yet (no metrics): {}; `sheared run {}` makes them",
+            not_run.join(", "),
+            files.join(" ")
         );
     }
     if let Some(dir) = &args.plots {
@@ -142,4 +182,15 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// A row's name: the recipe's, or for a sweep variant when every row comes from that one recipe
+/// just the variant's (`policy=static,method=l0` rather than `tiny-ablations[policy=...]`).
+fn row_name(recipes: &[crate::recipe::Recipe], index: usize) -> String {
+    let recipe = &recipes[index];
+    let one_recipe = recipes.iter().all(|other| other.file == recipe.file);
+    match &recipe.variant {
+        Some(variant) if one_recipe => variant.name.clone(),
+        _ => recipe.name.clone(),
+    }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::stage::StageMetrics;
+use crate::util::differ::{Leaves, cut_with_hash, distinguishing};
 use crate::util::fmt::group_thousands;
 
 /// One stage of one variant, as the runner knows it after (or without) running.
@@ -54,8 +55,13 @@ pub struct Reuse {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     pub variant: String,
-    /// Values of [`Comparison::param_columns`] (`None`: the variant does not set it).
+    /// The first variant of the run, which the deltas are relative to.
+    pub baseline: bool,
+    /// Values of [`Comparison::param_columns`] (`None`: the variant does not set it). A folded
+    /// column (a changed sub-table) shows what tells this row's table from the others'.
     pub params: Vec<Option<String>>,
+    /// Every parameter that differs between the rows, unfolded: dotted key → value.
+    pub changed: BTreeMap<String, String>,
     /// Values of [`Comparison::metric_columns`].
     pub metrics: Vec<Option<f64>>,
     /// `metrics[i] − first row's metrics[i]`.
@@ -260,7 +266,7 @@ pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
 pub fn compare(variants: &[VariantInput]) -> Comparison {
     // Parameters that differ (a key missing in some variant differs too).
     let all_keys: BTreeSet<&String> = variants.iter().flat_map(|v| v.params.keys()).collect();
-    let param_columns: Vec<String> = all_keys
+    let changed_keys: Vec<String> = all_keys
         .into_iter()
         .filter(|key| {
             let values: Vec<Option<&String>> =
@@ -269,6 +275,12 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
         })
         .cloned()
         .collect();
+    let param_groups = fold_columns(&changed_keys);
+    let param_cells: Vec<Vec<Option<String>>> = param_groups
+        .iter()
+        .map(|(column, leaves)| column_cells(column, leaves, variants))
+        .collect();
+    let param_columns: Vec<String> = param_groups.into_iter().map(|(column, _)| column).collect();
 
     // Keys shared by every variant, and the first owner of each key.
     let mut first_owner: HashMap<&str, &str> = HashMap::new();
@@ -354,7 +366,8 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
     let rows = variants
         .iter()
         .zip(&per_variant)
-        .map(|(variant, metrics)| {
+        .enumerate()
+        .map(|(row_index, (variant, metrics))| {
             let values: Vec<Option<f64>> = column_keys
                 .iter()
                 .map(|key| metrics.get(*key).copied())
@@ -378,9 +391,14 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
                 .collect();
             Row {
                 variant: variant.name.clone(),
-                params: param_columns
+                baseline: row_index == 0,
+                params: param_cells
                     .iter()
-                    .map(|key| variant.params.get(key).cloned())
+                    .map(|cells| cells[row_index].clone())
+                    .collect(),
+                changed: changed_keys
+                    .iter()
+                    .filter_map(|key| Some((key.clone(), variant.params.get(key)?.clone())))
                     .collect(),
                 metrics: values,
                 deltas,
@@ -396,6 +414,180 @@ pub fn compare(variants: &[VariantInput]) -> Comparison {
         seconds_without_cache,
         seconds_with_cache,
     }
+}
+
+/// The longest a folded column's cell gets before it is cut and hashed.
+const MAX_FOLDED_CHARS: usize = 32;
+
+/// The table a parameter belongs to when it changes with others: `stages.<stage>.<key>` (e.g.
+/// `stages.train.loading`) or `settings.<key>`; `None` for a top-level value of either.
+fn fold_prefix(key: &str) -> Option<String> {
+    let segments: Vec<&str> = key.split('.').collect();
+    let depth = if segments.first() == Some(&"stages") {
+        3
+    } else {
+        2
+    };
+    (segments.len() > depth).then(|| segments[..depth].join("."))
+}
+
+/// Changed parameters as columns: the leaves of one changed sub-table fold into one column named
+/// by the table (`stages.train.loading`) when two or more of them change; other leaves stay their
+/// own columns. Each column with the leaves it shows, in key order.
+fn fold_columns(changed: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut by_prefix: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for key in changed {
+        if let Some(prefix) = fold_prefix(key) {
+            by_prefix.entry(prefix).or_default().push(key.clone());
+        }
+    }
+    let mut columns: Vec<(String, Vec<String>)> = Vec::new();
+    for key in changed {
+        match fold_prefix(key) {
+            Some(prefix) if by_prefix[&prefix].len() > 1 => {
+                if !columns.iter().any(|(column, _)| *column == prefix) {
+                    columns.push((prefix.clone(), by_prefix[&prefix].clone()));
+                }
+            }
+            _ => columns.push((key.clone(), vec![key.clone()])),
+        }
+    }
+    columns
+}
+
+/// Each variant's cell of one column: the value of a single leaf, or for a folded table what tells
+/// the variant's table from the others' ([`distinguishing`]; `policy=static`), cut when long.
+fn column_cells(column: &str, leaves: &[String], variants: &[VariantInput]) -> Vec<Option<String>> {
+    if let [key] = leaves
+        && key == column
+    {
+        return variants
+            .iter()
+            .map(|v| v.params.get(key).cloned())
+            .collect();
+    }
+    let own: Vec<Leaves> = variants
+        .iter()
+        .map(|variant| {
+            leaves
+                .iter()
+                .filter_map(|key| {
+                    let value = variant.params.get(key)?;
+                    let path = key.strip_prefix(column)?.trim_start_matches('.');
+                    Some((path.to_string(), value.clone()))
+                })
+                .collect()
+        })
+        .collect();
+    distinguishing(&own)
+        .into_iter()
+        .zip(&own)
+        .map(|(text, leaves)| {
+            (!leaves.is_empty()).then(|| {
+                let identity = format!("{leaves:?}");
+                cut_with_hash(&text, &identity, MAX_FOLDED_CHARS)
+            })
+        })
+        .collect()
+}
+
+/// What `sheared compare` shows of a comparison: which columns, which rows first.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Keep only the parameter and metric columns whose names contain one of these (empty: all).
+    pub columns: Vec<String>,
+    /// Drop metric columns that have the same value in every row.
+    pub only_changed: bool,
+    /// Sort rows by this metric column, ascending (rows without it last).
+    pub sort: Option<String>,
+    /// Sort descending instead.
+    pub reverse: bool,
+}
+
+/// `comparison` as `view` asks. Deltas stay relative to the first variant of the run (the baseline),
+/// wherever sorting puts it. An unknown sort column or a column filter that matches nothing is an
+/// error that lists the columns.
+pub fn apply_view(mut comparison: Comparison, view: &View) -> Result<Comparison, String> {
+    let listing = |comparison: &Comparison| {
+        comparison
+            .param_columns
+            .iter()
+            .chain(&comparison.metric_columns)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(sort) = &view.sort {
+        let Some(index) = comparison.metric_columns.iter().position(|c| c == sort) else {
+            return Err(format!(
+                "--sort {sort}: no such metric column; the metric columns are: {}",
+                comparison.metric_columns.join(", ")
+            ));
+        };
+        comparison.rows.sort_by(|a, b| {
+            let (a, b) = (a.metrics[index], b.metrics[index]);
+            match (a, b) {
+                (Some(a), Some(b)) if view.reverse => b.total_cmp(&a),
+                (Some(a), Some(b)) => a.total_cmp(&b),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            }
+        });
+    }
+    let keep_metric: Vec<bool> = (0..comparison.metric_columns.len())
+        .map(|index| {
+            let name = &comparison.metric_columns[index];
+            let wanted = view.columns.is_empty() || view.columns.iter().any(|c| name.contains(c));
+            let values: Vec<Option<f64>> = comparison
+                .rows
+                .iter()
+                .map(|row| row.metrics[index])
+                .collect();
+            let changes = values.windows(2).any(|pair| pair[0] != pair[1]);
+            wanted && (!view.only_changed || changes)
+        })
+        .collect();
+    let keep_param: Vec<bool> = comparison
+        .param_columns
+        .iter()
+        .map(|name| view.columns.is_empty() || view.columns.iter().any(|c| name.contains(c)))
+        .collect();
+    if !view.columns.is_empty() && !keep_metric.iter().chain(&keep_param).any(|keep| *keep) {
+        return Err(format!(
+            "--columns {}: matches no column; the columns are: {}",
+            view.columns.join(","),
+            listing(&comparison)
+        ));
+    }
+    let filter = |items: Vec<String>, keep: &[bool]| -> Vec<String> {
+        items
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(item, keep)| keep.then_some(item))
+            .collect()
+    };
+    comparison.metric_columns = filter(comparison.metric_columns, &keep_metric);
+    comparison.param_columns = filter(comparison.param_columns, &keep_param);
+    for row in &mut comparison.rows {
+        let pick = |values: &mut Vec<Option<f64>>| {
+            *values = values
+                .iter()
+                .zip(&keep_metric)
+                .filter_map(|(value, keep)| keep.then_some(*value))
+                .collect();
+        };
+        pick(&mut row.metrics);
+        pick(&mut row.deltas);
+        row.params = row
+            .params
+            .iter()
+            .zip(&keep_param)
+            .filter(|(_, keep)| **keep)
+            .map(|(value, _)| value.clone())
+            .collect();
+    }
+    Ok(comparison)
 }
 
 /// Output formats of `sheared compare`.
@@ -448,8 +640,7 @@ fn text_cells(comparison: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
     let cells = comparison
         .rows
         .iter()
-        .enumerate()
-        .map(|(row_index, row)| {
+        .map(|row| {
             let mut cells = vec![row.variant.clone()];
             cells.extend(
                 row.params
@@ -464,7 +655,7 @@ fn text_cells(comparison: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
             {
                 cells.push(match (value, delta) {
                     (None, _) => "—".into(),
-                    (Some(value), Some(delta)) if row_index > 0 => {
+                    (Some(value), Some(delta)) if !row.baseline => {
                         format!(
                             "{} ({})",
                             format_value(column, *value),
@@ -521,8 +712,51 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-/// Render in `format`. Every format ends with a newline.
-pub fn render(comparison: &Comparison, format: Format) -> String {
+/// `text` broken at spaces into lines of at most `width` characters (continuations indented by two);
+/// a word longer than the width stays whole. Without a width, one line.
+fn wrap(text: &str, width: Option<usize>) -> Vec<String> {
+    let Some(width) = width else {
+        return vec![text.to_string()];
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for word in text.split(' ') {
+        let length = current.chars().count();
+        if length > 0 && length + 1 + word.chars().count() > width {
+            lines.push(std::mem::replace(&mut current, "  ".to_string()));
+        } else if length > 0 && !current.trim().is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    lines.push(current);
+    lines
+}
+
+/// Columns of a table `widths` wide in blocks that fit `width` characters (two between columns),
+/// each block starting with column 0 (the variant); a column wider than `width` gets a block alone.
+fn column_blocks(widths: &[usize], width: Option<usize>) -> Vec<Vec<usize>> {
+    let Some(limit) = width else {
+        return vec![(0..widths.len()).collect()];
+    };
+    let mut blocks: Vec<Vec<usize>> = Vec::new();
+    let mut current = vec![0];
+    let mut used = widths.first().copied().unwrap_or(0);
+    for column in 1..widths.len() {
+        if current.len() > 1 && used + 2 + widths[column] > limit {
+            blocks.push(std::mem::replace(&mut current, vec![0]));
+            used = widths[0];
+        }
+        current.push(column);
+        used += 2 + widths[column];
+    }
+    blocks.push(current);
+    blocks
+}
+
+/// Render in `format`. Every format ends with a newline. `width` (characters) applies to the
+/// table: wider tables are wrapped into blocks of columns, each led by the variant column.
+pub fn render(comparison: &Comparison, format: Format, width: Option<usize>) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(comparison).unwrap_or_default() + "\n",
         Format::Csv => {
@@ -603,11 +837,15 @@ pub fn render(comparison: &Comparison, format: Format) -> String {
                         .unwrap_or(0)
                 })
                 .collect();
-            let line = |row: &[String]| {
-                row.iter()
-                    .zip(&widths)
-                    .map(|(text, width)| {
-                        format!("{text}{}", " ".repeat(width - text.chars().count()))
+            let line = |row: &[String], columns: &[usize]| {
+                columns
+                    .iter()
+                    .map(|&column| {
+                        let text = &row[column];
+                        format!(
+                            "{text}{}",
+                            " ".repeat(widths[column] - text.chars().count())
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("  ")
@@ -615,15 +853,23 @@ pub fn render(comparison: &Comparison, format: Format) -> String {
                     .to_string()
                     + "\n"
             };
-            let mut out = line(&header);
-            for row in &cells {
-                out += &line(row);
+            let mut out = String::new();
+            for (index, block) in column_blocks(&widths, width).iter().enumerate() {
+                if index > 0 {
+                    out.push('\n');
+                }
+                out += &line(&header, block);
+                for row in &cells {
+                    out += &line(row, block);
+                }
             }
             let notes = reuse_lines(comparison);
             if !notes.is_empty() {
                 out.push('\n');
                 for note in notes {
-                    out += &format!("{note}\n");
+                    for line in wrap(&note, width) {
+                        out += &format!("{line}\n");
+                    }
                 }
             }
             out
@@ -838,7 +1084,7 @@ mod tests {
     #[test]
     fn renders_every_format() {
         let comparison = compare(&variants());
-        let table = render(&comparison, Format::Table);
+        let table = render(&comparison, Format::Table, None);
         assert!(table.contains("stages.train.loading.policy"), "{table}");
         assert!(table.contains("3.2000 (+0.2000)"), "{table}");
         assert!(table.contains("1,234,567"), "{table}");
@@ -847,17 +1093,17 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("saved 13.0 s"), "{table}");
-        let md = render(&comparison, Format::Md);
+        let md = render(&comparison, Format::Md, None);
         assert!(
             md.starts_with("| variant | stages.train.loading.policy | loss.code |"),
             "{md}"
         );
         assert_eq!(md.lines().nth(1).unwrap().matches("---|").count(), 11);
-        let csv = render(&comparison, Format::Csv);
+        let csv = render(&comparison, Format::Csv, None);
         let header = csv.lines().next().unwrap();
         assert!(header.ends_with("delta.seconds,reused"), "{header}");
         assert_eq!(csv.lines().count(), 3);
-        let json: Value = serde_json::from_str(&render(&comparison, Format::Json)).unwrap();
+        let json: Value = serde_json::from_str(&render(&comparison, Format::Json, None)).unwrap();
         assert_eq!(json["rows"][1]["variant"], "static");
     }
 
@@ -870,8 +1116,125 @@ mod tests {
         assert!(comparison.param_columns.is_empty());
         // eval_source is not shared by "every variant" when there is one variant: its metrics show, unprefixed.
         assert!(comparison.metric_columns.contains(&"loss.web".to_string()));
-        let table = render(&comparison, Format::Table);
+        let table = render(&comparison, Format::Table, None);
         assert!(table.starts_with("variant"), "{table}");
         assert_eq!(group_thousands(-1234), "-1,234");
+    }
+
+    /// A changed sub-table is one column showing what tells the rows apart; the JSON keeps every
+    /// changed leaf.
+    #[test]
+    fn changed_sub_tables_fold_into_one_column() {
+        let mut rows = variants();
+        let loading = |text: &str| {
+            flatten_toml(&toml::from_str(&format!("[stages.train]\nlr = 1e-4\n{text}")).unwrap())
+        };
+        rows[0].params =
+            loading("loading = { policy = 'dynamic', reference = { stage = 'eval-source' } }");
+        rows[1].params = loading(
+            "loading = { policy = 'static', weights = { web = 1.0, code = 1.0, books = 1.0 } }",
+        );
+        let comparison = compare(&rows);
+        assert_eq!(comparison.param_columns, ["stages.train.loading"]);
+        assert_eq!(
+            comparison.rows[0].params,
+            [Some("policy=dynamic".to_string())]
+        );
+        assert_eq!(
+            comparison.rows[1].params,
+            [Some("policy=static".to_string())]
+        );
+        assert_eq!(
+            comparison.rows[1].changed["stages.train.loading.weights.books"],
+            "1.0"
+        );
+        assert_eq!(
+            comparison.rows[1].changed.len(),
+            4,
+            "{:?}",
+            comparison.rows[1].changed
+        );
+    }
+
+    #[test]
+    fn views_select_sort_and_wrap() {
+        let comparison = compare(&variants());
+        let sorted = apply_view(
+            comparison.clone(),
+            &View {
+                sort: Some("loss.web".into()),
+                reverse: true,
+                ..View::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(sorted.rows[0].variant, "static");
+        assert!(sorted.rows[1].baseline);
+        let table = render(&sorted, Format::Table, None);
+        assert!(
+            table.contains("3.2000 (+0.2000)"),
+            "deltas stay relative to the baseline:\n{table}"
+        );
+
+        let narrow = apply_view(
+            comparison.clone(),
+            &View {
+                columns: vec!["loss".into()],
+                only_changed: true,
+                ..View::default()
+            },
+        )
+        .unwrap();
+        assert!(narrow.param_columns.is_empty());
+        assert!(narrow.metric_columns.iter().all(|c| c.contains("loss")));
+        assert!(!narrow.metric_columns.is_empty());
+        for row in &narrow.rows {
+            assert_eq!(row.metrics.len(), narrow.metric_columns.len());
+            assert_eq!(row.deltas.len(), narrow.metric_columns.len());
+        }
+        let unchanged = apply_view(
+            comparison.clone(),
+            &View {
+                only_changed: true,
+                ..View::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            !unchanged.metric_columns.contains(&"tokens".to_string()),
+            "{:?}",
+            unchanged.metric_columns
+        );
+
+        let error = apply_view(
+            comparison.clone(),
+            &View {
+                sort: Some("los.web".into()),
+                ..View::default()
+            },
+        )
+        .unwrap_err();
+        assert!(error.contains("loss.web"), "{error}");
+        let error = apply_view(
+            comparison.clone(),
+            &View {
+                columns: vec!["nothing-like-this".into()],
+                ..View::default()
+            },
+        )
+        .unwrap_err();
+        assert!(error.contains("matches no column"), "{error}");
+
+        let wide = render(&comparison, Format::Table, None);
+        let wrapped = render(&comparison, Format::Table, Some(60));
+        let longest = |text: &str| text.lines().map(|l| l.chars().count()).max().unwrap();
+        assert!(longest(&wide) > 60, "{wide}");
+        let table_part = wrapped
+            .split("\n\n")
+            .filter(|block| block.starts_with("variant"));
+        for block in table_part {
+            assert!(longest(block) <= 60, "{wrapped}");
+        }
+        assert!(wrapped.matches("variant").count() >= 2, "{wrapped}");
     }
 }

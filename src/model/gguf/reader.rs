@@ -79,8 +79,12 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The product of the dims, saturating: a corrupt dim makes it huge (and the tensor's data
+    /// "truncated"), never an overflow.
     pub fn element_count(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims
+            .iter()
+            .fold(1u64, |count, &dim| count.saturating_mul(dim))
     }
     /// Row-major (HF/torch) shape: the ggml dims reversed.
     pub fn shape(&self) -> Vec<usize> {
@@ -408,8 +412,16 @@ impl GgufFile {
         let alignment = metadata
             .get("general.alignment")
             .and_then(MetadataValue::as_u64)
-            .unwrap_or(32)
-            .max(1) as usize;
+            .unwrap_or(32);
+        if alignment == 0 || alignment > 1 << 20 {
+            return Err(ModelError::weights(
+                path,
+                format!(
+                    "corrupt GGUF: general.alignment = {alignment} (GGUF files align tensor data to a few bytes, 32 by default)"
+                ),
+            ));
+        }
+        let alignment = alignment as usize;
         let data_start = reader.position.div_ceil(alignment) * alignment;
         Ok(GgufFile {
             version,
@@ -438,8 +450,8 @@ impl GgufFile {
                 format!("{count} values is not a whole number of {block_values}-value blocks"),
             ));
         }
-        let size = count / block_values * block_bytes;
-        let start = self.data_start as u64 + info.offset;
+        let size = (count / block_values).saturating_mul(block_bytes);
+        let start = (self.data_start as u64).saturating_add(info.offset);
         let end = start.checked_add(size).filter(|&end| end <= self.bytes.len() as u64).ok_or_else(|| {
             ModelError::tensor(
                 &self.path,

@@ -199,6 +199,7 @@ pub(crate) mod testing {
                 empty_documents: 0,
                 invalid_utf8_replaced: 0,
                 train_truncated: false,
+                eval_from_train_tail_tokens: 0,
             });
         }
         std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();

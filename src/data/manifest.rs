@@ -52,6 +52,14 @@ pub struct DomainManifest {
     pub invalid_utf8_replaced: u64,
     /// True when `max_tokens_per_domain` cut the train split short.
     pub train_truncated: bool,
+    /// Tokens moved from the end of the train stream to the eval split because the document split
+    /// (`eval_fraction`) held out less than one sequence (a domain of one or a few long documents).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub eval_from_train_tail_tokens: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Manifest {

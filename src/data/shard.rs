@@ -115,6 +115,46 @@ impl ShardWriter {
     }
 }
 
+/// Moves the last `tokens` tokens of the shard at `from` to the end of the shard at `to` (both
+/// `dtype`), both fsynced: a domain whose documents all fell on one side of the train/eval split
+/// gives its eval split the tail of its train stream, so the two stay disjoint.
+pub fn move_tail(from: &Path, to: &Path, tokens: u64, dtype: TokenDtype) -> Result<(), DataError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bytes = tokens * dtype.bytes_per_token() as u64;
+    let mut source = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(from)
+        .map_err(|error| DataError::io(from, error))?;
+    let length = source
+        .metadata()
+        .map_err(|error| DataError::io(from, error))?
+        .len();
+    if bytes > length {
+        return Err(DataError::Shard {
+            path: from.to_path_buf(),
+            message: format!("cannot move {tokens} tokens: the shard has {length} bytes"),
+        });
+    }
+    let mut tail = Vec::with_capacity(bytes as usize);
+    source
+        .seek(SeekFrom::Start(length - bytes))
+        .and_then(|_| source.read_to_end(&mut tail))
+        .map_err(|error| DataError::io(from, error))?;
+    let mut target = std::fs::OpenOptions::new()
+        .append(true)
+        .open(to)
+        .map_err(|error| DataError::io(to, error))?;
+    target
+        .write_all(&tail)
+        .and_then(|_| target.sync_all())
+        .map_err(|error| DataError::io(to, error))?;
+    source
+        .set_len(length - bytes)
+        .and_then(|_| source.sync_all())
+        .map_err(|error| DataError::io(from, error))
+}
+
 /// A read-only, memory-mapped shard.
 pub struct Shard {
     path: PathBuf,

@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 
 use super::manifest::{DomainManifest, FORMAT, FORMAT_VERSION, Manifest};
+use super::shard::move_tail;
 use super::source::{Document, DocumentReader, SourceOptions, resolve_sources};
 use super::special::{SpecialToken, find_bos_eos};
 use super::tokenizer::{load_tokenizer, train_bpe};
@@ -427,6 +428,7 @@ fn encode_domain(
         empty_documents: 0,
         invalid_utf8_replaced: 0,
         train_truncated: false,
+        eval_from_train_tail_tokens: 0,
     };
     let cap = spec.max_tokens_per_domain.unwrap_or(u64::MAX);
     // In fraction mode nothing is left to do once the train split is full; with a fixed eval count the rest of
@@ -556,6 +558,36 @@ fn encode_domain(
         });
     }
     let needed = spec.seq_len + 1;
+    if let EvalSplit::Fraction(fraction) = domain.split
+        && fraction > 0.0
+        && manifest.eval_tokens < needed
+        && manifest.train_tokens >= 2 * needed
+    {
+        // The split is by document: one or a few long documents can all land in train. Hold out
+        // the tail of the train stream instead: the fraction of the domain's tokens, at least one
+        // sequence, leaving at least one sequence to train on.
+        let total = manifest.train_tokens + manifest.eval_tokens;
+        let wanted = ((fraction * total as f64).ceil() as u64).max(needed) - manifest.eval_tokens;
+        let moved = wanted.min(manifest.train_tokens - needed);
+        move_tail(
+            &out_dir.join("train").join(format!("{}.bin", domain.name)),
+            &out_dir.join("eval").join(format!("{}.bin", domain.name)),
+            moved,
+            dtype,
+        )?;
+        tracing::warn!(
+            domain = %domain.name,
+            "domain `{}`: eval_fraction = {fraction} held out {} of its {} documents ({} tokens, fewer than one \
+             sequence of {needed}); held out the last {moved} tokens of its training stream instead",
+            domain.name,
+            manifest.eval_documents,
+            manifest.eval_documents + manifest.train_documents,
+            manifest.eval_tokens,
+        );
+        manifest.train_tokens -= moved;
+        manifest.eval_tokens += moved;
+        manifest.eval_from_train_tail_tokens = moved;
+    }
     if manifest.train_tokens < needed {
         return Err(DataError::TooFewTokens {
             domain: domain.name.clone(),
@@ -571,7 +603,12 @@ fn encode_domain(
             split: "eval".into(),
             tokens: manifest.eval_tokens,
             needed,
-            hint: ", or raise `eval_fraction` / `eval_documents`".into(),
+            hint: match domain.split {
+                EvalSplit::Documents(_) => ", or raise `eval_documents` (or use `eval_fraction`, which holds out the tail of the \
+                     training stream when the documents are too few)"
+                    .into(),
+                EvalSplit::Fraction(_) => ", or raise `eval_fraction` above 0".into(),
+            },
         });
     }
     Ok(manifest)
@@ -656,6 +693,68 @@ pub(crate) mod tests {
 
     fn run(spec: &TokenizeSpec, out: &Path) -> Result<TokenizeSummary, DataError> {
         tokenize(spec, out, &NullReporter, &CancelFlag::default())
+    }
+
+    /// A domain of one long document cannot be split by document: the eval split gets the tail of
+    /// its token stream (the fraction, at least one sequence), moved, not copied.
+    #[test]
+    fn one_long_document_holds_out_the_tail_of_its_stream() {
+        let root = tempfile::tempdir().unwrap();
+        corpus(root.path());
+        let long = documents(9, 40).join(" ");
+        write_jsonl(&root.path().join("book").join("one.jsonl"), &[long]);
+        let mut spec = spec(root.path(), EvalSplit::Fraction(0.1));
+        spec.domains.push(DomainSpec {
+            name: "book".into(),
+            source: root.path().join("book"),
+            split: EvalSplit::Fraction(0.1),
+            options: SourceOptions::default(),
+        });
+        let out = root.path().join("out");
+        run(&spec, &out).unwrap();
+        let dataset = TokenizedDataset::open(&out).unwrap();
+        let book = &dataset.manifest().domains[2];
+        assert_eq!(book.train_documents + book.eval_documents, 1);
+        let total = book.train_tokens + book.eval_tokens;
+        assert!(book.eval_from_train_tail_tokens > 0, "{book:?}");
+        assert_eq!(
+            book.eval_tokens,
+            (total as f64 * 0.1).ceil() as u64,
+            "{book:?}"
+        );
+        assert!(book.train_tokens > spec.seq_len as u64);
+        // Nothing lost or doubled: train then eval is the one document's stream.
+        let read = |split: &str| {
+            let shard =
+                Shard::open(&out.join(split).join("book.bin"), dataset.manifest().dtype).unwrap();
+            shard.read(0, shard.len() as usize).unwrap()
+        };
+        let (train, eval) = (read("train"), read("eval"));
+        assert_eq!(
+            (train.len() as u64, eval.len() as u64),
+            (book.train_tokens, book.eval_tokens)
+        );
+        let mut stream = train;
+        stream.extend(eval);
+        assert_eq!(stream.first(), Some(&dataset.manifest().bos_id));
+        assert_eq!(stream.last(), Some(&dataset.manifest().eos_id));
+        assert_eq!(
+            stream
+                .iter()
+                .filter(|&&t| t == dataset.manifest().eos_id)
+                .count(),
+            1
+        );
+        // Explicit `eval_documents` is taken at its word: the error says what to change.
+        let mut strict = spec.clone();
+        strict.domains[2].split = EvalSplit::Documents(0);
+        let error = run(&strict, &root.path().join("out2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("book") && error.contains("eval_documents") && error.contains("tail"),
+            "{error}"
+        );
     }
 
     /// The documents of a shard: each `BOS .. EOS` run, decoded.

@@ -131,6 +131,7 @@ pub fn write_synthetic_dataset(
             empty_documents: 0,
             invalid_utf8_replaced: 0,
             train_truncated: false,
+            eval_from_train_tail_tokens: 0,
         });
     }
     std::fs::write(dir.join("tokenizer.json"), "{}")?;

@@ -154,9 +154,13 @@ fn committed_path(cache: &Path, stage: &str) -> PathBuf {
 /// the stage the kill interrupted, seconds).
 fn attempt(cache: &Path, delay: Option<Duration>) -> (bool, Option<String>, f64) {
     let started = Instant::now();
+    // Output to files, not pipes: nobody drains a pipe while the run goes, and a full one would
+    // block it.
+    let stdout_path = cache.with_extension("stdout");
+    let stderr_path = cache.with_extension("stderr");
     let mut child = command(cache, &["run", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(&stdout_path).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
         .spawn()
         .unwrap();
     let status = loop {
@@ -171,15 +175,20 @@ fn attempt(cache: &Path, delay: Option<Duration>) -> (bool, Option<String>, f64)
     if status.is_none() {
         child.kill().unwrap(); // SIGKILL
     }
-    let output = child.wait_with_output().unwrap();
+    child.wait().unwrap();
     let seconds = started.elapsed().as_secs_f64();
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
     if let Some(status) = status {
-        assert!(status.success(), "a run that was not killed failed");
+        assert!(
+            status.success(),
+            "a run that was not killed failed ({status}):\n{stdout}\n{}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
         return (true, None, seconds);
     }
     // The stage the kill interrupted: the last one that started and has not committed.
     let mut running = "(between stages)".to_string();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
+    for line in stdout.lines() {
         let Ok(event) = serde_json::from_str::<Value>(line) else {
             continue;
         };

@@ -81,6 +81,32 @@ pub struct DomainCursor {
     pub cursor: u64,
 }
 
+/// The file a stage's output records its [`ConsumedWindows`] in (`prune` writes it).
+pub const CONSUMED_WINDOWS_FILE: &str = "consumed_windows.json";
+
+/// Where a stage's sampler stopped in each domain ([`CONSUMED_WINDOWS_FILE`] of `prune`): the windows it drew
+/// are the first `epoch × windows + cursor` of each domain's order, which depends only on (seed,
+/// domain, epoch). A later stage that starts there ([`DomainMixture::skip_consumed`]) draws other
+/// windows until a domain runs out and wraps. `domains` is empty for a stage that drew nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumedWindows {
+    pub seed: u64,
+    pub seq_len: usize,
+    pub domains: Vec<DomainCursor>,
+}
+
+impl ConsumedWindows {
+    /// Nothing drawn (the one-shot pruning baselines).
+    pub fn none(seed: u64, seq_len: usize) -> Self {
+        ConsumedWindows {
+            seed,
+            seq_len,
+            domains: Vec::new(),
+        }
+    }
+}
+
 /// A bijection of `0..windows`, keyed by (seed, domain, epoch): balanced Feistel network over the smallest
 /// even-bit power of two covering `windows`, with cycle walking back into range.
 #[derive(Debug, Clone)]
@@ -380,6 +406,64 @@ impl DomainMixture {
         }
     }
 
+    /// What this sampler has drawn so far, per domain.
+    pub fn consumed(&self) -> ConsumedWindows {
+        let state = self.state();
+        ConsumedWindows {
+            seed: state.seed,
+            seq_len: state.seq_len,
+            domains: state.domains,
+        }
+    }
+
+    /// Starts each domain where `consumed` (another stage's sampler over the same dataset) stopped,
+    /// so that this sampler's windows are disjoint from the ones that stage trained on until a domain
+    /// runs out and wraps. The two samplers must share the seed and `seq_len` (the window orders
+    /// depend on them); the errors say so.
+    pub fn skip_consumed(&mut self, consumed: &ConsumedWindows) -> Result<(), DataError> {
+        if consumed.domains.is_empty() {
+            return Ok(());
+        }
+        if consumed.seed != self.seed || consumed.seq_len != self.seq_len {
+            return Err(DataError::StateMismatch {
+                message: format!(
+                    "the upstream stage drew its windows with seed {} and seq_len {}, this stage samples with seed {} \
+                     and seq_len {}; skipping its windows needs the same seed and seq_len (set them alike, or drop \
+                     `skip_windows_of`)",
+                    consumed.seed, consumed.seq_len, self.seed, self.seq_len
+                ),
+            });
+        }
+        for cursor in &consumed.domains {
+            let Some(stream) = self
+                .streams
+                .iter_mut()
+                .find(|stream| stream.name == cursor.name)
+            else {
+                return Err(DataError::StateMismatch {
+                    message: format!(
+                        "the upstream stage drew from domain `{}`, which this dataset does not have",
+                        cursor.name
+                    ),
+                });
+            };
+            if cursor.windows != stream.windows || cursor.cursor > cursor.windows {
+                return Err(DataError::StateMismatch {
+                    message: format!(
+                        "domain `{}`: the upstream stage's sampler had {} windows, this one {}; they read different \
+                         datasets",
+                        cursor.name, cursor.windows, stream.windows
+                    ),
+                });
+            }
+            stream.epoch = cursor.epoch;
+            stream.cursor = cursor.cursor;
+            stream.order =
+                WindowPermutation::new(stream.windows, self.seed, &stream.name, stream.epoch);
+        }
+        Ok(())
+    }
+
     /// Continues from `state` (taken from a sampler over the same dataset and `seq_len`).
     pub fn restore(&mut self, state: SamplerState) -> Result<(), DataError> {
         if state.seq_len != self.seq_len {
@@ -513,6 +597,73 @@ mod sampler_tests {
             starts.iter().copied().collect::<Vec<_>>(),
             batch.tokens.iter().step_by(5).copied().collect::<Vec<_>>(),
             "shuffled"
+        );
+    }
+
+    /// A second stage that skips what a first one drew (same seed, other weights) reads only windows
+    /// the first never saw, until a domain runs out; mismatched seeds or seq_len are refused.
+    #[test]
+    fn skipping_consumed_windows_gives_disjoint_windows() {
+        let (_dir, data) = dataset(&[401, 201]); // 100 and 50 windows of 4 tokens
+        let mut first = DomainMixture::new(&data, 4, 9, Exhaustion::Error).unwrap();
+        first.set_weights(&[0.5, 0.5]).unwrap();
+        let starts = |batch: &Batch| -> Vec<u32> {
+            (0..batch.batch_size).map(|row| batch.row(row)[0]).collect()
+        };
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            seen.extend(starts(&first.next_batch(8).unwrap()));
+        }
+        let consumed: ConsumedWindows =
+            serde_json::from_str(&serde_json::to_string(&first.consumed()).unwrap()).unwrap();
+        assert_eq!(consumed.domains.iter().map(|d| d.cursor).sum::<u64>(), 48);
+
+        let mut second = DomainMixture::new(&data, 4, 9, Exhaustion::Error).unwrap();
+        second.set_weights(&[0.7, 0.3]).unwrap();
+        second.skip_consumed(&consumed).unwrap();
+        let left = 150 - 48;
+        let mut drawn = BTreeSet::new();
+        // Draw until a domain runs out (Exhaustion::Error): every window is new, none repeats.
+        while let Ok(batch) = second.next_batch(1) {
+            for start in starts(&batch) {
+                assert!(
+                    !seen.contains(&start),
+                    "window {start} was drawn by the first stage"
+                );
+                assert!(drawn.insert(start), "window {start} twice");
+            }
+        }
+        assert!(!drawn.is_empty() && drawn.len() <= left, "{}", drawn.len());
+        // Without skipping, the same seed starts with the first stage's windows.
+        let mut plain = DomainMixture::new(&data, 4, 9, Exhaustion::Error).unwrap();
+        let again = starts(&plain.next_batch(8).unwrap());
+        assert!(again.iter().any(|start| seen.contains(start)));
+
+        let other_seed = DomainMixture::new(&data, 4, 10, Exhaustion::Error)
+            .unwrap()
+            .skip_consumed(&consumed)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            other_seed.contains("seed 9") && other_seed.contains("seed 10"),
+            "{other_seed}"
+        );
+        let other_len = DomainMixture::new(&data, 8, 9, Exhaustion::Error)
+            .unwrap()
+            .skip_consumed(&consumed)
+            .unwrap_err()
+            .to_string();
+        assert!(other_len.contains("seq_len"), "{other_len}");
+        // A baseline that drew nothing skips nothing.
+        let mut untouched = DomainMixture::new(&data, 4, 9, Exhaustion::Error).unwrap();
+        untouched
+            .skip_consumed(&ConsumedWindows::none(1, 2))
+            .unwrap();
+        assert_eq!(
+            untouched.state(),
+            DomainMixture::new(&data, 4, 9, Exhaustion::Error)
+                .unwrap()
+                .state()
         );
     }
 

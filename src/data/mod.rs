@@ -32,7 +32,9 @@ use std::path::PathBuf;
 pub use dataset::TokenizedDataset;
 pub use eval::{EvalWindows, eval_windows};
 pub use manifest::{DomainManifest, Manifest};
-pub use mixture::{Batch, DomainMixture, Exhaustion, SamplerState};
+pub use mixture::{
+    Batch, CONSUMED_WINDOWS_FILE, ConsumedWindows, DomainMixture, Exhaustion, SamplerState,
+};
 pub use shard::{Shard, ShardWriter, TokenDtype};
 
 /// Errors of the data layer. Each names the file, line, domain or key involved and, where it helps, what to do.

@@ -11,7 +11,9 @@
 //! - `masks.safetensors`: the final deterministic masks `{head,intermediate,layer,hidden}_z` (exact
 //!   target counts, kept values folded at consolidation) and, for l0, `*_z_loga` and `*_lambda`;
 //! - `pruning.json`: method, source and target shape, final kept counts, expected vs target sparsity;
-//! - `metrics.jsonl` (l0 only): one record per step and per evaluation.
+//! - `metrics.jsonl` (l0 only): one record per step and per evaluation;
+//! - `consumed_windows.json`: where the sampler stopped in each domain (empty for the baselines), so
+//!   that continued pre-training can skip the windows pruning trained on (`train.skip_windows_of`).
 
 #[cfg(test)]
 mod fixtures;
@@ -639,7 +641,8 @@ impl Stage for PruneStage {
         "prune"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: every prune output records `consumed_windows.json`.
+        2
     }
     fn about(&self) -> &'static str {
         "targeted structured pruning to an exact shape (L0 masks + Lagrangian; magnitude/random baselines)"

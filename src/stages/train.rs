@@ -26,7 +26,10 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 use crate::data::loading::{LoadingConfig, LoadingError, LoadingPolicy};
-use crate::data::{DomainMixture, Exhaustion, TokenizedDataset, eval_windows};
+use crate::data::{
+    CONSUMED_WINDOWS_FILE, ConsumedWindows, DomainMixture, Exhaustion, TokenizedDataset,
+    eval_windows,
+};
 use crate::model::memory::Step;
 use crate::model::precision::Precision;
 use crate::model::{Llama, LlamaConfig, load_hf, save_hf};
@@ -109,6 +112,13 @@ pub struct TrainConfig {
     /// When a domain runs out of windows: `wrap` (new shuffled epoch) or `error`.
     #[serde(default)]
     pub exhaustion: Exhaustion,
+    /// A stage whose training windows this one skips (`{ stage = "prune" }`): its output's
+    /// `consumed_windows.json` says where its sampler stopped in each domain, and this stage starts
+    /// there, so continued pre-training reads other windows than pruning did (as the reference
+    /// prunes and continues on disjoint data) until a domain runs out and wraps. Needs the same
+    /// `seed` and `seq_len` as that stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_windows_of: Option<InputRef>,
     /// Overrides `[settings] seed` for this stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -607,8 +617,26 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
     } else {
         Vec::new()
     };
-    let mixture = DomainMixture::new(&dataset, config.seq_len, seed, config.exhaustion)
+    let mut mixture = DomainMixture::new(&dataset, config.seq_len, seed, config.exhaustion)
         .map_err(|error| StageError::input("data", error.to_string()))?;
+    if config.skip_windows_of.is_some() {
+        let path = ctx.input("skip_windows_of")?.join(CONSUMED_WINDOWS_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            StageError::input(
+                "skip_windows_of",
+                format!(
+                    "{}: {error}; point it at a stage that records the windows it drew (`prune`)",
+                    path.display()
+                ),
+            )
+        })?;
+        let consumed: ConsumedWindows = serde_json::from_str(&text).map_err(|error| {
+            StageError::input("skip_windows_of", format!("{}: {error}", path.display()))
+        })?;
+        mixture
+            .skip_consumed(&consumed)
+            .map_err(|error| StageError::input("skip_windows_of", error.to_string()))?;
+    }
     let fingerprint = driver::fingerprint(
         ctx.config,
         serde_json::json!({

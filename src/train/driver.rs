@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::data::loading::{LoadingError, LoadingPolicy, PolicyState};
-use crate::data::{DataError, DomainMixture, EvalWindows, SamplerState};
+use crate::data::{ConsumedWindows, DataError, DomainMixture, EvalWindows, SamplerState};
 use crate::model::batch::causal_lm_batch_flat;
 use crate::progress::{CancelFlag, Reporter};
 use crate::train::checkpoint::{self, CheckpointError};
@@ -319,6 +319,8 @@ pub struct DriverOutcome<M> {
     pub tokens_per_domain: Vec<u64>,
     pub skipped_batches: u64,
     pub resumed_from: Option<u64>,
+    /// The windows the run drew (where its sampler stopped in each domain).
+    pub consumed: ConsumedWindows,
     pub timing: Timing,
 }
 
@@ -869,6 +871,7 @@ pub fn run<S: TrainStep>(
         tokens_per_domain: run.tokens_per_domain,
         skipped_batches: run.skipped_batches,
         resumed_from,
+        consumed: run.mixture.consumed(),
         timing: run.timing,
     })
 }

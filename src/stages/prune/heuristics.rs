@@ -184,6 +184,10 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
     )?;
     let tokenizer = tokenizer_source(&model_dir, None);
     outputs::write(ctx, &model, tokenizer.as_deref(), &masks, None, &report)?;
+    super::train_loop::write_consumed(
+        ctx,
+        &crate::data::ConsumedWindows::none(seed, config.seq_len),
+    )?;
     // No data was read: say so, so that `tokens_from = { prune = .. }` of an eval counts zero
     // tokens for a baseline instead of refusing a stage that reports none.
     let metrics = serde_json::json!({ "method": config.method, "steps": 0, "tokens": 0 });

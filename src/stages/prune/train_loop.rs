@@ -390,6 +390,7 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         &ctx.cancel,
     )?;
     let model = outcome.model;
+    write_consumed(ctx, &outcome.consumed)?;
 
     // Final deterministic masks with exactly the target counts.
     let model = PruneModel {
@@ -422,6 +423,22 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
     )
     .context("copying metrics.jsonl")?;
     Ok(())
+}
+
+/// `consumed_windows.json`: where pruning's sampler stopped in each domain, for a later stage's
+/// `skip_windows_of` (continued pre-training on other windows).
+pub(super) fn write_consumed(
+    ctx: &StageContext<'_>,
+    consumed: &crate::data::ConsumedWindows,
+) -> Result<(), StageError> {
+    let text = serde_json::to_string_pretty(consumed).map_err(anyhow::Error::from)?;
+    fs::write(
+        ctx.out_dir.join(crate::data::CONSUMED_WINDOWS_FILE),
+        text + "\n",
+    )
+    .map_err(|error| {
+        StageError::Other(anyhow::Error::new(error).context("writing consumed_windows.json"))
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ pub mod logging;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -427,6 +427,35 @@ fn materialise_inputs(
     Ok(inputs)
 }
 
+/// `message` with what to do when the failure was a full disk: the error (or the tail of the stage's
+/// log, where a command stage's own "No space left on device" lands) names ENOSPC or EDQUOT. The
+/// cache is where stages write, so the hint names it and its free space. Nothing of a failed attempt
+/// is committed, so freeing space and running again is all it takes.
+fn with_disk_full_hint(message: String, log: Option<&Path>, cache: &Path) -> String {
+    const SIGNS: [&str; 4] = [
+        "No space left on device",
+        "os error 28",
+        "Disk quota exceeded",
+        "os error 122",
+    ];
+    let tail = log.map(|log| log_tail(log, 20)).unwrap_or_default();
+    if !SIGNS
+        .iter()
+        .any(|sign| message.contains(sign) || tail.contains(sign))
+    {
+        return message;
+    }
+    let free = fs4::available_space(cache)
+        .map(|bytes| format!("{} free", crate::util::fmt::human_bytes(bytes)))
+        .unwrap_or_else(|_| "free space unknown".into());
+    format!(
+        "{message}; the disk is full: the cache {} has {free}. Free space (`sheared gc` removes what no \
+         recipe uses) or move the cache to a larger disk (`--cache DIR`), then run again: nothing of this \
+         attempt was committed and committed outputs are intact",
+        cache.display()
+    )
+}
+
 /// The error for a stage that panicked. libtorch reports running out of device memory by panicking
 /// ("CUDA out of memory. Tried to allocate ..."): that is the user's sizing, not a bug, so it gets
 /// the fix instead of a bug report. Either way the attempt's scratch (its checkpoints) is kept and
@@ -487,7 +516,7 @@ fn execute(
     ) {
         Ok(outcome) => outcome,
         Err(error) => Outcome::Failed {
-            message: format!("{error:#}"),
+            message: with_disk_full_hint(format!("{error:#}"), None, store.root()),
             log: None,
         },
     }
@@ -566,6 +595,7 @@ fn execute_inner(
     );
     // The attempt's log, failure record and outcome, for a stage refused before it runs or failed.
     let fail = |message: String| -> anyhow::Result<Outcome> {
+        let message = with_disk_full_hint(message, Some(&attempt.log_path), store.root());
         log.line(&format!("failed: {message}"));
         store.fail(
             &attempt,

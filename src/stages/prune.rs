@@ -54,6 +54,25 @@ pub enum Method {
     Random,
 }
 
+/// How often the hard-concrete masks are sampled during an optimiser step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSampling {
+    /// A fresh sample for every micro-batch, as the reference draws one per forward call (per
+    /// micro-batch and per GPU): more mask noise averaged into each step's gradient.
+    #[default]
+    PerMicroBatch,
+    /// One sample shared by all micro-batches of a step, which makes `grad_accum` a pure memory
+    /// trade (the step equals one pass over the whole batch, up to float summation order).
+    PerStep,
+}
+
+impl MaskSampling {
+    fn is_default(&self) -> bool {
+        *self == MaskSampling::default()
+    }
+}
+
 /// How the target's hidden size relates to its heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,12 +180,16 @@ pub struct PruneConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Micro-batches per step (`batch_size` must be a multiple): each forward/backward pass takes
-    /// `batch_size / grad_accum` sequences, the step is the same (one mask sample per step).
+    /// `batch_size / grad_accum` sequences; each draws its own mask sample unless `mask_sampling =
+    /// "per_step"`.
     #[serde(
         default = "default_grad_accum",
         skip_serializing_if = "is_default_grad_accum"
     )]
     pub grad_accum: usize,
+    /// `"per_micro_batch"` (the reference's one sample per forward call) or `"per_step"`.
+    #[serde(default, skip_serializing_if = "MaskSampling::is_default")]
+    pub mask_sampling: MaskSampling,
     /// Per-decoder-layer activation checkpointing: keep only each layer's input between forward and
     /// backward and recompute one layer at a time (same gradients, about one more forward of compute,
     /// activation memory of one layer instead of all; `sheared plan` shows the estimate).
@@ -642,7 +665,8 @@ impl Stage for PruneStage {
     }
     fn version(&self) -> u32 {
         // 2: every prune output records `consumed_windows.json`.
-        2
+        // 3: a mask sample per micro-batch by default (`mask_sampling`).
+        3
     }
     fn about(&self) -> &'static str {
         "targeted structured pruning to an exact shape (L0 masks + Lagrangian; magnitude/random baselines)"

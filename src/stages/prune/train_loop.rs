@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::outputs;
-use super::{Method, PruneConfig, PruneStage, ResolvedTarget, loading_error, resolve_target};
+use super::{
+    MaskSampling, Method, PruneConfig, PruneStage, ResolvedTarget, loading_error, resolve_target,
+};
 use crate::data::loading::LoadingPolicy;
 use crate::data::{DomainMixture, EvalWindows, Exhaustion, TokenizedDataset, eval_windows};
 use crate::model::l0::{L0Module, MaskNoise, PruningModule, warmed_up_target};
@@ -174,6 +176,11 @@ impl TrainStep for L0Step {
         batch: MicroBatch,
         step: u64,
     ) -> MicroBatchLoss {
+        // The step's first micro-batch uses the sample `begin_step` drew; later ones draw their own
+        // unless the recipe asks for one sample per step.
+        if batch.index > 0 && self.config.mask_sampling == MaskSampling::PerMicroBatch {
+            self.noise = None;
+        }
         let noise = self
             .noise
             .get_or_insert_with(|| model.l0.draw_noise(&mut self.mask_rng));
@@ -467,12 +474,19 @@ mod tests {
     /// One step of batch 4 as one pass and as two micro-batches of 2 from the same model, noise and
     /// rows: (updated parameters, loss, grad norm).
     fn one_step(grad_accum: usize) -> (Vec<f32>, f64, f64, Vec<(&'static str, f64)>) {
+        one_step_sampled(grad_accum, "per_step")
+    }
+
+    fn one_step_sampled(
+        grad_accum: usize,
+        sampling: &str,
+    ) -> (Vec<f32>, f64, f64, Vec<(&'static str, f64)>) {
         let device = crate::model::device::for_tests().autodiff();
         let source = LlamaConfig::new(48, 16, 24, 2, 4, 4);
         let table: toml::Table = format!(
             "model = {{ path = \"m\" }}\ndata = {{ stage = \"d\" }}\nsteps = 10\nbatch_size = 4\ngrad_accum = {grad_accum}\n\
              seq_len = 8\nlr = 1e-3\nwarmup_steps = 0\nlagrangian_warmup_steps = 0\nmask_lr = 0.5\nlambda_lr = 0.5\n\
-             target = {{ layers = 1, hidden = 8, heads = 2, intermediate = 12 }}\n"
+             target = {{ layers = 1, hidden = 8, heads = 2, intermediate = 12 }}\nmask_sampling = \"{sampling}\"\n"
         )
         .parse()
         .unwrap();
@@ -519,7 +533,28 @@ mod tests {
         )
     }
 
-    /// grad_accum only changes memory: two micro-batches of 2 take the step one pass of 4 takes, up to
+    /// By default each micro-batch draws its own mask sample (the reference's one per forward call):
+    /// two micro-batches then take another step than one pass, and than one shared sample.
+    #[test]
+    fn each_micro_batch_draws_its_own_masks_by_default() {
+        let (shared, loss_shared, ..) = one_step_sampled(2, "per_step");
+        let (own, loss_own, ..) = one_step_sampled(2, "per_micro_batch");
+        let (again, loss_again, ..) = one_step_sampled(2, "per_micro_batch");
+        assert_ne!(loss_shared, loss_own);
+        assert_ne!(shared, own);
+        assert_eq!(
+            (own, loss_own),
+            (again, loss_again),
+            "deterministic in the mask seed"
+        );
+        // With one micro-batch the two settings are the same step, bit for bit.
+        assert_eq!(
+            one_step_sampled(1, "per_step").0,
+            one_step_sampled(1, "per_micro_batch").0
+        );
+    }
+
+    /// With `mask_sampling = "per_step"`, grad_accum only changes memory: two micro-batches of 2 take the step one pass of 4 takes, up to
     /// float summation order (tolerance: 1e-5 relative on loss and gradient norm, 1e-6 absolute on
     /// every updated parameter, i.e. 1e-3 of the weights' lr).
     #[test]

@@ -348,6 +348,160 @@ fn concurrent_runs_share_a_stage() {
     assert_eq!((project.count("one"), project.count("two")), (1, 1));
 }
 
+/// Three `sheared run` processes started together on one cache, over recipes that overlap in
+/// different ways: every identical stage runs exactly once, whichever process gets it; the others
+/// wait on its lease and reuse its output.
+#[test]
+fn three_concurrent_runs_run_each_identical_stage_once() {
+    let project = Project::new();
+    let shared = project.script("shared", "sleep 1; echo shared > {out}/s.txt");
+    let middle = project.script("middle", "sleep 1; cat {inputs.s}/s.txt > {out}/m.txt");
+    let mut recipes = Vec::new();
+    for (name, uses_middle) in [("one", true), ("two", true), ("three", false)] {
+        let own = project.script(name, "cat {inputs.s}/* > {out}/own.txt");
+        let (middle_stage, own_input) = if uses_middle {
+            (
+                format!(
+                    "[stages.middle]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"{middle}\"]\ninputs = {{ s = {{ stage = \"shared\" }} }}\n\n"
+                ),
+                "middle",
+            )
+        } else {
+            (String::new(), "shared")
+        };
+        recipes.push(project.write(
+            &format!("{name}.toml"),
+            &format!(
+                "name = \"{name}\"\n[stages.shared]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"{shared}\"]\n\n\
+                 {middle_stage}[stages.own]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"{own}\"]\n\
+                 inputs = {{ s = {{ stage = \"{own_input}\" }} }}\n"
+            ),
+        ));
+    }
+    let children: Vec<_> = recipes
+        .iter()
+        .map(|recipe| {
+            Command::new(SHEARED)
+                .args(["run", recipe.to_str().unwrap()])
+                .current_dir(project.dir.path())
+                .env("SHEARED_CACHE", project.path("cache"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
+    assert_eq!(
+        [
+            project.count("shared"),
+            project.count("middle"),
+            project.count("one"),
+            project.count("two"),
+            project.count("three")
+        ],
+        [1, 1, 1, 1, 1],
+        "no stage ran twice"
+    );
+    project.ok(&["verify"]);
+}
+
+/// A process waiting on another's lease takes the stage over when the holder is killed, runs it
+/// (resuming from the holder's scratch), and finishes: nothing hangs, nothing runs twice at once.
+#[test]
+fn a_waiting_run_takes_over_from_a_killed_lease_holder() {
+    let project = Project::new();
+    let marker = project.path("started");
+    let body = format!(
+        "if [ -f {{scratch}}/half ]; then echo resumed > {{out}}/r.txt; \
+         else touch {{scratch}}/half; touch {}; sleep 30; echo whole > {{out}}/r.txt; fi",
+        marker.display()
+    );
+    let slow = project.script("slow", &body);
+    let recipe = project.write(
+        "slow.toml",
+        &format!("[stages.slow]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"{slow}\"]\n"),
+    );
+    let spawn = || {
+        Command::new(SHEARED)
+            .args(["run", recipe.to_str().unwrap()])
+            .current_dir(project.dir.path())
+            .env("SHEARED_CACHE", project.path("cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut holder = spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the stage never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiter = spawn(); // finds the lease held and waits
+    std::thread::sleep(Duration::from_millis(500));
+    holder.kill().unwrap(); // SIGKILL: the lease is left behind with a dead pid
+    holder.wait().unwrap();
+    // The stage's own `sleep 30` child may outlive the killed runner; the waiter must not wait for it.
+    let started = Instant::now();
+    let output = waiter.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the waiter waited {:?}",
+        started.elapsed()
+    );
+    let path = project.ok(&["path", recipe.to_str().unwrap(), "slow"]);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(path.trim()).join("r.txt")).unwrap(),
+        "resumed\n"
+    );
+    assert_eq!(project.count("slow"), 2);
+    project.ok(&["verify"]);
+}
+
+/// A command sees the paths and settings it needs, not the credentials in `sheared`'s environment,
+/// unless the recipe passes one by name; a symbolic link among its outputs fails the stage.
+#[test]
+fn commands_get_an_allow_listed_environment_and_plain_outputs() {
+    let project = Project::new();
+    let recipe = project.write(
+        "env.toml",
+        "[stages.env]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"env > {out}/env.txt\"]\n\
+         pass_env = [\"MY_PASSED_TOKEN\"]\nenv = { SET_BY_RECIPE = \"1\" }\n\n\
+         [stages.link]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"ln -s /etc/hostname {out}/host\"]\n",
+    );
+    let output = Command::new(SHEARED)
+        .args(["run", recipe.to_str().unwrap(), "--keep-going"])
+        .current_dir(project.dir.path())
+        .env("SHEARED_CACHE", project.path("cache"))
+        .env("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+        .env("MY_PASSED_TOKEN", "wanted")
+        .env("PIP_INDEX_URL", "https://mirror.example/simple")
+        .output()
+        .unwrap();
+    let all = text(&output.stdout) + &text(&output.stderr);
+    assert!(!output.status.success(), "the link stage fails: {all}");
+    assert!(
+        all.contains("symbolic link") && all.contains("/etc/hostname"),
+        "{all}"
+    );
+    let path = project.ok(&["path", recipe.to_str().unwrap(), "env"]);
+    let env = std::fs::read_to_string(Path::new(path.trim()).join("env.txt")).unwrap();
+    for present in [
+        "PATH=",
+        "SET_BY_RECIPE=1",
+        "MY_PASSED_TOKEN=wanted",
+        "PIP_INDEX_URL=https://mirror.example/simple",
+    ] {
+        assert!(env.contains(present), "{present} missing:\n{env}");
+    }
+    assert!(!env.contains("do-not-leak"), "{env}");
+}
+
 #[test]
 fn sweep_variants_share_common_stages() {
     let project = Project::new();

@@ -12,6 +12,13 @@
 //! Placeholders: `{inputs.NAME}` (materialised input path), `{out}` (output folder), `{scratch}`
 //! (persistent scratch folder, also the working directory), `{{`/`}}` for literal braces. The program's
 //! stdout and stderr go to the stage log line by line; a non-zero exit fails the stage.
+//!
+//! The program does not inherit the whole environment of `sheared`, which may hold credentials (cloud
+//! keys, tokens) a recipe from elsewhere has no business reading: only [`PASSED_ENV`] (paths, locale,
+//! certificates, proxies, package-index settings, GPU visibility, thread counts), the names a recipe
+//! lists in `pass_env = ["HF_TOKEN"]`, and `env` reach it. Its outputs must be plain files and folders:
+//! a symbolic link in `{out}` (which would commit whatever it points at, anywhere on the machine) fails
+//! the stage.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -35,6 +42,87 @@ struct CommandConfig {
     /// Named inputs, referred to as `{inputs.NAME}`.
     #[serde(default)]
     inputs: BTreeMap<String, InputRef>,
+    /// Variables of `sheared`'s environment passed on besides [`PASSED_ENV`] (e.g. `HF_TOKEN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pass_env: Vec<String>,
+}
+
+/// What a command inherits from `sheared`'s environment without asking: exact names, and prefixes
+/// ending in `_`. Nothing here is a credential; everything a program needs to find itself, its
+/// libraries, its certificates, its proxies and package indexes, and its GPUs is.
+pub const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "PYENV_ROOT",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NIX_SSL_CERT_FILE",
+    "GIT_SSL_CAINFO",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_DATASETS_CACHE",
+    "TRANSFORMERS_CACHE",
+    "LC_",
+    "PIP_",
+    "SLURM_",
+];
+
+/// Whether `name` passes [`PASSED_ENV`] (entries ending in `_` are prefixes) or the recipe's `pass_env`.
+fn passes(name: &str, pass_env: &[String]) -> bool {
+    PASSED_ENV.iter().any(|allowed| {
+        if allowed.ends_with('_') {
+            name.starts_with(allowed)
+        } else {
+            name == *allowed
+        }
+    }) || pass_env.iter().any(|passed| passed == name)
+}
+
+/// The first symbolic link under `dir`, if any (outputs must be plain files and folders).
+fn first_symlink(dir: &std::path::Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            return Ok(Some(entry.path()));
+        }
+        if kind.is_dir()
+            && let Some(found) = first_symlink(&entry.path())?
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 pub struct CommandStage;
@@ -108,7 +196,12 @@ impl Stage for CommandStage {
             .current_dir(&ctx.scratch_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| {
+                name.to_str()
+                    .is_some_and(|name| passes(name, &config.pass_env))
+            }));
         for (name, value) in &config.env {
             command.env(
                 name,
@@ -179,7 +272,18 @@ impl Stage for CommandStage {
             }
         }
         if status.success() {
-            Ok(())
+            match first_symlink(&ctx.out_dir).context("checking the outputs")? {
+                Some(link) => Err(StageError::Other(anyhow::anyhow!(
+                    "`{}` left a symbolic link among its outputs: {} → {}; a stage's outputs must be plain files \
+                     (copy the target into {{out}} instead, e.g. `cp -L`)",
+                    argv.join(" "),
+                    link.display(),
+                    std::fs::read_link(&link)
+                        .map(|target| target.display().to_string())
+                        .unwrap_or_else(|_| "?".into())
+                ))),
+                None => Ok(()),
+            }
         } else {
             Err(StageError::Other(anyhow::anyhow!(
                 "`{}` failed ({status})",

@@ -39,6 +39,13 @@ kind = "command"
 argv = ["/bin/sh", "-c", "echo ran > {out}/ran.txt"]
 "#;
 
+/// `sheared plan recipe.toml --json --set ASSIGNMENT`, parsed.
+fn plan_with(dir: &std::path::Path, assignment: &str) -> serde_json::Value {
+    let output = sheared(dir, &["plan", "recipe.toml", "--json", "--set", assignment]);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 fn stage<'a>(plan: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     plan["stages"]
         .as_array()
@@ -120,18 +127,7 @@ fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
     assert_eq!(memory["seq_len"], 16);
     assert_eq!(memory["precision"], "fp32");
     // bf16 (a run-wide setting) halves the activations in the estimate and adds a bf16 weight copy.
-    let output = sheared(
-        dir.path(),
-        &[
-            "plan",
-            "recipe.toml",
-            "--json",
-            "--set",
-            "settings.precision=\"bf16\"",
-        ],
-    );
-    assert!(output.status.success(), "{}", text(&output));
-    let bf16_plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let bf16_plan = plan_with(dir.path(), "settings.precision=\"bf16\"");
     let bf16 = &stage(&bf16_plan, "train")["preview"]["memory"];
     assert_eq!(bf16["precision"], "bf16", "{bf16}");
     assert_eq!(
@@ -182,18 +178,7 @@ fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
 
     // Offloading AdamW's moments changes where bytes wait, not the outputs: the committed stage is
     // still the cached one, and its device estimate no longer adds the moments to the backward peak.
-    let output = sheared(
-        dir.path(),
-        &[
-            "plan",
-            "recipe.toml",
-            "--json",
-            "--set",
-            "stages.train.optimizer_offload=true",
-        ],
-    );
-    assert!(output.status.success(), "{}", text(&output));
-    let offload_plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let offload_plan = plan_with(dir.path(), "stages.train.optimizer_offload=true");
     let train = stage(&offload_plan, "train");
     assert_eq!(train["status"], "cached", "not in the key: {offload_plan}");
     let offloaded = &train["preview"]["memory"];

@@ -3,6 +3,8 @@
 //! through the real binary at toy shapes, then an ablation (`--set` of the loading policy) that must
 //! rerun only the stages it changes, then a no-op rerun that must run nothing.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -157,15 +159,7 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 fn full_pipeline_then_an_ablation_reruns_only_what_changed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let recipe = write_recipe(dir.path());
-    let all = [
-        "tokenize",
-        "source",
-        "eval-source",
-        "prune",
-        "consolidate",
-        "train",
-        "eval",
-    ];
+    let all = common::PIPELINE_STAGES;
 
     // Before anything ran: the budgets are known, the parameter counts are not (the tokenizer is
     // trained by `tokenize`, so the embedding size is not known yet) and are not guessed.

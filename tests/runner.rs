@@ -37,6 +37,28 @@ impl Project {
         )
     }
 
+    /// `sheared run RECIPE` started in the background on this project's cache.
+    fn spawn_run(&self, recipe: &Path) -> std::process::Child {
+        Command::new(SHEARED)
+            .args(["run", recipe.to_str().unwrap()])
+            .current_dir(self.dir.path())
+            .env("SHEARED_CACHE", self.path("cache"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+    /// `recipes` run by concurrent `sheared run` processes, started together; each must succeed.
+    fn run_together(&self, recipes: &[PathBuf]) {
+        let children: Vec<_> = recipes
+            .iter()
+            .map(|recipe| self.spawn_run(recipe))
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(output.status.success(), "{}", text(&output.stderr));
+        }
+    }
     fn count(&self, name: &str) -> usize {
         std::fs::read_to_string(self.path(&format!("count_{name}")))
             .map(|text| text.lines().count())
@@ -327,23 +349,7 @@ fn concurrent_runs_share_a_stage() {
             ),
         ));
     }
-    let children: Vec<_> = recipes
-        .iter()
-        .map(|recipe| {
-            Command::new(SHEARED)
-                .args(["run", recipe.to_str().unwrap()])
-                .current_dir(project.dir.path())
-                .env("SHEARED_CACHE", project.path("cache"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", text(&output.stderr));
-    }
+    project.run_together(&recipes);
     assert_eq!(project.count("shared"), 1);
     assert_eq!((project.count("one"), project.count("two")), (1, 1));
 }
@@ -378,23 +384,7 @@ fn three_concurrent_runs_run_each_identical_stage_once() {
             ),
         ));
     }
-    let children: Vec<_> = recipes
-        .iter()
-        .map(|recipe| {
-            Command::new(SHEARED)
-                .args(["run", recipe.to_str().unwrap()])
-                .current_dir(project.dir.path())
-                .env("SHEARED_CACHE", project.path("cache"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", text(&output.stderr));
-    }
+    project.run_together(&recipes);
     assert_eq!(
         [
             project.count("shared"),
@@ -425,23 +415,13 @@ fn a_waiting_run_takes_over_from_a_killed_lease_holder() {
         "slow.toml",
         &format!("[stages.slow]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"{slow}\"]\n"),
     );
-    let spawn = || {
-        Command::new(SHEARED)
-            .args(["run", recipe.to_str().unwrap()])
-            .current_dir(project.dir.path())
-            .env("SHEARED_CACHE", project.path("cache"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut holder = spawn();
+    let mut holder = project.spawn_run(&recipe);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !marker.exists() {
         assert!(Instant::now() < deadline, "the stage never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let waiter = spawn(); // finds the lease held and waits
+    let waiter = project.spawn_run(&recipe); // finds the lease held and waits
     std::thread::sleep(Duration::from_millis(500));
     holder.kill().unwrap(); // SIGKILL: the lease is left behind with a dead pid
     holder.wait().unwrap();

@@ -19,17 +19,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-use common::SHEARED;
+use common::{PIPELINE_STAGES, SHEARED};
 
-const STAGES: &[&str] = &[
-    "tokenize",
-    "source",
-    "eval-source",
-    "prune",
-    "consolidate",
-    "train",
-    "eval",
-];
+const STAGES: &[&str] = &PIPELINE_STAGES;
 
 /// `recipes/tiny.toml` at a few steps per stage, checkpointing often (so kills land mid-checkpoint
 /// as well as between them).

@@ -7,6 +7,17 @@ use std::process::{Command, Output};
 
 pub const SHEARED: &str = env!("CARGO_BIN_EXE_sheared");
 
+/// The stages of `pipelines/sheared.toml` (with a `source` stage), in run order.
+pub const PIPELINE_STAGES: [&str; 7] = [
+    "tokenize",
+    "source",
+    "eval-source",
+    "prune",
+    "consolidate",
+    "train",
+    "eval",
+];
+
 /// `sheared ARGS` in `dir`, with the cache in `dir/cache` and no log filter from the environment.
 pub fn sheared(dir: &Path, args: &[&str]) -> Output {
     Command::new(SHEARED)

@@ -622,6 +622,27 @@ impl Llama {
         x
     }
 
+    /// Each decoder layer's block influence (ShortGPT, Men et al. 2024): `1 − cos(x_in, x_out)` of the
+    /// residual stream before and after the layer, averaged over every token of `input_ids: [batch,
+    /// seq]`. A layer that barely turns the stream has low influence (the one to drop first).
+    pub fn block_influence(&self, input_ids: Tensor<2, Int>) -> Vec<f64> {
+        let [_, seq] = input_ids.dims();
+        let rope = self.rope(seq, &input_ids.device());
+        let mut x = self.embed_tokens.forward(input_ids); // [batch, seq, hidden]
+        let mut influence = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let out = layer.forward(x.clone(), &rope, LayerMasks::default(), self.precision); // [batch, seq, hidden]
+            let dot = (x.clone() * out.clone()).sum_dim(2); // [batch, seq, 1]
+            let norms = (x.square().sum_dim(2) * out.clone().square().sum_dim(2))
+                .sqrt()
+                .clamp_min(1e-12); // [batch, seq, 1]
+            let cosine = (dot / norms).mean().into_scalar::<f32>() as f64;
+            influence.push(1.0 - cosine);
+            x = out;
+        }
+        influence
+    }
+
     /// The final norm and LM head of the plain model: `[batch, positions, hidden]` → `[batch, positions, vocab]`.
     pub fn logits(&self, hidden_states: Tensor<3>) -> Tensor<3> {
         self.head(hidden_states, None)

@@ -4,7 +4,9 @@
 //! `method = "l0"` trains the source weights, hard-concrete mask logits and Lagrange multipliers
 //! together (one loss = LM cross-entropy + Lagrangian, one backward, λ by ascent) until the learned
 //! masks reach the target shape. `method = "magnitude"` and `"random"` are the ablation baselines:
-//! they pick units of the same target shape by weight norm or at random, with no training.
+//! they pick units of the same target shape by weight norm or at random, with no training;
+//! `"layer-drop"` removes whole layers (the top ones, or those of lowest block influence on data) and
+//! prunes the other dimensions by magnitude where the target is smaller.
 //!
 //! Every method writes the same folder, which the `consolidate` stage turns into a dense model:
 //! - the full-size HF model (trained weights for l0, the source weights for the baselines);
@@ -52,6 +54,28 @@ pub enum Method {
     Magnitude,
     /// Keep random units (seeded), same shape.
     Random,
+    /// Drop whole layers to the target's layer count (`drop_layers_by`); the other dimensions are
+    /// pruned by magnitude where the target is smaller than the source, kept otherwise.
+    #[serde(rename = "layer-drop")]
+    LayerDrop,
+}
+
+/// Which layers `method = "layer-drop"` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropLayersBy {
+    /// The top (last) layers, as "Why Lift so Heavy?" does.
+    #[default]
+    Top,
+    /// The layers with the lowest block influence, `1 − cos` of the residual stream before and after
+    /// the layer on `calibration_batches` batches of the stage's data (ShortGPT).
+    BlockInfluence,
+}
+
+impl DropLayersBy {
+    fn is_default(&self) -> bool {
+        *self == DropLayersBy::default()
+    }
 }
 
 /// How often the hard-concrete masks are sampled during an optimiser step.
@@ -190,6 +214,12 @@ pub struct PruneConfig {
     /// `"per_micro_batch"` (the reference's one sample per forward call) or `"per_step"`.
     #[serde(default, skip_serializing_if = "MaskSampling::is_default")]
     pub mask_sampling: MaskSampling,
+    /// `method = "layer-drop"`: `"top"` or `"block_influence"`.
+    #[serde(default, skip_serializing_if = "DropLayersBy::is_default")]
+    pub drop_layers_by: DropLayersBy,
+    /// `drop_layers_by = "block_influence"`: batches of `batch_size` × `seq_len` tokens it averages over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_batches: Option<usize>,
     /// Per-decoder-layer activation checkpointing: keep only each layer's input between forward and
     /// backward and recompute one layer at a time (same gradients, about one more forward of compute,
     /// activation memory of one layer instead of all; `sheared plan` shows the estimate).
@@ -369,6 +399,29 @@ impl PruneConfig {
                 ));
             }
             seen.push(*module);
+        }
+        if self.method != Method::LayerDrop
+            && (!self.drop_layers_by.is_default() || self.calibration_batches.is_some())
+        {
+            return Err(StageError::config(
+                "drop_layers_by",
+                "`drop_layers_by` and `calibration_batches` apply to method = \"layer-drop\" only",
+            ));
+        }
+        if self.method == Method::LayerDrop && self.drop_layers_by == DropLayersBy::BlockInfluence {
+            if self.data.is_none() {
+                return Err(StageError::config(
+                    "data",
+                    "drop_layers_by = \"block_influence\" measures the layers on data: add `data = { stage = \"<your \
+                     tokenize stage>\" }`, or drop the top layers with drop_layers_by = \"top\"",
+                ));
+            }
+            if self.calibration_batches == Some(0) || self.batch_size == 0 || self.seq_len == 0 {
+                return Err(StageError::config(
+                    "calibration_batches",
+                    "needs at least one batch of at least one sequence (calibration_batches, batch_size, seq_len ≥ 1)",
+                ));
+            }
         }
         if self.method == Method::L0 {
             if self.data.is_none() {
@@ -669,7 +722,7 @@ impl Stage for PruneStage {
         3
     }
     fn about(&self) -> &'static str {
-        "targeted structured pruning to an exact shape (L0 masks + Lagrangian; magnitude/random baselines)"
+        "targeted structured pruning to an exact shape (L0 masks + Lagrangian; magnitude/random/layer-drop baselines)"
     }
     fn settings_in_key(&self) -> &'static [&'static str] {
         &["seed", "device", "precision"]
@@ -757,7 +810,7 @@ impl Stage for PruneStage {
         config.check()?;
         match config.method {
             Method::L0 => train_loop::run_l0(ctx, &config),
-            Method::Magnitude | Method::Random => heuristics::run(ctx, &config),
+            Method::Magnitude | Method::Random | Method::LayerDrop => heuristics::run(ctx, &config),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The ablation baselines `method = "magnitude"` and `method = "random"`: the same target shape as
-//! L0 pruning, units chosen without training. Kept units get mask value 1 (nothing to fold), so the
+//! The ablation baselines `method = "magnitude"`, `"random"` and `"layer-drop"`: the same target
+//! shape as L0 pruning, units chosen without training. Kept units get mask value 1 (nothing to fold), so the
 //! consolidated model is the source restricted to the chosen units.
 //!
 //! Magnitude importance of a unit is the squared Frobenius norm of every weight it owns (burn layout
@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::outputs;
 use super::train_loop::tokenizer_source;
-use super::{Method, PruneConfig, ResolvedTarget, resolve_target};
+use super::{DropLayersBy, Method, PruneConfig, ResolvedTarget, resolve_target};
 use crate::model::l0::HostMasks;
 use crate::model::{Llama, load_hf};
 use crate::stage::{StageContext, StageError};
@@ -139,6 +139,72 @@ pub fn magnitude_masks(model: &Llama, resolved: &ResolvedTarget) -> HostMasks {
     }
 }
 
+/// `method = "layer-drop"`: keep the target's number of layers, the first ones (`influence` =
+/// `None`) or those of highest block influence; the other modules keep their magnitude masks (all
+/// ones where the target keeps the source's size).
+pub fn layer_drop_masks(
+    model: &Llama,
+    resolved: &ResolvedTarget,
+    influence: Option<&[f64]>,
+) -> HostMasks {
+    let layers = resolved.dims.layers;
+    let scores: Vec<f64> = match influence {
+        Some(influence) => influence.to_vec(),
+        None => (0..layers).map(|index| (layers - index) as f64).collect(), // earlier = higher
+    };
+    HostMasks {
+        layer: Some(keep_top(&scores, resolved.mask_target.layers)),
+        ..magnitude_masks(model, resolved)
+    }
+}
+
+/// Block influence of every layer, averaged over `calibration_batches` (default 4) batches of
+/// `batch_size` × `seq_len` tokens drawn uniformly from the stage's data with its seed.
+fn block_influence(
+    ctx: &StageContext<'_>,
+    config: &PruneConfig,
+    model: &Llama,
+    seed: u64,
+    device: &burn::tensor::Device,
+) -> Result<Vec<f64>, StageError> {
+    let dataset = crate::data::TokenizedDataset::open(ctx.input("data")?)
+        .map_err(|error| StageError::input("data", error.to_string()))?;
+    let mut mixture = crate::data::DomainMixture::new(
+        &dataset,
+        config.seq_len,
+        seed,
+        crate::data::Exhaustion::Wrap,
+    )
+    .map_err(|error| StageError::input("data", error.to_string()))?;
+    let batches = config.calibration_batches.unwrap_or(4);
+    let mut total = vec![0.0; model.layers.len()];
+    for _ in 0..batches {
+        if ctx.cancel.is_cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let batch = mixture
+            .next_batch(config.batch_size)
+            .map_err(|error| StageError::input("data", error.to_string()))?;
+        let (input_ids, _) = crate::model::batch::causal_lm_batch_flat(
+            &batch.tokens,
+            config.batch_size,
+            config.seq_len,
+            device,
+        ); // [batch, seq]
+        add(&mut total, &model.block_influence(input_ids));
+    }
+    let influence: Vec<f64> = total.iter().map(|sum| sum / batches as f64).collect();
+    ctx.reporter.message(&format!(
+        "block influence per layer: {}",
+        influence
+            .iter()
+            .map(|value| format!("{value:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(influence)
+}
+
 /// Masks keeping uniformly random units, exactly the target counts (seeded).
 pub fn random_masks(resolved: &ResolvedTarget, seed: u64) -> HostMasks {
     let dims = &resolved.dims;
@@ -172,6 +238,15 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
     let masks = match config.method {
         Method::Magnitude => magnitude_masks(&model, &resolved),
         Method::Random => random_masks(&resolved, seed),
+        Method::LayerDrop => {
+            let influence = match config.drop_layers_by {
+                DropLayersBy::Top => None,
+                DropLayersBy::BlockInfluence => {
+                    Some(block_influence(ctx, config, &model, seed, &device)?)
+                }
+            };
+            layer_drop_masks(&model, &resolved, influence.as_deref())
+        }
         Method::L0 => unreachable!("l0 is run by the training loop"),
     };
     let report = outputs::report(

@@ -293,6 +293,87 @@ fn baselines_go_straight_to_consolidation() {
     }
 }
 
+/// `layer-drop` keeps whole layers (the first, or those of highest block influence on the data),
+/// prunes the other dimensions by magnitude to the target, and the dense model computes what the
+/// masked one computes.
+#[test]
+fn layer_drop_keeps_whole_layers_and_consolidates_equivalently() {
+    let fx = fixture();
+    let device = crate::model::device::for_tests();
+    let target = "target = { layers = 1, hidden = 12, heads = 1, intermediate = 10 }\n";
+    for (name, extra) in [
+        ("top", String::new()),
+        (
+            "influence",
+            "drop_layers_by = \"block_influence\"\ndata = { stage = \"tok\" }\nbatch_size = 2\nseq_len = 8\n\
+             calibration_batches = 2\n"
+                .to_string(),
+        ),
+    ] {
+        let out = fx.root.path().join(format!("layer-drop-{name}"));
+        let table = format!("model = {{ path = \"m\" }}\nmethod = \"layer-drop\"\n{target}{extra}");
+        let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+        run_stage(
+            &PruneStage,
+            &table,
+            &inputs,
+            &out,
+            &fx.root.path().join("s"),
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
+        let (masks, report) = read_final_masks(&out).unwrap();
+        assert_eq!(report.final_shape, report.target);
+        let layers = masks.layer.clone().unwrap();
+        assert_eq!(layers.iter().filter(|&&kept| kept == 1.0).count(), 1);
+        if name == "top" {
+            assert_eq!(layers, [1.0, 0.0], "the top layer goes first");
+        }
+        let full = load_hf(&out, &device).unwrap();
+        let masked = full.forward(
+            ids(fx.config.vocab_size, &device),
+            Some(&masks.to_masks(&device)),
+        );
+        let dense = consolidate(&full, &masks).unwrap();
+        assert_eq!(dense.config().num_hidden_layers, 1);
+        let plain = dense.forward(ids(fx.config.vocab_size, &device), None);
+        let difference: f32 = (masked - plain).abs().max().into_scalar();
+        assert!(difference < 1e-4, "{name}: {difference}");
+    }
+
+    // Bad combinations are refused before compute, naming the key.
+    for (table, key) in [
+        (
+            format!(
+                "model = {{ path = \"m\" }}\nmethod = \"layer-drop\"\ndrop_layers_by = \"block_influence\"\n{target}"
+            ),
+            "data",
+        ),
+        (
+            format!(
+                "model = {{ path = \"m\" }}\nmethod = \"magnitude\"\ndrop_layers_by = \"block_influence\"\n{target}"
+            ),
+            "drop_layers_by",
+        ),
+    ] {
+        let error = run_stage(
+            &PruneStage,
+            &table,
+            &[("model", fx.model.as_path())],
+            &fx.root.path().join("refused"),
+            &fx.root.path().join("s"),
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap_err();
+        match error {
+            StageError::Config { key: got, .. } => assert_eq!(got, key, "{table}"),
+            other => panic!("{other}"),
+        }
+    }
+}
+
 #[test]
 fn a_target_larger_than_the_source_fails_before_compute() {
     let fx = fixture();

@@ -111,12 +111,14 @@ pub struct MemoryEstimate {
     /// `optimizer_bytes` wait in host memory between steps and meet the device only during the
     /// update, when the activations are gone and the gradients are being consumed.
     pub optimizer_on_host: bool,
+    /// A frozen distillation teacher ([`teacher_bytes`]); 0 without one.
+    pub teacher_bytes: u64,
 }
 
 impl MemoryEstimate {
     /// Peak device bytes.
     pub fn total_bytes(&self) -> u64 {
-        let always = self.weights_bytes + self.masks_bytes;
+        let always = self.weights_bytes + self.masks_bytes + self.teacher_bytes;
         let backward = self.gradients_bytes + self.activations_bytes;
         if self.optimizer_on_host {
             always + backward.max(self.optimizer_bytes)
@@ -133,6 +135,7 @@ impl MemoryEstimate {
             ("adam", self.optimizer_bytes),
             ("masks", self.masks_bytes),
             ("activations", self.activations_bytes),
+            ("teacher", self.teacher_bytes),
         ]
         .into_iter()
         .filter(|(_, bytes)| *bytes > 0)
@@ -181,6 +184,23 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// Bytes a frozen distillation teacher (`train.distill`) adds to a training step: its weights in the
+/// compute dtype and its forward pass at `shape` (no autodiff: one layer at a time), plus its logits
+/// `[batch, seq, vocab]` in fp32, which stay on the device until the student's loss has used them.
+pub fn teacher_bytes(teacher: &LlamaConfig, shape: StepShape, precision: Precision) -> u64 {
+    let forward = estimate(
+        teacher,
+        Step::Forward,
+        shape,
+        MemoryOptions {
+            precision,
+            ..MemoryOptions::FP32
+        },
+    );
+    let tokens = (shape.micro_batch * shape.seq_len) as u64;
+    forward.total_bytes() + tokens * teacher.vocab_size as u64 * 4
+}
+
 /// Number of L0 parameters (`z_loga` of each module plus its two Lagrange multipliers) for pruning
 /// `config` with `modules`. Head masks have one unit per key/value group (see [`super::Masks`]).
 pub fn l0_parameter_count(config: &LlamaConfig, modules: &[PruningModule]) -> u64 {
@@ -227,6 +247,7 @@ pub fn estimate(
                 gradients_bytes: gradient_buffers * parameters * fp32,
                 optimizer_bytes: 2 * parameters * fp32,
                 optimizer_on_host: options.optimizer_offload,
+                teacher_bytes: 0,
                 masks_bytes: 0,
                 activations_bytes: training_elements(
                     config,
@@ -252,6 +273,7 @@ pub fn estimate(
                 gradients_bytes: gradient_buffers * parameters * fp32,
                 optimizer_bytes: 2 * parameters * fp32,
                 optimizer_on_host: options.optimizer_offload,
+                teacher_bytes: 0,
                 // value, gradient, two AdamW moments, the sampled mask
                 masks_bytes: 5 * l0_parameter_count(config, &modules) * fp32,
                 activations_bytes: training_elements(
@@ -437,6 +459,7 @@ mod tests {
                 masks_bytes: 0,
                 activations_bytes: (2 * 258 + 129) * 4,
                 optimizer_on_host: false,
+                teacher_bytes: 0,
             }
         );
         assert_eq!(estimate.total_bytes(), 1488 + 1488 + 2976 + 2580);
@@ -592,6 +615,25 @@ mod tests {
         }
     }
 
+    /// A distillation teacher adds its forward pass and its kept logits, always on the device.
+    #[test]
+    fn a_teacher_adds_its_forward_and_its_logits() {
+        let config = tiny();
+        let forward = estimate(&config, Step::Forward, shape(1, 3), MemoryOptions::FP32);
+        let teacher = teacher_bytes(&config, shape(1, 3), Precision::Fp32);
+        assert_eq!(teacher, forward.total_bytes() + 3 * 10 * 4);
+        let mut step = estimate(
+            &config,
+            Step::Train { grad_accum: 1 },
+            shape(1, 3),
+            MemoryOptions::FP32,
+        );
+        let without = step.total_bytes();
+        step.teacher_bytes = teacher;
+        assert_eq!(step.total_bytes(), without + teacher);
+        assert!(step.describe().contains("teacher"), "{}", step.describe());
+    }
+
     #[test]
     fn describes_parts_in_gib() {
         let estimate = MemoryEstimate {
@@ -601,6 +643,7 @@ mod tests {
             masks_bytes: 1_600_000,
             activations_bytes: (7.9 * GIB) as u64,
             optimizer_on_host: false,
+            teacher_bytes: 0,
         };
         assert_eq!(
             estimate.describe(),

@@ -127,12 +127,11 @@ impl Preview {
              = {}), or shorten seq_len (now {}){switches}",
             batch.batch_size, shape.micro_batch, batch.seq_len
         );
-        self.add_memory(
-            memory::estimate(model, step, shape, options),
-            shape,
-            options,
-            advice,
-        );
+        let mut estimate = memory::estimate(model, step, shape, options);
+        if let Some(teacher) = &batch.teacher {
+            estimate.teacher_bytes = memory::teacher_bytes(teacher, shape, batch.precision);
+        }
+        self.add_memory(estimate, shape, options, advice);
     }
 
     /// The facts as one line.
@@ -149,6 +148,8 @@ pub struct StepBatch {
     pub activation_checkpointing: bool,
     pub optimizer_offload: bool,
     pub precision: Precision,
+    /// A distillation teacher's config (`train.distill`), when known.
+    pub teacher: Option<LlamaConfig>,
 }
 
 /// A stage's peak-memory estimate as `plan --json` shows it (`preview.memory`).

@@ -337,6 +337,7 @@ impl PruneConfig {
             activation_checkpointing: self.activation_checkpointing,
             optimizer_offload: self.optimizer_offload,
             precision,
+            teacher: None,
         }
     }
 

@@ -40,7 +40,7 @@ use crate::stage::{
 use crate::train::driver::{self, DriverParts, DriverSettings, NonFinitePolicy};
 use crate::train::optim::AdamWSettings;
 use crate::train::schedule::LrSchedule;
-use crate::train::trainer::LmStep;
+use crate::train::trainer::{LmStep, Teacher};
 
 /// `init = { config = { ... } }`: a randomly initialised model; keys are Hugging Face `config.json` keys.
 /// `vocab_size`, `bos_token_id` and `eos_token_id` default to the tokenizer's.
@@ -48,6 +48,25 @@ use crate::train::trainer::LmStep;
 #[serde(deny_unknown_fields)]
 pub struct InitSpec {
     pub config: toml::Table,
+}
+
+/// `train.distill`: loss = (1 − alpha)·CE + alpha·T²·KL(teacher ‖ student) on the logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// A Hugging Face model folder with the student's vocabulary (usually the unpruned source).
+    pub teacher: InputRef,
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+}
+
+fn default_alpha() -> f64 {
+    0.5
+}
+fn default_temperature() -> f64 {
+    1.0
 }
 
 /// The `train` stage table.
@@ -119,6 +138,10 @@ pub struct TrainConfig {
     /// `seed` and `seq_len` as that stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_windows_of: Option<InputRef>,
+    /// Logit distillation from a frozen teacher (Minitron): `distill = { teacher = { stage =
+    /// "source" }, alpha = 0.5, temperature = 1.0 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
     /// Overrides `[settings] seed` for this stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -202,6 +225,7 @@ impl TrainConfig {
             activation_checkpointing: self.activation_checkpointing,
             optimizer_offload: self.optimizer_offload,
             precision,
+            teacher: None,
         }
     }
 
@@ -363,6 +387,26 @@ impl TrainConfig {
                 ),
             );
         }
+        if let Some(distill) = &self.distill {
+            if !(0.0..=1.0).contains(&distill.alpha) {
+                return fail(
+                    "distill.alpha",
+                    format!(
+                        "{} must be in [0, 1] (the weight of the KL term; Minitron uses 1.0, 0.5 mixes in the LM loss)",
+                        distill.alpha
+                    ),
+                );
+            }
+            if !(distill.temperature.is_finite() && distill.temperature > 0.0) {
+                return fail(
+                    "distill.temperature",
+                    format!(
+                        "{} must be a positive number (1.0 is plain logits)",
+                        distill.temperature
+                    ),
+                );
+            }
+        }
         self.loading.validate().map_err(loading_error)?;
         if let LoadingConfig::Dynamic(dynamic) = &self.loading {
             if self.eval_batches == 0 {
@@ -449,7 +493,12 @@ impl Stage for TrainStage {
             let step = Step::Train {
                 grad_accum: config.grad_accum.max(1),
             };
-            preview.add_step_memory(model_config, step, config.step_batch(inputs.precision));
+            let mut batch = config.step_batch(inputs.precision);
+            batch.teacher = config
+                .distill
+                .as_ref()
+                .and_then(|_| inputs.model_config("distill.teacher"));
+            preview.add_step_memory(model_config, step, batch);
         }
         preview
     }
@@ -605,6 +654,29 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
     // Matrix products in `settings.precision`; the parameters (and so the optimiser and every
     // checkpoint) stay fp32.
     let model = model.with_precision(ctx.settings.precision);
+    let teacher = match &config.distill {
+        None => None,
+        Some(distill) => {
+            let dir = ctx.input("distill.teacher")?;
+            let teacher = load_hf(dir, &device)
+                .map_err(|error| StageError::input("distill.teacher", error.to_string()))?;
+            let teacher_vocab = teacher.config().vocab_size;
+            if teacher_vocab != model_vocab {
+                return Err(StageError::input(
+                    "distill.teacher",
+                    format!(
+                        "the teacher's vocabulary has {teacher_vocab} tokens, the student's {model_vocab}; logit \
+                         distillation needs one tokenizer (distil from the model this one was pruned from)"
+                    ),
+                ));
+            }
+            Some(Teacher {
+                model: teacher.with_precision(ctx.settings.precision),
+                alpha: distill.alpha,
+                temperature: distill.temperature,
+            })
+        }
+    };
 
     let settings = config.driver_settings();
     let eval = if config.eval_batches > 0 {
@@ -648,6 +720,7 @@ fn run_train(config: &TrainConfig, ctx: &StageContext<'_>) -> Result<(), StageEr
         &mut LmStep {
             schedule: config.schedule(),
             activation_checkpointing: config.activation_checkpointing,
+            teacher,
         },
         &settings,
         DriverParts {
@@ -1143,6 +1216,154 @@ pub(crate) mod tests {
         );
         let log = std::fs::read_to_string(resumed.out.join("metrics.jsonl")).unwrap();
         assert_eq!(log.lines().filter(|l| l.contains("\"train\"")).count(), 4);
+    }
+
+    /// Logit distillation: with alpha = 0 it is plain training (the KL term has no weight); with
+    /// alpha = 1 and the teacher equal to the student's own starting point the first step's KL is 0
+    /// and the run logs both parts; a teacher of another vocabulary is refused before training.
+    #[test]
+    fn distillation_mixes_the_teacher_in_and_checks_its_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        write_fixture(&data, 2000);
+        let base =
+            "steps = 3\nbatch_size = 2\nseq_len = 8\nlr = 3e-3\nwarmup_steps = 0\neval_batches = 1";
+        let run_of = |name: &str| Run {
+            out: dir.path().join(format!("{name}/out")),
+            scratch: dir.path().join(format!("{name}/scratch")),
+        };
+        let run_with_teacher = |name: &str, extra: &str, teacher: &Path| {
+            let run = run_of(name);
+            StageRun::with_dirs(&run.out, &run.scratch)
+                .settings(Settings::for_tests())
+                .input("data", &data)
+                .input("distill.teacher", teacher)
+                .run_with(
+                    &TrainStage,
+                    &table(&format!("{base}\n{extra}")),
+                    &NullReporter,
+                    CancelFlag::default(),
+                )
+                .map(|()| run)
+        };
+        // The teacher: a model trained by the same stage.
+        let teacher = run_of("teacher");
+        run_stage(
+            &table(base),
+            &data,
+            &teacher,
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
+
+        let plain = run_of("plain");
+        run_stage(
+            &table(base),
+            &data,
+            &plain,
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap();
+        let weightless = run_with_teacher(
+            "weightless",
+            "distill = { teacher = { path = \"t\" }, alpha = 0.0 }",
+            &teacher.out,
+        )
+        .unwrap();
+        let values = |run: &Run| f32_values(&run.out.join("model.safetensors"));
+        let difference = values(&plain)
+            .iter()
+            .zip(values(&weightless))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            difference <= 1e-7,
+            "alpha 0 changed the weights by {difference}"
+        );
+
+        let distilled = run_with_teacher(
+            "distilled",
+            "distill = { teacher = { path = \"t\" }, alpha = 1.0, temperature = 2.0 }",
+            &teacher.out,
+        )
+        .unwrap();
+        assert_ne!(values(&distilled), values(&plain));
+        // The checkpointed backward computes the same distillation step.
+        let checkpointed = run_with_teacher(
+            "distilled-checkpointed",
+            "distill = { teacher = { path = \"t\" }, alpha = 1.0, temperature = 2.0 }\nactivation_checkpointing = true",
+            &teacher.out,
+        )
+        .unwrap();
+        let difference = values(&distilled)
+            .iter()
+            .zip(values(&checkpointed))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            difference < 1e-4,
+            "checkpointed distillation differs by {difference}"
+        );
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(distilled.out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .filter(|line: &serde_json::Value| line["kind"] == "train")
+                .collect();
+        assert_eq!(lines.len(), 3);
+        for line in &lines {
+            let (loss, kl) = (
+                line["loss"].as_f64().unwrap(),
+                line["kl_loss"].as_f64().unwrap(),
+            );
+            assert!(line["ce_loss"].as_f64().unwrap() > 0.0, "{line}");
+            assert!(
+                (loss - kl).abs() <= 1e-5 * loss.abs().max(1e-3),
+                "alpha 1: loss = KL: {line}"
+            );
+        }
+
+        // Another vocabulary: refused with the key, before any step.
+        let config_path = teacher.out.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        config["vocab_size"] = serde_json::json!(config["vocab_size"].as_u64().unwrap() + 1);
+        let other = dir.path().join("other-teacher");
+        std::fs::create_dir_all(&other).unwrap();
+        for file in std::fs::read_dir(&teacher.out).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, other.join(file.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(other.join("config.json"), config.to_string()).unwrap();
+        let error = run_with_teacher(
+            "mismatch",
+            "distill = { teacher = { path = \"t\" } }",
+            &other,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("distill.teacher") || error.contains("vocab"),
+            "{error}"
+        );
+        assert!(!dir.path().join("mismatch/out/model.safetensors").exists());
+        // Bad values name their key.
+        let bad = TrainStage
+            .normalize(
+                &toml::from_str(&format!(
+                    "{TINY_INIT}\n{base}\ndistill = {{ teacher = {{ path = \"t\" }}, alpha = 1.5 }}"
+                ))
+                .unwrap(),
+            )
+            .and_then(|table| TrainStage.validate(&table));
+        match bad {
+            Err(StageError::Config { key, .. }) => assert_eq!(key, "distill.alpha"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

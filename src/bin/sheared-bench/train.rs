@@ -236,6 +236,7 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         &mut LmStep {
             schedule,
             activation_checkpointing: false,
+            teacher: None,
         },
         &settings,
         parts,

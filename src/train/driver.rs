@@ -44,7 +44,7 @@ use crate::model::batch::causal_lm_batch_flat;
 use crate::progress::{CancelFlag, Reporter};
 use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::clip::clip_global_norm;
-use crate::train::optim::offload_to_host;
+use crate::train::optim::{check_host_default, offload_to_host};
 
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -242,6 +242,8 @@ pub enum TrainError {
     NonFiniteWeights { step: u64, checkpoint: String },
     #[error("cancelled after step {step}; the next run resumes from {checkpoint}")]
     Cancelled { step: u64, checkpoint: String },
+    #[error("optimizer_offload: {0}")]
+    Offload(String),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -648,6 +650,9 @@ pub fn run<S: TrainStep>(
         mut policy,
         eval,
     } = parts;
+    if settings.optimizer_offload {
+        check_host_default().map_err(TrainError::Offload)?;
+    }
     let domains = policy.domains().to_vec();
     let checkpoint_root = scratch_dir.join(CHECKPOINT_DIR);
     let metrics_path = scratch_dir.join(METRICS_FILE);

@@ -168,7 +168,16 @@ fn compare_across_recipe_files_that_extend_one_base() {
     );
     assert!(lines[2].contains("3.2000 (+0.1000)"), "{table}");
     assert!(table.contains("reused: prep"), "{table}\n{stderr}");
-    // A second run finds everything cached.
+    // A second run finds everything cached, and `plan` shows the two files' nodes the same way.
     let (events, _) = ok(dir, &["run", "base.toml", "lr2.toml", "--json"]);
     assert!(!events.contains("\"committed\""), "{events}");
+    let (plan, _) = ok(dir, &["plan", "base.toml", "lr2.toml"]);
+    assert!(plan.contains("train[lr2]"), "{plan}");
+    assert_eq!(
+        plan.lines()
+            .filter(|line| line.starts_with("cached"))
+            .count(),
+        5,
+        "{plan}"
+    );
 }

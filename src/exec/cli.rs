@@ -64,7 +64,9 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
-    pub recipe: PathBuf,
+    /// One or more recipes, planned together as `run` plans them (shared stages are one node).
+    #[arg(required = true)]
+    pub recipes: Vec<PathBuf>,
     #[command(flatten)]
     pub options: RecipeOptions,
     /// One JSON document instead of a table.
@@ -173,11 +175,7 @@ pub fn run(args: &RunArgs, registry: &Registry) -> anyhow::Result<()> {
 
 /// `sheared plan`.
 pub fn plan(args: &PlanArgs, registry: &Registry) -> anyhow::Result<()> {
-    let plan = plan_recipes(
-        std::slice::from_ref(&args.recipe),
-        &args.options.load_options(),
-        registry,
-    )?;
+    let plan = plan_recipes(&args.recipes, &args.options.load_options(), registry)?;
     let store = open_store(&args.options.cache)?;
     let statuses = plan_status(&plan, &store)?;
     let previews = crate::plan::preview::previews(&plan, &statuses, &store, registry);

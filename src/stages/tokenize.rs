@@ -136,6 +136,32 @@ impl TokenizeConfig {
                 "set either `eval_fraction` or `eval_documents`, not both",
             ));
         }
+        // Every domain needs held-out text: the eval stages and dynamic loading read per-domain
+        // losses from it, and the stage itself refuses an empty eval split. Say so now, before a
+        // whole corpus is read and tokenized for nothing.
+        for name in self.domains.keys() {
+            let nothing_held_out = match self.split_for(name) {
+                EvalSplit::Documents(count) => count == 0,
+                EvalSplit::Fraction(fraction) => fraction <= 0.0,
+            };
+            if nothing_held_out {
+                let key = if self.domain_settings.contains_key(name) {
+                    format!("domain_settings.{name}")
+                } else if self.eval_documents.is_some() {
+                    "eval_documents".into()
+                } else {
+                    "eval_fraction".into()
+                };
+                return Err(StageError::config(
+                    key,
+                    format!(
+                        "domain `{name}` would hold out nothing, but every domain needs an eval split (per-domain \
+                         losses for evaluation and dynamic loading); use eval_fraction > 0 (e.g. 0.05) or \
+                         eval_documents >= 1"
+                    ),
+                ));
+            }
+        }
         self.tokenizer_source_config()?;
         if self.seq_len == 0 {
             return Err(StageError::config("seq_len", "must be at least 1"));
@@ -372,6 +398,21 @@ mod tests {
             "{base}domain_settings = {{ wbe = {{ text_field = \"x\" }} }}"
         ));
         assert!(message.contains("did you mean `web`"), "{message}");
+        // Nothing held out can never work: refused before a byte is read.
+        for (extra, key) in [
+            ("eval_fraction = 0.0", "eval_fraction"),
+            ("eval_documents = 0", "eval_documents"),
+            (
+                "domain_settings = { web = { eval_documents = 0 } }",
+                "domain_settings.web",
+            ),
+        ] {
+            let message = key_of(&format!("{base}{extra}"));
+            assert!(
+                message.starts_with(&format!("{key}:")) && message.contains("eval_fraction > 0"),
+                "{message}"
+            );
+        }
         assert!(
             key_of("domains = { web = \"w\" }\ntokenizer = { path = \"t\" }\nseq_len = 8")
                 .starts_with("domains.web:")

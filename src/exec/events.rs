@@ -54,7 +54,9 @@ impl Output {
         if json {
             Output::Json(Mutex::new(std::io::stdout()))
         } else if std::io::stderr().is_terminal() {
-            Output::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+            let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            super::logging::draw_logs_above(&bars);
+            Output::Bars(bars)
         } else {
             Output::Lines
         }
@@ -136,8 +138,18 @@ fn human(event: &Event) -> String {
 
 /// The style of a stage bar once it reports progress.
 pub fn progress_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner} {prefix:<24} {elapsed:>6} {bar:30} {pos}/{len} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+    ProgressStyle::with_template(
+        "{spinner} {prefix:<24} {elapsed:>6} {bar:30} {pos}/{len} {rate:>10} eta {eta:<4} {msg}",
+    )
+    .map(|style| {
+        style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.1}/s", state.per_sec());
+            },
+        )
+    })
+    .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 pub fn format_seconds(seconds: f64) -> String {

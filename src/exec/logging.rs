@@ -126,7 +126,7 @@ pub fn init() {
     use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| ConsoleLine(Vec::new()))
         .with_target(false)
         .with_filter(filter);
     let stage_filter = EnvFilter::try_from_env("SHEARED_STAGE_LOG")
@@ -135,6 +135,42 @@ pub fn init() {
         .with(stderr)
         .with(StageLogLayer.with_filter(stage_filter))
         .try_init();
+}
+
+/// The live bars on the terminal, once `sheared run` draws them ([`draw_logs_above`]).
+static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+
+/// Route console log lines through `bars`, so that a warning printed while stages run appears above
+/// the live bars instead of tearing them (and leaving stale bar frames in the scrollback).
+pub fn draw_logs_above(bars: &indicatif::MultiProgress) {
+    let _ = BARS.set(bars.clone());
+}
+
+/// One formatted console log line, written whole when dropped: through the bars when they are drawn,
+/// straight to stderr otherwise.
+struct ConsoleLine(Vec<u8>);
+
+impl std::io::Write for ConsoleLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ConsoleLine {
+    fn drop(&mut self) {
+        let text = std::mem::take(&mut self.0);
+        let write = || {
+            let _ = std::io::stderr().write_all(&text);
+        };
+        match BARS.get() {
+            Some(bars) => bars.suspend(write),
+            None => write(),
+        }
+    }
 }
 
 /// The [`Reporter`] a running stage gets: log lines, a live bar on a terminal, and occasional plain

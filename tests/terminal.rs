@@ -66,8 +66,25 @@ fn a_terminal_shows_a_live_bar_per_running_stage() {
     write_corpus(dir.path());
     std::fs::write(dir.path().join("r.toml"), RECIPE).unwrap();
     let name = format!("sheared-test-{}", std::process::id());
+    // The pane's shell gets its environment from the tmux server, which may predate this test:
+    // pass on what the binary needs (the libtorch half sets a device and a library path).
+    let exports: String = [
+        "SHEARED_DEVICE",
+        "LD_LIBRARY_PATH",
+        "LIBTORCH",
+        "LIBTORCH_USE_PYTORCH",
+    ]
+    .iter()
+    .filter_map(|name| {
+        let value = std::env::var(name).ok()?;
+        Some(format!(
+            "export {name}={}; ",
+            shell_quote(Path::new(&value))
+        ))
+    })
+    .collect();
     let command = format!(
-        "cd {} && SHEARED_CACHE=cache {} run r.toml; echo RUN-ENDED; sleep 60",
+        "{exports}cd {} && SHEARED_CACHE=cache {} run r.toml; echo RUN-ENDED; sleep 60",
         shell_quote(dir.path()),
         shell_quote(Path::new(SHEARED))
     );

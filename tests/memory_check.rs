@@ -5,23 +5,24 @@
 
 mod common;
 
-use common::{sheared, text, write_corpus};
+use common::{CORPUS_TOKENS_STAGE, sheared, text, write_corpus};
 
 /// The model's vocabulary is the trained tokenizer's, so the train stage's estimate is known once
 /// `tokens` has run (a small corpus can stop short of `vocab_size`).
-const RECIPE: &str = r#"
+/// The recipe: [`CORPUS_TOKENS_STAGE`] and what this test adds.
+fn recipe() -> String {
+    format!("{HEAD}{CORPUS_TOKENS_STAGE}{TAIL}")
+}
+
+const HEAD: &str = r#"
 name = "memory"
 
 [settings]
 device_memory_gb = 0.001
 
-[stages.tokens]
-kind = "tokenize"
-domains = { web = { path = "web.jsonl" }, code = { path = "code.jsonl" } }
-tokenizer = { train = { vocab_size = 300 } }
-seq_len = 16
-eval_documents = 2
+"#;
 
+const TAIL: &str = r#"
 [stages.train]
 kind = "train"
 init = { config = { hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 4, max_position_embeddings = 32 } }
@@ -59,7 +60,7 @@ fn stage<'a>(plan: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
 fn a_stage_that_cannot_fit_is_refused_before_it_computes() {
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
-    std::fs::write(dir.path().join("recipe.toml"), RECIPE).unwrap();
+    std::fs::write(dir.path().join("recipe.toml"), recipe()).unwrap();
 
     let output = sheared(
         dir.path(),

@@ -10,18 +10,19 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{SHEARED, write_corpus};
+use common::{CORPUS_TOKENS_STAGE, SHEARED, write_corpus};
 
-const RECIPE: &str = r#"
+/// The recipe: [`CORPUS_TOKENS_STAGE`] and what this test adds.
+fn recipe() -> String {
+    format!("{HEAD}{CORPUS_TOKENS_STAGE}{TAIL}")
+}
+
+const HEAD: &str = r#"
 name = "terminal"
 
-[stages.tokens]
-kind = "tokenize"
-domains = { web = { path = "web.jsonl" }, code = { path = "code.jsonl" } }
-tokenizer = { train = { vocab_size = 300 } }
-seq_len = 16
-eval_documents = 2
+"#;
 
+const TAIL: &str = r#"
 [stages.train]
 kind = "train"
 init = { config = { hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 4, max_position_embeddings = 32 } }
@@ -64,7 +65,7 @@ fn a_terminal_shows_a_live_bar_per_running_stage() {
     }
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
-    std::fs::write(dir.path().join("r.toml"), RECIPE).unwrap();
+    std::fs::write(dir.path().join("r.toml"), recipe()).unwrap();
     let name = format!("sheared-test-{}", std::process::id());
     // The pane's shell gets its environment from the tmux server, which may predate this test:
     // pass on what the binary needs (the libtorch half sets a device and a library path).

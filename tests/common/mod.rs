@@ -7,6 +7,17 @@ use std::process::{Command, Output};
 
 pub const SHEARED: &str = env!("CARGO_BIN_EXE_sheared");
 
+/// A `tokens` stage over the `web` and `code` files of [`write_corpus`]: a 300-token BPE trained on
+/// them, sequences of 16, two held-out documents per domain.
+pub const CORPUS_TOKENS_STAGE: &str = r#"
+[stages.tokens]
+kind = "tokenize"
+domains = { web = { path = "web.jsonl" }, code = { path = "code.jsonl" } }
+tokenizer = { train = { vocab_size = 300 } }
+seq_len = 16
+eval_documents = 2
+"#;
+
 /// The stages of `pipelines/sheared.toml` (with a `source` stage), in run order.
 pub const PIPELINE_STAGES: [&str; 7] = [
     "tokenize",

@@ -1,5 +1,6 @@
 //! The peak-memory estimate ([`sheared::model::memory`]) against a measured CPU run: real training
-//! steps of a small LLaMA (dense `train`, and L0 `prune` steps with all four masks) on burn's CPU
+//! steps of a small LLaMA (dense `train`, L0 `prune` steps with all four masks, and dense `train` with
+//! activation checkpointing at a longer sequence) on burn's CPU
 //! backend, peak RSS growth read from `/proc/self/status` (`VmHWM`). Each workload runs in a fresh
 //! process (this test binary re-executed with `SHEARED_MEASURE=<workload>`): memory a previous
 //! workload freed stays in the allocator and would hide the next one's growth, and no other test
@@ -113,6 +114,42 @@ fn measure_train(config: &LlamaConfig) -> u64 {
     status_bytes("VmHWM") - baseline
 }
 
+/// Tokens of the checkpointed workload: long enough that one layer's unfused attention scores
+/// (`2 × [2, 8, 1024, 1024]` fp32, 128 MiB) would dwarf the blockwise attention's blocks.
+const LONG_SHAPE: StepShape = StepShape {
+    micro_batch: 2,
+    seq_len: 1024,
+};
+
+/// Two dense training steps with activation checkpointing (blockwise attention) at [`LONG_SHAPE`].
+fn measure_train_checkpointed(config: &LlamaConfig) -> u64 {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let rows = tokens(
+        LONG_SHAPE.micro_batch,
+        LONG_SHAPE.seq_len + 1,
+        config.vocab_size,
+    );
+    let baseline = reset_peak();
+    let mut model = Llama::new(config, &device);
+    let mut optimizer = AdamWSettings::default().build();
+    for _ in 0..2 {
+        let (inputs, targets) = sheared::model::batch::causal_lm_batch_flat(
+            &rows,
+            LONG_SHAPE.micro_batch,
+            LONG_SHAPE.seq_len,
+            &device,
+        );
+        let backward = model.backward_checkpointed(inputs, None, |logits| {
+            cross_entropy(logits, targets) // [1]
+        });
+        let (grads, _) = clip_global_norm(backward.gradients, &model, 1.0);
+        model = optimizer.step(1e-4, model, grads);
+    }
+    drop(model);
+    status_bytes("VmHWM") - baseline
+}
+
 /// Two L0 pruning steps of the same model with all four masks.
 fn measure_prune(config: &LlamaConfig) -> u64 {
     let table: toml::Table = format!(
@@ -172,6 +209,7 @@ fn measured_cpu_peaks_are_within_the_stated_factor_of_the_estimate() {
         let measured = match workload.as_str() {
             "train" => measure_train(&config),
             "prune" => measure_prune(&config),
+            "train-checkpointed" => measure_train_checkpointed(&config),
             other => panic!("unknown workload {other}"),
         };
         println!("measured_bytes={measured}");
@@ -201,6 +239,19 @@ fn measured_cpu_peaks_are_within_the_stated_factor_of_the_estimate() {
                 MemoryOptions::FP32,
             ),
             measure_in_child("prune"),
+        ),
+        (
+            "train-checkpointed",
+            memory::estimate(
+                &config,
+                Step::Train { grad_accum: 1 },
+                LONG_SHAPE,
+                MemoryOptions {
+                    activation_checkpointing: true,
+                    ..MemoryOptions::FP32
+                },
+            ),
+            measure_in_child("train-checkpointed"),
         ),
     ];
     for (name, estimate, measured) in cases {

@@ -14,6 +14,8 @@
 //! `x_L`, whose backward gives `∂loss/∂x_L`; each layer, from the last, reruns with a graph from a
 //! leaf `x_l` and back-propagates the surrogate `sum(layer(x_l) ⊙ ∂loss/∂x_{l+1})`, whose gradient
 //! with respect to `x_l` and to the layer's weights is exactly the chain rule's; the embedding last.
+//! A layer's attention is computed block by block in both directions ([`blockwise_attention`]), so
+//! no pass holds its `[batch, heads, seq, seq]` scores (see [`Llama::layer_backward`]).
 //! The pruning masks enter every pass as leaves of their own; their gradients add up over the
 //! passes and go back to the caller, who pushes them into whatever made the masks (the L0 module)
 //! with [`Masks::surrogate`]. The result equals the plain backward up to the order of floating-point
@@ -21,9 +23,10 @@
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Gradients, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
-use super::llama::{HiddenMask, Llama, Masks};
+use super::blockwise_attention;
+use super::llama::{HiddenMask, Llama, Masks, Rope};
 
 /// What one checkpointed forward + backward pass gives.
 pub struct CheckpointedBackward {
@@ -65,63 +68,171 @@ impl Llama {
             layer_inputs.push(x.clone());
             let layer_masks =
                 inner_model.layer_masks(inner_masks.as_ref(), inner_hidden.as_ref(), index);
-            x = layer.forward(x, &inner_rope, layer_masks, precision); // [batch, seq, hidden]
+            let context = layer
+                .attention_inputs(x.clone(), &inner_rope, &layer_masks, precision)
+                .map(|(query, key, value)| {
+                    blockwise_attention::forward(&query, &key, &value, precision)
+                }); // [batch, heads, seq, head_dim]
+            x = layer.forward_from_context(x, context, layer_masks, precision); // [batch, seq, hidden]
         }
         drop(inner_model);
 
-        // Every pass below sees the masks as leaves; anything computed from them (the hidden mask's
-        // broadcast shape, a layer's rows) is rebuilt per pass, since a backward consumes its graph.
-        let leaves = inner_masks.as_ref().map(Masks::leaves);
-        let leaf_hidden = || {
-            leaves
-                .as_ref()
-                .and_then(|m| m.hidden_z.as_ref())
-                .map(HiddenMask::new)
-        };
-        let mut parameters = GradientsAccumulator::<Llama>::new();
-        let mut mask_gradients = MaskGradients::default();
-        let mut collect = |gradients: &mut Gradients| {
-            parameters.accumulate(self, GradientsParams::from_module(gradients, self));
-            if let Some(leaves) = &leaves {
-                mask_gradients.add(leaves, gradients);
-            }
-        };
+        // Every pass below sees the masks as fresh leaves of its own (two passes of one layer are
+        // alive at once); anything computed from them (the hidden mask's broadcast shape, a layer's
+        // rows) is rebuilt per pass, since a backward consumes its graph.
+        let mut gradients = Gradients::new(self, inner_masks.as_ref());
 
         // 2. Head and loss, from the last layer's output.
+        let pass = gradients.pass();
         let last = Tensor::from_inner(x).require_grad(); // [batch, seq, hidden]
-        let loss = loss_of_logits(self.head(last.clone(), leaf_hidden().as_ref())); // [1]
+        let loss = loss_of_logits(self.head(last.clone(), pass.hidden.as_ref())); // [1]
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        let mut gradients = loss.backward();
-        let mut upstream = last
-            .grad(&gradients)
-            .expect("the head depends on its input"); // [batch, seq, hidden]
-        collect(&mut gradients);
+        let mut backward = loss.backward();
+        let mut upstream = last.grad(&backward).expect("the head depends on its input"); // [batch, seq, hidden]
+        gradients.collect(&pass, &mut backward);
 
         // 3. Each layer from the last: recompute with a graph, back-propagate ∂loss/∂output.
         let rope = self.rope(seq, &device);
         for index in (0..self.layers.len()).rev() {
-            let input =
-                Tensor::from_inner(layer_inputs.pop().expect("one input per layer")).require_grad(); // [batch, seq, hidden]
-            let hidden = leaf_hidden();
-            let layer_masks = self.layer_masks(leaves.as_ref(), hidden.as_ref(), index);
-            let output = self.layers[index].forward(input.clone(), &rope, layer_masks, precision);
-            let surrogate = (output * Tensor::from_inner(upstream)).sum(); // [1]
-            let mut gradients = surrogate.backward();
-            upstream = input
-                .grad(&gradients)
-                .expect("a layer's output depends on its input");
-            collect(&mut gradients);
+            let input = layer_inputs.pop().expect("one input per layer"); // [batch, seq, hidden]
+            upstream = self.layer_backward(index, input, upstream, &rope, &mut gradients);
         }
 
         // 4. The embedding.
+        let pass = gradients.pass();
         let embedded = self.embed_tokens.forward(input_ids); // [batch, seq, hidden]
-        let mut gradients = (embedded * Tensor::from_inner(upstream)).sum().backward();
-        collect(&mut gradients);
+        let mut backward = (embedded * Tensor::from_inner(upstream)).sum().backward();
+        gradients.collect(&pass, &mut backward);
 
         CheckpointedBackward {
             loss: loss_value,
-            gradients: parameters.grads(),
-            mask_gradients: mask_gradients.into_masks(),
+            gradients: gradients.parameters.grads(),
+            mask_gradients: gradients.masks.into_masks(),
+        }
+    }
+
+    /// Layer `index`'s backward pass, recomputed from its `input: [batch, seq, hidden]` (inner):
+    /// `∂loss/∂output` → `∂loss/∂input` (inner), its parameters' and masks' gradients into
+    /// `gradients`.
+    ///
+    /// A layer with heads runs in two graphs so that its attention never holds `[batch, heads,
+    /// seq, seq]`: the first from the input to the attention's queries, keys and values; the
+    /// context is computed from their values block by block ([`blockwise_attention`]); the second
+    /// graph runs from leaves of the input and of the context through `o_proj` and the MLP. The
+    /// second's backward gives `∂loss/∂context`, [`blockwise_attention::backward`] turns it into
+    /// `∂loss/∂query`, `∂loss/∂key`, `∂loss/∂value`, and the surrogate `Σ sum(t ⊙ ∂loss/∂t)` over
+    /// the three back-propagates them through the first graph. The input's gradient is the sum of
+    /// the two graphs' (the residual path and the attention path).
+    fn layer_backward(
+        &self,
+        index: usize,
+        input: Tensor<3>,
+        upstream: Tensor<3>,
+        rope: &Rope,
+        gradients: &mut Gradients<'_>,
+    ) -> Tensor<3> {
+        let layer = &self.layers[index];
+        let precision = self.precision();
+
+        // The attention's inputs, with a graph from a leaf of the layer input.
+        let first = gradients.pass();
+        let first_input = Tensor::from_inner(input.clone()).require_grad(); // [batch, seq, hidden]
+        let first_masks = self.layer_masks(first.masks.as_ref(), first.hidden.as_ref(), index);
+        let attention_inputs =
+            layer.attention_inputs(first_input.clone(), rope, &first_masks, precision);
+        let values = attention_inputs.as_ref().map(|(query, key, value)| {
+            [query, key, value].map(|t| t.clone().inner()) // [batch, heads, seq, head_dim] each
+        });
+        let context = values.as_ref().map(|[query, key, value]| {
+            Tensor::from_inner(blockwise_attention::forward(query, key, value, precision))
+                .require_grad() // [batch, heads, seq, head_dim]
+        });
+
+        // The rest of the layer, from leaves of its input and of the context.
+        let second = gradients.pass();
+        let second_input = Tensor::from_inner(input).require_grad(); // [batch, seq, hidden]
+        let second_masks = self.layer_masks(second.masks.as_ref(), second.hidden.as_ref(), index);
+        let output = layer.forward_from_context(
+            second_input.clone(),
+            context.clone(),
+            second_masks,
+            precision,
+        );
+        let mut backward = (output * Tensor::from_inner(upstream)).sum().backward();
+        let mut d_input = second_input
+            .grad(&backward)
+            .expect("a layer's output depends on its input"); // [batch, seq, hidden]
+        let d_context = context.and_then(|context| context.grad(&backward));
+        gradients.collect(&second, &mut backward);
+
+        // Back through the attention to its inputs, and through the first graph.
+        if let (Some((query, key, value)), Some([query_value, key_value, value_value])) =
+            (attention_inputs, values)
+        {
+            let d_context = d_context.unwrap_or_else(|| query_value.zeros_like()); // [batch, heads, seq, head_dim]
+            let (d_query, d_key, d_value) = blockwise_attention::backward(
+                &query_value,
+                &key_value,
+                &value_value,
+                &d_context,
+                precision,
+            );
+            let surrogate = (query * Tensor::from_inner(d_query)).sum()
+                + (key * Tensor::from_inner(d_key)).sum()
+                + (value * Tensor::from_inner(d_value)).sum(); // [1]
+            let mut backward = surrogate.backward();
+            if let Some(d_first_input) = first_input.grad(&backward) {
+                d_input = d_input + d_first_input;
+            }
+            gradients.collect(&first, &mut backward);
+        }
+        d_input
+    }
+}
+
+/// The gradients of a checkpointed backward, summed over its passes.
+struct Gradients<'a> {
+    model: &'a Llama,
+    /// The masks on the inner backend, of which each pass makes leaves.
+    inner_masks: Option<&'a Masks>,
+    parameters: GradientsAccumulator<Llama>,
+    masks: MaskGradients,
+}
+
+/// One pass's mask leaves and the hidden mask built from them.
+struct Pass {
+    masks: Option<Masks>,
+    hidden: Option<HiddenMask>,
+}
+
+impl<'a> Gradients<'a> {
+    fn new(model: &'a Llama, inner_masks: Option<&'a Masks>) -> Self {
+        Gradients {
+            model,
+            inner_masks,
+            parameters: GradientsAccumulator::new(),
+            masks: MaskGradients::default(),
+        }
+    }
+
+    /// Fresh mask leaves for one pass.
+    fn pass(&self) -> Pass {
+        let masks = self.inner_masks.map(Masks::leaves);
+        let hidden = masks
+            .as_ref()
+            .and_then(|m| m.hidden_z.as_ref())
+            .map(HiddenMask::new);
+        Pass { masks, hidden }
+    }
+
+    /// Adds what `backward` (of a graph built with `pass`'s leaves) gives the parameters and masks.
+    fn collect(&mut self, pass: &Pass, backward: &mut burn::tensor::Gradients) {
+        self.parameters.accumulate(
+            self.model,
+            GradientsParams::from_module(backward, self.model),
+        );
+        if let Some(leaves) = &pass.masks {
+            self.masks.add(leaves, backward);
         }
     }
 }
@@ -187,11 +298,11 @@ struct MaskGradients {
 }
 
 impl MaskGradients {
-    fn add(&mut self, leaves: &Masks, gradients: &Gradients) {
+    fn add(&mut self, leaves: &Masks, gradients: &burn::tensor::Gradients) {
         fn add_one<const D: usize>(
             sum: &mut Option<Tensor<D>>,
             leaf: &Option<Tensor<D>>,
-            gradients: &Gradients,
+            gradients: &burn::tensor::Gradients,
         ) {
             if let Some(gradient) = leaf.as_ref().and_then(|leaf| leaf.grad(gradients)) {
                 *sum = Some(match sum.take() {
@@ -232,14 +343,18 @@ mod tests {
     }
 
     /// Checkpointed gradients equal the plain backward's: every parameter and every mask, for
-    /// MHA and GQA, tied and untied heads, with and without masks, fp32 and bf16.
+    /// MHA and GQA, tied and untied heads, with and without masks, fp32 and bf16, within one block
+    /// of query rows and over several (the checkpointed attention is blockwise).
     #[test]
     fn checkpointed_gradients_equal_the_plain_backward() {
-        for (tied, key_value_heads, with_masks, precision) in [
-            (false, 4, true, Precision::Fp32),
-            (true, 2, true, Precision::Fp32),
-            (true, 2, false, Precision::Fp32),
-            (false, 2, true, Precision::Bf16),
+        let long = blockwise_attention::QUERY_BLOCK + 9;
+        for (tied, key_value_heads, with_masks, precision, [batch, seq]) in [
+            (false, 4, true, Precision::Fp32, [2, 7]),
+            (true, 2, true, Precision::Fp32, [2, 7]),
+            (true, 2, false, Precision::Fp32, [2, 7]),
+            (false, 2, true, Precision::Bf16, [2, 7]),
+            (false, 2, true, Precision::Fp32, [1, long]),
+            (true, 4, true, Precision::Bf16, [1, long]),
         ] {
             let device = crate::model::device::for_tests().autodiff();
             device.seed(5);
@@ -248,11 +363,14 @@ mod tests {
             config.tie_word_embeddings = tied;
             config.initializer_range = 0.3;
             let model = Llama::new(&config, &device).with_precision(precision);
-            let ids: Vec<i64> = (0..2 * 7).map(|i| (i * 5 + 3) % 24).collect();
+            let ids: Vec<i64> = (0..batch * seq).map(|i| (i as i64 * 5 + 3) % 24).collect();
             let input_ids =
-                Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, 7]), &device);
+                Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), &device);
             let targets = Tensor::<2, Int>::from_data(
-                TensorData::new(ids.iter().map(|i| (i + 1) % 24).collect::<Vec<_>>(), [2, 7]),
+                TensorData::new(
+                    ids.iter().map(|i| (i + 1) % 24).collect::<Vec<_>>(),
+                    [batch, seq],
+                ),
                 &device,
             );
             let masks = with_masks.then(|| Masks {
@@ -303,11 +421,19 @@ mod tests {
                 checkpointed.loss
             );
             let mut gradients = checkpointed.gradients;
-            let case =
-                format!("tied {tied}, groups {key_value_heads}, masks {with_masks}, {precision}");
+            let case = format!(
+                "tied {tied}, groups {key_value_heads}, masks {with_masks}, {precision}, seq {seq}"
+            );
             let mut compared = 0;
+            // Over several blocks in bf16 the key and value gradients are sums of per-block bf16
+            // products (in fp32) where the unfused attention makes one bf16 product: they agree to
+            // bf16's resolution (2⁻⁸ ≈ 4e-3), not to fp32 rounding.
+            let tolerance = if precision == Precision::Bf16 && seq > 7 {
+                1e-2
+            } else {
+                1e-5
+            };
             let mut check = |name: &str, id, rank: usize| {
-                let tolerance = 1e-5;
                 let difference = if rank == 2 {
                     max_relative_difference(
                         plain_parameters.remove::<2>(id).unwrap(),
@@ -378,7 +504,10 @@ mod tests {
                         max_relative_difference(hidden_z, ours.hidden_z.unwrap()),
                     ),
                 ] {
-                    assert!(difference < 1e-5, "{case}: {name} differs by {difference}");
+                    assert!(
+                        difference < tolerance,
+                        "{case}: {name} differs by {difference}"
+                    );
                 }
             }
         }

@@ -314,33 +314,33 @@ impl Attention {
         (query, key, value)
     }
 
-    /// `x: [batch, seq, hidden]`, `head_z: [groups]` → `[batch, seq, hidden]`.
-    fn forward(
+    /// `x: [batch, seq, hidden]` → queries, keys and values `[batch, heads, seq, head_dim]` as the
+    /// attention reads them: rotated, and keys and values repeated to one per query head (GQA).
+    pub(super) fn attention_inputs(
         &self,
         x: Tensor<3>,
         rope: &Rope,
+        precision: Precision,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let repeats = self.num_heads() / self.num_key_value_heads();
+        let (query, key, value) = self.query_key_value(x, rope, precision);
+        (
+            query,
+            repeat_kv(key, repeats),   // [batch, heads, seq, head_dim]
+            repeat_kv(value, repeats), // [batch, heads, seq, head_dim]
+        )
+    }
+
+    /// The attention's context `[batch, heads, seq, head_dim]`, `head_z: [groups]` → `o_proj`'s
+    /// output `[batch, seq, hidden]`.
+    pub(super) fn output(
+        &self,
+        mut context: Tensor<4>,
         head_z: Option<Tensor<1>>,
         precision: Precision,
     ) -> Tensor<3> {
-        let [batch, seq, _] = x.dims();
-        let heads = self.num_heads();
+        let [batch, heads, seq, head_dim] = context.dims();
         let groups = self.num_key_value_heads();
-        let head_dim = self.head_dim;
-        let (query, key, value) = self.query_key_value(x, rope, precision);
-        let key = repeat_kv(key, heads / groups); // [batch, heads, seq, head_dim]
-        let value = repeat_kv(value, heads / groups); // [batch, heads, seq, head_dim]
-        let mut context = match precision {
-            // burn's attention op: fused where the backend has it (libtorch's SDPA in inference).
-            Precision::Fp32 => {
-                let options = AttentionModuleOptions {
-                    scale: None,
-                    softcap: None,
-                    is_causal: true,
-                };
-                attention(query, key, value, None, None, options) // [batch, heads, seq, head_dim]
-            }
-            _ => autocast_attention(query, key, value, precision),
-        };
         if let Some(z) = head_z {
             let per_head = z
                 .reshape([groups, 1])
@@ -352,6 +352,24 @@ impl Attention {
             .swap_dims(1, 2)
             .reshape([batch, seq, heads * head_dim]); // [batch, seq, heads·head_dim]
         project(&self.o_proj, context, precision)
+    }
+}
+
+/// Causal attention over `[batch, heads, seq, head_dim]` queries, keys and values → context, same
+/// shape. A checkpointed training step computes the same thing block by block
+/// ([`super::blockwise_attention`]).
+fn attend(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>, precision: Precision) -> Tensor<4> {
+    match precision {
+        // burn's attention op: fused where the backend has it (libtorch's SDPA in inference).
+        Precision::Fp32 => {
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: true,
+            };
+            attention(query, key, value, None, None, options) // [batch, heads, seq, head_dim]
+        }
+        _ => autocast_attention(query, key, value, precision),
     }
 }
 
@@ -470,8 +488,39 @@ impl DecoderLayer {
 
     pub(super) fn forward(
         &self,
-        mut x: Tensor<3>,
+        x: Tensor<3>,
         rope: &Rope,
+        masks: LayerMasks<'_>,
+        precision: Precision,
+    ) -> Tensor<3> {
+        let context = self
+            .attention_inputs(x.clone(), rope, &masks, precision)
+            .map(|(query, key, value)| attend(query, key, value, precision)); // [batch, heads, seq, head_dim]
+        self.forward_from_context(x, context, masks, precision)
+    }
+
+    /// The layer's first part: `input_layernorm` and the attention's queries, keys and values
+    /// `[batch, heads, seq, head_dim]` ([`Attention::attention_inputs`]) from its input `x: [batch,
+    /// seq, hidden]`; `None` when the layer has no heads.
+    pub(super) fn attention_inputs(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        masks: &LayerMasks<'_>,
+        precision: Precision,
+    ) -> Option<(Tensor<4>, Tensor<4>, Tensor<4>)> {
+        let attn = self.self_attn.as_ref()?;
+        let normed = self.input_layernorm.forward_maybe_masked(x, masks.hidden); // [batch, seq, hidden]
+        Some(attn.attention_inputs(normed, rope, precision))
+    }
+
+    /// The rest of the layer from its input `x: [batch, seq, hidden]` and the attention's
+    /// `context: [batch, heads, seq, head_dim]` (`None` when the layer has no heads): `o_proj`, the
+    /// residual, and the MLP sub-block → `[batch, seq, hidden]`.
+    pub(super) fn forward_from_context(
+        &self,
+        mut x: Tensor<3>,
+        context: Option<Tensor<4>>,
         masks: LayerMasks<'_>,
         precision: Precision,
     ) -> Tensor<3> {
@@ -484,11 +533,8 @@ impl DecoderLayer {
             }
             out
         };
-        if let Some(attn) = &self.self_attn {
-            let normed = self
-                .input_layernorm
-                .forward_maybe_masked(x.clone(), masks.hidden); // [batch, seq, hidden]
-            x = x + scale_block(attn.forward(normed, rope, masks.head_z.clone(), precision));
+        if let (Some(attn), Some(context)) = (&self.self_attn, context) {
+            x = x + scale_block(attn.output(context, masks.head_z.clone(), precision));
         }
         if let Some(mlp) = &self.mlp {
             let normed = self

@@ -24,7 +24,9 @@
 //!   per tensor from the forward pass in [`super::llama`] as burn records it (see
 //!   [`layer_saved_elements`] and [`head_saved_elements`]), times the activation dtype's bytes.
 //!   With activation checkpointing only each layer's input `[batch, seq, hidden]` is kept, and one
-//!   layer's activations exist at a time while it is recomputed. A forward-only pass (eval) keeps
+//!   pass's activations exist at a time: the head and loss, then each layer while it is recomputed,
+//!   its attention computed block by block of query rows ([`layer_recomputed_elements`]): no
+//!   `[batch, heads, seq, seq]` at all. A forward-only pass (eval) keeps
 //!   nothing: its peak is the residual stream plus one layer's transient tensors plus the logits.
 //!
 //! Not counted: the allocator's fragmentation and caching, the transient copies an optimiser step makes
@@ -34,6 +36,7 @@
 
 use serde::Serialize;
 
+use super::blockwise_attention::QUERY_BLOCK;
 use super::config::{LayerWidths, LlamaConfig};
 use super::l0::PruningModule;
 
@@ -355,6 +358,31 @@ pub fn layer_saved_elements(
     elements
 }
 
+/// Elements alive while a checkpointed step recomputes and back-propagates one layer
+/// ([`super::checkpointing`]): what [`layer_saved_elements`] counts, except that the attention runs
+/// block by block ([`super::blockwise_attention`], `B` = `min(QUERY_BLOCK, s)` query rows): instead
+/// of the softmax's `2 × [b, H, s, s]` and its row sums, one block's probabilities, their gradient
+/// and the scores' gradient `// 3 × [b, H, B, s]`, and besides them the context, its gradient and the
+/// query, key and value gradients `// 5 × [b, H, s, h]`.
+pub fn layer_recomputed_elements(
+    config: &LlamaConfig,
+    widths: LayerWidths,
+    shape: StepShape,
+    masks: MaskSet,
+) -> u64 {
+    let saved = layer_saved_elements(config, widths, shape, masks);
+    let heads = widths.num_attention_heads as u64;
+    if heads == 0 {
+        return saved;
+    }
+    let batch = shape.micro_batch as u64;
+    let seq = shape.seq_len as u64;
+    let block = QUERY_BLOCK.min(shape.seq_len) as u64;
+    let per_head = batch * seq * heads * config.head_dim as u64; // [b, H, s, h]
+    let scores = 2 * batch * heads * seq * seq + batch * heads * seq; // what the unfused softmax saves
+    saved - scores + 3 * batch * heads * block * seq + 5 * per_head
+}
+
 /// Elements saved by the head of the model in a training step: the final norm
 /// `// 2 × [b, s, d] + [b, s, 1]` (+ its output before `hidden_z`), the `lm_head` input
 /// `// [b, s, d]`, and for the loss the logits shifted by their max (saved by log-softmax's `exp`),
@@ -376,16 +404,25 @@ fn training_elements(
     activation_checkpointing: bool,
 ) -> u64 {
     let layers = config.all_layer_widths();
-    let per_layer = layers
-        .iter()
-        .map(|widths| layer_saved_elements(config, *widths, shape, masks));
     let head = head_saved_elements(config, shape, masks);
     if activation_checkpointing {
         let layer_inputs =
             layers.len() as u64 * (shape.micro_batch * shape.seq_len * config.hidden_size) as u64; // L × [b, s, d]
-        layer_inputs + per_layer.max().unwrap_or(0) + head
+        let one_layer = layers
+            .iter()
+            .map(|widths| layer_recomputed_elements(config, *widths, shape, masks))
+            .max()
+            .unwrap_or(0);
+        // The head's pass finishes (its graph freed) before the first layer is recomputed; what
+        // carries over between passes is the gradient of the residual stream.
+        let upstream = (shape.micro_batch * shape.seq_len * config.hidden_size) as u64; // [b, s, d]
+        layer_inputs + upstream + one_layer.max(head)
     } else {
-        per_layer.sum::<u64>() + head
+        layers
+            .iter()
+            .map(|widths| layer_saved_elements(config, *widths, shape, masks))
+            .sum::<u64>()
+            + head
     }
 }
 
@@ -522,8 +559,11 @@ mod tests {
             optimizer_offload: false,
         };
         let estimate = estimate(&config, Step::Train { grad_accum: 1 }, shape(1, 3), options);
-        // 2 layer inputs of 3·4 = 24, one layer 258, head 129.
-        assert_eq!(estimate.activations_bytes, (24 + 258 + 129) * 4);
+        // 2 layer inputs of 3·4 = 24, the residual's gradient 12, and the larger of the head's
+        // pass (129) and one layer recomputed: 258 saved, less the softmax's 2·(1·2·3·3) + 1·2·3
+        // = 42, plus one block of 3 rows 3·(1·2·3·3) = 54 and the context and its gradients
+        // 5·(1·2·3·2) = 60 → 330.
+        assert_eq!(estimate.activations_bytes, (24 + 12 + 330) * 4);
     }
 
     #[test]
@@ -714,7 +754,7 @@ mod llama2_7b {
         let checkpointed = prune_step(1, Precision::Bf16, true);
         assert_eq!(
             checkpointed.describe(),
-            "peak memory ≈ 143.0 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 4.9 GiB)"
+            "peak memory ≈ 140.5 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 2.4 GiB)"
         );
         assert_eq!(
             prune_step(1, Precision::Fp32, false).describe(),
@@ -723,7 +763,7 @@ mod llama2_7b {
     }
 
     /// The target of the GPU issue: pruning LLaMA2-7B on ONE 141 GB (131.3 GiB) GPU. Without
-    /// offloading the moments, bf16 + checkpointing needs 143.0 GiB; with them on the host the
+    /// offloading the moments, bf16 + checkpointing needs 140.5 GiB; with them on the host the
     /// device peak is the backward's, and micro-batches of 4 sequences (recipes/2.7b.toml) fit.
     #[test]
     fn offloaded_moments_fit_one_141_gb_gpu() {
@@ -732,7 +772,7 @@ mod llama2_7b {
         let offloaded = prune_step_with(1, Precision::Bf16, true, true);
         assert_eq!(
             offloaded.describe(),
-            "peak memory ≈ 92.8 GiB (weights 37.7 GiB, grads 50.2 GiB, masks 6.8 MiB, activations 4.9 GiB; adam 50.2 GiB on the host between steps)"
+            "peak memory ≈ 90.3 GiB (weights 37.7 GiB, grads 50.2 GiB, masks 6.8 MiB, activations 2.4 GiB; adam 50.2 GiB on the host between steps)"
         );
         let micro_4 = prune_step_with(4, Precision::Bf16, true, true);
         assert!(micro_4.total_bytes() < one_gpu, "{}", micro_4.describe());

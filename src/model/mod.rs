@@ -7,6 +7,8 @@
 //! - [`batch`]: the one builder of `input_ids`/`labels` tensors from token rows.
 //! - [`precision`]: `fp32` or `bf16` mixed precision of the matrix products.
 //! - [`checkpointing`]: per-layer activation checkpointing (`Llama::backward_checkpointed`).
+//! - [`blockwise_attention`]: causal attention forward and backward in blocks of query rows, never
+//!   the whole `[batch, heads, seq, seq]` (what a checkpointed layer recomputes with).
 //! - [`hf`]: load/save Hugging Face model folders (safetensors, sharded or not).
 //! - [`init`]: seeded normal initialisation, reproducible whatever else draws random numbers.
 //! - [`kv_cache`]: incremental decoding (`Llama::forward_cached`) for greedy generation.
@@ -21,6 +23,7 @@
 //! The I/O code transposes; everything inside the crate sees burn's layout.
 
 pub mod batch;
+pub mod blockwise_attention;
 pub mod checkpointing;
 pub mod cli;
 pub mod config;

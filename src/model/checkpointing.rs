@@ -412,11 +412,19 @@ mod tests {
             });
             let mut plain_parameters = GradientsParams::from_module(&mut plain, &model);
 
+            // Over several blocks in bf16 the context and the key and value gradients are sums of per-block bf16
+            // products (in fp32) where the unfused attention makes one bf16 product: they agree to
+            // bf16's resolution (2⁻⁸ ≈ 4e-3), not to fp32 rounding.
+            let tolerance = if precision == Precision::Bf16 && seq > 7 {
+                1e-2
+            } else {
+                1e-5
+            };
             let checkpointed = model.backward_checkpointed(input_ids, masks.as_ref(), |logits| {
                 cross_entropy(logits, targets)
             });
             assert!(
-                (checkpointed.loss - plain_loss).abs() < 1e-5 * plain_loss.abs().max(1.0),
+                (checkpointed.loss - plain_loss).abs() < tolerance * plain_loss.abs().max(1.0),
                 "{tied} {key_value_heads} {with_masks} {precision}: loss {} vs plain {plain_loss}",
                 checkpointed.loss
             );
@@ -425,14 +433,6 @@ mod tests {
                 "tied {tied}, groups {key_value_heads}, masks {with_masks}, {precision}, seq {seq}"
             );
             let mut compared = 0;
-            // Over several blocks in bf16 the key and value gradients are sums of per-block bf16
-            // products (in fp32) where the unfused attention makes one bf16 product: they agree to
-            // bf16's resolution (2⁻⁸ ≈ 4e-3), not to fp32 rounding.
-            let tolerance = if precision == Precision::Bf16 && seq > 7 {
-                1e-2
-            } else {
-                1e-5
-            };
             let mut check = |name: &str, id, rank: usize| {
                 let difference = if rank == 2 {
                     max_relative_difference(
@@ -446,7 +446,7 @@ mod tests {
                     )
                 };
                 assert!(
-                    difference < tolerance,
+                    difference < tolerance as f32,
                     "{case}: {name} differs by {difference}"
                 );
                 compared += 1;
@@ -505,7 +505,7 @@ mod tests {
                     ),
                 ] {
                     assert!(
-                        difference < tolerance,
+                        difference < tolerance as f32,
                         "{case}: {name} differs by {difference}"
                     );
                 }

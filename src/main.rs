@@ -41,6 +41,12 @@ enum Command {
     Gc(sheared::exec::cli::GcArgs),
     /// Rehash every cached object; drop entries with corrupt or missing objects.
     Verify(sheared::exec::cli::VerifyArgs),
+    /// Run one stage inside a Slurm job (what `sheared run --executor slurm` submits).
+    #[command(hide = true)]
+    StageJob {
+        /// The stage's job folder (`jobs/<key>/` in the cache).
+        folder: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,11 @@ fn main() -> ExitCode {
         Command::Dag(args) => sheared::exec::cli::dag(&args, &registry),
         Command::Gc(args) => sheared::exec::cli::gc(&args, &registry),
         Command::Verify(args) => sheared::exec::cli::verify(&args),
+        Command::StageJob { folder } => match sheared::exec::slurm::stage_job(&folder, &registry) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
         Command::Kinds => {
             for kind in registry.kinds() {
                 let about = registry

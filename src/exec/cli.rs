@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Print NDJSON events (started, cached, committed, failed, ...) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Where stages compute: `local` (this process) or `slurm` (one Slurm job per stage);
+    /// replaces `settings.executor`.
+    #[arg(long, value_name = "local|slurm")]
+    pub executor: Option<crate::stage::Executor>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -130,9 +134,30 @@ fn open_store(cache: &Path) -> anyhow::Result<Store> {
 
 /// `sheared run`.
 pub fn run(args: &RunArgs, registry: &Registry) -> anyhow::Result<()> {
-    let plan = plan_recipes(&args.recipes, &args.options.load_options(), registry)?;
-    for recipe in &plan.recipes {
+    let mut plan = plan_recipes(&args.recipes, &args.options.load_options(), registry)?;
+    for recipe in &mut plan.recipes {
         recipe.check_paths()?;
+        if let Some(executor) = args.executor {
+            recipe.settings.executor = executor;
+        }
+    }
+    let partitions: Vec<(String, String)> = plan
+        .nodes
+        .iter()
+        .filter(|node| plan.recipes[node.recipe].settings.executor == crate::stage::Executor::Slurm)
+        .map(|node| {
+            let resources = node
+                .resources
+                .over(&plan.recipes[node.recipe].settings.slurm);
+            (node.id.clone(), resources.partition.unwrap_or_default())
+        })
+        .collect();
+    if !partitions.is_empty() {
+        let named: Vec<(String, String)> = partitions
+            .into_iter()
+            .filter(|(_, partition)| !partition.is_empty())
+            .collect();
+        super::slurm::preflight(&named)?;
     }
     let store = open_store(&args.options.cache)?;
     super::install_interrupt_handler();
@@ -177,7 +202,23 @@ pub fn run(args: &RunArgs, registry: &Registry) -> anyhow::Result<()> {
 pub fn plan(args: &PlanArgs, registry: &Registry) -> anyhow::Result<()> {
     let plan = plan_recipes(&args.recipes, &args.options.load_options(), registry)?;
     let store = open_store(&args.options.cache)?;
-    let statuses = plan_status(&plan, &store)?;
+    let mut statuses = plan_status(&plan, &store)?;
+    for status in &mut statuses {
+        let Some(key) = status.record.as_ref().map(|record| record.key) else {
+            continue;
+        };
+        let folder = store.jobs_path(&key);
+        if status.status != Status::Cached
+            && folder.exists()
+            && let Some((text, alive)) = super::slurm::job_status(&folder)
+        {
+            if alive {
+                // A job a killed coordinator left: the next `sheared run` adopts it.
+                status.status = Status::Running;
+            }
+            status.job = Some(text);
+        }
+    }
     let previews = crate::plan::preview::previews(&plan, &statuses, &store, registry);
     if args.json {
         let mut stages = Vec::new();
@@ -220,6 +261,9 @@ pub fn plan(args: &PlanArgs, registry: &Registry) -> anyhow::Result<()> {
             previews[index].line()
         );
         println!("{}", line.trim_end());
+        if let Some(job) = &status.job {
+            println!("{:<8} {:<width$}   - {job}", "", "");
+        }
         if status.status != Status::Cached {
             for reason in &status.reasons {
                 println!("{:<8} {:<width$}   - {}", "", "", reason.one_line());

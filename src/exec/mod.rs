@@ -8,6 +8,7 @@ pub mod cli;
 pub mod device_memory;
 pub mod events;
 pub mod logging;
+pub mod slurm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,7 +21,9 @@ use anyhow::Context;
 
 use crate::plan::status::{Committed, KeyRecord, explain, resolve_key};
 use crate::plan::{InputSource, Plan};
-use crate::stage::{CancelFlag, PreviewInput, PreviewInputs, Registry, StageContext, StageError};
+use crate::stage::{
+    CancelFlag, Executor, PreviewInput, PreviewInputs, Registry, StageContext, StageError,
+};
 use crate::store::{Acquire, CommitRecord, FailureInfo, Store, log_tail};
 use device_memory::DeviceMemoryProbe;
 pub use events::{Event, Output};
@@ -476,6 +479,22 @@ fn panic_error(kind: &str, text: &str) -> StageError {
     ))
 }
 
+/// Runs `stage` in this thread; a panic becomes the stage's error ([`panic_error`]).
+pub(crate) fn run_caught(
+    stage: &dyn crate::stage::Stage,
+    context: &StageContext<'_>,
+    kind: &str,
+) -> Result<(), StageError> {
+    catch_unwind(AssertUnwindSafe(|| stage.run(context))).unwrap_or_else(|panic| {
+        let text = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(panic_error(kind, &text))
+    })
+}
+
 /// The preview inputs of a stage about to run: every input exists now, so previews read the real
 /// files (`config.json`, the tokenizer's manifest) rather than upstream predictions.
 fn materialised_preview_inputs<'a>(
@@ -610,10 +629,15 @@ fn execute_inner(
             log: Some(attempt.log_path.clone()),
         })
     };
-    if let Err(refusal) = memory.check(&node.id, &preview, &recipe.settings) {
+    // A Slurm job computes on another machine: this one's memory says nothing about it, unless the
+    // recipe states the compute nodes' memory (`settings.device_memory_gb`).
+    let slurm = recipe.settings.executor == Executor::Slurm;
+    if (!slurm || recipe.settings.device_memory_gb > 0.0)
+        && let Err(refusal) = memory.check(&node.id, &preview, &recipe.settings)
+    {
         return fail(refusal.to_string());
     }
-    if let Err(refusal) = memory.check_precision(&node.id, &preview, &recipe.settings) {
+    if !slurm && let Err(refusal) = memory.check_precision(&node.id, &preview, &recipe.settings) {
         return fail(refusal.to_string());
     }
     let mut started = Event::new("started", &node.id);
@@ -629,27 +653,42 @@ fn execute_inner(
         last_line: Mutex::new(None),
     };
     let span = tracing::info_span!("stage", stage = %node.id, key = %record.key.short(), log = %attempt.log_path.display());
-    let context = StageContext {
-        name: &node.stage,
-        config: &node.config,
-        inputs,
-        out_dir: attempt.out_dir.clone(),
-        scratch_dir: attempt.scratch_dir.clone(),
-        settings: &recipe.settings,
-        reporter: &reporter,
-        cancel: cancel.clone(),
-    };
+    let job_folder = store.jobs_path(&record.key);
     let clock = Instant::now();
-    let result = span.in_scope(|| {
-        catch_unwind(AssertUnwindSafe(|| stage.run(&context))).unwrap_or_else(|panic| {
-            let text = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(panic_error(&node.kind, &text))
+    let result = if slurm {
+        let spec = slurm::JobSpec {
+            id: node.id.clone(),
+            stage: node.stage.clone(),
+            kind: node.kind.clone(),
+            config: toml::to_string(&node.config).context("writing the stage's config")?,
+            inputs,
+            scratch_dir: attempt.scratch_dir.clone(),
+            settings: recipe.settings.clone(),
+        };
+        span.in_scope(|| {
+            slurm::run_stage(slurm::JobRun {
+                spec,
+                resources: node.resources.over(&recipe.settings.slurm),
+                folder: job_folder.clone(),
+                out_dir: &attempt.out_dir,
+                log: &log,
+                bar: bar.as_ref(),
+                cancel,
+            })
         })
-    });
+    } else {
+        let context = StageContext {
+            name: &node.stage,
+            config: &node.config,
+            inputs,
+            out_dir: attempt.out_dir.clone(),
+            scratch_dir: attempt.scratch_dir.clone(),
+            settings: &recipe.settings,
+            reporter: &reporter,
+            cancel: cancel.clone(),
+        };
+        span.in_scope(|| run_caught(stage, &context, &node.kind))
+    };
     let seconds = clock.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -670,6 +709,14 @@ fn execute_inner(
                 },
             )?;
             record_use(plan, store, index, record)?;
+            if job_folder.exists()
+                && let Err(error) = std::fs::remove_dir_all(&job_folder)
+            {
+                tracing::warn!(
+                    "could not remove the job folder {}: {error}",
+                    job_folder.display()
+                );
+            }
             drop(lease);
             Ok(Outcome::Committed {
                 commit: Committed {

@@ -94,6 +94,8 @@ pub struct PlanNode {
     pub members: Vec<Member>,
     /// Index of the recipe whose settings this node runs with (its first member).
     pub recipe: usize,
+    /// What its Slurm job asks for: the first member's `[stages.NAME.resources]` (not in the key).
+    pub resources: crate::stage::Resources,
 }
 
 /// The DAG of a run.
@@ -213,6 +215,7 @@ impl Plan {
                                 stage: stage_name.clone(),
                             }],
                             recipe: recipe_index,
+                            resources: decl.resources.clone(),
                         });
                         by_definition.insert(shared_key, nodes.len() - 1);
                         nodes.len() - 1

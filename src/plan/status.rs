@@ -276,6 +276,10 @@ pub struct NodeStatus {
     /// The `metrics.json` the stage wrote, when cached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Json>,
+    /// The Slurm job computing this stage, if any (`slurm job 51: RUNNING, ...`); filled by the
+    /// runner's side (`crate::exec::slurm::job_status`), which knows where jobs are recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     #[serde(skip)]
     pub record: Option<KeyRecord>,
     #[serde(skip)]
@@ -339,6 +343,7 @@ pub fn plan_status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>
             reasons: Vec::new(),
             output: None,
             metrics: None,
+            job: None,
             record: record.clone(),
             committed: None,
         };

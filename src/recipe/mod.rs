@@ -21,7 +21,7 @@ pub use merge::{did_you_mean, parse_key, parse_value, suggest};
 pub use source::{Location, SourceMap, join_dotted, split_dotted};
 pub use sweep::{Variant, variant_name};
 
-use crate::stage::{InputRef, Registry, Settings, StageError};
+use crate::stage::{InputRef, Registry, Resources, Settings, StageError};
 
 /// Why a recipe cannot be used. Each message says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,8 @@ pub struct StageDecl {
     /// The kind's normalised config (defaults filled, inputs as written with absolute paths).
     pub config: Table,
     pub inputs: Vec<InputSite>,
+    /// `[stages.NAME.resources]`: what its Slurm job asks for (not part of the key).
+    pub resources: Resources,
 }
 
 /// A loaded recipe (one sweep variant, if the file has a `[sweep]`).
@@ -288,6 +290,39 @@ fn apply_override(
         Ok(()) => return Ok(()),
         Err(failure) => failure,
     };
+    // A stage's `resources` (or one of its keys) and `settings.slurm`'s keys are the runner's, not
+    // the kind's: settable whether or not the file writes them.
+    let resources_at = match path {
+        [stages, _, resources, rest @ ..]
+            if stages.as_str() == "stages" && resources.as_str() == "resources" =>
+        {
+            Some(rest)
+        }
+        [settings, slurm, rest @ ..]
+            if settings.as_str() == "settings" && slurm.as_str() == "slurm" =>
+        {
+            Some(rest)
+        }
+        _ => None,
+    };
+    if let Some(rest) = resources_at {
+        let keys = resources_keys();
+        return match rest {
+            [] => {
+                merge::insert_path(table, path, value);
+                Ok(())
+            }
+            [key] if keys.contains(key) => {
+                merge::insert_path(table, path, value);
+                Ok(())
+            }
+            [key, ..] => Err(format!(
+                "key `{dotted}` does not exist: `{key}` is not a resources key ({}){}",
+                keys.join(", "),
+                did_you_mean(key, keys.iter().map(String::as_str))
+            )),
+        };
+    }
     // A key the stage's kind fills with a default is settable too.
     if path.len() >= 3 && path[0] == "stages" && failure.existing >= 2 {
         let stage = table
@@ -379,6 +414,17 @@ fn settings_keys() -> Vec<String> {
     let mut probe = Table::new();
     probe.insert("\u{1}".into(), Value::Integer(0));
     match Value::Table(probe).try_into::<Settings>() {
+        Err(error) => expected_fields(error.message()),
+        Ok(_) => Vec::new(),
+    }
+}
+
+/// The keys of `[stages.NAME.resources]` and `[settings.slurm]`, read from the type like
+/// [`settings_keys`].
+fn resources_keys() -> Vec<String> {
+    let mut probe = Table::new();
+    probe.insert("\u{1}".into(), Value::Integer(0));
+    match Value::Table(probe).try_into::<Resources>() {
         Err(error) => expected_fields(error.message()),
         Ok(_) => Vec::new(),
     }
@@ -519,6 +565,35 @@ fn build(
         };
         let mut raw = stage_table.clone();
         raw.remove("kind");
+        let resources = match raw.remove("resources") {
+            None => Resources::default(),
+            Some(value @ Value::Table(_)) => {
+                value.try_into().map_err(|error: toml::de::Error| {
+                    let message = error.message().trim().to_string();
+                    let field = unknown_field(&message);
+                    let path: Vec<&str> = ["stages", name.as_str(), "resources"]
+                        .into_iter()
+                        .chain(field.as_deref())
+                        .collect();
+                    at(
+                        &path,
+                        format!(
+                            "stage `{name}`: [resources]: {message}{} (keys: partition, time, memory, cpus, gpus, extra_args)",
+                            suggestion_from_message(&message)
+                        ),
+                    )
+                })?
+            }
+            Some(other) => {
+                return Err(at(
+                    &["stages", name, "resources"],
+                    format!(
+                        "stage `{name}`: `resources` must be a table (`resources = {{ gpus = 8, time = \"12:00:00\" }}`), not a {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
         let stage_error = |error: StageError| stage_error_at(sources, name, &raw, error);
         let config = kind.normalize(&raw).map_err(stage_error)?;
         kind.validate(&config).map_err(stage_error)?;
@@ -547,6 +622,7 @@ fn build(
                 kind: kind_name,
                 config,
                 inputs,
+                resources,
             },
         );
     }

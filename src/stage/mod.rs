@@ -87,6 +87,98 @@ pub struct Settings {
     /// serialised only when not fp32, so recipes that never set it keep their keys.
     #[serde(skip_serializing_if = "crate::model::precision::Precision::is_fp32")]
     pub precision: crate::model::precision::Precision,
+    /// Where stages compute: `"local"` (in this process, the default) or `"slurm"` (one Slurm job
+    /// per stage, [`crate::exec::slurm`]). Not part of any cache key.
+    #[serde(skip_serializing_if = "Executor::is_local")]
+    pub executor: Executor,
+    /// `[settings.slurm]`: every stage's Slurm job resources unless `[stages.NAME.resources]` says
+    /// otherwise. Not part of any cache key.
+    #[serde(skip_serializing_if = "Resources::is_empty")]
+    pub slurm: Resources,
+}
+
+/// Where the runner computes a stage (`settings.executor`, `sheared run --executor`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// In the `sheared run` process itself.
+    #[default]
+    Local,
+    /// As a Slurm batch job running `sheared stage-job`; `sheared run` coordinates and commits.
+    Slurm,
+}
+
+impl Executor {
+    pub fn is_local(&self) -> bool {
+        *self == Executor::Local
+    }
+}
+
+impl std::str::FromStr for Executor {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "local" => Ok(Executor::Local),
+            "slurm" => Ok(Executor::Slurm),
+            other => Err(format!(
+                "unknown executor `{other}`; use `local` or `slurm`"
+            )),
+        }
+    }
+}
+
+/// What a stage's Slurm job asks for (`[stages.NAME.resources]`, defaults in `[settings.slurm]`).
+/// Each field maps to one `sbatch` option; unset fields are left to the cluster's defaults. Not part
+/// of any cache key: the same stage on other hardware is the same stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// `--partition`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `--time`, Slurm's syntax (`"12:00:00"`, `"2-00:00:00"`, minutes as `"90"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `--mem`, Slurm's syntax (`"480G"`, `"64000M"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// `--cpus-per-task`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// `--gpus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// Further `sbatch` arguments, passed as given (`["--account=lab", "--qos=high"]`); a stage's
+    /// list comes after `[settings.slurm]`'s, so its options win where Slurm takes the last one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        *self == Resources::default()
+    }
+
+    /// `self` (a stage's) over `defaults` (`[settings.slurm]`): each field the stage sets wins; the
+    /// extra arguments are both lists, defaults first.
+    pub fn over(&self, defaults: &Resources) -> Resources {
+        Resources {
+            partition: self
+                .partition
+                .clone()
+                .or_else(|| defaults.partition.clone()),
+            time: self.time.clone().or_else(|| defaults.time.clone()),
+            memory: self.memory.clone().or_else(|| defaults.memory.clone()),
+            cpus: self.cpus.or(defaults.cpus),
+            gpus: self.gpus.or(defaults.gpus),
+            extra_args: defaults
+                .extra_args
+                .iter()
+                .chain(&self.extra_args)
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -96,6 +188,8 @@ impl Default for Settings {
             seed: 17,
             device_memory_gb: 0.0,
             precision: crate::model::precision::Precision::Fp32,
+            executor: Executor::Local,
+            slurm: Resources::default(),
         }
     }
 }

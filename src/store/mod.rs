@@ -11,6 +11,7 @@
 //! scratch/<key>/    persistent per stage key across failed or killed attempts; deleted on commit
 //! outputs/<key>/    materialised outputs: hard links to objects (copies across filesystems)
 //! logs/<key>/       one log file per attempt
+//! jobs/<key>/       a Slurm job's spec, outputs and logs while it runs (exec::slurm); deleted on commit
 //! leases/<key>.lock + <key>.json   one lease per stage key (flock held for the lease's lifetime + record)
 //! tmp/              objects being copied in (never trusted; gc empties it)
 //! ```
@@ -97,7 +98,7 @@ pub use digest::{
 pub use entry::{Attempt, EntryStatus, Manifest};
 pub use external::ExternalHash;
 pub use failures::{FailureInfo, FailureRecord, HistoryEntry, StageHistory};
-pub use fsutil::{now_unix_ms, rfc3339};
+pub use fsutil::{now_unix_ms, rfc3339, write_atomic};
 pub use gc::{DroppedManifest, GcReport, VerifyReport};
 pub use lease::{Acquire, LeaseGuard, LeaseInfo, LeaseTiming};
 
@@ -249,6 +250,11 @@ impl Store {
     /// The log folder of a stage key (one file per attempt).
     pub fn logs_path(&self, key: &Digest) -> PathBuf {
         self.root.join("logs").join(key.to_hex())
+    }
+
+    /// The folder of a stage key's Slurm job while it runs (`crate::exec::slurm`).
+    pub fn jobs_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("jobs").join(key.to_hex())
     }
 
     fn dir(&self, name: &str) -> PathBuf {

@@ -101,6 +101,9 @@ pub enum Step {
     Prune { masks: MaskSet, grad_accum: usize },
     /// A forward pass without autodiff (`eval`).
     Forward,
+    /// Forward and backward without an optimiser, the gradients summed over `grad_accum`
+    /// micro-batches (`prune` with `method = "taylor"`: the calibration gradients).
+    Gradients { grad_accum: usize },
 }
 
 /// Peak memory of one step, by part. All in bytes.
@@ -242,6 +245,19 @@ pub fn estimate(
             weights_bytes: parameters * activation_bytes,
             activations_bytes: forward_elements(config, shape) * activation_bytes,
             ..MemoryEstimate::default()
+        },
+        Step::Gradients { grad_accum } => MemoryEstimate {
+            optimizer_bytes: 0,
+            optimizer_on_host: false,
+            ..estimate(
+                config,
+                Step::Train { grad_accum },
+                shape,
+                MemoryOptions {
+                    optimizer_offload: false,
+                    ..options
+                },
+            )
         },
         Step::Train { grad_accum } => {
             let gradient_buffers = if grad_accum > 1 { 2 } else { 1 };
@@ -564,6 +580,28 @@ mod tests {
         // = 42, plus one block of 3 rows 3·(1·2·3·3) = 54 and the context and its gradients
         // 5·(1·2·3·2) = 60 → 330.
         assert_eq!(estimate.activations_bytes, (24 + 12 + 330) * 4);
+    }
+
+    #[test]
+    fn calibration_gradients_are_a_training_step_without_the_optimiser() {
+        let config = tiny();
+        let train = estimate(
+            &config,
+            Step::Train { grad_accum: 2 },
+            shape(1, 3),
+            MemoryOptions::FP32,
+        );
+        let gradients = estimate(
+            &config,
+            Step::Gradients { grad_accum: 2 },
+            shape(1, 3),
+            MemoryOptions::FP32,
+        );
+        assert_eq!(gradients.optimizer_bytes, 0);
+        assert_eq!(
+            gradients.total_bytes(),
+            train.total_bytes() - train.optimizer_bytes
+        );
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub enum Method {
     /// pruned by magnitude where the target is smaller than the source, kept otherwise.
     #[serde(rename = "layer-drop")]
     LayerDrop,
+    /// LLM-Pruner's first-order (Taylor) importance, element-wise: each unit's score is
+    /// `Σ |w · ∂loss/∂w|` over every weight of its coupled structure, the gradients summed over
+    /// `calibration_batches` batches of the stage's data (one shot, no training).
+    Taylor,
 }
 
 /// Which layers `method = "layer-drop"` removes.
@@ -217,7 +221,8 @@ pub struct PruneConfig {
     /// `method = "layer-drop"`: `"top"` or `"block_influence"`.
     #[serde(default, skip_serializing_if = "DropLayersBy::is_default")]
     pub drop_layers_by: DropLayersBy,
-    /// `drop_layers_by = "block_influence"`: batches of `batch_size` × `seq_len` tokens it averages over.
+    /// `method = "taylor"` and `drop_layers_by = "block_influence"`: the batches of `batch_size` ×
+    /// `seq_len` tokens they score on (default 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration_batches: Option<usize>,
     /// Per-decoder-layer activation checkpointing: keep only each layer's input between forward and
@@ -401,13 +406,45 @@ impl PruneConfig {
             }
             seen.push(*module);
         }
-        if self.method != Method::LayerDrop
-            && (!self.drop_layers_by.is_default() || self.calibration_batches.is_some())
-        {
+        if self.method != Method::LayerDrop && !self.drop_layers_by.is_default() {
             return Err(StageError::config(
                 "drop_layers_by",
-                "`drop_layers_by` and `calibration_batches` apply to method = \"layer-drop\" only",
+                "`drop_layers_by` applies to method = \"layer-drop\" only",
             ));
+        }
+        if !matches!(self.method, Method::LayerDrop | Method::Taylor)
+            && self.calibration_batches.is_some()
+        {
+            return Err(StageError::config(
+                "calibration_batches",
+                "`calibration_batches` applies to method = \"taylor\" and to method = \"layer-drop\" with \
+                 drop_layers_by = \"block_influence\" only",
+            ));
+        }
+        if self.method == Method::Taylor {
+            if self.data.is_none() {
+                return Err(StageError::config(
+                    "data",
+                    "method = \"taylor\" scores units by gradients on data: add `data = { stage = \"<your \
+                     tokenize stage>\" }`",
+                ));
+            }
+            if self.calibration_batches == Some(0) || self.batch_size == 0 || self.seq_len == 0 {
+                return Err(StageError::config(
+                    "calibration_batches",
+                    "needs at least one batch of at least one sequence (calibration_batches, batch_size, seq_len ≥ 1)",
+                ));
+            }
+            if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
+                return Err(StageError::config(
+                    "grad_accum",
+                    format!(
+                        "batch_size = {} must be a multiple of grad_accum = {} (each calibration batch runs as \
+                         grad_accum micro-batches)",
+                        self.batch_size, self.grad_accum
+                    ),
+                ));
+            }
         }
         if self.method == Method::LayerDrop && self.drop_layers_by == DropLayersBy::BlockInfluence {
             if self.data.is_none() {
@@ -804,6 +841,20 @@ impl Stage for PruneStage {
                 preview.add_step_memory(&source, step, config.step_batch(inputs.precision));
             }
         }
+        if config.method == Method::Taylor
+            && let Some(source) = preview.model_config.clone()
+        {
+            preview.add_tokens(
+                config.calibration_batches.unwrap_or(4) as u64,
+                config.batch_size,
+                config.seq_len,
+            );
+            // Forward and backward of the source, gradients summed over the micro-batches.
+            let step = Step::Gradients {
+                grad_accum: config.grad_accum.max(1),
+            };
+            preview.add_step_memory(&source, step, config.step_batch(inputs.precision));
+        }
         preview
     }
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
@@ -811,7 +862,9 @@ impl Stage for PruneStage {
         config.check()?;
         match config.method {
             Method::L0 => train_loop::run_l0(ctx, &config),
-            Method::Magnitude | Method::Random | Method::LayerDrop => heuristics::run(ctx, &config),
+            Method::Magnitude | Method::Random | Method::LayerDrop | Method::Taylor => {
+                heuristics::run(ctx, &config)
+            }
         }
     }
 }

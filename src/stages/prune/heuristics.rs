@@ -1,9 +1,12 @@
-//! The ablation baselines `method = "magnitude"`, `"random"` and `"layer-drop"`: the same target
-//! shape as L0 pruning, units chosen without training. Kept units get mask value 1 (nothing to fold), so the
-//! consolidated model is the source restricted to the chosen units.
+//! The ablation baselines `method = "magnitude"`, `"taylor"`, `"random"` and `"layer-drop"`: the
+//! same target shape as L0 pruning, units chosen without training. Kept units get mask value 1
+//! (nothing to fold), so the consolidated model is the source restricted to the chosen units.
 //!
-//! Magnitude importance of a unit is the squared Frobenius norm of every weight it owns (burn layout
-//! `[in, out]`):
+//! The importance of a unit sums a per-element score over every weight it owns (burn layout
+//! `[in, out]`): `w²` for magnitude (the squared Frobenius norm); for taylor, LLM-Pruner's
+//! element-wise first-order importance `|w · ∂loss/∂w|` (Ma et al. 2023, eq. 4, aggregated by sum
+//! over the coupled group, its default), the gradients summed over calibration batches, the RMSNorm
+//! weights of a hidden channel included. The weights a unit owns:
 //! - hidden dim i: column i of `embed_tokens`, input row i of q/k/v/gate/up, output column i of
 //!   o/down, input row i of `lm_head`;
 //! - head unit (KV group) g of layer l: its query heads' q columns and o rows, its k and v columns;
@@ -11,7 +14,11 @@
 //! - layer l: all its attention and MLP weights.
 //!
 //! Per-layer modules keep the top units of each layer (uniform shape), like the deterministic L0 masks.
+//! (LLM-Pruner does not remove whole layers; a taylor target with fewer layers drops the layers of
+//! lowest summed importance.)
 
+use burn::module::{Module, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -55,15 +62,25 @@ fn host(tensor: Tensor<2>) -> Vec<f64> {
         .collect()
 }
 
-/// Σ w² per input row, `[in]`.
-fn row_squares(weight: Tensor<2>) -> Vec<f64> {
-    let rows = weight.dims()[0];
-    host(weight.square().sum_dim(1).reshape([1, rows]))
+/// Σ per input row of a per-element score `[in, out]` → `[in]`.
+fn row_sums(scores: Tensor<2>) -> Vec<f64> {
+    let rows = scores.dims()[0];
+    host(scores.sum_dim(1).reshape([1, rows]))
 }
 
-/// Σ w² per output column, `[out]`.
-fn column_squares(weight: Tensor<2>) -> Vec<f64> {
-    host(weight.square().sum_dim(0))
+/// Σ per output column of a per-element score `[in, out]` → `[out]`.
+fn column_sums(scores: Tensor<2>) -> Vec<f64> {
+    host(scores.sum_dim(0))
+}
+
+/// The per-element importance of a weight (same shape out).
+type ElementScore<'a, const D: usize> = &'a dyn Fn(&Param<Tensor<D>>) -> Tensor<D>;
+
+/// The per-element importance of a weight matrix (`[in, out]`) and, where the method counts them,
+/// of an RMSNorm weight (`[d]`).
+struct ElementScores<'a> {
+    matrix: ElementScore<'a, 2>,
+    norm: Option<ElementScore<'a, 1>>,
 }
 
 fn add(into: &mut [f64], values: &[f64]) {
@@ -80,12 +97,58 @@ fn chunk_sums(values: &[f64], chunk: usize) -> Vec<f64> {
 
 /// Masks keeping the units of largest weight norm, exactly the target counts.
 pub fn magnitude_masks(model: &Llama, resolved: &ResolvedTarget) -> HostMasks {
+    importance_masks(
+        model,
+        resolved,
+        &ElementScores {
+            matrix: &|weight| weight.val().square(),
+            norm: None,
+        },
+    )
+}
+
+/// Masks keeping the units of largest first-order importance `Σ |w · ∂loss/∂w|`, exactly the
+/// target counts. `model` lives on an autodiff device; `gradients` are its calibration gradients.
+pub fn taylor_masks(
+    model: &Llama,
+    gradients: &GradientsParams,
+    resolved: &ResolvedTarget,
+) -> HostMasks {
+    fn score<const D: usize>(weight: &Param<Tensor<D>>, gradients: &GradientsParams) -> Tensor<D> {
+        let value = weight.val().inner();
+        match gradients.get::<D>(weight.id) {
+            Some(gradient) => (value * gradient).abs(),
+            None => value.zeros_like(), // no path to the loss: no importance
+        }
+    }
+    importance_masks(
+        model,
+        resolved,
+        &ElementScores {
+            matrix: &|weight| score(weight, gradients),
+            norm: Some(&|weight| score(weight, gradients)),
+        },
+    )
+}
+
+/// Masks keeping the units of largest summed element scores (module docs), exactly the target
+/// counts.
+fn importance_masks(model: &Llama, resolved: &ResolvedTarget, scores: &ElementScores) -> HostMasks {
     let dims = &resolved.dims;
     let target = &resolved.mask_target;
-    let mut hidden = column_squares(model.embed_tokens.weight.val());
+    let matrix = |weight: &Param<Tensor<2>>| (scores.matrix)(weight);
+    let mut hidden = column_sums(matrix(&model.embed_tokens.weight));
     if let Some(head) = &model.lm_head {
-        add(&mut hidden, &row_squares(head.weight.val()));
+        add(&mut hidden, &row_sums(matrix(&head.weight)));
     }
+    let add_norm = |hidden: &mut Vec<f64>, weight: &Param<Tensor<1>>| {
+        if let Some(norm) = scores.norm {
+            let values = norm(weight); // [d]
+            let width = values.dims()[0];
+            add(hidden, &host(values.reshape([1, width])));
+        }
+    };
+    add_norm(&mut hidden, &model.norm.weight);
     let mut heads = Vec::new();
     let mut intermediate = Vec::new();
     let mut layers = Vec::new();
@@ -95,17 +158,18 @@ pub fn magnitude_masks(model: &Llama, resolved: &ResolvedTarget) -> HostMasks {
         if let Some(attn) = &layer.self_attn {
             let head_dim = attn.head_dim;
             let per_group = attn.num_heads() / attn.num_key_value_heads().max(1);
+            add_norm(&mut hidden, &layer.input_layernorm.weight);
             for projection in [&attn.q_proj, &attn.k_proj, &attn.v_proj] {
-                add(&mut hidden, &row_squares(projection.weight.val()));
+                add(&mut hidden, &row_sums(matrix(&projection.weight)));
             }
-            add(&mut hidden, &column_squares(attn.o_proj.weight.val()));
+            add(&mut hidden, &column_sums(matrix(&attn.o_proj.weight)));
             let query = chunk_sums(
-                &column_squares(attn.q_proj.weight.val()),
+                &column_sums(matrix(&attn.q_proj.weight)),
                 per_group * head_dim,
             );
-            let output = chunk_sums(&row_squares(attn.o_proj.weight.val()), per_group * head_dim);
-            let key = chunk_sums(&column_squares(attn.k_proj.weight.val()), head_dim);
-            let value = chunk_sums(&column_squares(attn.v_proj.weight.val()), head_dim);
+            let output = chunk_sums(&row_sums(matrix(&attn.o_proj.weight)), per_group * head_dim);
+            let key = chunk_sums(&column_sums(matrix(&attn.k_proj.weight)), head_dim);
+            let value = chunk_sums(&column_sums(matrix(&attn.v_proj.weight)), head_dim);
             for (g, score) in group_scores.iter_mut().enumerate() {
                 *score = query.get(g).copied().unwrap_or(0.0)
                     + output.get(g).copied().unwrap_or(0.0)
@@ -116,15 +180,16 @@ pub fn magnitude_masks(model: &Llama, resolved: &ResolvedTarget) -> HostMasks {
         }
         let mut unit_scores = vec![0.0; dims.intermediate];
         if let Some(mlp) = &layer.mlp {
-            add(&mut hidden, &row_squares(mlp.gate_proj.weight.val()));
-            add(&mut hidden, &row_squares(mlp.up_proj.weight.val()));
-            add(&mut hidden, &column_squares(mlp.down_proj.weight.val()));
+            add_norm(&mut hidden, &layer.post_attention_layernorm.weight);
+            add(&mut hidden, &row_sums(matrix(&mlp.gate_proj.weight)));
+            add(&mut hidden, &row_sums(matrix(&mlp.up_proj.weight)));
+            add(&mut hidden, &column_sums(matrix(&mlp.down_proj.weight)));
             add(
                 &mut unit_scores,
-                &column_squares(mlp.gate_proj.weight.val()),
+                &column_sums(matrix(&mlp.gate_proj.weight)),
             );
-            add(&mut unit_scores, &column_squares(mlp.up_proj.weight.val()));
-            add(&mut unit_scores, &row_squares(mlp.down_proj.weight.val()));
+            add(&mut unit_scores, &column_sums(matrix(&mlp.up_proj.weight)));
+            add(&mut unit_scores, &row_sums(matrix(&mlp.down_proj.weight)));
             layer_total += unit_scores.iter().sum::<f64>();
         }
         heads.push(keep_top(&group_scores, target.heads));
@@ -205,6 +270,62 @@ fn block_influence(
     Ok(influence)
 }
 
+/// `method = "taylor"`: ∂loss/∂w of every parameter of `model` (on an autodiff device), summed over
+/// `calibration_batches` (default 4) batches of `batch_size` × `seq_len` tokens drawn uniformly from
+/// the stage's data with its seed, each in `grad_accum` micro-batches (with activation
+/// checkpointing when the stage asks for it).
+fn calibration_gradients(
+    ctx: &StageContext<'_>,
+    config: &PruneConfig,
+    model: &Llama,
+    seed: u64,
+    device: &burn::tensor::Device,
+) -> Result<GradientsParams, StageError> {
+    let dataset = crate::data::TokenizedDataset::open(ctx.input("data")?)
+        .map_err(|error| StageError::input("data", error.to_string()))?;
+    let mut mixture = crate::data::DomainMixture::new(
+        &dataset,
+        config.seq_len,
+        seed,
+        crate::data::Exhaustion::Wrap,
+    )
+    .map_err(|error| StageError::input("data", error.to_string()))?;
+    let batches = config.calibration_batches.unwrap_or(4);
+    let micro_batches = config.grad_accum.max(1);
+    let rows = config.batch_size / micro_batches;
+    let row_tokens = config.seq_len + 1;
+    let mut accumulator = GradientsAccumulator::<Llama>::new();
+    for batch_index in 0..batches {
+        let batch = mixture
+            .next_batch(config.batch_size)
+            .map_err(|error| StageError::input("data", error.to_string()))?;
+        for micro in batch.tokens.chunks(rows * row_tokens) {
+            if ctx.cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let (input_ids, targets) =
+                crate::model::batch::causal_lm_batch_flat(micro, rows, config.seq_len, device); // [rows, seq]
+            let gradients = if config.activation_checkpointing {
+                model
+                    .backward_checkpointed(input_ids, None, |logits| {
+                        crate::model::cross_entropy(logits, targets) // [1]
+                    })
+                    .gradients
+            } else {
+                let loss = crate::model::cross_entropy(model.forward(input_ids, None), targets); // [1]
+                GradientsParams::from_grads(loss.backward(), model)
+            };
+            accumulator.accumulate(model, gradients);
+        }
+        ctx.reporter.progress(
+            batch_index as u64 + 1,
+            batches as u64,
+            "calibration batches",
+        );
+    }
+    Ok(accumulator.grads())
+}
+
 /// Masks keeping uniformly random units, exactly the target counts (seeded).
 pub fn random_masks(resolved: &ResolvedTarget, seed: u64) -> HostMasks {
     let dims = &resolved.dims;
@@ -233,6 +354,24 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
     let model_dir = ctx.input("model")?.to_path_buf();
     let source_config = super::load_source_config(config, &model_dir)?;
     let resolved = resolve_target(config, &source_config)?;
+    if config.method == Method::Taylor {
+        let device = device.autodiff();
+        let model = load_hf(&model_dir, &device)
+            .map_err(|error| StageError::input("model", error.to_string()))?
+            .with_precision(ctx.settings.precision);
+        let gradients = calibration_gradients(ctx, config, &model, seed, &device)?;
+        let masks = taylor_masks(&model, &gradients, &resolved);
+        return write_outputs(
+            ctx,
+            config,
+            &model.valid(),
+            &model_dir,
+            &source_config,
+            &resolved,
+            &masks,
+            seed,
+        );
+    }
     let model = load_hf(&model_dir, &device)
         .map_err(|error| StageError::input("model", error.to_string()))?;
     let masks = match config.method {
@@ -247,18 +386,38 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
             };
             layer_drop_masks(&model, &resolved, influence.as_deref())
         }
-        Method::L0 => unreachable!("l0 is run by the training loop"),
+        Method::L0 | Method::Taylor => {
+            unreachable!("l0 is run by the training loop, taylor above")
+        }
     };
-    let report = outputs::report(
-        config.method,
+    write_outputs(
+        ctx,
         config,
+        &model,
+        &model_dir,
         &source_config,
         &resolved,
         &masks,
-        None,
-    )?;
-    let tokenizer = tokenizer_source(&model_dir, None);
-    outputs::write(ctx, &model, tokenizer.as_deref(), &masks, None, &report)?;
+        seed,
+    )
+}
+
+/// The stage's outputs for a one-shot method: the masked model folder, `pruning.json`, no consumed
+/// windows, and metrics saying no data was trained on.
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    ctx: &StageContext<'_>,
+    config: &PruneConfig,
+    model: &Llama,
+    model_dir: &std::path::Path,
+    source_config: &crate::model::LlamaConfig,
+    resolved: &ResolvedTarget,
+    masks: &HostMasks,
+    seed: u64,
+) -> Result<(), StageError> {
+    let report = outputs::report(config.method, config, source_config, resolved, masks, None)?;
+    let tokenizer = tokenizer_source(model_dir, None);
+    outputs::write(ctx, model, tokenizer.as_deref(), masks, None, &report)?;
     super::train_loop::write_consumed(
         ctx,
         &crate::data::ConsumedWindows::none(seed, config.seq_len),
@@ -314,6 +473,50 @@ mod tests {
         }
         assert_eq!(random_masks(&resolved, 7), random_masks(&resolved, 7));
         assert_ne!(random_masks(&resolved, 7), random_masks(&resolved, 8));
+    }
+
+    /// An MLP unit with large gate and up weights whose `down_proj` row is zero never reaches the
+    /// loss: magnitude keeps it (large norm), taylor drops it (`|w · ∂loss/∂w|` is zero for each of
+    /// its weights: zero gradient through gate and up, zero weight in down).
+    #[test]
+    fn taylor_drops_a_heavy_unit_the_loss_does_not_see() {
+        use burn::tensor::{Int, TensorData};
+        let mut config = LlamaConfig::new(30, 16, 14, 3, 4, 4);
+        config.head_dim = 4;
+        let device = crate::model::device::for_tests().autodiff();
+        device.seed(9);
+        let mut model = Llama::new(&config, &device);
+        let mlp = model.layers[0].mlp.as_mut().unwrap();
+        for linear in [&mut mlp.gate_proj, &mut mlp.up_proj] {
+            let boost = Tensor::<2>::zeros([16, 14], &device).slice_assign(
+                [0..16, 5..6],
+                Tensor::ones([16, 1], &device).mul_scalar(100.0),
+            );
+            linear.weight =
+                burn::module::Param::from_tensor((linear.weight.val() + boost).detach());
+        }
+        let down = mlp.down_proj.weight.val();
+        let keep_rows = Tensor::<2>::ones([14, 16], &device)
+            .slice_assign([5..6, 0..16], Tensor::zeros([1, 16], &device));
+        mlp.down_proj.weight = burn::module::Param::from_tensor((down * keep_rows).detach());
+        let ids: Vec<i64> = (0..16).map(|i| (i * 7 + 2) % 30).collect();
+        let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, 8]), &device);
+        let targets = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|i| (i + 3) % 30).collect::<Vec<_>>(), [2, 8]),
+            &device,
+        );
+        let loss = crate::model::cross_entropy(model.forward(input_ids, None), targets);
+        let gradients = GradientsParams::from_grads(loss.backward(), &model);
+        let resolved = resolved(&config);
+        let magnitude = magnitude_masks(&model.valid(), &resolved);
+        let taylor = taylor_masks(&model, &gradients, &resolved);
+        assert_eq!(magnitude.intermediate.as_ref().unwrap()[0][5], 1.0);
+        assert_eq!(taylor.intermediate.as_ref().unwrap()[0][5], 0.0);
+        assert_eq!(
+            taylor.kept(PruningModule::Intermediate),
+            Some(vec![10, 10, 10])
+        );
+        assert_eq!(taylor.kept(PruningModule::Hidden), Some(vec![12]));
     }
 
     #[test]

@@ -597,3 +597,78 @@ fn activation_checkpointing_prunes_the_same_way() {
         assert!(difference < 1e-4, "{what} differ by up to {difference}");
     }
 }
+
+/// `taylor` scores units by `|w · ∂loss/∂w|` on calibration batches of the stage's data, reaches the
+/// exact target, and the dense model computes what the masked one computes; without data, or with
+/// `batch_size` not a multiple of `grad_accum`, it is refused before compute.
+#[test]
+fn taylor_reaches_the_target_and_consolidates_equivalently() {
+    let fx = fixture();
+    let device = crate::model::device::for_tests();
+    let target = "target = { layers = 1, hidden = 12, heads = 1, intermediate = 10 }\n";
+    let out = fx.root.path().join("taylor");
+    let table = format!(
+        "model = {{ path = \"m\" }}\nmethod = \"taylor\"\ndata = {{ stage = \"tok\" }}\nbatch_size = 4\n\
+         grad_accum = 2\nseq_len = 8\ncalibration_batches = 2\n{target}"
+    );
+    let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+    run_stage(
+        &PruneStage,
+        &table,
+        &inputs,
+        &out,
+        &fx.root.path().join("s"),
+        &NullReporter,
+        CancelFlag::default(),
+    )
+    .unwrap();
+    let (masks, report) = read_final_masks(&out).unwrap();
+    assert_eq!(report.final_shape, report.target);
+    let full = load_hf(&out, &device).unwrap();
+    let masked = full.forward(
+        ids(fx.config.vocab_size, &device),
+        Some(&masks.to_masks(&device)),
+    );
+    let dense = consolidate(&full, &masks).unwrap();
+    let plain = dense.forward(ids(fx.config.vocab_size, &device), None);
+    let difference: f32 = (masked - plain).abs().max().into_scalar();
+    assert!(difference < 1e-4, "{difference}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["method"], "taylor");
+
+    for (table, key) in [
+        (
+            format!("model = {{ path = \"m\" }}\nmethod = \"taylor\"\n{target}"),
+            "data",
+        ),
+        (
+            format!(
+                "model = {{ path = \"m\" }}\nmethod = \"taylor\"\ndata = {{ stage = \"tok\" }}\nbatch_size = 3\n\
+                 grad_accum = 2\n{target}"
+            ),
+            "grad_accum",
+        ),
+        (
+            format!(
+                "model = {{ path = \"m\" }}\nmethod = \"magnitude\"\ncalibration_batches = 2\n{target}"
+            ),
+            "calibration_batches",
+        ),
+    ] {
+        let error = run_stage(
+            &PruneStage,
+            &table,
+            &inputs,
+            &fx.root.path().join("refused"),
+            &fx.root.path().join("s"),
+            &NullReporter,
+            CancelFlag::default(),
+        )
+        .unwrap_err();
+        match error {
+            StageError::Config { key: got, .. } => assert_eq!(got, key, "{table}"),
+            other => panic!("{other}"),
+        }
+    }
+}

@@ -40,7 +40,8 @@ struct Setup {
 
 impl Setup {
     /// Four variants of a `make` command stage (each appends a line to its counter, fails while its
-    /// flag file exists, sleeps `pause_s`), all reading one shared `tokens` stage (a built-in kind).
+    /// flag file exists, sleeps the seconds in the `pause` file), all reading one shared `tokens`
+    /// stage (a built-in kind).
     fn new(pause_s: u32) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -70,10 +71,11 @@ impl Setup {
             .unwrap();
         let script = "echo run >> COUNTERS/make-$VARIANT; \
                       if [ -e FLAGS/fail-$VARIANT ]; then echo failing on purpose >&2; exit 3; fi; \
-                      sleep PAUSE; ls {inputs.tokens} > {out}/listing.txt; echo $VARIANT > {out}/variant.txt"
+                      sleep $(cat PAUSE); ls {inputs.tokens} > {out}/listing.txt; echo $VARIANT > {out}/variant.txt"
             .replace("COUNTERS", &root.join("counters").to_string_lossy())
             .replace("FLAGS", &root.join("flags").to_string_lossy())
-            .replace("PAUSE", &pause_s.to_string());
+            .replace("PAUSE", &root.join("pause").to_string_lossy());
+        std::fs::write(root.join("pause"), pause_s.to_string()).unwrap();
         let recipe = format!(
             "name = \"sweep\"\n{CORPUS_TOKENS_STAGE}\n\
              [stages.make]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", {script:?}]\n\
@@ -133,6 +135,35 @@ impl Setup {
             .unwrap_or_default()
             .lines()
             .count()
+    }
+
+    fn set_pause(&self, seconds: u32) {
+        std::fs::write(self.root().join("pause"), seconds.to_string()).unwrap();
+    }
+
+    /// Blocks until some variant's command has started (its job runs).
+    fn wait_for_a_running_make(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ["a", "b", "c", "d"]
+            .iter()
+            .all(|variant| self.runs_of(variant) == 0)
+        {
+            assert!(Instant::now() < deadline, "no make job started in 120 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The Slurm job ids recorded under this cache's `jobs/` (jobs not yet committed).
+    fn recorded_jobs(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.root().join("cache/jobs")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| std::fs::read(entry.path().join("job.json")).ok())
+            .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .filter_map(|record| record["job_id"].as_str().map(str::to_string))
+            .collect()
     }
 
     fn flag(&self, variant: &str) -> PathBuf {
@@ -247,14 +278,7 @@ fn a_coordinator_killed_mid_sweep_adopts_its_jobs_instead_of_running_them_twice(
         .spawn()
         .unwrap();
     // Kill it once a `make` job is running (its command has started).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while ["a", "b", "c", "d"]
-        .iter()
-        .all(|variant| setup.runs_of(variant) == 0)
-    {
-        assert!(Instant::now() < deadline, "no make job started in 120 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    setup.wait_for_a_running_make();
     coordinator.kill().unwrap(); // SIGKILL
     coordinator.wait().unwrap();
     let submitted_before = setup.submissions();
@@ -334,4 +358,52 @@ fn slurm_refusals_are_clear_errors_naming_the_stage() {
     // Nothing was committed by the refused attempts; a plain run afterwards computes everything.
     let output = setup.run(&[]);
     assert!(output.status.success(), "{}", text(&output));
+}
+
+/// SIGTERM (or Ctrl-C) of the coordinator cancels its jobs (`scancel`) and keeps nothing partial;
+/// running again finishes the sweep.
+#[test]
+fn sigterm_of_the_coordinator_cancels_its_jobs() {
+    if !slurm_ready("sigterm_of_the_coordinator_cancels_its_jobs") {
+        return;
+    }
+    let setup = Setup::new(60);
+    let mut coordinator = setup
+        .command(&[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    setup.wait_for_a_running_make();
+    let jobs = setup.recorded_jobs();
+    assert!(!jobs.is_empty());
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(coordinator.id() as libc::pid_t, libc::SIGTERM) };
+    let clock = Instant::now();
+    let output = coordinator.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        clock.elapsed() < Duration::from_secs(50),
+        "the coordinator stopped its 60 s jobs instead of waiting for them: {:?}",
+        clock.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    for job in &jobs {
+        let state = Command::new("scontrol")
+            .args(["show", "job", "-o", job])
+            .output()
+            .unwrap();
+        let state = String::from_utf8_lossy(&state.stdout);
+        assert!(
+            !state.contains("JobState=RUNNING") && !state.contains("JobState=PENDING"),
+            "job {job} still alive: {state}"
+        );
+    }
+    setup.set_pause(0);
+    let resumed = setup.run(&[]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    for variant in ["a", "b", "c", "d"] {
+        assert!(setup.runs_of(variant) >= 1, "variant {variant}");
+    }
 }

@@ -368,7 +368,7 @@ fn sigterm_of_the_coordinator_cancels_its_jobs() {
         return;
     }
     let setup = Setup::new(60);
-    let mut coordinator = setup
+    let coordinator = setup
         .command(&[])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -118,6 +118,10 @@ pub struct GcArgs {
 pub struct VerifyArgs {
     #[arg(long, env = "SHEARED_CACHE", default_value = "cache")]
     pub cache: PathBuf,
+    /// Move a damaged index aside and rebuild it from the manifest copies (`cache/manifests/`)
+    /// whose objects are intact, before verifying.
+    #[arg(long)]
+    pub rebuild_index: bool,
 }
 
 fn plan_recipes(
@@ -444,6 +448,31 @@ pub fn gc(args: &GcArgs, registry: &Registry) -> anyhow::Result<()> {
 /// `sheared verify`: rehash every object; drop manifests that reference corrupt or missing ones.
 pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let store = open_store(&args.cache)?;
+    if args.rebuild_index {
+        let rebuilt = store.rebuild_index()?;
+        if let Some(moved) = &rebuilt.moved_to {
+            println!(
+                "moved the old index to {} (delete it when satisfied)",
+                moved.display()
+            );
+        }
+        println!(
+            "rebuilt the index: {} cache entr{} restored from their manifest copies",
+            rebuilt.restored,
+            if rebuilt.restored == 1 { "y" } else { "ies" }
+        );
+        for path in &rebuilt.unreadable {
+            println!("unreadable manifest copy {} (removed)", path.display());
+        }
+        for dropped in &rebuilt.incomplete {
+            println!(
+                "cache entry of stage `{}` (recipe `{}`), key {} has lost objects: it will rerun",
+                dropped.stage,
+                dropped.recipe,
+                dropped.key.to_hex()
+            );
+        }
+    }
     let report = store.verify()?;
     println!(
         "checked {} object(s), {}",
@@ -455,6 +484,26 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     }
     for digest in &report.missing {
         println!("missing object {}", digest.to_hex());
+    }
+    for record in &report.unreadable_records {
+        println!("unreadable index record {record} (removed)");
+    }
+    if report.restored_records > 0 {
+        println!(
+            "{} manifest record(s) restored from their copies",
+            report.restored_records
+        );
+    }
+    if report.copies_written > 0 {
+        println!(
+            "wrote {} missing manifest cop{} (cache/manifests/)",
+            report.copies_written,
+            if report.copies_written == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
     }
     for dropped in &report.dropped {
         println!(
@@ -469,9 +518,11 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!(
-            "{} corrupt and {} missing object(s); their stages will rerun on the next `sheared run`",
+            "{} corrupt and {} missing object(s), {} unreadable index record(s); the stages they \
+             belonged to will rerun on the next `sheared run` (restored records will not)",
             report.corrupt.len(),
-            report.missing.len()
+            report.missing.len(),
+            report.unreadable_records.len()
         )
     }
 }

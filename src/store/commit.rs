@@ -223,6 +223,9 @@ impl Store {
             log_path: attempt.log_path.exists().then(|| attempt.log_path.clone()),
         };
         let key_bytes = attempt.key.as_bytes().to_vec();
+        // The copy first: every index record then has one (its objects are already in place, so a
+        // copy whose index record never got written is a complete entry too).
+        self.write_manifest_copy(&manifest)?;
         self.index.with(|db| {
             let manifests = index::tree(&self.index, db, MANIFESTS)?;
             index::put_json(&self.index, &manifests, &key_bytes, &manifest)?;
@@ -328,10 +331,27 @@ impl Store {
 
     /// The committed, complete entry of `key`. If an object it references is missing or has the
     /// wrong size, the manifest is dropped (with a warning) and `None` is returned, so the stage
-    /// recomputes instead of handing a broken folder downstream.
+    /// recomputes instead of handing a broken folder downstream. A manifest the index lost (a
+    /// damaged or deleted index) is restored from its copy when the copy's objects are intact.
     pub fn lookup(&self, key: &Digest) -> Result<Option<Manifest>, StoreError> {
-        let Some(manifest) = self.manifest(key)? else {
-            return Ok(None);
+        let manifest = match self.manifest(key)? {
+            Some(manifest) => manifest,
+            None => match self.read_manifest_copy(key) {
+                Some(copy) if self.objects_intact(&copy) => {
+                    tracing::warn!(
+                        "the cache index had no record of stage `{}` ({}); restored it from {}",
+                        copy.stage,
+                        key.short(),
+                        self.manifest_copy_path(key).display()
+                    );
+                    self.index.with(|db| {
+                        let manifests = index::tree(&self.index, db, MANIFESTS)?;
+                        index::put_json(&self.index, &manifests, key.as_bytes(), &copy)
+                    })?;
+                    copy
+                }
+                _ => return Ok(None),
+            },
         };
         let broken = manifest.files.iter().find(|entry| {
             let object = self.object_path(&entry.digest);
@@ -349,6 +369,50 @@ impl Store {
             return Ok(None);
         }
         Ok(Some(manifest))
+    }
+
+    /// Whether every object `manifest` references exists with its size (what a lookup checks).
+    pub(super) fn objects_intact(&self, manifest: &Manifest) -> bool {
+        manifest.files.iter().all(|entry| {
+            let object = self.object_path(&entry.digest);
+            matches!(fs::metadata(&object), Ok(metadata) if metadata.is_file() && metadata.len() == entry.bytes)
+        })
+    }
+
+    /// Writes `manifests/<key>.json` (atomically).
+    pub(super) fn write_manifest_copy(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let path = self.manifest_copy_path(&manifest.key);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(at("creating", parent))?;
+        }
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|error| StoreError::Index {
+            path: path.clone(),
+            message: format!("encoding a manifest: {error}"),
+        })?;
+        fsutil::write_atomic(&path, &bytes)
+    }
+
+    /// The copy of `key`'s manifest, if it exists and reads as a manifest of this format.
+    pub(super) fn read_manifest_copy(&self, key: &Digest) -> Option<Manifest> {
+        let bytes = fs::read(self.manifest_copy_path(key)).ok()?;
+        serde_json::from_slice::<Manifest>(&bytes)
+            .ok()
+            .filter(|manifest| manifest.format == MANIFEST_FORMAT && manifest.key == *key)
+    }
+
+    /// Removes the copy of `manifest` if it is that version (a newer commit's copy stays).
+    pub(super) fn remove_manifest_copy(&self, manifest: &Manifest) {
+        if self
+            .read_manifest_copy(&manifest.key)
+            .is_none_or(|copy| copy.committed_unix_ms == manifest.committed_unix_ms)
+        {
+            let path = self.manifest_copy_path(&manifest.key);
+            if let Err(error) = fs::remove_file(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("could not remove {}: {error}", path.display());
+            }
+        }
     }
 
     /// The manifest of `key` as stored, without checking its objects (for reports and diffs).
@@ -385,6 +449,7 @@ impl Store {
             Ok(())
         })?;
         for manifest in dropped {
+            self.remove_manifest_copy(manifest);
             fsutil::remove_tree(&self.outputs_path(&manifest.key))?;
         }
         Ok(())

@@ -63,12 +63,34 @@ pub struct VerifyReport {
     pub missing: Vec<Digest>,
     /// Manifests dropped because they reference corrupt or missing objects (those stages rerun).
     pub dropped: Vec<DroppedManifest>,
+    /// Index records that did not decode (`tree/key`), removed.
+    #[serde(default)]
+    pub unreadable_records: Vec<String>,
+    /// Of those, manifests put back from their copies (`manifests/<key>.json`): no rerun.
+    #[serde(default)]
+    pub restored_records: usize,
+    /// Manifest copies written for index records that had none (caches from before the copies).
+    #[serde(default)]
+    pub copies_written: usize,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.corrupt.is_empty() && self.missing.is_empty()
+        self.corrupt.is_empty() && self.missing.is_empty() && self.unreadable_records.is_empty()
     }
+}
+
+/// What `sheared verify --rebuild-index` did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RebuildReport {
+    /// Where the old index folder went (kept for inspection; delete it when satisfied).
+    pub moved_to: Option<PathBuf>,
+    /// Manifests restored from their copies (history rebuilt from them too).
+    pub restored: usize,
+    /// Copies that did not read as a manifest (removed).
+    pub unreadable: Vec<PathBuf>,
+    /// Copies whose objects are missing or have the wrong size (removed: those stages rerun).
+    pub incomplete: Vec<DroppedManifest>,
 }
 
 impl Store {
@@ -153,6 +175,16 @@ impl Store {
                 }
                 Ok(())
             })?;
+            for manifest in &doomed {
+                self.remove_manifest_copy(manifest);
+            }
+            // Copies of keys nothing keeps whose index record never existed (a commit killed
+            // between the two writes): their objects are collected below.
+            for (key, path) in self.manifest_copies()? {
+                if !keep.contains(&key) && !committed.contains(&key) {
+                    fs::remove_file(&path).map_err(at("removing", &path))?;
+                }
+            }
         }
 
         // Objects no remaining manifest references.
@@ -291,7 +323,15 @@ impl Store {
     /// Rehash every object; delete corrupt ones and drop every manifest that references a corrupt
     /// or missing object, so those stages rerun.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let (unreadable_records, restored_records) = self.repair_records()?;
         let manifests = self.manifests()?;
+        let mut copies_written = 0;
+        for manifest in &manifests {
+            if self.read_manifest_copy(&manifest.key).is_none() {
+                self.write_manifest_copy(manifest)?;
+                copies_written += 1;
+            }
+        }
         let objects = self.list_objects()?;
         // Hash first (the long part); a concurrent commit that replaces a damaged object only
         // makes us drop an entry that then recomputes.
@@ -308,6 +348,9 @@ impl Store {
         let mut report = VerifyReport {
             objects_checked: checked.len(),
             bytes_checked: checked.iter().map(|(_, bytes, _, _)| bytes).sum(),
+            unreadable_records,
+            restored_records,
+            copies_written,
             ..VerifyReport::default()
         };
         let _gc_guard = self.gc_lock()?;
@@ -363,12 +406,226 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Index records that do not decode as what their tree holds: each is named (`tree/key`) and
+    /// removed, and a manifest whose copy is intact is put back from it. Returns the names and how
+    /// many manifests were restored.
+    fn repair_records(&self) -> Result<(Vec<String>, usize), StoreError> {
+        fn decodes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> bool {
+            serde_json::from_slice::<T>(bytes).is_ok()
+        }
+        /// Whether a record's bytes decode as what its tree holds.
+        type Decodes = fn(&[u8]) -> bool;
+        let checks: [(&str, Decodes); 3] = [
+            (MANIFESTS, decodes::<Manifest>),
+            (FAILURES, decodes::<super::FailureRecord>),
+            (HISTORY, decodes::<Vec<super::HistoryEntry>>),
+        ];
+        self.index.with(|db| {
+            let mut names = Vec::new();
+            let mut restored = 0;
+            for (name, check) in checks {
+                let tree = index::tree(&self.index, db, name)?;
+                let mut bad = Vec::new();
+                for item in tree.iter() {
+                    let (key, bytes) = item.map_err(|error| self.index.sled_error(error))?;
+                    if !check(&bytes) {
+                        bad.push(key);
+                    }
+                }
+                for key in bad {
+                    let digest = <[u8; 32]>::try_from(key.as_ref())
+                        .ok()
+                        .map(Digest::from_bytes);
+                    names.push(format!(
+                        "{name}/{}",
+                        match &digest {
+                            Some(digest) => digest.to_hex(),
+                            None => String::from_utf8_lossy(&key).replace('\u{0}', "/"),
+                        }
+                    ));
+                    tracing::warn!(
+                        "removing an unreadable index record {}",
+                        names[names.len() - 1]
+                    );
+                    tree.remove(&key)
+                        .map_err(|error| self.index.sled_error(error))?;
+                    if name == MANIFESTS
+                        && let Some(copy) =
+                            digest.and_then(|digest| self.read_manifest_copy(&digest))
+                        && self.objects_intact(&copy)
+                    {
+                        index::put_json(&self.index, &tree, &key, &copy)?;
+                        restored += 1;
+                    }
+                }
+            }
+            Ok((names, restored))
+        })
+    }
+
+    /// Every manifest copy under `manifests/`, by key (files not named `<key>.json` are ignored).
+    pub(super) fn manifest_copies(&self) -> Result<Vec<(Digest, PathBuf)>, StoreError> {
+        let folder = self.root().join("manifests");
+        let entries = match fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(fsutil::io_error("listing", &folder, error)),
+        };
+        let mut copies = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(key) = name
+                .strip_suffix(".json")
+                .and_then(|hex| hex.parse::<Digest>().ok())
+            {
+                copies.push((key, entry.path()));
+            }
+        }
+        copies.sort();
+        Ok(copies)
+    }
+
+    /// Replace a damaged index: move its folder aside and build a new one from the manifest copies
+    /// whose objects are intact, their run history included (in commit order). Failure records and
+    /// the stat cache start empty (a failed stage reruns anyway; files are rehashed once).
+    pub fn rebuild_index(&self) -> Result<RebuildReport, StoreError> {
+        let _gc_guard = self.gc_lock()?;
+        let mut report = RebuildReport {
+            moved_to: self.index.move_aside()?,
+            ..RebuildReport::default()
+        };
+        let mut restored = Vec::new();
+        for (key, path) in self.manifest_copies()? {
+            match self.read_manifest_copy(&key) {
+                None => {
+                    tracing::warn!("{} is not a readable manifest; removing it", path.display());
+                    fs::remove_file(&path).map_err(at("removing", &path))?;
+                    report.unreadable.push(path);
+                }
+                Some(manifest) if !self.objects_intact(&manifest) => {
+                    fs::remove_file(&path).map_err(at("removing", &path))?;
+                    report.incomplete.push(DroppedManifest {
+                        key,
+                        stage: manifest.stage,
+                        recipe: manifest.recipe,
+                    });
+                }
+                Some(manifest) => restored.push(manifest),
+            }
+        }
+        restored.sort_by_key(|manifest| manifest.committed_unix_ms);
+        self.index.with(|db| {
+            let manifests = index::tree(&self.index, db, MANIFESTS)?;
+            for manifest in &restored {
+                index::put_json(&self.index, &manifests, manifest.key.as_bytes(), manifest)?;
+                super::failures::push_history(
+                    self,
+                    db,
+                    &manifest.recipe,
+                    &manifest.stage,
+                    &manifest.key,
+                )?;
+            }
+            Ok(())
+        })?;
+        report.restored = restored.len();
+        Ok(report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{commit_files, key, record, write_files};
     use super::super::{Acquire, Digest};
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Garbage in index records: verify names each one and removes it; a manifest whose copy is
+    /// intact comes back from it (no rerun), one whose copy is gone is dropped (that stage reruns).
+    #[test]
+    fn unreadable_index_records_are_named_removed_and_restored_from_copies() {
+        let (_dir, store) = store();
+        let kept = commit_files(&store, &key("a"), "r", "a", &[("f", b"one")]);
+        let lost = commit_files(&store, &key("b"), "r", "b", &[("g", b"two")]);
+        fs::remove_file(store.manifest_copy_path(&lost.key)).unwrap();
+        store
+            .index
+            .with(|db| {
+                let manifests = index::tree(&store.index, db, MANIFESTS)?;
+                for manifest in [&kept, &lost] {
+                    manifests
+                        .insert(manifest.key.as_bytes(), &b"{\"format\": tru"[..])
+                        .unwrap();
+                }
+                let failures = index::tree(&store.index, db, FAILURES)?;
+                failures
+                    .insert(key("c").as_bytes(), &b"\xff\xfe"[..])
+                    .unwrap();
+                Ok(())
+            })
+            .unwrap();
+        let report = store.verify().unwrap();
+        assert!(!report.is_clean());
+        let mut names = report.unreadable_records.clone();
+        names.sort();
+        let mut expected = vec![
+            format!("failures/{}", key("c").to_hex()),
+            format!("manifests/{}", kept.key.to_hex()),
+            format!("manifests/{}", lost.key.to_hex()),
+        ];
+        expected.sort();
+        assert_eq!(names, expected);
+        assert_eq!(report.restored_records, 1);
+        assert_eq!(store.lookup(&kept.key).unwrap(), Some(kept));
+        assert_eq!(store.lookup(&lost.key).unwrap(), None);
+        assert!(
+            store.verify().unwrap().is_clean(),
+            "a second verify finds nothing"
+        );
+    }
+
+    /// A damaged index (here: deleted, as sled may silently open an empty one) loses nothing that
+    /// has a manifest copy: lookups restore single records, `rebuild_index` the whole index with
+    /// its history; copies whose objects are gone are dropped; old caches get their copies from
+    /// verify.
+    #[test]
+    fn a_lost_index_is_rebuilt_from_the_manifest_copies() {
+        let (_dir, store) = store();
+        let first = commit_files(&store, &key("a"), "r", "a", &[("f", b"one")]);
+        let second = commit_files(&store, &key("b"), "r", "b", &[("g", b"two")]);
+        let broken = commit_files(&store, &key("c"), "r", "c", &[("h", b"three")]);
+        fs::remove_file(store.object_path(&broken.files[0].digest)).unwrap();
+
+        fs::remove_dir_all(store.root().join("index")).unwrap();
+        assert_eq!(store.lookup(&first.key).unwrap(), Some(first.clone()));
+        assert_eq!(store.lookup(&broken.key).unwrap(), None);
+
+        fs::remove_dir_all(store.root().join("index")).unwrap();
+        let report = store.rebuild_index().unwrap();
+        assert_eq!(report.restored, 2);
+        assert_eq!(report.incomplete.len(), 1);
+        assert_eq!(report.incomplete[0].stage, "c");
+        assert_eq!(store.manifests().unwrap().len(), 2);
+        assert_eq!(store.lookup(&second.key).unwrap(), Some(second.clone()));
+        let last = store.last_committed("r", "b").unwrap();
+        assert_eq!(last.map(|manifest| manifest.key), Some(second.key));
+        assert!(!store.manifest_copy_path(&broken.key).exists());
+
+        // A damaged index folder is moved aside, not deleted.
+        fs::write(store.root().join("index/db"), b"garbage").unwrap();
+        let report = store.rebuild_index().unwrap();
+        let moved = report.moved_to.expect("moved aside");
+        assert!(moved.join("db").exists());
+        assert_eq!(report.restored, 2);
+
+        // A cache from before the copies: verify writes them.
+        for manifest in [&first, &second] {
+            fs::remove_file(store.manifest_copy_path(&manifest.key)).unwrap();
+        }
+        assert_eq!(store.verify().unwrap().copies_written, 2);
+        assert!(store.manifest_copy_path(&first.key).exists());
+    }
 
     /// A store whose gc collects even what was just written.
     fn store() -> (tempfile::TempDir, Store) {

@@ -100,6 +100,20 @@ impl Index {
         }
     }
 
+    /// Moves the database folder aside (`index.damaged-<unix ms>`, beside it) under the index
+    /// lock, so that the next open starts an empty one; where it went, `None` when there was none.
+    pub fn move_aside(&self) -> Result<Option<PathBuf>, StoreError> {
+        let _lock = self.lock()?;
+        if !self.dir.exists() {
+            return Ok(None);
+        }
+        let target = self
+            .dir
+            .with_file_name(format!("index.damaged-{}", super::fsutil::now_unix_ms()));
+        std::fs::rename(&self.dir, &target).map_err(at("moving aside", &self.dir))?;
+        Ok(Some(target))
+    }
+
     fn lock(&self) -> Result<File, StoreError> {
         let lock = OpenOptions::new()
             .create(true)
@@ -172,7 +186,9 @@ impl Index {
             other => StoreError::Index {
                 path: self.dir.clone(),
                 message: format!(
-                    "{other}; if the index is damaged, move the folder away and run again (stages recompute)"
+                    "{other}; if the index is damaged, run `sheared verify --rebuild-index`: it moves the \
+                     index aside and rebuilds it from the manifest copies in the cache's `manifests/` \
+                     folder (committed outputs are kept and not recomputed)"
                 ),
             },
         }

@@ -11,6 +11,8 @@
 //! scratch/<key>/    persistent per stage key across failed or killed attempts; deleted on commit
 //! outputs/<key>/    materialised outputs: hard links to objects (copies across filesystems)
 //! logs/<key>/       one log file per attempt
+//! manifests/<key>.json  a copy of each committed manifest, written just before its index record:
+//!                   lookups restore a record the index lost, `verify --rebuild-index` the whole index
 //! jobs/<key>/       a Slurm job's spec, outputs and logs while it runs (exec::slurm); deleted on commit
 //! leases/<key>.lock + <key>.json   one lease per stage key (flock held for the lease's lifetime + record)
 //! tmp/              objects being copied in (never trusted; gc empties it)
@@ -250,6 +252,13 @@ impl Store {
     /// The log folder of a stage key (one file per attempt).
     pub fn logs_path(&self, key: &Digest) -> PathBuf {
         self.root.join("logs").join(key.to_hex())
+    }
+
+    /// The copy of a key's committed manifest (see the layout above).
+    pub fn manifest_copy_path(&self, key: &Digest) -> PathBuf {
+        self.root
+            .join("manifests")
+            .join(format!("{}.json", key.to_hex()))
     }
 
     /// The folder of a stage key's Slurm job while it runs (`crate::exec::slurm`).

@@ -21,6 +21,8 @@ enum Command {
     Kinds,
     /// Recipes or sweep variants side by side: differing parameters, metrics, deltas, reuse; plots.
     Compare(sheared::report::cli::CompareArgs),
+    /// One self-contained HTML page: comparison, stage graph, stage status and times, plots.
+    Report(sheared::report::cli::ReportArgs),
     /// Show a model folder's architecture, per-layer widths and parameter counts.
     Inspect(sheared::model::cli::InspectArgs),
     /// Mean token loss and perplexity of a model on a text file or on token ids.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Compare(args) => sheared::report::cli::compare_command(&args, &registry),
+        Command::Report(args) => sheared::report::cli::report_command(&args, &registry),
         Command::Inspect(args) => sheared::model::cli::inspect(&args),
         Command::Score(args) => sheared::model::cli::score(&args),
         Command::Convert(args) => sheared::model::cli::convert(&args),

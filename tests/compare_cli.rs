@@ -181,3 +181,90 @@ fn compare_across_recipe_files_that_extend_one_base() {
         "{plan}"
     );
 }
+
+/// The Chromium binary on PATH, if any; panics when `SHEARED_REQUIRE_CHROMIUM=1` and there is none.
+fn chromium() -> Option<String> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {name}")])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+        .map(str::to_string);
+    if found.is_none() {
+        assert!(
+            std::env::var("SHEARED_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "SHEARED_REQUIRE_CHROMIUM=1 but no chromium on PATH (apt-get install chromium)"
+        );
+        eprintln!("no chromium on PATH: the page is checked as text only");
+    }
+    found
+}
+
+/// `sheared report` writes one self-contained page (no script, no external resource) with the
+/// comparison, the stage graph, every stage's status and the plots; headless Chromium renders it
+/// without console errors.
+#[test]
+fn report_is_one_self_contained_page_a_browser_renders() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_project(dir);
+    ok(dir, &["run", "ablation.toml"]);
+    let (_, stderr) = ok(dir, &["report", "ablation.toml", "--out", "report.html"]);
+    assert!(stderr.contains("wrote report.html"), "{stderr}");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    for forbidden in ["<script", "<link", " src=", "url(http", "@import"] {
+        assert!(!html.contains(forbidden), "the page has `{forbidden}`");
+    }
+    assert!(html.contains("<table class=\"comparison\">"));
+    assert_eq!(html.matches("<tr class=\"baseline\">").count(), 1);
+    assert_eq!(html.matches("<tr class=\"variant\">").count(), 1);
+    // prep, train and eval for each of the two variants, prep shared: five stages, four edges.
+    assert_eq!(html.matches("<g class=\"node status-cached\"").count(), 5);
+    assert_eq!(html.matches("class=\"edge\"").count(), 4);
+    assert_eq!(
+        html.matches("<span class=\"status status-cached\">")
+            .count(),
+        5
+    );
+    assert!(
+        html.contains("2 variants (one run)"),
+        "the shared prep stage"
+    );
+    assert!(
+        html.matches("<figure class=\"plot\"").count() >= 2,
+        "loss and weights plots"
+    );
+
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let url = format!("file://{}", dir.join("report.html").display());
+    let output = Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{browser}: {:?}", output);
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("class=\"comparison\"") && dom.contains("Stage graph"),
+        "{dom}"
+    );
+    assert_eq!(dom.matches("class=\"node status-cached\"").count(), 5);
+    let log = String::from_utf8_lossy(&output.stderr);
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(":CONSOLE(") || line.contains("Uncaught"))
+        .collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+}

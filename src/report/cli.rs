@@ -13,6 +13,7 @@ use clap::Args;
 use super::compare::{
     Format, StageInput, VariantInput, View, apply_view, by_stage, compare, flatten_toml, render,
 };
+use super::html::{Page, StageRow};
 use super::plots::{SeriesSource, write_plots};
 use crate::plan::Plan;
 use crate::plan::status::plan_status;
@@ -64,25 +65,64 @@ pub struct CompareArgs {
     pub width: Option<usize>,
 }
 
-/// `sheared compare`.
-pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Result<()> {
+/// `sheared report RECIPE... --out report.html`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Recipe files, as for `sheared compare`.
+    #[arg(required = true)]
+    pub recipes: Vec<PathBuf>,
+    /// The HTML file to write (one self-contained page).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// The cache folder the runs were stored in.
+    #[arg(long, env = "SHEARED_CACHE", default_value = "cache")]
+    pub cache: PathBuf,
+    /// Override one recipe value (as for `sheared run`), TOML value syntax.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The device the runs used (as for `sheared run`).
+    #[arg(long, env = "SHEARED_DEVICE")]
+    pub device: Option<String>,
+}
+
+/// What `compare` and `report` read from the plan and the store.
+struct Gathered {
+    plan: Plan,
+    statuses: Vec<crate::plan::status::NodeStatus>,
+    variants: Vec<VariantInput>,
+    /// `metrics.jsonl` of every committed stage that has one (each key once).
+    series: Vec<SeriesSource>,
+    /// `stage (recipe)` of every stage not committed yet.
+    not_run: Vec<String>,
+}
+
+/// Loads the recipes, plans them together and reads each stage's committed metrics (and, with
+/// `with_series`, where its `metrics.jsonl` is, materialising its outputs).
+fn gather(
+    paths: &[PathBuf],
+    cache: &std::path::Path,
+    set: &[String],
+    device: Option<&str>,
+    with_series: bool,
+    registry: &Registry,
+) -> anyhow::Result<Gathered> {
     let options = LoadOptions {
-        overrides: args.set.clone(),
-        device: args.device.clone(),
+        overrides: set.to_vec(),
+        device: device.map(str::to_string),
     };
     let mut recipes = Vec::new();
-    for path in &args.recipes {
+    for path in paths {
         recipes.extend(load(path, &options, registry)?);
     }
     let plan = Plan::build(recipes, registry)?;
-    if !args.cache.is_dir() {
+    if !cache.is_dir() {
         anyhow::bail!(
             "no cache at {}: run the recipes first (`sheared run ...`), or pass --cache DIR",
-            args.cache.display()
+            cache.display()
         );
     }
-    let store = Store::open(&args.cache)
-        .with_context(|| format!("opening the cache {}", args.cache.display()))?;
+    let store =
+        Store::open(cache).with_context(|| format!("opening the cache {}", cache.display()))?;
     let statuses = plan_status(&plan, &store)?;
 
     let mut variants = Vec::new();
@@ -120,7 +160,7 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
                 seconds: committed.map(|c| c.manifest.seconds),
                 metrics: committed.and_then(|c| c.manifest.metrics.clone()),
             });
-            if let (Some(_), Some(commit)) = (&args.plots, committed)
+            if let (true, Some(commit)) = (with_series, committed)
                 && commit
                     .manifest
                     .files
@@ -141,6 +181,30 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
             stages,
         });
     }
+    Ok(Gathered {
+        plan,
+        statuses,
+        variants,
+        series,
+        not_run,
+    })
+}
+
+/// `sheared compare`.
+pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Result<()> {
+    let Gathered {
+        mut variants,
+        series,
+        not_run,
+        ..
+    } = gather(
+        &args.recipes,
+        &args.cache,
+        &args.set,
+        args.device.as_deref(),
+        args.plots.is_some(),
+        registry,
+    )?;
     if args.by_stage {
         variants = by_stage(&variants);
     }
@@ -180,6 +244,102 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
         } else {
             eprintln!("wrote {} plot files to {}", written.len(), dir.display());
         }
+    }
+    Ok(())
+}
+
+/// `sheared report`: the comparison, the stage graph, each stage's status and time, and every plot
+/// in one HTML file.
+pub fn report_command(args: &ReportArgs, registry: &Registry) -> anyhow::Result<()> {
+    let gathered = gather(
+        &args.recipes,
+        &args.cache,
+        &args.set,
+        args.device.as_deref(),
+        true,
+        registry,
+    )?;
+    let comparison = compare(&gathered.variants);
+    let plan = &gathered.plan;
+    let stages: Vec<StageRow> = plan
+        .order
+        .iter()
+        .map(|&index| {
+            let node = &plan.nodes[index];
+            let status = &gathered.statuses[index];
+            StageRow {
+                id: node.id.clone(),
+                kind: node.kind.clone(),
+                status: status.status.to_string(),
+                key: status
+                    .key
+                    .as_ref()
+                    .map(|key| key[..12.min(key.len())].to_string()),
+                seconds: status.committed.as_ref().map(|c| c.manifest.seconds),
+                used_by: node
+                    .members
+                    .iter()
+                    .map(|member| row_name(&plan.recipes, member.recipe))
+                    .collect(),
+                reasons: status.reasons.iter().map(|r| r.one_line()).collect(),
+            }
+        })
+        .collect();
+    let position: std::collections::HashMap<usize, usize> = plan
+        .order
+        .iter()
+        .enumerate()
+        .map(|(position, &index)| (index, position))
+        .collect();
+    let mut edges = Vec::new();
+    for &index in &plan.order {
+        for upstream in plan.upstream(index) {
+            edges.push((position[&upstream], position[&index]));
+        }
+    }
+    edges.sort();
+    let plots_dir = tempfile::tempdir().context("creating a folder for the plots")?;
+    let mut plots = Vec::new();
+    for path in write_plots(&gathered.series, plots_dir.path())? {
+        if path.extension().is_some_and(|extension| extension == "svg") {
+            let name = path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let svg = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the plot {}", path.display()))?;
+            plots.push((name, svg));
+        }
+    }
+    let recipes: Vec<String> = args
+        .recipes
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect();
+    let page = Page {
+        title: format!("sheared report: {}", plan.recipes[0].base_name),
+        recipes,
+        generated_at: crate::store::rfc3339(std::time::SystemTime::now()),
+        comparison: &comparison,
+        stages,
+        edges,
+        plots,
+    };
+    let html = super::html::render(&page);
+    std::fs::write(&args.out, html)
+        .with_context(|| format!("writing the report {}", args.out.display()))?;
+    eprintln!(
+        "wrote {} ({} stage(s), {} row(s), {} plot(s))",
+        args.out.display(),
+        page.stages.len(),
+        comparison.rows.len(),
+        page.plots.len()
+    );
+    if !gathered.not_run.is_empty() {
+        eprintln!(
+            "not run yet (shown as missing): {}",
+            gathered.not_run.join(", ")
+        );
     }
     Ok(())
 }

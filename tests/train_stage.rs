@@ -68,6 +68,33 @@ fn tokenize_then_train_through_the_runner() {
     assert_eq!(lines.matches("\"kind\":\"train\"").count(), 4);
     assert_eq!(lines.matches("\"kind\":\"eval\"").count(), 3); // before step 1, after steps 2 and 4
 
+    // The curves, live: one TensorBoard event file beside the stage's log, one version record and
+    // one event per metrics record (4 train steps, 3 evals), each a checksummed TFRecord.
+    let key = out.file_name().unwrap();
+    let tensorboard = dir.path().join("cache/logs").join(key).join("tensorboard");
+    let files: Vec<_> = std::fs::read_dir(&tensorboard)
+        .unwrap_or_else(|error| panic!("{}: {error}", tensorboard.display()))
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let mut records = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let length = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        at += 16 + length;
+        records += 1;
+    }
+    assert_eq!(at, bytes.len(), "whole records");
+    assert_eq!(records, 1 + 4 + 3);
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|window| window == needle);
+    assert!(
+        contains(b"brain.Event:2") && contains(b"train/loss") && contains(b"eval/eval_loss/web")
+    );
+
     // A bad value is refused before anything runs, naming the key.
     std::fs::write(dir.path().join("recipe.toml"), RECIPE.replace("STEPS", "0")).unwrap();
     let output = sheared(dir.path(), &["run", "recipe.toml"]);

@@ -181,6 +181,8 @@ pub struct StageReporter {
     pub stage: String,
     pub plain_progress: bool,
     pub last_line: Mutex<Option<Instant>>,
+    /// Where the stage's stepped metrics records go as TensorBoard scalars ([`super::tensorboard`]).
+    pub tensorboard: Option<super::tensorboard::TensorBoardSink>,
 }
 
 impl Reporter for StageReporter {
@@ -210,5 +212,8 @@ impl Reporter for StageReporter {
 
     fn metrics(&self, record: &serde_json::Value) {
         self.log.line(&format!("metrics {record}"));
+        if let Some(tensorboard) = &self.tensorboard {
+            tensorboard.record(record);
+        }
     }
 }

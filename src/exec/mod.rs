@@ -9,6 +9,7 @@ pub mod device_memory;
 pub mod events;
 pub mod logging;
 pub mod slurm;
+pub mod tensorboard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -645,12 +646,19 @@ fn execute_inner(
     started.reason = Some(why_it_runs(store, recipe_name, &node.stage, record, force));
     output.emit(&started);
     let bar = output.bar(&node.id);
+    // Beside the attempt's log: `logs/<key>/tensorboard/`.
+    let tensorboard_dir = attempt
+        .log_path
+        .parent()
+        .unwrap_or(store.root())
+        .join("tensorboard");
     let reporter = logging::StageReporter {
         log: log.clone(),
         bar: bar.clone(),
         stage: node.id.clone(),
         plain_progress: !output.is_json() && bar.is_none(),
         last_line: Mutex::new(None),
+        tensorboard: Some(tensorboard::TensorBoardSink::new(tensorboard_dir.clone())),
     };
     let span = tracing::info_span!("stage", stage = %node.id, key = %record.key.short(), log = %attempt.log_path.display());
     let job_folder = store.jobs_path(&record.key);
@@ -664,6 +672,7 @@ fn execute_inner(
             inputs,
             scratch_dir: attempt.scratch_dir.clone(),
             settings: recipe.settings.clone(),
+            tensorboard_dir: Some(tensorboard_dir.clone()),
         };
         span.in_scope(|| {
             slurm::run_stage(slurm::JobRun {

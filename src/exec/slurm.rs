@@ -62,6 +62,9 @@ pub struct JobSpec {
     /// The key's persistent scratch folder.
     pub scratch_dir: PathBuf,
     pub settings: Settings,
+    /// Where the stage's curves go (`logs/<key>/tensorboard/`, [`super::tensorboard`]).
+    #[serde(default)]
+    pub tensorboard_dir: Option<PathBuf>,
 }
 
 /// The submitted job, recorded for adoption by a later coordinator.
@@ -525,8 +528,8 @@ fn shell_quote(text: &str) -> String {
 }
 
 fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
+    hostname::get()
+        .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into())
 }
 
@@ -681,6 +684,10 @@ fn run_spec(
         stage: spec.id.clone(),
         plain_progress: false,
         last_line: std::sync::Mutex::new(None),
+        tensorboard: spec
+            .tensorboard_dir
+            .clone()
+            .map(super::tensorboard::TensorBoardSink::new),
     };
     let context = StageContext {
         name: &spec.stage,

@@ -35,8 +35,8 @@ enum Command {
     Plan(sheared::exec::cli::PlanArgs),
     /// Explain why a stage would run: the full chain of causes.
     Why(sheared::exec::cli::StageArgs),
-    /// Print the committed output folder of a stage.
-    Path(sheared::exec::cli::StageArgs),
+    /// Print the committed output folder of a stage (`--logs`: its log and TensorBoard folder).
+    Path(sheared::exec::cli::PathArgs),
     /// Print the stage graph as Mermaid or Graphviz dot.
     Dag(sheared::exec::cli::DagArgs),
     /// Remove cache entries no recipe under recipes/ (or given) uses.

@@ -71,7 +71,11 @@ fn tokenize_then_train_through_the_runner() {
     // The curves, live: one TensorBoard event file beside the stage's log, one version record and
     // one event per metrics record (4 train steps, 3 evals), each a checksummed TFRecord.
     let key = out.file_name().unwrap();
-    let tensorboard = dir.path().join("cache/logs").join(key).join("tensorboard");
+    let output = sheared(dir.path(), &["path", "recipe.toml", "train", "--logs"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let logs = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    assert_eq!(logs, dir.path().join("cache/logs").join(key));
+    let tensorboard = logs.join("tensorboard");
     let files: Vec<_> = std::fs::read_dir(&tensorboard)
         .unwrap_or_else(|error| panic!("{}: {error}", tensorboard.display()))
         .flatten()

@@ -30,6 +30,10 @@ pub enum EvalSplit {
     /// The `n` documents with the smallest hashes are eval (identical documents share a hash, so ties can add a
     /// few more: duplicates never straddle the split).
     Documents(u64),
+    /// `n` held-out sequences of `seq_len` tokens: the last `n · seq_len + 1` tokens of the domain's token
+    /// stream (every document goes to train first; the tail moves to eval), as the paper holds out
+    /// 500 sequences of 4096 tokens per domain.
+    Sequences(u64),
 }
 
 /// One domain to tokenize.
@@ -269,7 +273,7 @@ fn split_rule(
                 threshold: (threshold >= 1.0).then(|| (threshold as u64).saturating_sub(1)),
             })
         }
-        EvalSplit::Documents(0) => Ok(SplitRule { threshold: None }),
+        EvalSplit::Documents(0) | EvalSplit::Sequences(_) => Ok(SplitRule { threshold: None }),
         EvalSplit::Documents(count) => {
             // Max-heap of the `count` smallest hashes seen.
             let mut smallest = BinaryHeap::new();
@@ -558,6 +562,31 @@ fn encode_domain(
         });
     }
     let needed = spec.seq_len + 1;
+    if let EvalSplit::Sequences(count) = domain.split {
+        let wanted = count.saturating_mul(spec.seq_len).saturating_add(1);
+        if manifest.train_tokens < wanted.saturating_add(needed) {
+            return Err(DataError::TooFewTokens {
+                domain: domain.name.clone(),
+                split: "train".into(),
+                tokens: manifest.train_tokens.saturating_sub(wanted),
+                needed,
+                hint: format!(
+                    ", or lower `eval_sequences` (it holds out {count} × {} + 1 = {wanted} of the domain's {} \
+                     tokens)",
+                    spec.seq_len, manifest.train_tokens
+                ),
+            });
+        }
+        move_tail(
+            &out_dir.join("train").join(format!("{}.bin", domain.name)),
+            &out_dir.join("eval").join(format!("{}.bin", domain.name)),
+            wanted,
+            dtype,
+        )?;
+        manifest.train_tokens -= wanted;
+        manifest.eval_tokens += wanted;
+        manifest.eval_from_train_tail_tokens = wanted;
+    }
     if let EvalSplit::Fraction(fraction) = domain.split
         && fraction > 0.0
         && manifest.eval_tokens < needed
@@ -608,6 +637,7 @@ fn encode_domain(
                      training stream when the documents are too few)"
                     .into(),
                 EvalSplit::Fraction(_) => ", or raise `eval_fraction` above 0".into(),
+                EvalSplit::Sequences(_) => ", or raise `eval_sequences`".into(),
             },
         });
     }
@@ -753,6 +783,38 @@ pub(crate) mod tests {
             .to_string();
         assert!(
             error.contains("book") && error.contains("eval_documents") && error.contains("tail"),
+            "{error}"
+        );
+    }
+
+    /// `eval_sequences = n` holds out exactly `n · seq_len + 1` tokens per domain, the tail of its
+    /// stream (every document is tokenized into train first); too few tokens is an error naming
+    /// the key and the numbers.
+    #[test]
+    fn eval_sequences_hold_out_exactly_that_many_sequences() {
+        let root = tempfile::tempdir().unwrap();
+        corpus(root.path());
+        let spec = spec(root.path(), EvalSplit::Sequences(3));
+        let out = root.path().join("out");
+        run(&spec, &out).unwrap();
+        let dataset = TokenizedDataset::open(&out).unwrap();
+        for domain in &dataset.manifest().domains {
+            assert_eq!(domain.eval_documents, 0, "{domain:?}");
+            assert_eq!(domain.eval_tokens, 3 * spec.seq_len + 1, "{domain:?}");
+            assert_eq!(domain.eval_from_train_tail_tokens, domain.eval_tokens);
+            let eval = Shard::open(
+                &out.join("eval").join(format!("{}.bin", domain.name)),
+                dataset.manifest().dtype,
+            )
+            .unwrap();
+            assert_eq!(eval.len() as u64, domain.eval_tokens);
+        }
+        let greedy = self::spec(root.path(), EvalSplit::Sequences(100_000));
+        let error = run(&greedy, &root.path().join("out2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("eval_sequences") && error.contains("100000 × 8 + 1"),
             "{error}"
         );
     }

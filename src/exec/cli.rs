@@ -88,6 +88,17 @@ pub struct StageArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    #[command(flatten)]
+    pub stage: StageArgs,
+    /// Print the stage's log folder instead (its attempts' logs and `tensorboard/`, the live
+    /// curves: `tensorboard --logdir <it>`); known as soon as the stage's key is, before it
+    /// commits.
+    #[arg(long)]
+    pub logs: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct DagArgs {
     pub recipe: PathBuf,
     #[arg(long, value_enum, default_value = "mermaid")]
@@ -343,7 +354,9 @@ fn explain_node(
 }
 
 /// `sheared path`: the committed output folder of a stage.
-pub fn path(args: &StageArgs, registry: &Registry) -> anyhow::Result<()> {
+pub fn path(args: &PathArgs, registry: &Registry) -> anyhow::Result<()> {
+    let logs = args.logs;
+    let args = &args.stage;
     let plan = plan_recipes(
         std::slice::from_ref(&args.recipe),
         &args.options.load_options(),
@@ -353,6 +366,27 @@ pub fn path(args: &StageArgs, registry: &Registry) -> anyhow::Result<()> {
     let statuses = plan_status(&plan, &store)?;
     let nodes = plan.find(&args.stage)?;
     let mut missing = Vec::new();
+    if logs {
+        for index in &nodes {
+            match statuses[*index].record.as_ref() {
+                Some(record) => println!("{}", store.logs_path(&record.key).display()),
+                None => missing.push(format!(
+                    "`{}` waits on {}",
+                    statuses[*index].id,
+                    statuses[*index].waits_on.join(", ")
+                )),
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "{}: its key (and so its log folder) is known once those stages commit; run `sheared run {} --only {}`",
+                missing.join("; "),
+                args.recipe.display(),
+                args.stage
+            );
+        }
+        return Ok(());
+    }
     for index in &nodes {
         match output_path(&store, &statuses[*index])? {
             Some(output) => println!("{}", output.display()),

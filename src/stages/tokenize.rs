@@ -40,7 +40,11 @@ pub struct TokenizeConfig {
     /// Fixed number of eval documents per domain (the smallest hashes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_documents: Option<u64>,
-    /// Per-domain overrides of `text_field`, `eval_fraction`, `eval_documents`.
+    /// Fixed number of held-out *sequences* of `seq_len` tokens per domain, as the paper holds out
+    /// (500 × 4096): the last `eval_sequences × seq_len + 1` tokens of the domain's stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_sequences: Option<u64>,
+    /// Per-domain overrides of `text_field`, `eval_fraction`, `eval_documents`, `eval_sequences`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub domain_settings: BTreeMap<String, DomainSettings>,
     /// Every domain must give at least one window of `seq_len + 1` tokens in each split.
@@ -68,6 +72,8 @@ pub struct DomainSettings {
     pub eval_fraction: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_documents: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_sequences: Option<u64>,
 }
 
 fn default_text_field() -> String {
@@ -77,7 +83,10 @@ fn default_text_field() -> String {
 impl TokenizeConfig {
     fn parse(table: &toml::Table) -> Result<(Self, toml::Table), StageError> {
         let (mut config, _): (TokenizeConfig, _) = normalize_typed(table)?;
-        if config.eval_fraction.is_none() && config.eval_documents.is_none() {
+        if config.eval_fraction.is_none()
+            && config.eval_documents.is_none()
+            && config.eval_sequences.is_none()
+        {
             config.eval_fraction = Some(0.05);
         }
         // Fill the trainer's defaults too, so they enter the cache key explicitly.
@@ -130,18 +139,40 @@ impl TokenizeConfig {
                 ));
             }
         }
-        if self.eval_fraction.is_some() && self.eval_documents.is_some() {
+        let splits = [
+            self.eval_fraction.is_some(),
+            self.eval_documents.is_some(),
+            self.eval_sequences.is_some(),
+        ];
+        if splits.iter().filter(|set| **set).count() > 1 {
             return Err(StageError::config(
-                "eval_documents",
-                "set either `eval_fraction` or `eval_documents`, not both",
+                if self.eval_sequences.is_some() {
+                    "eval_sequences"
+                } else {
+                    "eval_documents"
+                },
+                "set one of `eval_fraction`, `eval_documents` and `eval_sequences`, not several",
             ));
+        }
+        for (name, local) in &self.domain_settings {
+            let set = [
+                local.eval_fraction.is_some(),
+                local.eval_documents.is_some(),
+                local.eval_sequences.is_some(),
+            ];
+            if set.iter().filter(|set| **set).count() > 1 {
+                return Err(StageError::config(
+                    format!("domain_settings.{name}"),
+                    "set one of `eval_fraction`, `eval_documents` and `eval_sequences`, not several",
+                ));
+            }
         }
         // Every domain needs held-out text: the eval stages and dynamic loading read per-domain
         // losses from it, and the stage itself refuses an empty eval split. Say so now, before a
         // whole corpus is read and tokenized for nothing.
         for name in self.domains.keys() {
             let nothing_held_out = match self.split_for(name) {
-                EvalSplit::Documents(count) => count == 0,
+                EvalSplit::Documents(count) | EvalSplit::Sequences(count) => count == 0,
                 EvalSplit::Fraction(fraction) => fraction <= 0.0,
             };
             if nothing_held_out {
@@ -149,6 +180,8 @@ impl TokenizeConfig {
                     format!("domain_settings.{name}")
                 } else if self.eval_documents.is_some() {
                     "eval_documents".into()
+                } else if self.eval_sequences.is_some() {
+                    "eval_sequences".into()
                 } else {
                     "eval_fraction".into()
                 };
@@ -156,8 +189,8 @@ impl TokenizeConfig {
                     key,
                     format!(
                         "domain `{name}` would hold out nothing, but every domain needs an eval split (per-domain \
-                         losses for evaluation and dynamic loading); use eval_fraction > 0 (e.g. 0.05) or \
-                         eval_documents >= 1"
+                         losses for evaluation and dynamic loading); use eval_fraction > 0 (e.g. 0.05), \
+                         eval_documents >= 1 or eval_sequences >= 1"
                     ),
                 ));
             }
@@ -193,19 +226,26 @@ impl TokenizeConfig {
         }
     }
 
+    /// The domain's own setting if it has one, else the stage's; a fraction of 0.05 by default.
     fn split_for(&self, name: &str) -> EvalSplit {
         let local = self.domain_settings.get(name).cloned().unwrap_or_default();
-        match (
+        let of = |documents: Option<u64>, sequences: Option<u64>, fraction: Option<f64>| {
+            documents
+                .map(EvalSplit::Documents)
+                .or(sequences.map(EvalSplit::Sequences))
+                .or(fraction.map(EvalSplit::Fraction))
+        };
+        of(
             local.eval_documents,
+            local.eval_sequences,
             local.eval_fraction,
+        )
+        .or(of(
             self.eval_documents,
+            self.eval_sequences,
             self.eval_fraction,
-        ) {
-            (Some(count), _, _, _) => EvalSplit::Documents(count),
-            (None, Some(fraction), _, _) => EvalSplit::Fraction(fraction),
-            (None, None, Some(count), _) => EvalSplit::Documents(count),
-            (None, None, None, fraction) => EvalSplit::Fraction(fraction.unwrap_or(0.05)),
-        }
+        ))
+        .unwrap_or(EvalSplit::Fraction(0.05))
     }
 }
 
@@ -394,6 +434,17 @@ mod tests {
             key_of(&format!("{base}eval_fraction = 0.1\neval_documents = 3"))
                 .starts_with("eval_documents:")
         );
+        assert!(
+            key_of(&format!("{base}eval_fraction = 0.1\neval_sequences = 3"))
+                .starts_with("eval_sequences:")
+        );
+        assert!(
+            key_of(&format!(
+                "{base}domain_settings = {{ web = {{ eval_documents = 2, eval_sequences = 3 }} }}"
+            ))
+            .starts_with("domain_settings.web:")
+        );
+        assert!(key_of(&format!("{base}eval_sequences = 0")).starts_with("eval_sequences:"));
         let message = key_of(&format!(
             "{base}domain_settings = {{ wbe = {{ text_field = \"x\" }} }}"
         ));

@@ -89,31 +89,6 @@ const SHAPE: StepShape = StepShape {
     seq_len: 256,
 };
 
-/// Two dense training steps (the second has AdamW's moments); returns the peak RSS growth.
-fn measure_train(config: &LlamaConfig) -> u64 {
-    let device = Device::flex().autodiff();
-    device.seed(3);
-    let rows = tokens(SHAPE.micro_batch, SHAPE.seq_len + 1, config.vocab_size);
-    let baseline = reset_peak();
-    let mut model = Llama::new(config, &device);
-    let mut optimizer = AdamWSettings::default().build();
-    for _ in 0..2 {
-        let (inputs, targets) = sheared::model::batch::causal_lm_batch_flat(
-            &rows,
-            SHAPE.micro_batch,
-            SHAPE.seq_len,
-            &device,
-        );
-        let logits = model.forward(inputs, None); // [batch, seq, vocab]
-        let loss = cross_entropy(logits, targets);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let (grads, _) = clip_global_norm(grads, &model, 1.0);
-        model = optimizer.step(1e-4, model, grads);
-    }
-    drop(model);
-    status_bytes("VmHWM") - baseline
-}
-
 /// Tokens of the checkpointed workload: long enough that one layer's unfused attention scores
 /// (`2 × [2, 8, 1024, 1024]` fp32, 128 MiB) would dwarf the blockwise attention's blocks.
 const LONG_SHAPE: StepShape = StepShape {
@@ -121,29 +96,31 @@ const LONG_SHAPE: StepShape = StepShape {
     seq_len: 1024,
 };
 
-/// Two dense training steps with activation checkpointing (blockwise attention) at [`LONG_SHAPE`].
-fn measure_train_checkpointed(config: &LlamaConfig) -> u64 {
+/// Two dense training steps at `shape` (the second has AdamW's moments), with activation
+/// checkpointing (blockwise attention) or a plain backward; returns the peak RSS growth.
+fn measure_train(config: &LlamaConfig, shape: StepShape, checkpointed: bool) -> u64 {
     let device = Device::flex().autodiff();
     device.seed(3);
-    let rows = tokens(
-        LONG_SHAPE.micro_batch,
-        LONG_SHAPE.seq_len + 1,
-        config.vocab_size,
-    );
+    let rows = tokens(shape.micro_batch, shape.seq_len + 1, config.vocab_size);
     let baseline = reset_peak();
     let mut model = Llama::new(config, &device);
     let mut optimizer = AdamWSettings::default().build();
     for _ in 0..2 {
         let (inputs, targets) = sheared::model::batch::causal_lm_batch_flat(
             &rows,
-            LONG_SHAPE.micro_batch,
-            LONG_SHAPE.seq_len,
+            shape.micro_batch,
+            shape.seq_len,
             &device,
         );
-        let backward = model.backward_checkpointed(inputs, None, |logits| {
-            cross_entropy(logits, targets) // [1]
-        });
-        let (grads, _) = clip_global_norm(backward.gradients, &model, 1.0);
+        let grads = if checkpointed {
+            model
+                .backward_checkpointed(inputs, None, |logits| cross_entropy(logits, targets)) // [1]
+                .gradients
+        } else {
+            let logits = model.forward(inputs, None); // [batch, seq, vocab]
+            GradientsParams::from_grads(cross_entropy(logits, targets).backward(), &model)
+        };
+        let (grads, _) = clip_global_norm(grads, &model, 1.0);
         model = optimizer.step(1e-4, model, grads);
     }
     drop(model);
@@ -207,9 +184,9 @@ fn measured_cpu_peaks_are_within_the_stated_factor_of_the_estimate() {
     let config = config();
     if let Ok(workload) = std::env::var(WORKLOAD) {
         let measured = match workload.as_str() {
-            "train" => measure_train(&config),
+            "train" => measure_train(&config, SHAPE, false),
             "prune" => measure_prune(&config),
-            "train-checkpointed" => measure_train_checkpointed(&config),
+            "train-checkpointed" => measure_train(&config, LONG_SHAPE, true),
             other => panic!("unknown workload {other}"),
         };
         println!("measured_bytes={measured}");

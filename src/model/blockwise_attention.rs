@@ -147,12 +147,7 @@ mod tests {
         value: Tensor<4>,
         precision: Precision,
     ) -> Tensor<4> {
-        let [_, _, seq, head_dim] = query.dims();
-        let scores =
-            matmul(query, key.swap_dims(2, 3), precision).mul_scalar(attention_scale(head_dim)); // [batch, heads, seq, seq]
-        let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &scores.device()).unsqueeze::<4>();
-        let weights = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
-        matmul(weights, value, precision)
+        super::super::llama::autocast_attention(query, key, value, precision)
     }
 
     fn max_relative_difference(a: Tensor<4>, b: Tensor<4>) -> f32 {

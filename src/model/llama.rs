@@ -377,7 +377,7 @@ fn attend(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>, precision: Precisi
 /// fp32. Spelled out (rather than burn's `attention` op, which backends implement in different
 /// ways) so that every backend and autodiff compute the same thing. All `[batch, heads, seq,
 /// head_dim]`, fp32 in and out.
-fn autocast_attention(
+pub(super) fn autocast_attention(
     query: Tensor<4>,
     key: Tensor<4>,
     value: Tensor<4>,

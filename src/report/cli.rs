@@ -21,8 +21,9 @@ use crate::recipe::{LoadOptions, load};
 use crate::stage::Registry;
 use crate::store::Store;
 
+/// Which runs `compare` and `report` read.
 #[derive(Debug, Clone, Args)]
-pub struct CompareArgs {
+pub struct RunsArgs {
     /// Recipe files; a recipe with a `[sweep]` gives one row per variant. The first row is the baseline.
     #[arg(required = true)]
     pub recipes: Vec<PathBuf>,
@@ -36,6 +37,12 @@ pub struct CompareArgs {
     /// `cuda:0` is found only with the same device.
     #[arg(long, env = "SHEARED_DEVICE")]
     pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub runs: RunsArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Also write training-loss, eval-loss, domain-weight and sparsity plots (SVG and PNG) here.
@@ -68,21 +75,11 @@ pub struct CompareArgs {
 /// `sheared report RECIPE... --out report.html`.
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
-    /// Recipe files, as for `sheared compare`.
-    #[arg(required = true)]
-    pub recipes: Vec<PathBuf>,
+    #[command(flatten)]
+    pub runs: RunsArgs,
     /// The HTML file to write (one self-contained page).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub out: PathBuf,
-    /// The cache folder the runs were stored in.
-    #[arg(long, env = "SHEARED_CACHE", default_value = "cache")]
-    pub cache: PathBuf,
-    /// Override one recipe value (as for `sheared run`), TOML value syntax.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// The device the runs used (as for `sheared run`).
-    #[arg(long, env = "SHEARED_DEVICE")]
-    pub device: Option<String>,
 }
 
 /// What `compare` and `report` read from the plan and the store.
@@ -98,20 +95,14 @@ struct Gathered {
 
 /// Loads the recipes, plans them together and reads each stage's committed metrics (and, with
 /// `with_series`, where its `metrics.jsonl` is, materialising its outputs).
-fn gather(
-    paths: &[PathBuf],
-    cache: &std::path::Path,
-    set: &[String],
-    device: Option<&str>,
-    with_series: bool,
-    registry: &Registry,
-) -> anyhow::Result<Gathered> {
+fn gather(runs: &RunsArgs, with_series: bool, registry: &Registry) -> anyhow::Result<Gathered> {
+    let cache = runs.cache.as_path();
     let options = LoadOptions {
-        overrides: set.to_vec(),
-        device: device.map(str::to_string),
+        overrides: runs.set.clone(),
+        device: runs.device.clone(),
     };
     let mut recipes = Vec::new();
-    for path in paths {
+    for path in &runs.recipes {
         recipes.extend(load(path, &options, registry)?);
     }
     let plan = Plan::build(recipes, registry)?;
@@ -197,14 +188,7 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
         series,
         not_run,
         ..
-    } = gather(
-        &args.recipes,
-        &args.cache,
-        &args.set,
-        args.device.as_deref(),
-        args.plots.is_some(),
-        registry,
-    )?;
+    } = gather(&args.runs, args.plots.is_some(), registry)?;
     if args.by_stage {
         variants = by_stage(&variants);
     }
@@ -225,6 +209,7 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
     print!("{}", render(&comparison, args.format, width));
     if !not_run.is_empty() {
         let files: Vec<String> = args
+            .runs
             .recipes
             .iter()
             .map(|path| path.display().to_string())
@@ -251,14 +236,7 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
 /// `sheared report`: the comparison, the stage graph, each stage's status and time, and every plot
 /// in one HTML file.
 pub fn report_command(args: &ReportArgs, registry: &Registry) -> anyhow::Result<()> {
-    let gathered = gather(
-        &args.recipes,
-        &args.cache,
-        &args.set,
-        args.device.as_deref(),
-        true,
-        registry,
-    )?;
+    let gathered = gather(&args.runs, true, registry)?;
     let comparison = compare(&gathered.variants);
     let plan = &gathered.plan;
     let stages: Vec<StageRow> = plan
@@ -312,6 +290,7 @@ pub fn report_command(args: &ReportArgs, registry: &Registry) -> anyhow::Result<
         }
     }
     let recipes: Vec<String> = args
+        .runs
         .recipes
         .iter()
         .map(|path| path.display().to_string())

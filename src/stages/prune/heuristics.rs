@@ -223,15 +223,15 @@ pub fn layer_drop_masks(
     }
 }
 
-/// Block influence of every layer, averaged over `calibration_batches` (default 4) batches of
-/// `batch_size` × `seq_len` tokens drawn uniformly from the stage's data with its seed.
-fn block_influence(
+/// Calls `visit(index, tokens)` for each of `calibration_batches` (default 4) batches of
+/// `batch_size` rows of `seq_len + 1` tokens, drawn uniformly from the stage's data with `seed`
+/// (what `block_influence` and `taylor` score on); stops when the stage is cancelled.
+fn for_each_calibration_batch(
     ctx: &StageContext<'_>,
     config: &PruneConfig,
-    model: &Llama,
     seed: u64,
-    device: &burn::tensor::Device,
-) -> Result<Vec<f64>, StageError> {
+    mut visit: impl FnMut(usize, &[u32]) -> Result<(), StageError>,
+) -> Result<usize, StageError> {
     let dataset = crate::data::TokenizedDataset::open(ctx.input("data")?)
         .map_err(|error| StageError::input("data", error.to_string()))?;
     let mut mixture = crate::data::DomainMixture::new(
@@ -242,22 +242,37 @@ fn block_influence(
     )
     .map_err(|error| StageError::input("data", error.to_string()))?;
     let batches = config.calibration_batches.unwrap_or(4);
-    let mut total = vec![0.0; model.layers.len()];
-    for _ in 0..batches {
+    for index in 0..batches {
         if ctx.cancel.is_cancelled() {
             return Err(StageError::Cancelled);
         }
         let batch = mixture
             .next_batch(config.batch_size)
             .map_err(|error| StageError::input("data", error.to_string()))?;
+        visit(index, &batch.tokens)?;
+    }
+    Ok(batches)
+}
+
+/// Block influence of every layer, averaged over the calibration batches.
+fn block_influence(
+    ctx: &StageContext<'_>,
+    config: &PruneConfig,
+    model: &Llama,
+    seed: u64,
+    device: &burn::tensor::Device,
+) -> Result<Vec<f64>, StageError> {
+    let mut total = vec![0.0; model.layers.len()];
+    let batches = for_each_calibration_batch(ctx, config, seed, |_, tokens| {
         let (input_ids, _) = crate::model::batch::causal_lm_batch_flat(
-            &batch.tokens,
+            tokens,
             config.batch_size,
             config.seq_len,
             device,
         ); // [batch, seq]
         add(&mut total, &model.block_influence(input_ids));
-    }
+        Ok(())
+    })?;
     let influence: Vec<f64> = total.iter().map(|sum| sum / batches as f64).collect();
     ctx.reporter.message(&format!(
         "block influence per layer: {}",
@@ -271,9 +286,8 @@ fn block_influence(
 }
 
 /// `method = "taylor"`: ∂loss/∂w of every parameter of `model` (on an autodiff device), summed over
-/// `calibration_batches` (default 4) batches of `batch_size` × `seq_len` tokens drawn uniformly from
-/// the stage's data with its seed, each in `grad_accum` micro-batches (with activation
-/// checkpointing when the stage asks for it).
+/// the calibration batches, each in `grad_accum` micro-batches (with activation checkpointing when
+/// the stage asks for it).
 fn calibration_gradients(
     ctx: &StageContext<'_>,
     config: &PruneConfig,
@@ -281,25 +295,12 @@ fn calibration_gradients(
     seed: u64,
     device: &burn::tensor::Device,
 ) -> Result<GradientsParams, StageError> {
-    let dataset = crate::data::TokenizedDataset::open(ctx.input("data")?)
-        .map_err(|error| StageError::input("data", error.to_string()))?;
-    let mut mixture = crate::data::DomainMixture::new(
-        &dataset,
-        config.seq_len,
-        seed,
-        crate::data::Exhaustion::Wrap,
-    )
-    .map_err(|error| StageError::input("data", error.to_string()))?;
-    let batches = config.calibration_batches.unwrap_or(4);
-    let micro_batches = config.grad_accum.max(1);
-    let rows = config.batch_size / micro_batches;
+    let batches = config.calibration_batches.unwrap_or(4) as u64;
+    let rows = config.batch_size / config.grad_accum.max(1);
     let row_tokens = config.seq_len + 1;
     let mut accumulator = GradientsAccumulator::<Llama>::new();
-    for batch_index in 0..batches {
-        let batch = mixture
-            .next_batch(config.batch_size)
-            .map_err(|error| StageError::input("data", error.to_string()))?;
-        for micro in batch.tokens.chunks(rows * row_tokens) {
+    for_each_calibration_batch(ctx, config, seed, |index, tokens| {
+        for micro in tokens.chunks(rows * row_tokens) {
             if ctx.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
@@ -317,12 +318,10 @@ fn calibration_gradients(
             };
             accumulator.accumulate(model, gradients);
         }
-        ctx.reporter.progress(
-            batch_index as u64 + 1,
-            batches as u64,
-            "calibration batches",
-        );
-    }
+        ctx.reporter
+            .progress(index as u64 + 1, batches, "calibration batches");
+        Ok(())
+    })?;
     Ok(accumulator.grads())
 }
 

@@ -299,7 +299,6 @@ fn baselines_go_straight_to_consolidation() {
 #[test]
 fn layer_drop_keeps_whole_layers_and_consolidates_equivalently() {
     let fx = fixture();
-    let device = crate::model::device::for_tests();
     let target = "target = { layers = 1, hidden = 12, heads = 1, intermediate = 10 }\n";
     for (name, extra) in [
         ("top", String::new()),
@@ -310,68 +309,33 @@ fn layer_drop_keeps_whole_layers_and_consolidates_equivalently() {
                 .to_string(),
         ),
     ] {
-        let out = fx.root.path().join(format!("layer-drop-{name}"));
         let table = format!("model = {{ path = \"m\" }}\nmethod = \"layer-drop\"\n{target}{extra}");
-        let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
-        run_stage(
-            &PruneStage,
-            &table,
-            &inputs,
-            &out,
-            &fx.root.path().join("s"),
-            &NullReporter,
-            CancelFlag::default(),
-        )
-        .unwrap();
-        let (masks, report) = read_final_masks(&out).unwrap();
-        assert_eq!(report.final_shape, report.target);
+        let masks = prune_dense_equals_masked(&fx, &table, &format!("layer-drop-{name}"));
         let layers = masks.layer.clone().unwrap();
         assert_eq!(layers.iter().filter(|&&kept| kept == 1.0).count(), 1);
         if name == "top" {
             assert_eq!(layers, [1.0, 0.0], "the top layer goes first");
         }
-        let full = load_hf(&out, &device).unwrap();
-        let masked = full.forward(
-            ids(fx.config.vocab_size, &device),
-            Some(&masks.to_masks(&device)),
-        );
-        let dense = consolidate(&full, &masks).unwrap();
-        assert_eq!(dense.config().num_hidden_layers, 1);
-        let plain = dense.forward(ids(fx.config.vocab_size, &device), None);
-        let difference: f32 = (masked - plain).abs().max().into_scalar();
-        assert!(difference < 1e-4, "{name}: {difference}");
     }
 
     // Bad combinations are refused before compute, naming the key.
-    for (table, key) in [
-        (
-            format!(
-                "model = {{ path = \"m\" }}\nmethod = \"layer-drop\"\ndrop_layers_by = \"block_influence\"\n{target}"
+    assert_refused(
+        &fx,
+        &[
+            (
+                format!(
+                    "model = {{ path = \"m\" }}\nmethod = \"layer-drop\"\ndrop_layers_by = \"block_influence\"\n{target}"
+                ),
+                "data",
             ),
-            "data",
-        ),
-        (
-            format!(
-                "model = {{ path = \"m\" }}\nmethod = \"magnitude\"\ndrop_layers_by = \"block_influence\"\n{target}"
+            (
+                format!(
+                    "model = {{ path = \"m\" }}\nmethod = \"magnitude\"\ndrop_layers_by = \"block_influence\"\n{target}"
+                ),
+                "drop_layers_by",
             ),
-            "drop_layers_by",
-        ),
-    ] {
-        let error = run_stage(
-            &PruneStage,
-            &table,
-            &[("model", fx.model.as_path())],
-            &fx.root.path().join("refused"),
-            &fx.root.path().join("s"),
-            &NullReporter,
-            CancelFlag::default(),
-        )
-        .unwrap_err();
-        match error {
-            StageError::Config { key: got, .. } => assert_eq!(got, key, "{table}"),
-            other => panic!("{other}"),
-        }
-    }
+        ],
+    );
 }
 
 #[test]
@@ -604,17 +568,55 @@ fn activation_checkpointing_prunes_the_same_way() {
 #[test]
 fn taylor_reaches_the_target_and_consolidates_equivalently() {
     let fx = fixture();
-    let device = crate::model::device::for_tests();
     let target = "target = { layers = 1, hidden = 12, heads = 1, intermediate = 10 }\n";
-    let out = fx.root.path().join("taylor");
     let table = format!(
         "model = {{ path = \"m\" }}\nmethod = \"taylor\"\ndata = {{ stage = \"tok\" }}\nbatch_size = 4\n\
          grad_accum = 2\nseq_len = 8\ncalibration_batches = 2\n{target}"
     );
+    prune_dense_equals_masked(&fx, &table, "taylor");
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.root.path().join("taylor/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metrics["method"], "taylor");
+
+    assert_refused(
+        &fx,
+        &[
+            (
+                format!("model = {{ path = \"m\" }}\nmethod = \"taylor\"\n{target}"),
+                "data",
+            ),
+            (
+                format!(
+                    "model = {{ path = \"m\" }}\nmethod = \"taylor\"\ndata = {{ stage = \"tok\" }}\nbatch_size = 3\n\
+                     grad_accum = 2\n{target}"
+                ),
+                "grad_accum",
+            ),
+            (
+                format!(
+                    "model = {{ path = \"m\" }}\nmethod = \"magnitude\"\ncalibration_batches = 2\n{target}"
+                ),
+                "calibration_batches",
+            ),
+        ],
+    );
+}
+
+/// Runs a one-shot prune with `table` into `root/out_name`, checks that it reached its target and
+/// that the consolidated dense model computes what the masked one computes (1e-4); its masks.
+fn prune_dense_equals_masked(
+    fx: &super::fixtures::Fixture,
+    table: &str,
+    out_name: &str,
+) -> crate::model::l0::HostMasks {
+    let device = crate::model::device::for_tests();
+    let out = fx.root.path().join(out_name);
     let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
     run_stage(
         &PruneStage,
-        &table,
+        table,
         &inputs,
         &out,
         &fx.root.path().join("s"),
@@ -623,7 +625,7 @@ fn taylor_reaches_the_target_and_consolidates_equivalently() {
     )
     .unwrap();
     let (masks, report) = read_final_masks(&out).unwrap();
-    assert_eq!(report.final_shape, report.target);
+    assert_eq!(report.final_shape, report.target, "{out_name}");
     let full = load_hf(&out, &device).unwrap();
     let masked = full.forward(
         ids(fx.config.vocab_size, &device),
@@ -632,33 +634,17 @@ fn taylor_reaches_the_target_and_consolidates_equivalently() {
     let dense = consolidate(&full, &masks).unwrap();
     let plain = dense.forward(ids(fx.config.vocab_size, &device), None);
     let difference: f32 = (masked - plain).abs().max().into_scalar();
-    assert!(difference < 1e-4, "{difference}");
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(metrics["method"], "taylor");
+    assert!(difference < 1e-4, "{out_name}: {difference}");
+    masks
+}
 
-    for (table, key) in [
-        (
-            format!("model = {{ path = \"m\" }}\nmethod = \"taylor\"\n{target}"),
-            "data",
-        ),
-        (
-            format!(
-                "model = {{ path = \"m\" }}\nmethod = \"taylor\"\ndata = {{ stage = \"tok\" }}\nbatch_size = 3\n\
-                 grad_accum = 2\n{target}"
-            ),
-            "grad_accum",
-        ),
-        (
-            format!(
-                "model = {{ path = \"m\" }}\nmethod = \"magnitude\"\ncalibration_batches = 2\n{target}"
-            ),
-            "calibration_batches",
-        ),
-    ] {
+/// Each `(table, key)` is refused before compute with a config error naming `key`.
+fn assert_refused(fx: &super::fixtures::Fixture, cases: &[(String, &str)]) {
+    let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
+    for (table, key) in cases {
         let error = run_stage(
             &PruneStage,
-            &table,
+            table,
             &inputs,
             &fx.root.path().join("refused"),
             &fx.root.path().join("s"),
@@ -667,7 +653,7 @@ fn taylor_reaches_the_target_and_consolidates_equivalently() {
         )
         .unwrap_err();
         match error {
-            StageError::Config { key: got, .. } => assert_eq!(got, key, "{table}"),
+            StageError::Config { key: got, .. } => assert_eq!(got, *key, "{table}"),
             other => panic!("{other}"),
         }
     }

@@ -136,22 +136,6 @@ fn human(event: &Event) -> String {
     line
 }
 
-/// The style of a stage bar once it reports progress.
-pub fn progress_style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{spinner} {prefix:<24} {elapsed:>6} {bar:30} {pos}/{len} {rate:>10} eta {eta:<4} {msg}",
-    )
-    .map(|style| {
-        style.with_key(
-            "rate",
-            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
-                let _ = write!(out, "{:.1}/s", state.per_sec());
-            },
-        )
-    })
-    .unwrap_or_else(|_| ProgressStyle::default_spinner())
-}
-
 pub fn format_seconds(seconds: f64) -> String {
     if seconds < 60.0 {
         format!("{seconds:.2} s")

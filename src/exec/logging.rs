@@ -189,7 +189,7 @@ impl Reporter for StageReporter {
     fn progress(&self, done: u64, total: u64, unit: &str) {
         if let Some(bar) = &self.bar {
             if bar.length().is_none_or(|length| length != total) {
-                bar.set_style(super::events::progress_style());
+                bar.set_style(progress_style());
             }
             bar.set_length(total);
             bar.set_position(done);
@@ -216,4 +216,20 @@ impl Reporter for StageReporter {
             tensorboard.record(record);
         }
     }
+}
+
+/// The style of a stage bar once it reports progress.
+pub fn progress_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{spinner} {prefix:<24} {elapsed:>6} {bar:30} {pos}/{len} {rate:>10} eta {eta:<4} {msg}",
+    )
+    .map(|style| {
+        style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.1}/s", state.per_sec());
+            },
+        )
+    })
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
 }

@@ -456,7 +456,7 @@ fn follow_stage_log(path: &Path, offset: u64, run: &JobRun<'_>) -> u64 {
     for line in String::from_utf8_lossy(&bytes[..end]).lines() {
         run.log.line(line);
         if let (Some(bar), Some((done, total, _))) = (run.bar, parse_progress(line)) {
-            bar.set_style(super::events::progress_style());
+            bar.set_style(super::logging::progress_style());
             bar.set_length(total);
             bar.set_position(done);
         }

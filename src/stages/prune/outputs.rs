@@ -38,6 +38,11 @@ pub struct PruningReport {
     pub pruning_modules: Vec<PruningModule>,
     /// Kept units per row of each pruned module (per layer for head/intermediate).
     pub final_kept: BTreeMap<String, Vec<usize>>,
+    /// Which units each row keeps, by index (`head` and `intermediate`: one row per layer; `layer`
+    /// and `hidden`: one row), the same for every method, so that two methods' choices can be
+    /// compared unit by unit.
+    #[serde(default)]
+    pub kept_indices: BTreeMap<String, Vec<Vec<usize>>>,
     /// Mean expected sparsity per module at the end (learned masks only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expected_sparsity: BTreeMap<String, f64>,
@@ -142,6 +147,38 @@ fn final_shape(masks: &HostMasks, resolved: &ResolvedTarget) -> Result<Shape, St
     })
 }
 
+/// The indices of the nonzero entries of each row of each module's final mask.
+fn kept_indices(masks: &HostMasks) -> BTreeMap<String, Vec<Vec<usize>>> {
+    let indices = |row: &[f32]| -> Vec<usize> {
+        row.iter()
+            .enumerate()
+            .filter(|(_, value)| **value != 0.0)
+            .map(|(index, _)| index)
+            .collect()
+    };
+    let mut kept = BTreeMap::new();
+    for (module, rows) in [
+        (PruningModule::Head, masks.head.as_ref()),
+        (PruningModule::Intermediate, masks.intermediate.as_ref()),
+    ] {
+        if let Some(rows) = rows {
+            kept.insert(
+                module.name().to_string(),
+                rows.iter().map(|row| indices(row)).collect(),
+            );
+        }
+    }
+    for (module, row) in [
+        (PruningModule::Layer, masks.layer.as_ref()),
+        (PruningModule::Hidden, masks.hidden.as_ref()),
+    ] {
+        if let Some(row) = row {
+            kept.insert(module.name().to_string(), vec![indices(row)]);
+        }
+    }
+    kept
+}
+
 fn kept_counts(masks: &HostMasks) -> BTreeMap<String, Vec<usize>> {
     PruningModule::ALL
         .iter()
@@ -202,6 +239,7 @@ pub fn report(
         final_shape,
         pruning_modules: modules,
         final_kept: kept_counts(masks),
+        kept_indices: kept_indices(masks),
         expected_sparsity,
         target_sparsity,
         expected_parameters,

@@ -626,6 +626,15 @@ fn prune_dense_equals_masked(
     .unwrap();
     let (masks, report) = read_final_masks(&out).unwrap();
     assert_eq!(report.final_shape, report.target, "{out_name}");
+    // pruning.json names the kept units: as many per row as it counts, the mask's nonzero entries.
+    for (module, counts) in &report.final_kept {
+        let rows = &report.kept_indices[module];
+        let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+        assert_eq!(&lengths, counts, "{out_name}: {module}");
+    }
+    let layers = masks.layer.as_ref().unwrap();
+    let kept_layers: Vec<usize> = (0..layers.len()).filter(|&i| layers[i] != 0.0).collect();
+    assert_eq!(report.kept_indices["layer"], [kept_layers], "{out_name}");
     let full = load_hf(&out, &device).unwrap();
     let masked = full.forward(
         ids(fx.config.vocab_size, &device),

@@ -89,6 +89,20 @@ enum JobResult {
     Cancelled,
 }
 
+impl JobRecord {
+    /// `submitted <time> by pid <pid> on <host>`.
+    fn provenance(&self) -> String {
+        format!(
+            "submitted {} by pid {} on {}",
+            crate::store::rfc3339(
+                std::time::UNIX_EPOCH + Duration::from_millis(self.submitted_unix_ms)
+            ),
+            self.coordinator_pid,
+            self.coordinator_host
+        )
+    }
+}
+
 /// The files of one key's job folder.
 struct JobFolder(PathBuf);
 
@@ -116,6 +130,9 @@ impl JobFolder {
     }
     fn read_result(&self) -> Option<JobResult> {
         serde_json::from_slice(&fs::read(self.result()).ok()?).ok()
+    }
+    fn read_record(&self) -> Option<JobRecord> {
+        serde_json::from_slice(&fs::read(self.record()).ok()?).ok()
     }
 }
 
@@ -218,22 +235,15 @@ pub(super) fn run_stage(run: JobRun<'_>) -> Result<(), StageError> {
 /// A job of this key a previous coordinator submitted that is still queued or running, or that
 /// finished with a result nobody committed: its id. Otherwise the folder is cleared for a new job.
 fn adoptable(folder: &JobFolder, log: &LogFile) -> Result<Option<String>, StageError> {
-    let record: Option<JobRecord> = fs::read(folder.record())
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if let Some(record) = record {
+    if let Some(record) = folder.read_record() {
         let state = query(&record.job_id)?;
         let alive = state.as_ref().is_some_and(|state| !state.is_final());
         let finished_ok = matches!(folder.read_result(), Some(JobResult::Ok)) && !alive;
         if alive || finished_ok {
             log.line(&format!(
-                "adopting slurm job {} submitted by pid {} on {} ({}): {}",
+                "adopting slurm job {} ({}): {}",
                 record.job_id,
-                record.coordinator_pid,
-                record.coordinator_host,
-                crate::store::rfc3339(
-                    std::time::UNIX_EPOCH + Duration::from_millis(record.submitted_unix_ms)
-                ),
+                record.provenance(),
                 match &state {
                     Some(state) => state.state.clone(),
                     None => "finished".into(),
@@ -360,8 +370,7 @@ fn wait(run: &JobRun<'_>, folder: &JobFolder, job_id: &str) -> Result<JobState, 
         let state = query(job_id)?;
         let Some(state) = state else {
             // Gone from Slurm's memory (finished long ago): the result file tells.
-            log_offset = follow_stage_log(&folder.stage_log(), log_offset, run);
-            let _ = log_offset;
+            follow_stage_log(&folder.stage_log(), log_offset, run);
             return Ok(JobState {
                 state: "FINISHED".into(),
                 reason: "no longer known to Slurm".into(),
@@ -538,14 +547,8 @@ fn hostname() -> String {
 /// be asked.
 pub fn job_status(folder: &Path) -> Option<(String, bool)> {
     let folder = JobFolder(folder.to_path_buf());
-    let record: JobRecord = serde_json::from_slice(&fs::read(folder.record()).ok()?).ok()?;
-    let submitted = crate::store::rfc3339(
-        std::time::UNIX_EPOCH + Duration::from_millis(record.submitted_unix_ms),
-    );
-    let by = format!(
-        "submitted {submitted} by pid {} on {}",
-        record.coordinator_pid, record.coordinator_host
-    );
+    let record = folder.read_record()?;
+    let by = record.provenance();
     match query(&record.job_id).ok()? {
         Some(state) => Some((
             format!(

@@ -251,8 +251,8 @@ pub fn report_command(args: &ReportArgs, registry: &Registry) -> anyhow::Result<
                 status: status.status.to_string(),
                 key: status
                     .key
-                    .as_ref()
-                    .map(|key| key[..12.min(key.len())].to_string()),
+                    .as_deref()
+                    .map(|key| super::compare::short_key(key).to_string()),
                 seconds: status.committed.as_ref().map(|c| c.manifest.seconds),
                 used_by: node
                     .members

@@ -606,7 +606,7 @@ pub enum Format {
 
 /// Human formatting by column: counts as integers with thousands separators, seconds with one
 /// decimal, everything else with four.
-fn format_value(column: &str, value: f64) -> String {
+pub(super) fn format_value(column: &str, value: f64) -> String {
     if column.ends_with("params.total")
         || column.ends_with("params.non_embedding")
         || column == "tokens"
@@ -619,7 +619,7 @@ fn format_value(column: &str, value: f64) -> String {
     }
 }
 
-fn format_delta(column: &str, delta: f64) -> String {
+pub(super) fn format_delta(column: &str, delta: f64) -> String {
     let text = format_value(column, delta.abs());
     if delta < 0.0 {
         format!("-{text}")
@@ -628,7 +628,7 @@ fn format_delta(column: &str, delta: f64) -> String {
     }
 }
 
-fn short_key(key: &str) -> &str {
+pub(super) fn short_key(key: &str) -> &str {
     key.get(..12).unwrap_or(key)
 }
 

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::compare::Comparison;
+use super::compare::{Comparison, format_delta, format_value};
 
 /// One stage of the plan as the page lists it.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,7 +167,7 @@ fn comparison_table(html: &mut String, comparison: &Comparison) {
                 html.push_str("<td class=\"number\">—</td>");
                 continue;
             };
-            let mut cell = format_metric(column, *value);
+            let mut cell = format_value(column, *value);
             if let Some(delta) = delta.filter(|delta| *delta != 0.0 && !row.baseline) {
                 // Lower is better for losses and time, higher for accuracies.
                 let lower_better = column.contains("loss") || column.contains("seconds");
@@ -179,9 +179,8 @@ fn comparison_table(html: &mut String, comparison: &Comparison) {
                 };
                 let _ = write!(
                     cell,
-                    "<span class=\"delta{class}\">({}{})</span>",
-                    if delta > 0.0 { "+" } else { "" },
-                    format_metric(column, delta)
+                    "<span class=\"delta{class}\">({})</span>",
+                    format_delta(column, delta)
                 );
             }
             let _ = write!(html, "<td class=\"number\">{cell}</td>");
@@ -326,29 +325,6 @@ fn dag_svg(stages: &[StageRow], edges: &[(usize, usize)]) -> String {
     svg
 }
 
-/// Counts with thousands separators, seconds with one decimal, the rest with four.
-fn format_metric(column: &str, value: f64) -> String {
-    if column.starts_with("params.") || column == "tokens" {
-        let text = format!("{:.0}", value.abs());
-        let mut grouped = String::new();
-        for (index, digit) in text.chars().enumerate() {
-            if index > 0 && (text.len() - index).is_multiple_of(3) {
-                grouped.push(',');
-            }
-            grouped.push(digit);
-        }
-        if value < 0.0 {
-            format!("-{grouped}")
-        } else {
-            grouped
-        }
-    } else if column.contains("seconds") {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.4}")
-    }
-}
-
 /// A stage id as an HTML id (`prune[method=l0]` → `prune-method-l0-`).
 fn slug(id: &str) -> String {
     id.chars()
@@ -392,8 +368,8 @@ mod tests {
             escape("<a href=\"x\">&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
         );
-        assert_eq!(format_metric("params.total", 1234567.0), "1,234,567");
-        assert_eq!(format_metric("loss.mean", 5.81234), "5.8123");
+        assert_eq!(format_value("params.total", 1234567.0), "1,234,567");
+        assert_eq!(format_value("loss.mean", 5.81234), "5.8123");
         assert_eq!(slug("prune[method=l0]"), "prune-method-l0-");
         assert_eq!(
             strip_xml_declaration("<?xml version=\"1.0\"?>\n<svg></svg>"),

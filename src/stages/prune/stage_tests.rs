@@ -107,16 +107,7 @@ fn l0_prune_reaches_the_exact_target_and_consolidates_equivalently() {
     assert_eq!(lines[0]["target_sparsity"]["hidden"], 0.0);
 
     // The pruned model, masked in eval mode, equals the consolidated model.
-    let device = crate::model::device::for_tests();
-    let full = load_hf(&out, &device).unwrap();
-    let masked = full.forward(
-        ids(fx.config.vocab_size, &device),
-        Some(&masks.to_masks(&device)),
-    );
-    let dense = consolidate(&full, &masks).unwrap();
-    let plain = dense.forward(ids(fx.config.vocab_size, &device), None);
-    let difference: f32 = (masked - plain).abs().max().into_scalar();
-    assert!(difference < 1e-4, "{difference}");
+    assert_dense_equals_masked(&fx, &out, &masks, "l0");
 
     // The consolidate stage writes exactly the target shape, tokenizer included.
     let dense_dir = fx.root.path().join("dense");
@@ -611,7 +602,6 @@ fn prune_dense_equals_masked(
     table: &str,
     out_name: &str,
 ) -> crate::model::l0::HostMasks {
-    let device = crate::model::device::for_tests();
     let out = fx.root.path().join(out_name);
     let inputs = [("model", fx.model.as_path()), ("data", fx.data.as_path())];
     run_stage(
@@ -635,16 +625,28 @@ fn prune_dense_equals_masked(
     let layers = masks.layer.as_ref().unwrap();
     let kept_layers: Vec<usize> = (0..layers.len()).filter(|&i| layers[i] != 0.0).collect();
     assert_eq!(report.kept_indices["layer"], [kept_layers], "{out_name}");
-    let full = load_hf(&out, &device).unwrap();
+    assert_dense_equals_masked(fx, &out, &masks, out_name);
+    masks
+}
+
+/// The prune output in `out`, masked in eval mode, computes what its consolidated model computes
+/// (1e-4).
+fn assert_dense_equals_masked(
+    fx: &super::fixtures::Fixture,
+    out: &Path,
+    masks: &crate::model::l0::HostMasks,
+    label: &str,
+) {
+    let device = crate::model::device::for_tests();
+    let full = load_hf(out, &device).unwrap();
     let masked = full.forward(
         ids(fx.config.vocab_size, &device),
         Some(&masks.to_masks(&device)),
     );
-    let dense = consolidate(&full, &masks).unwrap();
+    let dense = consolidate(&full, masks).unwrap();
     let plain = dense.forward(ids(fx.config.vocab_size, &device), None);
     let difference: f32 = (masked - plain).abs().max().into_scalar();
-    assert!(difference < 1e-4, "{out_name}: {difference}");
-    masks
+    assert!(difference < 1e-4, "{label}: {difference}");
 }
 
 /// Each `(table, key)` is refused before compute with a config error naming `key`.

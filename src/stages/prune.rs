@@ -757,7 +757,8 @@ impl Stage for PruneStage {
     fn version(&self) -> u32 {
         // 2: every prune output records `consumed_windows.json`.
         // 3: a mask sample per micro-batch by default (`mask_sampling`).
-        3
+        // 4: `pruning.json` scores every unit; `random` ranks units by seeded uniform draws.
+        4
     }
     fn about(&self) -> &'static str {
         "targeted structured pruning to an exact shape (L0 masks + Lagrangian; magnitude/random/layer-drop baselines)"

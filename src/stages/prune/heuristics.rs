@@ -20,14 +20,13 @@
 use burn::module::{Module, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::outputs;
 use super::train_loop::tokenizer_source;
 use super::{DropLayersBy, Method, PruneConfig, ResolvedTarget, resolve_target};
-use crate::model::l0::HostMasks;
+use crate::model::l0::{HostMasks, PruningModule};
 use crate::model::{Llama, load_hf};
 use crate::stage::{StageContext, StageError};
 
@@ -42,15 +41,74 @@ pub fn keep_top(scores: &[f64], keep: usize) -> Vec<f32> {
     values
 }
 
-fn keep_random(size: usize, keep: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let mut order: Vec<usize> = (0..size).collect();
-    order.shuffle(rng);
-    let mut values = vec![0.0f32; size];
-    for &index in order.iter().take(keep) {
-        values[index] = 1.0;
-    }
-    values
+/// Every unit's score, as a method ranks them (higher = kept first), rows as in
+/// `pruning.json`'s `kept_indices`; `masks` keeps exactly the target's count of each row's top.
+pub struct Ranking {
+    /// `[layers][kv groups]`.
+    pub head: Vec<Vec<f64>>,
+    /// `[layers][intermediate]`.
+    pub intermediate: Vec<Vec<f64>>,
+    /// `[layers]`.
+    pub layer: Vec<f64>,
+    /// `[hidden]`.
+    pub hidden: Vec<f64>,
 }
+
+impl Ranking {
+    /// Exactly the target counts of the highest scores of every row.
+    pub fn masks(&self, resolved: &ResolvedTarget) -> HostMasks {
+        let target = &resolved.mask_target;
+        HostMasks {
+            head: Some(
+                self.head
+                    .iter()
+                    .map(|row| keep_top(row, target.heads))
+                    .collect(),
+            ),
+            intermediate: Some(
+                self.intermediate
+                    .iter()
+                    .map(|row| keep_top(row, target.intermediate))
+                    .collect(),
+            ),
+            layer: Some(keep_top(&self.layer, target.layers)),
+            hidden: Some(keep_top(&self.hidden, target.hidden)),
+        }
+    }
+
+    /// The scores for `pruning.json`, each module with `score`, what its numbers are.
+    pub fn scores(&self, score: &str, layer_score: &str) -> outputs::UnitScores {
+        let module = |score: &str, rows: Vec<Vec<f64>>| outputs::ModuleScores {
+            score: score.to_string(),
+            rows,
+        };
+        [
+            (PruningModule::Head, module(score, self.head.clone())),
+            (
+                PruningModule::Intermediate,
+                module(score, self.intermediate.clone()),
+            ),
+            (
+                PruningModule::Layer,
+                module(layer_score, vec![self.layer.clone()]),
+            ),
+            (
+                PruningModule::Hidden,
+                module(score, vec![self.hidden.clone()]),
+            ),
+        ]
+        .into_iter()
+        .map(|(module, scores)| (module.name().to_string(), scores))
+        .collect()
+    }
+}
+
+/// What magnitude's scores are.
+const MAGNITUDE_SCORE: &str =
+    "sum of squared weights over the unit's coupled structure (squared Frobenius norm)";
+/// What taylor's scores are.
+const TAYLOR_SCORE: &str = "sum of |w * dloss/dw| over the unit's coupled structure (LLM-Pruner's \
+     element-wise first-order importance), gradients summed over the calibration batches";
 
 fn host(tensor: Tensor<2>) -> Vec<f64> {
     tensor
@@ -95,9 +153,9 @@ fn chunk_sums(values: &[f64], chunk: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Masks keeping the units of largest weight norm, exactly the target counts.
-pub fn magnitude_masks(model: &Llama, resolved: &ResolvedTarget) -> HostMasks {
-    importance_masks(
+/// Scores every unit by its weight norm (squared).
+pub fn magnitude_ranking(model: &Llama, resolved: &ResolvedTarget) -> Ranking {
+    importance_ranking(
         model,
         resolved,
         &ElementScores {
@@ -107,13 +165,13 @@ pub fn magnitude_masks(model: &Llama, resolved: &ResolvedTarget) -> HostMasks {
     )
 }
 
-/// Masks keeping the units of largest first-order importance `Σ |w · ∂loss/∂w|`, exactly the
-/// target counts. `model` lives on an autodiff device; `gradients` are its calibration gradients.
-pub fn taylor_masks(
+/// Scores every unit by its first-order importance `Σ |w · ∂loss/∂w|`. `model` lives on an
+/// autodiff device; `gradients` are its calibration gradients.
+pub fn taylor_ranking(
     model: &Llama,
     gradients: &GradientsParams,
     resolved: &ResolvedTarget,
-) -> HostMasks {
+) -> Ranking {
     fn score<const D: usize>(weight: &Param<Tensor<D>>, gradients: &GradientsParams) -> Tensor<D> {
         let value = weight.val().inner();
         match gradients.get::<D>(weight.id) {
@@ -121,7 +179,7 @@ pub fn taylor_masks(
             None => value.zeros_like(), // no path to the loss: no importance
         }
     }
-    importance_masks(
+    importance_ranking(
         model,
         resolved,
         &ElementScores {
@@ -131,11 +189,9 @@ pub fn taylor_masks(
     )
 }
 
-/// Masks keeping the units of largest summed element scores (module docs), exactly the target
-/// counts.
-fn importance_masks(model: &Llama, resolved: &ResolvedTarget, scores: &ElementScores) -> HostMasks {
+/// Scores every unit by the sum of its weights' element scores (module docs).
+fn importance_ranking(model: &Llama, resolved: &ResolvedTarget, scores: &ElementScores) -> Ranking {
     let dims = &resolved.dims;
-    let target = &resolved.mask_target;
     let matrix = |weight: &Param<Tensor<2>>| (scores.matrix)(weight);
     let mut hidden = column_sums(matrix(&model.embed_tokens.weight));
     if let Some(head) = &model.lm_head {
@@ -192,34 +248,34 @@ fn importance_masks(model: &Llama, resolved: &ResolvedTarget, scores: &ElementSc
             add(&mut unit_scores, &row_sums(matrix(&mlp.down_proj.weight)));
             layer_total += unit_scores.iter().sum::<f64>();
         }
-        heads.push(keep_top(&group_scores, target.heads));
-        intermediate.push(keep_top(&unit_scores, target.intermediate));
+        heads.push(group_scores);
+        intermediate.push(unit_scores);
         layers.push(layer_total);
     }
-    HostMasks {
-        head: Some(heads),
-        intermediate: Some(intermediate),
-        layer: Some(keep_top(&layers, target.layers)),
-        hidden: Some(keep_top(&hidden, target.hidden)),
+    Ranking {
+        head: heads,
+        intermediate,
+        layer: layers,
+        hidden,
     }
 }
 
 /// `method = "layer-drop"`: keep the target's number of layers, the first ones (`influence` =
-/// `None`) or those of highest block influence; the other modules keep their magnitude masks (all
+/// `None`) or those of highest block influence; the other modules keep their magnitude ranking (all
 /// ones where the target keeps the source's size).
-pub fn layer_drop_masks(
+pub fn layer_drop_ranking(
     model: &Llama,
     resolved: &ResolvedTarget,
     influence: Option<&[f64]>,
-) -> HostMasks {
+) -> Ranking {
     let layers = resolved.dims.layers;
-    let scores: Vec<f64> = match influence {
+    let layer: Vec<f64> = match influence {
         Some(influence) => influence.to_vec(),
         None => (0..layers).map(|index| (layers - index) as f64).collect(), // earlier = higher
     };
-    HostMasks {
-        layer: Some(keep_top(&scores, resolved.mask_target.layers)),
-        ..magnitude_masks(model, resolved)
+    Ranking {
+        layer,
+        ..magnitude_ranking(model, resolved)
     }
 }
 
@@ -325,24 +381,24 @@ fn calibration_gradients(
     Ok(accumulator.grads())
 }
 
-/// Masks keeping uniformly random units, exactly the target counts (seeded).
-pub fn random_masks(resolved: &ResolvedTarget, seed: u64) -> HostMasks {
+/// What random's scores are.
+const RANDOM_SCORE: &str = "a uniform draw in [0, 1) per unit (seeded)";
+
+/// Scores every unit by a uniform random draw (seeded), so the kept units are a uniformly random
+/// subset of each row.
+pub fn random_ranking(resolved: &ResolvedTarget, seed: u64) -> Ranking {
     let dims = &resolved.dims;
-    let target = &resolved.mask_target;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7261_6e64_6f6d_5f6d); // "random_m"
-    let layer = keep_random(dims.layers, target.layers, &mut rng);
-    let hidden = keep_random(dims.hidden, target.hidden, &mut rng);
-    let head = (0..dims.layers)
-        .map(|_| keep_random(dims.heads, target.heads, &mut rng))
-        .collect();
-    let intermediate = (0..dims.layers)
-        .map(|_| keep_random(dims.intermediate, target.intermediate, &mut rng))
-        .collect();
-    HostMasks {
-        head: Some(head),
-        intermediate: Some(intermediate),
-        layer: Some(layer),
-        hidden: Some(hidden),
+    let mut draw = |size: usize| -> Vec<f64> { (0..size).map(|_| rng.random::<f64>()).collect() };
+    let layer = draw(dims.layers);
+    let hidden = draw(dims.hidden);
+    let head = (0..dims.layers).map(|_| draw(dims.heads)).collect();
+    let intermediate = (0..dims.layers).map(|_| draw(dims.intermediate)).collect();
+    Ranking {
+        head,
+        intermediate,
+        layer,
+        hidden,
     }
 }
 
@@ -359,7 +415,8 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
             .map_err(|error| StageError::input("model", error.to_string()))?
             .with_precision(ctx.settings.precision);
         let gradients = calibration_gradients(ctx, config, &model, seed, &device)?;
-        let masks = taylor_masks(&model, &gradients, &resolved);
+        let ranking = taylor_ranking(&model, &gradients, &resolved);
+        let scores = ranking.scores(TAYLOR_SCORE, TAYLOR_SCORE);
         return write_outputs(
             ctx,
             config,
@@ -367,23 +424,35 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
             &model_dir,
             &source_config,
             &resolved,
-            &masks,
+            (&ranking.masks(&resolved), scores),
             seed,
         );
     }
     let model = load_hf(&model_dir, &device)
         .map_err(|error| StageError::input("model", error.to_string()))?;
-    let masks = match config.method {
-        Method::Magnitude => magnitude_masks(&model, &resolved),
-        Method::Random => random_masks(&resolved, seed),
+    let (ranking, scores) = match config.method {
+        Method::Magnitude => {
+            let ranking = magnitude_ranking(&model, &resolved);
+            let scores = ranking.scores(MAGNITUDE_SCORE, MAGNITUDE_SCORE);
+            (ranking, scores)
+        }
+        Method::Random => {
+            let ranking = random_ranking(&resolved, seed);
+            let scores = ranking.scores(RANDOM_SCORE, RANDOM_SCORE);
+            (ranking, scores)
+        }
         Method::LayerDrop => {
-            let influence = match config.drop_layers_by {
-                DropLayersBy::Top => None,
-                DropLayersBy::BlockInfluence => {
-                    Some(block_influence(ctx, config, &model, seed, &device)?)
-                }
+            let (influence, layer_score) = match config.drop_layers_by {
+                DropLayersBy::Top => (None, "layers - index: the first layers are kept"),
+                DropLayersBy::BlockInfluence => (
+                    Some(block_influence(ctx, config, &model, seed, &device)?),
+                    "block influence: 1 - mean cosine similarity of the residual stream \
+                     before and after the layer over the calibration batches",
+                ),
             };
-            layer_drop_masks(&model, &resolved, influence.as_deref())
+            let ranking = layer_drop_ranking(&model, &resolved, influence.as_deref());
+            let scores = ranking.scores(MAGNITUDE_SCORE, layer_score);
+            (ranking, scores)
         }
         Method::L0 | Method::Taylor => {
             unreachable!("l0 is run by the training loop, taylor above")
@@ -396,7 +465,7 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
         &model_dir,
         &source_config,
         &resolved,
-        &masks,
+        (&ranking.masks(&resolved), scores),
         seed,
     )
 }
@@ -411,10 +480,17 @@ fn write_outputs(
     model_dir: &std::path::Path,
     source_config: &crate::model::LlamaConfig,
     resolved: &ResolvedTarget,
-    masks: &HostMasks,
+    (masks, scores): (&HostMasks, outputs::UnitScores),
     seed: u64,
 ) -> Result<(), StageError> {
-    let report = outputs::report(config.method, config, source_config, resolved, masks, None)?;
+    let report = outputs::report(
+        config.method,
+        config,
+        source_config,
+        resolved,
+        masks,
+        outputs::Selection::OneShot(scores),
+    )?;
     let tokenizer = tokenizer_source(model_dir, None);
     outputs::write(ctx, model, tokenizer.as_deref(), masks, None, &report)?;
     super::train_loop::write_consumed(
@@ -459,8 +535,8 @@ mod tests {
         let model = Llama::new(&config, &device);
         let resolved = resolved(&config);
         for masks in [
-            magnitude_masks(&model, &resolved),
-            random_masks(&resolved, 7),
+            magnitude_ranking(&model, &resolved).masks(&resolved),
+            random_ranking(&resolved, 7).masks(&resolved),
         ] {
             assert_eq!(masks.kept(PruningModule::Layer), Some(vec![2]));
             assert_eq!(masks.kept(PruningModule::Hidden), Some(vec![12]));
@@ -470,8 +546,9 @@ mod tests {
                 Some(vec![10, 10, 10])
             );
         }
-        assert_eq!(random_masks(&resolved, 7), random_masks(&resolved, 7));
-        assert_ne!(random_masks(&resolved, 7), random_masks(&resolved, 8));
+        let random = |seed| random_ranking(&resolved, seed).masks(&resolved);
+        assert_eq!(random(7), random(7));
+        assert_ne!(random(7), random(8));
     }
 
     /// An MLP unit with large gate and up weights whose `down_proj` row is zero never reaches the
@@ -507,8 +584,8 @@ mod tests {
         let loss = crate::model::cross_entropy(model.forward(input_ids, None), targets);
         let gradients = GradientsParams::from_grads(loss.backward(), &model);
         let resolved = resolved(&config);
-        let magnitude = magnitude_masks(&model.valid(), &resolved);
-        let taylor = taylor_masks(&model, &gradients, &resolved);
+        let magnitude = magnitude_ranking(&model.valid(), &resolved).masks(&resolved);
+        let taylor = taylor_ranking(&model, &gradients, &resolved).masks(&resolved);
         assert_eq!(magnitude.intermediate.as_ref().unwrap()[0][5], 1.0);
         assert_eq!(taylor.intermediate.as_ref().unwrap()[0][5], 0.0);
         assert_eq!(
@@ -522,6 +599,7 @@ mod tests {
     fn magnitude_keeps_the_heavy_units() {
         let mut config = LlamaConfig::new(30, 16, 14, 3, 4, 4);
         config.head_dim = 4;
+        let resolved = resolved(&config);
         let device = crate::model::device::for_tests();
         let mut model = Llama::new(&config, &device);
         // Make intermediate unit 5 of layer 0 and hidden dim 3 huge.
@@ -532,7 +610,7 @@ mod tests {
             Tensor::ones([16, 1], &device).mul_scalar(100.0),
         );
         mlp.up_proj.weight = burn::module::Param::from_tensor(up + boost);
-        let masks = magnitude_masks(&model, &resolved(&config));
+        let masks = magnitude_ranking(&model, &resolved).masks(&resolved);
         assert_eq!(masks.intermediate.as_ref().unwrap()[0][5], 1.0);
         let embed = model.embed_tokens.weight.val();
         let boost = Tensor::<2>::zeros([30, 16], &device).slice_assign(
@@ -540,7 +618,7 @@ mod tests {
             Tensor::ones([30, 1], &device).mul_scalar(100.0),
         );
         model.embed_tokens.weight = burn::module::Param::from_tensor(embed + boost);
-        let masks = magnitude_masks(&model, &resolved(&config));
+        let masks = magnitude_ranking(&model, &resolved).masks(&resolved);
         assert_eq!(masks.hidden.as_ref().unwrap()[3], 1.0);
     }
 }

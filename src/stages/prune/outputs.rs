@@ -17,6 +17,26 @@ pub const MASKS_FILE: &str = "masks.safetensors";
 /// Summary: method, source/target/final shapes, expected vs target sparsity.
 pub const PRUNING_FILE: &str = "pruning.json";
 
+/// One module's unit scores in `pruning.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleScores {
+    /// What the numbers are, in words; within a row, the kept units are the highest.
+    pub score: String,
+    /// Rows as in `kept_indices` (`head` and `intermediate`: one per layer).
+    pub rows: Vec<Vec<f64>>,
+}
+
+/// Every pruned module's unit scores, by module name.
+pub type UnitScores = BTreeMap<String, ModuleScores>;
+
+/// How the units were chosen, for the report.
+pub enum Selection<'a> {
+    /// Learned masks: their λ, expected sparsity and log α (the scores).
+    Learned(&'a L0Module, &'a HostZLoga),
+    /// A one-shot method and the scores it ranked units by.
+    OneShot(UnitScores),
+}
+
 /// A model shape in the recipe's units (heads are query heads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
@@ -43,6 +63,11 @@ pub struct PruningReport {
     /// compared unit by unit.
     #[serde(default)]
     pub kept_indices: BTreeMap<String, Vec<Vec<usize>>>,
+    /// Every unit's score as the method ranked it (for `l0`, the final `z_loga`), so that methods
+    /// can be compared by more than their choice: how close the cut was, which units they agree
+    /// on ranking high.
+    #[serde(default)]
+    pub scores: UnitScores,
     /// Mean expected sparsity per module at the end (learned masks only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expected_sparsity: BTreeMap<String, f64>,
@@ -147,6 +172,29 @@ fn final_shape(masks: &HostMasks, resolved: &ResolvedTarget) -> Result<Shape, St
     })
 }
 
+/// Each pruned module's rows (`head` and `intermediate`: one per layer; `layer` and `hidden`:
+/// one), from the four fields that masks and `z_loga` share.
+fn module_rows<'a>(
+    head: Option<&'a Vec<Vec<f32>>>,
+    intermediate: Option<&'a Vec<Vec<f32>>>,
+    layer: Option<&'a Vec<f32>>,
+    hidden: Option<&'a Vec<f32>>,
+) -> Vec<(PruningModule, Vec<&'a [f32]>)> {
+    let per_layer = |rows: &'a Vec<Vec<f32>>| rows.iter().map(Vec::as_slice).collect();
+    [
+        (PruningModule::Head, head.map(per_layer)),
+        (PruningModule::Intermediate, intermediate.map(per_layer)),
+        (PruningModule::Layer, layer.map(|row| vec![row.as_slice()])),
+        (
+            PruningModule::Hidden,
+            hidden.map(|row| vec![row.as_slice()]),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(module, rows)| Some((module, rows?)))
+    .collect()
+}
+
 /// The indices of the nonzero entries of each row of each module's final mask.
 fn kept_indices(masks: &HostMasks) -> BTreeMap<String, Vec<Vec<usize>>> {
     let indices = |row: &[f32]| -> Vec<usize> {
@@ -156,27 +204,44 @@ fn kept_indices(masks: &HostMasks) -> BTreeMap<String, Vec<Vec<usize>>> {
             .map(|(index, _)| index)
             .collect()
     };
-    let mut kept = BTreeMap::new();
-    for (module, rows) in [
-        (PruningModule::Head, masks.head.as_ref()),
-        (PruningModule::Intermediate, masks.intermediate.as_ref()),
-    ] {
-        if let Some(rows) = rows {
-            kept.insert(
-                module.name().to_string(),
-                rows.iter().map(|row| indices(row)).collect(),
-            );
-        }
-    }
-    for (module, row) in [
-        (PruningModule::Layer, masks.layer.as_ref()),
-        (PruningModule::Hidden, masks.hidden.as_ref()),
-    ] {
-        if let Some(row) = row {
-            kept.insert(module.name().to_string(), vec![indices(row)]);
-        }
-    }
-    kept
+    module_rows(
+        masks.head.as_ref(),
+        masks.intermediate.as_ref(),
+        masks.layer.as_ref(),
+        masks.hidden.as_ref(),
+    )
+    .into_iter()
+    .map(|(module, rows)| {
+        let rows = rows.into_iter().map(indices).collect();
+        (module.name().to_string(), rows)
+    })
+    .collect()
+}
+
+/// The learned masks' scores: the final `z_loga` of every unit (the deterministic masks keep the
+/// largest of each row).
+fn z_loga_scores(host_z: &HostZLoga) -> UnitScores {
+    const SCORE: &str = "z_loga: the hard-concrete log alpha after training; the deterministic \
+                         masks keep the target count of the largest";
+    module_rows(
+        host_z.head.as_ref(),
+        host_z.intermediate.as_ref(),
+        host_z.layer.as_ref(),
+        host_z.hidden.as_ref(),
+    )
+    .into_iter()
+    .map(|(module, rows)| {
+        let rows = rows
+            .into_iter()
+            .map(|row| row.iter().map(|&value| f64::from(value)).collect())
+            .collect();
+        let scores = ModuleScores {
+            score: SCORE.to_string(),
+            rows,
+        };
+        (module.name().to_string(), scores)
+    })
+    .collect()
 }
 
 fn kept_counts(masks: &HostMasks) -> BTreeMap<String, Vec<usize>> {
@@ -186,14 +251,14 @@ fn kept_counts(masks: &HostMasks) -> BTreeMap<String, Vec<usize>> {
         .collect()
 }
 
-/// The report for any method; `learned` adds the end-of-training expectations.
+/// The report for any method; learned masks add the end-of-training expectations.
 pub fn report(
     method: Method,
     config: &PruneConfig,
     source: &LlamaConfig,
     resolved: &ResolvedTarget,
     masks: &HostMasks,
-    learned: Option<(&L0Module, &HostZLoga)>,
+    selection: Selection<'_>,
 ) -> Result<PruningReport, StageError> {
     let target = target_shape(resolved);
     let final_shape = final_shape(masks, resolved)?;
@@ -210,6 +275,10 @@ pub fn report(
     let mut expected_sparsity = BTreeMap::new();
     let mut lambda = BTreeMap::new();
     let mut expected_parameters = None;
+    let (scores, learned) = match selection {
+        Selection::OneShot(scores) => (scores, None),
+        Selection::Learned(l0, host_z) => (z_loga_scores(host_z), Some((l0, host_z))),
+    };
     if let Some((l0, host_z)) = learned {
         for &module in &modules {
             let rows = host_z.expected_sparsity(module).unwrap_or_default();
@@ -240,6 +309,7 @@ pub fn report(
         pruning_modules: modules,
         final_kept: kept_counts(masks),
         kept_indices: kept_indices(masks),
+        scores,
         expected_sparsity,
         target_sparsity,
         expected_parameters,

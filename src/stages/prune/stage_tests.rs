@@ -51,6 +51,8 @@ fn l0_prune_reaches_the_exact_target_and_consolidates_equivalently() {
 
     let (masks, report) = read_final_masks(&out).unwrap();
     assert_eq!(report.final_shape, report.target);
+    assert_scores_rank_the_kept_units(&report, "l0");
+    assert!(report.scores["head"].score.starts_with("z_loga"));
     // The weights trained together with the masks.
     assert!(read(&out.join("model.safetensors")) != read(&fx.model.join("model.safetensors")));
     assert_eq!(
@@ -279,7 +281,8 @@ fn baselines_go_straight_to_consolidation() {
             (1, 12, 1, 10)
         );
         // Kept values are 1: the dense weights are a sub-matrix of the source.
-        let (masks, _) = read_final_masks(&out).unwrap();
+        let (masks, report) = read_final_masks(&out).unwrap();
+        assert_scores_rank_the_kept_units(&report, method);
         assert!(masks.hidden.unwrap().iter().all(|&v| v == 0.0 || v == 1.0));
     }
 }
@@ -625,8 +628,29 @@ fn prune_dense_equals_masked(
     let layers = masks.layer.as_ref().unwrap();
     let kept_layers: Vec<usize> = (0..layers.len()).filter(|&i| layers[i] != 0.0).collect();
     assert_eq!(report.kept_indices["layer"], [kept_layers], "{out_name}");
+    assert_scores_rank_the_kept_units(&report, out_name);
     assert_dense_equals_masked(fx, &out, &masks, out_name);
     masks
+}
+
+/// `pruning.json` scores every unit of every pruned module, says what the score is, and each
+/// row's kept units are exactly its highest scores.
+fn assert_scores_rank_the_kept_units(report: &super::outputs::PruningReport, label: &str) {
+    assert_eq!(
+        report.scores.keys().collect::<Vec<_>>(),
+        report.kept_indices.keys().collect::<Vec<_>>(),
+        "{label}"
+    );
+    for (module, kept_rows) in &report.kept_indices {
+        let scores = &report.scores[module];
+        assert!(!scores.score.is_empty(), "{label}: {module}");
+        assert_eq!(scores.rows.len(), kept_rows.len(), "{label}: {module}");
+        for (row, kept) in scores.rows.iter().zip(kept_rows) {
+            let top = super::heuristics::keep_top(row, kept.len());
+            let top: Vec<usize> = (0..top.len()).filter(|&i| top[i] != 0.0).collect();
+            assert_eq!(&top, kept, "{label}: {module} scores {row:?}");
+        }
+    }
 }
 
 /// The prune output in `out`, masked in eval mode, computes what its consolidated model computes

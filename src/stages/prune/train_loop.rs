@@ -413,7 +413,7 @@ pub(super) fn run_l0(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(),
         &source_config,
         &resolved,
         &final_masks,
-        Some((&model.l0, &host_z)),
+        outputs::Selection::Learned(&model.l0, &host_z),
     )?;
     let tokenizer = tokenizer_source(&model_dir, Some(&dataset));
     outputs::write(

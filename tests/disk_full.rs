@@ -115,3 +115,88 @@ fn a_full_cache_disk_fails_clearly_and_the_next_run_finishes() {
     assert!(verify.status.success(), "{}", text(&verify));
     drop(mount);
 }
+
+/// The disk holding the index fills while a stage runs (another process takes the space). Where
+/// sled can no longer write depends on its preallocated log: the commit's record may still fit
+/// (then only the history after it fails, a warning) or not (then the commit fails, naming the
+/// stored output and its manifest copy). Either way the run fails on the next stage with a
+/// full-disk error naming the index, and once there is room the next run reuses the output without
+/// running the stage again, and `verify` is clean. sled leaves an unfinished snapshot behind when
+/// a write fails, which the next open must not take for a corrupt index (it did: "Read corrupted
+/// data", until `verify --rebuild-index`).
+#[test]
+fn a_full_index_disk_during_a_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let index = cache.join("index");
+    std::fs::create_dir_all(&index).unwrap();
+    let Some(mount) = mount_tmpfs(&index, "1m") else {
+        eprintln!("skipped: mounting a tmpfs for the index needs root (CI runs as root)");
+        return;
+    };
+    let filler = index.join("filler");
+    std::fs::write(
+        dir.path().join("r.toml"),
+        format!(
+            "[stages.first]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"echo first > {{out}}/first.txt\"]\n\n\
+             [stages.fills]\nkind = \"command\"\n\
+             argv = [\"/bin/sh\", \"-c\", \"echo fills > {{out}}/fills.txt; head -c 4000000 /dev/zero > {} 2>/dev/null; true\"]\n\
+             inputs = {{ first = {{ stage = \"first\" }} }}\n\n\
+             [stages.after]\nkind = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"echo after > {{out}}/after.txt\"]\n\
+             inputs = {{ fills = {{ stage = \"fills\" }} }}\n",
+            filler.display()
+        ),
+    )
+    .unwrap();
+    let output = sheared(dir.path(), &cache, &["run", "r.toml", "--only", "first"]);
+    assert!(output.status.success(), "{}", text(&output));
+
+    let output = sheared(dir.path(), &cache, &["run", "r.toml", "--json"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    let all = text(&output);
+    let full = format!("no space left on the device holding {}", index.display());
+    assert!(all.contains(&full), "{full:?} not in {all}");
+    let events = json_events(&output);
+    if let Some(failed) = stage_event(&events, "failed", "fills") {
+        let reason = failed["reason"].as_str().unwrap();
+        for part in ["output is stored", "manifests/", "without recomputing"] {
+            assert!(reason.contains(part), "{part:?} not in {reason}");
+        }
+    }
+    assert!(
+        stage_event(&events, "committed", "after").is_none(),
+        "after committed on a full index disk: {all}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let output = sheared(dir.path(), &cache, &["run", "r.toml", "--json"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let events = json_events(&output);
+    assert!(
+        stage_event(&events, "cached", "fills").is_some()
+            && stage_event(&events, "started", "fills").is_none(),
+        "the stored output of fills is reused: {}",
+        text(&output)
+    );
+    assert!(stage_event(&events, "committed", "after").is_some());
+    let verify = sheared(dir.path(), &cache, &["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    drop(mount);
+}
+
+fn json_events(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+fn stage_event<'a>(
+    events: &'a [serde_json::Value],
+    event: &str,
+    stage: &str,
+) -> Option<&'a serde_json::Value> {
+    events
+        .iter()
+        .find(|value| value["event"] == event && value["stage"] == stage)
+}

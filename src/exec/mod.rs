@@ -233,7 +233,7 @@ pub fn run(
                         && !forced.contains(&index)
                         && let Some(manifest) = store.lookup(&record.key)?
                     {
-                        record_use(plan, store, index, &record)?;
+                        record_use(plan, store, index, &record);
                         let mut event = Event::new("cached", &node.id);
                         event.key = Some(record.key.to_hex());
                         output.emit(&event);
@@ -387,15 +387,22 @@ fn why_it_runs(
 }
 
 /// Record that every (recipe, stage) this node stands for used `record.key` (history for `plan`).
-fn record_use(plan: &Plan, store: &Store, index: usize, record: &KeyRecord) -> anyhow::Result<()> {
+/// The history is bookkeeping: when it cannot be written (the index's disk is full), the stage's
+/// result stands and the run goes on with a warning.
+fn record_use(plan: &Plan, store: &Store, index: usize, record: &KeyRecord) {
     for member in &plan.nodes[index].members {
-        store.record_use(
+        if let Err(error) = store.record_use(
             &plan.recipes[member.recipe].name,
             &member.stage,
             &record.key,
-        )?;
+        ) {
+            tracing::warn!(
+                "`{}` is done, but `sheared plan`'s history of it could not be written: {error}",
+                plan.nodes[index].id
+            );
+            return;
+        }
     }
-    Ok(())
 }
 
 /// Input paths by dotted key: upstream output folders (or files in them) and external paths.
@@ -581,7 +588,7 @@ fn execute_inner(
                     return Ok(Outcome::Cancelled);
                 }
                 if !force && let Some(manifest) = store.lookup(&record.key)? {
-                    record_use(plan, store, index, record)?;
+                    record_use(plan, store, index, record);
                     return Ok(Outcome::CommittedElsewhere(Committed {
                         key: record.key,
                         manifest,
@@ -591,7 +598,7 @@ fn execute_inner(
         }
     };
     if !force && let Some(manifest) = store.lookup(&record.key)? {
-        record_use(plan, store, index, record)?;
+        record_use(plan, store, index, record);
         return Ok(Outcome::CommittedElsewhere(Committed {
             key: record.key,
             manifest,
@@ -717,7 +724,7 @@ fn execute_inner(
                     seconds,
                 },
             )?;
-            record_use(plan, store, index, record)?;
+            record_use(plan, store, index, record);
             if job_folder.exists()
                 && let Err(error) = std::fs::remove_dir_all(&job_folder)
             {

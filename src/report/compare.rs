@@ -202,26 +202,18 @@ fn variant_metrics(
 /// eval-like stage with metrics becomes a row `variant/stage` holding just that stage, so the source
 /// model's scores (an `eval-source` shared by every variant, which [`compare`] leaves out as identical
 /// columns), the pruned-only model's and the final model's sit in one table with the same columns.
-/// A stage whose key several variants share is one row, named by the stage alone, with only the
-/// parameters all variants agree on. The stage is renamed `eval` in its row so that columns are not prefixed per stage.
+/// A stage whose key several variants share is one row with only the parameters those variants
+/// agree on, named by the stage alone when every variant shares it, else by the parts of the
+/// variant names its sharers have in common (`method=l0/eval-distill` for a stage that one
+/// pruning method's variants share across loading policies). The stage is renamed `eval` in its
+/// row so that columns are not prefixed per stage.
 pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
-    let mut owners: HashMap<&str, usize> = HashMap::new();
+    let mut owners: HashMap<&str, Vec<&VariantInput>> = HashMap::new();
     for variant in variants {
         for stage in &variant.stages {
-            *owners.entry(stage.key.as_str()).or_default() += 1;
+            owners.entry(stage.key.as_str()).or_default().push(variant);
         }
     }
-    // A shared row carries the parameters every variant agrees on, so only the ones that make the
-    // ablation become columns (and the shared row shows none of those).
-    let common: BTreeMap<String, String> = match variants.split_first() {
-        Some((first, rest)) => first
-            .params
-            .iter()
-            .filter(|(key, value)| rest.iter().all(|v| v.params.get(*key) == Some(*value)))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect(),
-        None => BTreeMap::new(),
-    };
     let mut seen = BTreeSet::new();
     let mut shared_rows = Vec::new();
     let mut own_rows = Vec::new();
@@ -234,15 +226,19 @@ pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
             if !seen.insert(stage.key.as_str()) {
                 continue;
             }
-            let shared = owners[stage.key.as_str()] > 1 && variants.len() > 1;
+            let sharers = &owners[stage.key.as_str()];
+            let shared = sharers.len() > 1 && variants.len() > 1;
             let row = VariantInput {
-                name: if shared {
-                    stage.name.clone()
-                } else {
+                name: if !shared {
                     format!("{}/{}", variant.name, stage.name)
+                } else {
+                    match common_name_parts(sharers).as_slice() {
+                        [] => stage.name.clone(),
+                        parts => format!("{}/{}", parts.join(","), stage.name),
+                    }
                 },
                 params: if shared {
-                    common.clone()
+                    common_params(sharers)
                 } else {
                     variant.params.clone()
                 },
@@ -260,6 +256,42 @@ pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
     }
     shared_rows.extend(own_rows);
     shared_rows
+}
+
+/// The parameters every one of `variants` has with the same value: a shared row carries those,
+/// so only the ones that make the ablation become columns (and a row every variant shares shows
+/// none of them).
+fn common_params(variants: &[&VariantInput]) -> BTreeMap<String, String> {
+    let Some((first, rest)) = variants.split_first() else {
+        return BTreeMap::new();
+    };
+    first
+        .params
+        .iter()
+        .filter(|(key, value)| rest.iter().all(|v| v.params.get(*key) == Some(*value)))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// The comma-separated parts of a variant name (`policy=dynamic,method=l0`, or inside the
+/// brackets of `recipe[policy=dynamic,method=l0]`) that all of `variants` have, in the first's
+/// order.
+fn common_name_parts(variants: &[&VariantInput]) -> Vec<String> {
+    fn parts(name: &str) -> Vec<&str> {
+        let inner = match (name.find('['), name.strip_suffix(']')) {
+            (Some(open), Some(without_close)) => &without_close[open + 1..],
+            _ => name,
+        };
+        inner.split(',').collect()
+    }
+    let Some((first, rest)) = variants.split_first() else {
+        return Vec::new();
+    };
+    parts(&first.name)
+        .into_iter()
+        .filter(|part| rest.iter().all(|v| parts(&v.name).contains(part)))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Build the comparison. The first variant is the baseline for deltas.
@@ -920,6 +952,45 @@ mod tests {
         );
         assert_eq!(comparison.rows[0].metrics[0], Some(0.5));
         assert_eq!(comparison.param_columns, ["stages.prune.method"]);
+    }
+
+    /// A stage shared by some variants only (a distillation stage that reads the pruning method
+    /// but not the loading policy) is one row per key, named by what its sharers have in common
+    /// and carrying their common parameters.
+    #[test]
+    fn by_stage_names_a_partly_shared_stage_by_what_its_sharers_have_in_common() {
+        let variant = |policy: &str, method: &str| VariantInput {
+            name: format!("r[policy={policy},method={method}]"),
+            params: BTreeMap::from([
+                ("stages.prune.method".to_string(), method.to_string()),
+                (
+                    "stages.train.loading.policy".to_string(),
+                    policy.to_string(),
+                ),
+            ]),
+            stages: vec![StageInput {
+                name: "eval-distill".into(),
+                kind: "eval".into(),
+                key: format!("distill-{method}"),
+                seconds: Some(1.0),
+                metrics: Some(serde_json::json!({"tasks": {"arc_easy": {"acc": 0.5}}})),
+            }],
+        };
+        let rows = by_stage(&[
+            variant("dynamic", "l0"),
+            variant("dynamic", "magnitude"),
+            variant("static", "l0"),
+            variant("static", "magnitude"),
+        ]);
+        let names: Vec<&str> = rows.iter().map(|row| row.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["method=l0/eval-distill", "method=magnitude/eval-distill"]
+        );
+        assert_eq!(
+            rows[1].params,
+            BTreeMap::from([("stages.prune.method".to_string(), "magnitude".to_string())])
+        );
     }
 
     use super::*;

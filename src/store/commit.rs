@@ -226,16 +226,21 @@ impl Store {
         // The copy first: every index record then has one (its objects are already in place, so a
         // copy whose index record never got written is a complete entry too).
         self.write_manifest_copy(&manifest)?;
-        self.index.with(|db| {
-            let manifests = index::tree(&self.index, db, MANIFESTS)?;
-            index::put_json(&self.index, &manifests, &key_bytes, &manifest)?;
-            // The manifest insert above is the commit point; the rest is bookkeeping.
-            let failures = index::tree(&self.index, db, FAILURES)?;
-            failures
-                .remove(&key_bytes)
-                .map_err(|error| self.index.sled_error(error))?;
-            push_history(self, db, &manifest.recipe, &manifest.stage, &attempt.key)
-        })?;
+        self.index
+            .with(|db| {
+                let manifests = index::tree(&self.index, db, MANIFESTS)?;
+                index::put_json(&self.index, &manifests, &key_bytes, &manifest)?;
+                // The manifest insert above is the commit point; the rest is bookkeeping.
+                let failures = index::tree(&self.index, db, FAILURES)?;
+                failures
+                    .remove(&key_bytes)
+                    .map_err(|error| self.index.sled_error(error))?;
+                push_history(self, db, &manifest.recipe, &manifest.stage, &attempt.key)
+            })
+            .map_err(|error| StoreError::NotIndexed {
+                copy: self.manifest_copy_path(&attempt.key),
+                source: Box::new(error),
+            })?;
 
         for dir in [&attempt.out_dir, &attempt.scratch_dir] {
             if let Err(error) = fsutil::remove_tree(dir) {
@@ -392,12 +397,20 @@ impl Store {
         fsutil::write_atomic(&path, &bytes)
     }
 
-    /// The copy of `key`'s manifest, if it exists and reads as a manifest of this format.
+    /// The copy of `key`'s manifest, if it exists, reads as a manifest of this format and agrees
+    /// with itself: its file list hashes to its `output_digest` and sums to its `bytes`. A copy
+    /// is a plain file with no checksum of its own, so a flipped byte in a path, a digest or a size
+    /// that still parses would otherwise hand a stage a wrong folder when the index is rebuilt.
     pub(super) fn read_manifest_copy(&self, key: &Digest) -> Option<Manifest> {
         let bytes = fs::read(self.manifest_copy_path(key)).ok()?;
         serde_json::from_slice::<Manifest>(&bytes)
             .ok()
-            .filter(|manifest| manifest.format == MANIFEST_FORMAT && manifest.key == *key)
+            .filter(|manifest| {
+                manifest.format == MANIFEST_FORMAT
+                    && manifest.key == *key
+                    && folder_digest(&manifest.files) == manifest.output_digest
+                    && manifest.files.iter().map(|file| file.bytes).sum::<u64>() == manifest.bytes
+            })
     }
 
     /// Removes the copy of `manifest` if it is that version (a newer commit's copy stays).

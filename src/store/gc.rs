@@ -619,6 +619,22 @@ mod tests {
         assert!(moved.join("db").exists());
         assert_eq!(report.restored, 2);
 
+        // A copy damaged in a way that still parses (a file's path, its recorded size, the
+        // total) disagrees with its own output digest: it is named, removed and not restored.
+        let copy_path = store.manifest_copy_path(&second.key);
+        let pristine = fs::read_to_string(&copy_path).unwrap();
+        for (from, to) in [("\"g\"", "\"G\""), ("\"bytes\": 3", "\"bytes\": 4")] {
+            assert!(pristine.contains(from), "{from} not in {pristine}");
+            fs::write(&copy_path, pristine.replacen(from, to, 1)).unwrap();
+            let report = store.rebuild_index().unwrap();
+            assert_eq!(report.restored, 1, "{to}");
+            assert_eq!(report.unreadable, std::slice::from_ref(&copy_path), "{to}");
+            assert!(!copy_path.exists());
+            assert_eq!(store.lookup(&second.key).unwrap(), None, "{to}");
+            fs::write(&copy_path, &pristine).unwrap();
+            assert_eq!(store.rebuild_index().unwrap().restored, 2);
+        }
+
         // A cache from before the copies: verify writes them.
         for manifest in [&first, &second] {
             fs::remove_file(store.manifest_copy_path(&manifest.key)).unwrap();

@@ -156,6 +156,7 @@ impl Index {
     }
 
     fn open_db(&self) -> Result<sled::Db, StoreError> {
+        self.remove_unfinished_snapshots();
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -173,6 +174,30 @@ impl Index {
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 Err(error) => return Err(self.sled_error(error)),
+            }
+        }
+    }
+
+    /// Removes `snap.*.generating` files: snapshots sled began but never finished. sled writes a
+    /// snapshot to that name and renames it when complete, but when the write fails (a full disk)
+    /// the file stays, and sled's next open takes it for the newest snapshot and refuses the whole
+    /// index as corrupt, though every committed record is intact. Our `index.lock` is held by
+    /// every opener, so no other process is writing one now.
+    fn remove_unfinished_snapshots(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return; // no index yet: sled creates it
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("snap.") && name.ends_with(".generating") {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::debug!("removed sled's unfinished snapshot {name}"),
+                    Err(error) => tracing::warn!(
+                        "could not remove sled's unfinished snapshot {}: {error}",
+                        entry.path().display()
+                    ),
+                }
             }
         }
     }

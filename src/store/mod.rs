@@ -121,6 +121,16 @@ pub enum StoreError {
         "no space left on the device holding {path}. Free space (`sheared gc` removes unused cache entries) or point `--cache DIR` / SHEARED_CACHE at a bigger disk; committed cache entries are unchanged"
     )]
     DiskFull { path: PathBuf },
+    /// The index record of a commit could not be written, after its objects and its manifest copy
+    /// were: the output is complete on disk, and a later lookup restores the record from the copy.
+    #[error(
+        "{source}. This stage's output is stored (its objects and its manifest copy {}): once the index can be written again, the next run reuses it without recomputing",
+        copy.display()
+    )]
+    NotIndexed {
+        copy: PathBuf,
+        source: Box<StoreError>,
+    },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

@@ -220,7 +220,9 @@ fn changing_a_param_reruns_that_stage_and_downstream_only() {
     ]);
     let plan = project.ok(&["plan", recipe, "--set", "stages.b.env.X=\"3\""]);
     assert!(
-        plan.contains("input inputs.b changed because stage b re-ran (param env.X: 2 → 3)"),
+        plan.contains(
+            "input inputs.b changed because stage b re-ran (upstream: param env.X: 2 → 3)"
+        ),
         "{plan}"
     );
     let why = project.ok(&["why", recipe, "c", "--set", "stages.b.env.X=\"3\""]);

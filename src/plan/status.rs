@@ -59,20 +59,29 @@ impl Reason {
         }
     }
 
-    /// `text (cause; cause)`, one line.
+    /// `text (upstream: root cause; root cause)`, one line: the chain in between (consolidate
+    /// re-ran because prune re-ran because ...) repeats what every other line of the plan already
+    /// says, and a change of a shared setting would be repeated once per path to it, so only the
+    /// distinct changes at the roots of `causes` are named (the JSON keeps the whole tree).
     pub fn one_line(&self) -> String {
-        if self.causes.is_empty() {
+        let mut roots = Vec::new();
+        self.collect_roots(&mut roots);
+        if roots.is_empty() {
             self.text.clone()
         } else {
-            format!(
-                "{} ({})",
-                self.text,
-                self.causes
-                    .iter()
-                    .map(Reason::one_line)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
+            format!("{} (upstream: {})", self.text, roots.join("; "))
+        }
+    }
+
+    fn collect_roots(&self, roots: &mut Vec<String>) {
+        for cause in &self.causes {
+            if cause.causes.is_empty() {
+                if !roots.contains(&cause.text) {
+                    roots.push(cause.text.clone());
+                }
+            } else {
+                cause.collect_roots(roots);
+            }
         }
     }
 }
@@ -675,6 +684,35 @@ mod tests {
                 "input data changed because stage tokenize re-ran",
             ]
         );
+    }
+
+    /// One line names the distinct root changes upstream, not the chain to each of them.
+    #[test]
+    fn one_line_names_each_upstream_root_once() {
+        let because = |text: &str, causes: Vec<Reason>| Reason {
+            text: text.into(),
+            causes,
+        };
+        let seed = || Reason::new("setting seed: 18 → 19");
+        let reason = because(
+            "input model changed because stage consolidate re-ran",
+            vec![because(
+                "input model changed because stage prune re-ran",
+                vec![
+                    seed(),
+                    because(
+                        "input model changed because stage source re-ran",
+                        vec![seed(), Reason::new("param steps: 300 → 400")],
+                    ),
+                ],
+            )],
+        );
+        assert_eq!(
+            reason.one_line(),
+            "input model changed because stage consolidate re-ran (upstream: setting seed: 18 → 19; \
+             param steps: 300 → 400)"
+        );
+        assert_eq!(seed().one_line(), "setting seed: 18 → 19");
     }
 
     #[test]

@@ -47,6 +47,17 @@ pub fn parse(name: &str) -> Result<Device, ModelError> {
     cuda(index).or_else(fail)
 }
 
+/// Use `threads` threads for libtorch's CPU kernels (`torch-cpu`). libtorch keeps its own OpenMP
+/// pool, sized to the machine's cores, which a rayon pool (what sizes `cpu`) does not reach; a
+/// benchmark that promises both sides the same threads must set both. Without the `tch` feature
+/// there is no libtorch and nothing to set.
+pub fn set_libtorch_threads(threads: usize) {
+    #[cfg(feature = "tch")]
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+    #[cfg(not(feature = "tch"))]
+    let _ = threads;
+}
+
 /// The device tests run their numerics on: `SHEARED_DEVICE` if set (`scripts/test-libtorch.sh` sets
 /// `torch-cpu`), else `cpu`. Panics on a bad name, which only a test run sees.
 pub fn for_tests() -> Device {

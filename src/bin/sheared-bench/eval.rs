@@ -33,6 +33,10 @@ pub struct EvalBenchArgs {
     /// Python interpreter with torch, transformers and lm-eval.
     #[arg(long, default_value = "python3", env = "SHEARED_BENCH_PYTHON")]
     pub python: PathBuf,
+    /// Our side's device: `cpu` (burn's pure-Rust backend, the default build) or `torch-cpu`
+    /// (libtorch on the CPU, a binary built with `--features tch`); the peer runs on the CPU.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Padded tokens per forward pass on our side (the eval stage's `batch_tokens`).
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
@@ -66,7 +70,7 @@ fn parse_task(text: &str) -> anyhow::Result<TaskSpec> {
 
 /// Our side of one task: (requests, seconds, acc).
 fn ours(args: &EvalBenchArgs, spec: &TaskSpec) -> anyhow::Result<(usize, f64, f64)> {
-    let device = device::parse("cpu")?;
+    let device = device::parse(&args.device)?;
     let config = LlamaConfig::load(&args.model.join("config.json"))?;
     let model = load_hf(&args.model, &device)?;
     let tokenizer =
@@ -104,6 +108,7 @@ pub fn run(args: &EvalBenchArgs) -> anyhow::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build()?;
+    device::set_libtorch_threads(args.threads);
     let mut measured = Vec::new();
     for spec in &specs {
         measured.push(pool.install(|| ours(args, spec))?);
@@ -153,7 +158,10 @@ pub fn run(args: &EvalBenchArgs) -> anyhow::Result<()> {
             .context("no acc in lm-eval's result")?;
         let row = conditions
             .row(
-                format!("score {} ({requests} requests)", spec.name),
+                match args.device.as_str() {
+                    "cpu" => format!("score {} ({requests} requests)", spec.name),
+                    other => format!("score {} ({requests} requests) on {other}", spec.name),
+                },
                 "throughput",
                 requests as f64 / seconds,
                 "requests/s",

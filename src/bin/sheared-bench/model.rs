@@ -237,6 +237,7 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
+    device::set_libtorch_threads(threads);
     let mut config = LlamaConfig::new(
         args.vocab,
         args.hidden,

@@ -129,6 +129,17 @@ fn the_smollm2_chain_runs_on_fixtures_and_compares() {
             "method=magnitude/eval-pruned",
         ]
     );
+    // The compute summary is the whole runs', not only their eval stages'.
+    for field in ["seconds_with_cache", "seconds_without_cache"] {
+        let (by_stage, whole) = (
+            by_stage[field].as_f64().unwrap(),
+            json[field].as_f64().unwrap(),
+        );
+        assert!(
+            whole > 0.0 && (by_stage - whole).abs() < 1e-9,
+            "{field}: {by_stage} vs {whole}"
+        );
+    }
     let columns = by_stage["metric_columns"].to_string();
     for metric in [
         "hellaswag.acc_norm",

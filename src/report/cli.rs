@@ -189,6 +189,9 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
         not_run,
         ..
     } = gather(&args.runs, args.plots.is_some(), registry)?;
+    // What the whole runs cost, with and without the cache: a by-stage row holds one eval stage,
+    // so its own sums would count only the evals.
+    let whole = compare(&variants);
     if args.by_stage {
         variants = by_stage(&variants);
     }
@@ -198,7 +201,9 @@ pub fn compare_command(args: &CompareArgs, registry: &Registry) -> anyhow::Resul
         sort: args.sort.clone(),
         reverse: args.reverse,
     };
-    let comparison = apply_view(compare(&variants), &view).map_err(anyhow::Error::msg)?;
+    let mut comparison = apply_view(compare(&variants), &view).map_err(anyhow::Error::msg)?;
+    comparison.seconds_with_cache = whole.seconds_with_cache;
+    comparison.seconds_without_cache = whole.seconds_without_cache;
     let width = args.width.or_else(|| {
         let terminal = console::Term::stdout();
         terminal

@@ -311,6 +311,63 @@ fn a_coordinator_killed_mid_sweep_adopts_its_jobs_instead_of_running_them_twice(
     assert_eq!(setup.submissions(), 5);
 }
 
+/// A job that finished after its coordinator was killed, with a result nobody committed, is adopted
+/// from its result by the next run: not submitted again, its command not run again.
+#[test]
+fn a_job_that_finished_after_its_coordinator_died_is_adopted_not_rerun() {
+    if !slurm_ready("a_job_that_finished_after_its_coordinator_died") {
+        return;
+    }
+    let setup = Setup::new(1);
+    let mut coordinator = setup
+        .command(&[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    setup.wait_for_a_running_make();
+    coordinator.kill().unwrap(); // SIGKILL
+    coordinator.wait().unwrap();
+    let left = setup.recorded_jobs();
+    assert!(!left.is_empty(), "the killed coordinator left no job");
+    // Let every job it left finish: nothing is queued or running for them any more.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let queued = Command::new("squeue")
+            .args(["-h", "-o", "%i", "-j", &left.join(",")])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&queued.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the left jobs did not finish in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let submitted_before = setup.submissions();
+    let finished: Vec<&str> = ["a", "b", "c", "d"]
+        .into_iter()
+        .filter(|variant| setup.runs_of(variant) == 1)
+        .collect();
+    assert!(
+        !finished.is_empty(),
+        "no make job finished before the rerun"
+    );
+
+    let resumed = setup.run(&[]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    for variant in ["a", "b", "c", "d"] {
+        assert_eq!(setup.runs_of(variant), 1, "variant {variant} ran once");
+    }
+    assert_eq!(
+        setup.submissions(),
+        5,
+        "the finished jobs ({finished:?}) were adopted, not submitted again ({submitted_before} before the rerun)"
+    );
+}
+
 #[test]
 fn slurm_refusals_are_clear_errors_naming_the_stage() {
     if !slurm_ready("slurm_refusals_are_clear_errors") {

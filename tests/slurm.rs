@@ -153,6 +153,31 @@ impl Setup {
         }
     }
 
+    /// Starts a coordinator and SIGKILLs it once a `make` job's command has started, leaving its
+    /// jobs to Slurm.
+    fn kill_the_coordinator_once_a_make_runs(&self) {
+        let mut coordinator = self
+            .command(&[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_for_a_running_make();
+        coordinator.kill().unwrap(); // SIGKILL
+        coordinator.wait().unwrap();
+    }
+
+    /// Runs the sweep again: it succeeds, every variant's command has run exactly once in all, and
+    /// there were five submissions in all (`tokens` and four `make`s), `why` otherwise.
+    fn rerun_runs_every_stage_once(&self, why: &str) {
+        let resumed = self.run(&[]);
+        assert!(resumed.status.success(), "{}", text(&resumed));
+        for variant in ["a", "b", "c", "d"] {
+            assert_eq!(self.runs_of(variant), 1, "variant {variant} ran once");
+        }
+        assert_eq!(self.submissions(), 5, "{why}");
+    }
+
     /// The Slurm job ids recorded under this cache's `jobs/` (jobs not yet committed).
     fn recorded_jobs(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.root().join("cache/jobs")) else {
@@ -271,16 +296,7 @@ fn a_coordinator_killed_mid_sweep_adopts_its_jobs_instead_of_running_them_twice(
         return;
     }
     let setup = Setup::new(4);
-    let mut coordinator = setup
-        .command(&[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Kill it once a `make` job is running (its command has started).
-    setup.wait_for_a_running_make();
-    coordinator.kill().unwrap(); // SIGKILL
-    coordinator.wait().unwrap();
+    setup.kill_the_coordinator_once_a_make_runs();
     let submitted_before = setup.submissions();
     // `plan` shows the jobs the dead coordinator left behind.
     let plan = Command::new(SHEARED)
@@ -292,16 +308,7 @@ fn a_coordinator_killed_mid_sweep_adopts_its_jobs_instead_of_running_them_twice(
     let shown = text(&plan);
     assert!(shown.contains("- slurm job "), "{shown}");
 
-    let resumed = setup.run(&[]);
-    assert!(resumed.status.success(), "{}", text(&resumed));
-    for variant in ["a", "b", "c", "d"] {
-        assert_eq!(setup.runs_of(variant), 1, "variant {variant} ran once");
-    }
-    assert_eq!(
-        setup.submissions(),
-        5,
-        "one submission per stage, killed or not"
-    );
+    setup.rerun_runs_every_stage_once("one submission per stage, killed or not");
     assert!(
         submitted_before >= 2,
         "the kill came after the tokens job and a make job"
@@ -319,15 +326,7 @@ fn a_job_that_finished_after_its_coordinator_died_is_adopted_not_rerun() {
         return;
     }
     let setup = Setup::new(1);
-    let mut coordinator = setup
-        .command(&[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    setup.wait_for_a_running_make();
-    coordinator.kill().unwrap(); // SIGKILL
-    coordinator.wait().unwrap();
+    setup.kill_the_coordinator_once_a_make_runs();
     let left = setup.recorded_jobs();
     assert!(!left.is_empty(), "the killed coordinator left no job");
     // Let every job it left finish: nothing is queued or running for them any more.
@@ -356,16 +355,9 @@ fn a_job_that_finished_after_its_coordinator_died_is_adopted_not_rerun() {
         "no make job finished before the rerun"
     );
 
-    let resumed = setup.run(&[]);
-    assert!(resumed.status.success(), "{}", text(&resumed));
-    for variant in ["a", "b", "c", "d"] {
-        assert_eq!(setup.runs_of(variant), 1, "variant {variant} ran once");
-    }
-    assert_eq!(
-        setup.submissions(),
-        5,
+    setup.rerun_runs_every_stage_once(&format!(
         "the finished jobs ({finished:?}) were adopted, not submitted again ({submitted_before} before the rerun)"
-    );
+    ));
 }
 
 #[test]

@@ -79,8 +79,11 @@ pub struct Member {
 /// One stage to run.
 #[derive(Debug, Clone)]
 pub struct PlanNode {
-    /// Unique display id: the stage name, or `name[overrides]` for sweep cells that differ.
+    /// Unique display id: the stage name, or `name[label]` for sweep cells that differ.
     pub id: String,
+    /// What tells this definition of the stage from the others (`method=magnitude`, the overrides
+    /// its sweep variants share), when the stage name has several; `None` otherwise.
+    pub label: Option<String>,
     pub stage: String,
     pub kind: String,
     pub version: u32,
@@ -203,6 +206,7 @@ impl Plan {
                     None => {
                         nodes.push(PlanNode {
                             id: stage_name.clone(),
+                            label: None,
                             stage: stage_name.clone(),
                             kind: decl.kind.clone(),
                             version: kind.version(),
@@ -235,7 +239,9 @@ impl Plan {
                 continue;
             }
             for (_, index) in entries {
-                nodes[*index].id = format!("{stage}[{}]", node_label(&nodes[*index], &recipes));
+                let label = node_label(&nodes[*index], &recipes);
+                nodes[*index].id = format!("{stage}[{label}]");
+                nodes[*index].label = Some(label);
             }
         }
         let mut graph = DiGraph::new();

@@ -148,6 +148,7 @@ fn gather(runs: &RunsArgs, with_series: bool, registry: &Registry) -> anyhow::Re
                     .key
                     .clone()
                     .unwrap_or_else(|| format!("pending:{}", node.id)),
+                label: node.label.clone(),
                 seconds: committed.map(|c| c.manifest.seconds),
                 metrics: committed.and_then(|c| c.manifest.metrics.clone()),
             });

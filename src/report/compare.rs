@@ -27,6 +27,9 @@ pub struct StageInput {
     pub kind: String,
     /// Its cache key (hex); equal keys mean one computation.
     pub key: String,
+    /// The plan's label of this definition of the stage (`method=l0` in `eval-distill[method=l0]`)
+    /// when the stage name has several; `None` otherwise.
+    pub label: Option<String>,
     /// Seconds its committed run took (`None` if not committed).
     pub seconds: Option<f64>,
     /// Its `metrics.json`, if it wrote one.
@@ -203,9 +206,9 @@ fn variant_metrics(
 /// model's scores (an `eval-source` shared by every variant, which [`compare`] leaves out as identical
 /// columns), the pruned-only model's and the final model's sit in one table with the same columns.
 /// A stage whose key several variants share is one row with only the parameters those variants
-/// agree on, named by the stage alone when every variant shares it, else by the parts of the
-/// variant names its sharers have in common (`method=l0/eval-distill` for a stage that one
-/// pruning method's variants share across loading policies). The stage is renamed `eval` in its
+/// agree on, named by the stage alone when it has one definition, else by the plan's label of its
+/// definition (`method=l0/eval-distill` for a stage that one pruning method's variants share
+/// across loading policies). The stage is renamed `eval` in its
 /// row so that columns are not prefixed per stage.
 pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
     let mut owners: HashMap<&str, Vec<&VariantInput>> = HashMap::new();
@@ -229,13 +232,10 @@ pub fn by_stage(variants: &[VariantInput]) -> Vec<VariantInput> {
             let sharers = &owners[stage.key.as_str()];
             let shared = sharers.len() > 1 && variants.len() > 1;
             let row = VariantInput {
-                name: if !shared {
-                    format!("{}/{}", variant.name, stage.name)
-                } else {
-                    match common_name_parts(sharers).as_slice() {
-                        [] => stage.name.clone(),
-                        parts => format!("{}/{}", parts.join(","), stage.name),
-                    }
+                name: match (&stage.label, shared) {
+                    (_, false) => format!("{}/{}", variant.name, stage.name),
+                    (Some(label), true) => format!("{label}/{}", stage.name),
+                    (None, true) => stage.name.clone(),
                 },
                 params: if shared {
                     common_params(sharers)
@@ -270,27 +270,6 @@ fn common_params(variants: &[&VariantInput]) -> BTreeMap<String, String> {
         .iter()
         .filter(|(key, value)| rest.iter().all(|v| v.params.get(*key) == Some(*value)))
         .map(|(key, value)| (key.clone(), value.clone()))
-        .collect()
-}
-
-/// The comma-separated parts of a variant name (`policy=dynamic,method=l0`, or inside the
-/// brackets of `recipe[policy=dynamic,method=l0]`) that all of `variants` have, in the first's
-/// order.
-fn common_name_parts(variants: &[&VariantInput]) -> Vec<String> {
-    fn parts(name: &str) -> Vec<&str> {
-        let inner = match (name.find('['), name.strip_suffix(']')) {
-            (Some(open), Some(without_close)) => &without_close[open + 1..],
-            _ => name,
-        };
-        inner.split(',').collect()
-    }
-    let Some((first, rest)) = variants.split_first() else {
-        return Vec::new();
-    };
-    parts(&first.name)
-        .into_iter()
-        .filter(|part| rest.iter().all(|v| parts(&v.name).contains(part)))
-        .map(str::to_string)
         .collect()
 }
 
@@ -917,6 +896,7 @@ mod tests {
             name: name.into(),
             kind: "eval".into(),
             key: key.into(),
+            label: None,
             seconds: Some(1.0),
             metrics: Some(serde_json::json!({"tasks": {"arc_easy": {"acc": acc}}})),
         };
@@ -955,8 +935,8 @@ mod tests {
     }
 
     /// A stage shared by some variants only (a distillation stage that reads the pruning method
-    /// but not the loading policy) is one row per key, named by what its sharers have in common
-    /// and carrying their common parameters.
+    /// but not the loading policy) is one row per key, named by the plan's label of its definition
+    /// and carrying its sharers' common parameters.
     #[test]
     fn by_stage_names_a_partly_shared_stage_by_what_its_sharers_have_in_common() {
         let variant = |policy: &str, method: &str| VariantInput {
@@ -972,6 +952,7 @@ mod tests {
                 name: "eval-distill".into(),
                 kind: "eval".into(),
                 key: format!("distill-{method}"),
+                label: Some(format!("method={method}")),
                 seconds: Some(1.0),
                 metrics: Some(serde_json::json!({"tasks": {"arc_easy": {"acc": 0.5}}})),
             }],
@@ -1007,6 +988,7 @@ mod tests {
             name: name.into(),
             kind: kind.into(),
             key: key.into(),
+            label: None,
             seconds: Some(seconds),
             metrics,
         }

@@ -358,11 +358,7 @@ impl Store {
                 _ => return Ok(None),
             },
         };
-        let broken = manifest.files.iter().find(|entry| {
-            let object = self.object_path(&entry.digest);
-            !matches!(fs::metadata(&object), Ok(metadata) if metadata.is_file() && metadata.len() == entry.bytes)
-        });
-        if let Some(entry) = broken {
+        if let Some(entry) = self.missing_object(&manifest) {
             tracing::warn!(
                 "cache entry of stage `{}` ({}) lost object {} (file `{}`); dropping it so the stage runs again",
                 manifest.stage,
@@ -378,9 +374,14 @@ impl Store {
 
     /// Whether every object `manifest` references exists with its size (what a lookup checks).
     pub(super) fn objects_intact(&self, manifest: &Manifest) -> bool {
-        manifest.files.iter().all(|entry| {
+        self.missing_object(manifest).is_none()
+    }
+
+    /// The first file of `manifest` whose object is missing or has another size.
+    fn missing_object<'m>(&self, manifest: &'m Manifest) -> Option<&'m FileEntry> {
+        manifest.files.iter().find(|entry| {
             let object = self.object_path(&entry.digest);
-            matches!(fs::metadata(&object), Ok(metadata) if metadata.is_file() && metadata.len() == entry.bytes)
+            !matches!(fs::metadata(&object), Ok(metadata) if metadata.is_file() && metadata.len() == entry.bytes)
         })
     }
 

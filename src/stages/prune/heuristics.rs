@@ -52,6 +52,10 @@ pub struct Ranking {
     pub layer: Vec<f64>,
     /// `[hidden]`.
     pub hidden: Vec<f64>,
+    /// What the numbers are, in words (for `pruning.json`).
+    pub score: &'static str,
+    /// What the layer numbers are, where they differ from `score` (layer-drop).
+    pub layer_score: &'static str,
 }
 
 impl Ranking {
@@ -76,8 +80,9 @@ impl Ranking {
         }
     }
 
-    /// The scores for `pruning.json`, each module with `score`, what its numbers are.
-    pub fn scores(&self, score: &str, layer_score: &str) -> outputs::UnitScores {
+    /// The scores for `pruning.json`, each module with what its numbers are.
+    pub fn scores(&self) -> outputs::UnitScores {
+        let (score, layer_score) = (self.score, self.layer_score);
         let module = |score: &str, rows: Vec<Vec<f64>>| outputs::ModuleScores {
             score: score.to_string(),
             rows,
@@ -158,6 +163,7 @@ pub fn magnitude_ranking(model: &Llama, resolved: &ResolvedTarget) -> Ranking {
     importance_ranking(
         model,
         resolved,
+        MAGNITUDE_SCORE,
         &ElementScores {
             matrix: &|weight| weight.val().square(),
             norm: None,
@@ -182,6 +188,7 @@ pub fn taylor_ranking(
     importance_ranking(
         model,
         resolved,
+        TAYLOR_SCORE,
         &ElementScores {
             matrix: &|weight| score(weight, gradients),
             norm: Some(&|weight| score(weight, gradients)),
@@ -190,7 +197,12 @@ pub fn taylor_ranking(
 }
 
 /// Scores every unit by the sum of its weights' element scores (module docs).
-fn importance_ranking(model: &Llama, resolved: &ResolvedTarget, scores: &ElementScores) -> Ranking {
+fn importance_ranking(
+    model: &Llama,
+    resolved: &ResolvedTarget,
+    score: &'static str,
+    scores: &ElementScores,
+) -> Ranking {
     let dims = &resolved.dims;
     let matrix = |weight: &Param<Tensor<2>>| (scores.matrix)(weight);
     let mut hidden = column_sums(matrix(&model.embed_tokens.weight));
@@ -257,6 +269,8 @@ fn importance_ranking(model: &Llama, resolved: &ResolvedTarget, scores: &Element
         intermediate,
         layer: layers,
         hidden,
+        score,
+        layer_score: score,
     }
 }
 
@@ -269,12 +283,20 @@ pub fn layer_drop_ranking(
     influence: Option<&[f64]>,
 ) -> Ranking {
     let layers = resolved.dims.layers;
-    let layer: Vec<f64> = match influence {
-        Some(influence) => influence.to_vec(),
-        None => (0..layers).map(|index| (layers - index) as f64).collect(), // earlier = higher
+    let (layer, layer_score) = match influence {
+        Some(influence) => (
+            influence.to_vec(),
+            "block influence: 1 - mean cosine similarity of the residual stream before and after \
+             the layer over the calibration batches",
+        ),
+        None => (
+            (0..layers).map(|index| (layers - index) as f64).collect(), // earlier = higher
+            "layers - index: the first layers are kept",
+        ),
     };
     Ranking {
         layer,
+        layer_score,
         ..magnitude_ranking(model, resolved)
     }
 }
@@ -399,6 +421,8 @@ pub fn random_ranking(resolved: &ResolvedTarget, seed: u64) -> Ranking {
         intermediate,
         layer,
         hidden,
+        score: RANDOM_SCORE,
+        layer_score: RANDOM_SCORE,
     }
 }
 
@@ -416,7 +440,6 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
             .with_precision(ctx.settings.precision);
         let gradients = calibration_gradients(ctx, config, &model, seed, &device)?;
         let ranking = taylor_ranking(&model, &gradients, &resolved);
-        let scores = ranking.scores(TAYLOR_SCORE, TAYLOR_SCORE);
         return write_outputs(
             ctx,
             config,
@@ -424,35 +447,23 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
             &model_dir,
             &source_config,
             &resolved,
-            (&ranking.masks(&resolved), scores),
+            &ranking,
             seed,
         );
     }
     let model = load_hf(&model_dir, &device)
         .map_err(|error| StageError::input("model", error.to_string()))?;
-    let (ranking, scores) = match config.method {
-        Method::Magnitude => {
-            let ranking = magnitude_ranking(&model, &resolved);
-            let scores = ranking.scores(MAGNITUDE_SCORE, MAGNITUDE_SCORE);
-            (ranking, scores)
-        }
-        Method::Random => {
-            let ranking = random_ranking(&resolved, seed);
-            let scores = ranking.scores(RANDOM_SCORE, RANDOM_SCORE);
-            (ranking, scores)
-        }
+    let ranking = match config.method {
+        Method::Magnitude => magnitude_ranking(&model, &resolved),
+        Method::Random => random_ranking(&resolved, seed),
         Method::LayerDrop => {
-            let (influence, layer_score) = match config.drop_layers_by {
-                DropLayersBy::Top => (None, "layers - index: the first layers are kept"),
-                DropLayersBy::BlockInfluence => (
-                    Some(block_influence(ctx, config, &model, seed, &device)?),
-                    "block influence: 1 - mean cosine similarity of the residual stream \
-                     before and after the layer over the calibration batches",
-                ),
+            let influence = match config.drop_layers_by {
+                DropLayersBy::Top => None,
+                DropLayersBy::BlockInfluence => {
+                    Some(block_influence(ctx, config, &model, seed, &device)?)
+                }
             };
-            let ranking = layer_drop_ranking(&model, &resolved, influence.as_deref());
-            let scores = ranking.scores(MAGNITUDE_SCORE, layer_score);
-            (ranking, scores)
+            layer_drop_ranking(&model, &resolved, influence.as_deref())
         }
         Method::L0 | Method::Taylor => {
             unreachable!("l0 is run by the training loop, taylor above")
@@ -465,7 +476,7 @@ pub(super) fn run(ctx: &StageContext<'_>, config: &PruneConfig) -> Result<(), St
         &model_dir,
         &source_config,
         &resolved,
-        (&ranking.masks(&resolved), scores),
+        &ranking,
         seed,
     )
 }
@@ -480,16 +491,17 @@ fn write_outputs(
     model_dir: &std::path::Path,
     source_config: &crate::model::LlamaConfig,
     resolved: &ResolvedTarget,
-    (masks, scores): (&HostMasks, outputs::UnitScores),
+    ranking: &Ranking,
     seed: u64,
 ) -> Result<(), StageError> {
+    let masks = &ranking.masks(resolved);
     let report = outputs::report(
         config.method,
         config,
         source_config,
         resolved,
         masks,
-        outputs::Selection::OneShot(scores),
+        outputs::Selection::OneShot(ranking.scores()),
     )?;
     let tokenizer = tokenizer_source(model_dir, None);
     outputs::write(ctx, model, tokenizer.as_deref(), masks, None, &report)?;

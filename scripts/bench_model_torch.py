@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
+MATMUL_WARMUP = 3
+MATMUL_REPEATS = 20
+
+
 def main():
     parser = argparse.ArgumentParser()
     for name in ["vocab", "hidden", "intermediate", "layers", "heads", "batch", "seq", "threads", "steps", "warmup"]:
@@ -72,11 +76,24 @@ def main():
         if step >= args.warmup:
             steps.append({"forward_s": forward_done - start, "backward_s": backward_done - forward_done,
                           "optimizer_s": optimizer_done - backward_done, "loss": loss_value})
+    # One matmul of the MLP's shape, [batch·seq, hidden] × [hidden, intermediate], in fp32: what the
+    # step's largest products cost on their own, to tell the matmul kernels from the rest.
+    a = torch.randn(args.batch * args.seq, args.hidden, device=device)
+    b = torch.randn(args.hidden, args.intermediate, device=device)
+    for _ in range(MATMUL_WARMUP):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(MATMUL_REPEATS):
+        a @ b
+    sync()
+    matmul_s = (time.perf_counter() - start) / MATMUL_REPEATS
     parameters = sum(p.numel() for p in model.parameters())
     peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak_device_bytes = torch.cuda.max_memory_allocated(device) if on_gpu else None
     print(json.dumps({"torch_version": torch.__version__, "parameters": parameters, "steps": steps,
-                      "peak_rss_bytes": peak_rss_bytes, "peak_device_bytes": peak_device_bytes}))
+                      "peak_rss_bytes": peak_rss_bytes, "peak_device_bytes": peak_device_bytes,
+                      "matmul_s": matmul_s}))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,40 @@ struct TorchReport {
     /// `torch.cuda.max_memory_allocated()` on a GPU.
     #[serde(default)]
     peak_device_bytes: Option<u64>,
+    /// Seconds of one fp32 matmul of the MLP's shape ([`measure_matmul`]).
+    #[serde(default)]
+    matmul_s: Option<f64>,
+}
+
+/// Warm-up and timed repeats of the matmul measurement (the same in `bench_model_torch.py`).
+const MATMUL_WARMUP: usize = 3;
+const MATMUL_REPEATS: usize = 20;
+
+/// Seconds of one fp32 matmul `[batch·seq, hidden] × [hidden, intermediate]` on the device: the
+/// step's largest products on their own, so a gap in the step can be split into the matmul
+/// kernels' share and the rest's.
+fn measure_matmul(args: &ModelBenchArgs) -> anyhow::Result<f64> {
+    let device = device::parse(&args.device)?;
+    let a = Tensor::<2>::random(
+        [args.batch * args.seq, args.hidden],
+        Distribution::Default,
+        &device,
+    ); // [rows, hidden]
+    let b = Tensor::<2>::random(
+        [args.hidden, args.intermediate],
+        Distribution::Default,
+        &device,
+    ); // [hidden, intermediate]
+    for _ in 0..MATMUL_WARMUP {
+        drop(a.clone().matmul(b.clone())); // [rows, intermediate]
+    }
+    device.sync().ok();
+    let start = Instant::now();
+    for _ in 0..MATMUL_REPEATS {
+        drop(a.clone().matmul(b.clone())); // [rows, intermediate]
+    }
+    device.sync().ok();
+    Ok(start.elapsed().as_secs_f64() / MATMUL_REPEATS as f64)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -269,7 +303,9 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     let sheared_steps = measure_sheared(args, &config)?;
     let sheared = medians(&sheared_steps);
     let sheared_rss = peak_rss_bytes();
+    let matmul_s = measure_matmul(args)?;
     let load_after = load_average();
+    let matmul_flops = 2.0 * (args.batch * args.seq * args.hidden * args.intermediate) as f64;
 
     let rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s);
     let step_rate = |t: &StepTimes| tokens_per_step / (t.forward_s + t.backward_s + t.optimizer_s);
@@ -379,6 +415,25 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
             memory,
             torch.as_ref().map(|torch| torch.peak_rss_bytes as f64),
         );
+        add(
+            conditions.row(
+                format!(
+                    "matmul [{}, {}] × [{}, {}], fp32",
+                    args.batch * args.seq,
+                    args.hidden,
+                    args.hidden,
+                    args.intermediate
+                ),
+                "throughput",
+                matmul_flops / matmul_s / 1e9,
+                "GFLOP/s",
+                Better::Higher,
+            ),
+            torch
+                .as_ref()
+                .and_then(|torch| torch.matmul_s)
+                .map(|seconds| matmul_flops / seconds / 1e9),
+        );
         if let Some(ours) = utilisation(&sheared) {
             add(
                 conditions.row(
@@ -423,7 +478,21 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
         );
     }
     line("sheared", &sheared, sheared_rss);
+    println!(
+        "sheared  matmul [{}, {}] x [{}, {}] fp32: {:.1} GFLOP/s",
+        args.batch * args.seq,
+        args.hidden,
+        args.hidden,
+        args.intermediate,
+        matmul_flops / matmul_s / 1e9
+    );
     if let Some(torch) = &torch {
+        if let Some(seconds) = torch.matmul_s {
+            println!(
+                "pytorch  matmul: {:.1} GFLOP/s",
+                matmul_flops / seconds / 1e9
+            );
+        }
         let peer = medians(&torch.steps);
         line("pytorch", &peer, torch.peak_rss_bytes);
         println!(

@@ -15,13 +15,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::ModelError;
 use super::config::{LayerWidths, LlamaConfig, RopeScaling};
+use super::fused::{causal_softmax, silu};
 use super::precision::Precision;
 
 /// Pruning masks for one forward pass. Every mask is optional; absent masks cost nothing.
@@ -360,8 +360,10 @@ impl Attention {
 /// ([`super::blockwise_attention`]).
 fn attend(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>, precision: Precision) -> Tensor<4> {
     match precision {
-        // burn's attention op: fused where the backend has it (libtorch's SDPA in inference).
-        Precision::Fp32 => {
+        // burn's attention op in inference: fused where the backend has it (libtorch's SDPA).
+        // Under autodiff burn runs it as a chain of elementwise ops; the spelled-out form with
+        // one fused softmax node has far fewer passes over the scores, forward and backward.
+        Precision::Fp32 if !query.is_autodiff() => {
             let options = AttentionModuleOptions {
                 scale: None,
                 softcap: None,
@@ -374,9 +376,9 @@ fn attend(query: Tensor<4>, key: Tensor<4>, value: Tensor<4>, precision: Precisi
 }
 
 /// Causal attention as autocast runs it: both matrix products in the compute dtype, the softmax in
-/// fp32. Spelled out (rather than burn's `attention` op, which backends implement in different
-/// ways) so that every backend and autodiff compute the same thing. All `[batch, heads, seq,
-/// head_dim]`, fp32 in and out.
+/// fp32 (in fp32 precision, simply causal attention). Spelled out (rather than burn's `attention`
+/// op, which backends implement in different ways) so that every backend and autodiff compute the
+/// same thing. All `[batch, heads, seq, head_dim]`, fp32 in and out.
 pub(super) fn autocast_attention(
     query: Tensor<4>,
     key: Tensor<4>,
@@ -389,11 +391,7 @@ pub(super) fn autocast_attention(
         .to_compute(query)
         .matmul(precision.to_compute(key).swap_dims(2, 3)); // [batch, heads, seq, seq]
     let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &scores.device()).unsqueeze::<4>(); // [1, 1, seq, seq]
-    let scores = precision
-        .to_fp32(scores)
-        .mul_scalar(scale)
-        .mask_fill(future, f32::NEG_INFINITY);
-    let weights = softmax(scores, 3); // [batch, heads, seq, seq]
+    let weights = causal_softmax(precision.to_fp32(scores), future, scale); // [batch, heads, seq, seq]
     let context = precision
         .to_compute(weights)
         .matmul(precision.to_compute(value)); // [batch, heads, seq, head_dim]

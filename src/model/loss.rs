@@ -1,14 +1,15 @@
 //! Next-token cross-entropy. Callers shift: for a batch row of `seq + 1` tokens, inputs are
 //! `tokens[..seq]` and targets `tokens[1..]`, so `targets[b, t]` is the token after `input[b, t]`.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
+
+use super::fused::log_softmax;
 
 /// Negative log-likelihood of each target token: `logits [batch, seq, vocab]`, `targets [batch, seq]`
 /// → `[batch, seq]`. Target ids must lie in `0..vocab` (no ignore index).
 pub fn token_losses(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
     let [batch, seq, _] = logits.dims();
-    let log_probs = log_softmax(logits, 2); // [batch, seq, vocab]
+    let log_probs = log_softmax(logits); // [batch, seq, vocab]
     let picked = log_probs.gather(2, targets.unsqueeze_dim::<3>(2)); // [batch, seq, 1]
     picked.reshape([batch, seq]).neg()
 }
@@ -32,8 +33,8 @@ pub fn cross_entropy_per_sequence(logits: Tensor<3>, targets: Tensor<2, Int>) ->
 /// → `[1]`. The teacher's logits carry no gradient (the caller computes them without autodiff).
 pub fn distillation_kl(student: Tensor<3>, teacher: Tensor<3>, temperature: f64) -> Tensor<1> {
     let [batch, seq, _] = student.dims();
-    let student_log = log_softmax(student.div_scalar(temperature), 2); // [batch, seq, vocab]
-    let teacher_log = log_softmax(teacher.div_scalar(temperature), 2); // [batch, seq, vocab]
+    let student_log = log_softmax(student.div_scalar(temperature)); // [batch, seq, vocab]
+    let teacher_log = log_softmax(teacher.div_scalar(temperature)); // [batch, seq, vocab]
     let teacher_probs = teacher_log.clone().exp(); // [batch, seq, vocab]
     let per_token = (teacher_probs * (teacher_log - student_log)).sum_dim(2); // [batch, seq, 1]
     per_token

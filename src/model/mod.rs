@@ -4,6 +4,7 @@
 //! - [`llama`]: the model ([`Llama`], [`DecoderLayer`], [`Attention`], [`Mlp`], [`RmsNorm`]) and the
 //!   pruning [`Masks`] (where each mask multiplies: docs/model.md, "Masks").
 //! - [`loss`]: next-token cross-entropy (token mean, per sequence).
+//! - [`fused`]: log-softmax, the attention's causal softmax and SiLU as one autodiff node each.
 //! - [`batch`]: the one builder of `input_ids`/`labels` tensors from token rows.
 //! - [`precision`]: `fp32` or `bf16` mixed precision of the matrix products.
 //! - [`checkpointing`]: per-layer activation checkpointing (`Llama::backward_checkpointed`).
@@ -28,6 +29,7 @@ pub mod checkpointing;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod fused;
 pub mod gguf;
 pub mod hf;
 pub mod init;

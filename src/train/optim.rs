@@ -1,10 +1,10 @@
 //! AdamW with every hyper-parameter explicit, and no weight decay on norms and embeddings.
 //!
-//! burn's `AdamWConfig` defaults differ from PyTorch's (eps 1e-5 vs 1e-8, weight decay 1e-4 vs
-//! 1e-2) and decay every parameter of a group. [`AdamWSettings`] always sets every value, so a
-//! recipe means the same thing as the equivalent PyTorch run, and puts the parameters whose path
-//! contains one of `no_decay` (by default norms and embeddings, the usual LLM practice) into a
-//! second group with weight decay 0. The update is PyTorch's `torch.optim.AdamW`:
+//! [`AdamWSettings`] always sets every value (burn's `AdamWConfig` defaults differ from PyTorch's:
+//! eps 1e-5 vs 1e-8, weight decay 1e-4 vs 1e-2), so a recipe means the same thing as the
+//! equivalent PyTorch run, and puts the parameters whose path contains one of `no_decay` (by
+//! default norms and embeddings, the usual LLM practice) into a second group with weight decay 0.
+//! The update ([`super::adamw`]) is PyTorch's `torch.optim.AdamW`:
 //!
 //! ```text
 //! m ← β1·m + (1−β1)·g            v ← β2·v + (1−β2)·g²
@@ -12,9 +12,11 @@
 //! ```
 
 use burn::module::ParamGroup;
-use burn::optim::{AdamW, AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
+
+use super::adamw::AdamW;
 
 /// A hyper-parameter value that cannot work; `key` is relative to the settings table (`betas`).
 #[derive(Debug, thiserror::Error)]
@@ -95,23 +97,16 @@ impl AdamWSettings {
         Ok(())
     }
 
-    /// burn's AdamW config with every value set explicitly (no burn defaults), no clipping (clip
-    /// the global norm with [`crate::train::clip`] instead) and the given weight decay.
-    pub fn adamw_config(&self, weight_decay: f64) -> AdamWConfig {
-        AdamWConfig::new()
-            .with_beta_1(self.betas[0] as f32)
-            .with_beta_2(self.betas[1] as f32)
-            .with_epsilon(self.eps as f32)
-            .with_weight_decay(weight_decay as f32)
-            .with_cautious_weight_decay(false)
-            .with_amsgrad(false)
-            .with_grad_clipping(None)
-    }
-
     /// A bare AdamW with these betas/eps and the given weight decay, for extra parameter groups
     /// (e.g. the pruning stage's mask logits and Lagrange multipliers) via `ModuleOptimizer::with_group`.
+    /// No clipping: clip the global norm with [`crate::train::clip`].
     pub fn adamw(&self, weight_decay: f64) -> AdamW {
-        self.adamw_config(weight_decay).build()
+        AdamW {
+            beta_1: self.betas[0],
+            beta_2: self.betas[1],
+            eps: self.eps,
+            weight_decay,
+        }
     }
 
     /// The parameters that get no weight decay, or `None` when `no_decay` is empty.
@@ -122,7 +117,7 @@ impl AdamWSettings {
     /// The optimiser for a whole module: `weight_decay` for every parameter, 0 for the `no_decay`
     /// group. Groups added later with `with_group` take precedence over these two.
     pub fn build(&self) -> ModuleOptimizer {
-        let optimizer = self.adamw_config(self.weight_decay).init();
+        let optimizer = ModuleOptimizer::from(self.adamw(self.weight_decay));
         match self.no_decay_group() {
             Some(group) => optimizer.with_group(group, self.adamw(0.0), None),
             None => optimizer,
@@ -212,10 +207,20 @@ mod tests {
         weight_decay: f64,
         grads: &[[f32; 3]],
     ) -> Vec<f64> {
+        by_hand_with_rates(settings, &vec![lr; grads.len()], weight_decay, grads)
+    }
+
+    /// [`by_hand`] with a learning rate per step.
+    fn by_hand_with_rates(
+        settings: &AdamWSettings,
+        rates: &[f64],
+        weight_decay: f64,
+        grads: &[[f32; 3]],
+    ) -> Vec<f64> {
         let [beta1, beta2] = settings.betas;
         let mut p = vec![1.0f64, -2.0, 0.5];
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
-        for (t, g) in grads.iter().enumerate() {
+        for (t, (g, &lr)) in grads.iter().zip(rates).enumerate() {
             let t = t as i32 + 1;
             for i in 0..3 {
                 let g = g[i] as f64;
@@ -255,6 +260,32 @@ mod tests {
         }
         for (got, want) in values(&model.input_layernorm).iter().zip(&not_decayed) {
             assert!((got - want).abs() < 1e-6, "norm {got} vs {want}");
+        }
+    }
+
+    /// A warm-up starts at lr 0: that step moves nothing, but its moments count.
+    #[test]
+    fn a_zero_learning_rate_step_updates_the_moments_only() {
+        let device = crate::model::device::for_tests().autodiff();
+        let settings = AdamWSettings {
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let mut optimizer = settings.build();
+        let rates = [0.0, 0.01, 0.02];
+        // A zero gradient at lr 0 is where dividing by the step size gives 0 · ∞.
+        let steps = [[0.0f32, -0.3, 2.0], [-0.2f32, 0.4, 1.0], [0.0f32, 0.0, 0.5]];
+        let mut model = tiny(&device);
+        for (g, lr) in steps.into_iter().zip(rates) {
+            let grads = grads_of(&model, g, &device);
+            model = optimizer.step(lr, model, grads);
+            if lr == 0.0 {
+                assert_eq!(values(&model.proj), vec![1.0, -2.0, 0.5]);
+            }
+        }
+        let want = by_hand_with_rates(&settings, &rates, 0.1, &steps);
+        for (got, want) in values(&model.proj).iter().zip(&want) {
+            assert!((got - want).abs() < 1e-6, "proj {got} vs {want}");
         }
     }
 

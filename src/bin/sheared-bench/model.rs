@@ -10,13 +10,14 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use sheared::model::precision::Precision;
 use sheared::model::{Llama, LlamaConfig, cross_entropy, device};
+use sheared::train::optim::AdamWSettings;
 
 use crate::machine::load_average;
 use crate::row::{self, Better, Conditions, Row};
@@ -156,12 +157,12 @@ fn measure_sheared(args: &ModelBenchArgs, config: &LlamaConfig) -> anyhow::Resul
     let device = device::parse(&args.device)?.autodiff();
     device.seed(0);
     let mut model = Llama::new(config, &device).with_precision(args.precision);
-    let mut optimizer = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.95)
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .init();
+    // The training stages' optimiser: betas (0.9, 0.95), eps 1e-8, as the PyTorch side.
+    let mut optimizer = AdamWSettings {
+        weight_decay: 0.0,
+        ..AdamWSettings::default()
+    }
+    .build();
     let tokens = Tensor::<2, Int>::random(
         [args.batch, args.seq + 1],
         Distribution::Uniform(0.0, args.vocab as f64),

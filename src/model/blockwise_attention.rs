@@ -1,9 +1,9 @@
 //! Causal attention computed one block of query rows at a time, forward and backward, so that a
 //! training step never holds the `[batch, heads, seq, seq]` scores of a whole layer.
 //!
-//! Why: burn 0.22's autodiff runs `attention` unfused on every backend and keeps the softmax's
-//! input and output for backward, `2 × [batch, heads, seq, seq]`: at 4 × 4096 tokens with 32 heads
-//! that is 17 GiB for one layer, most of what a checkpointed 7B prune step holds besides weights.
+//! Why: a whole-sequence attention under autodiff (burn 0.22 has no fused attention backward)
+//! keeps the softmax's probabilities for backward, `[batch, heads, seq, seq]`: at 4 × 4096 tokens
+//! with 32 heads that is 8 GiB in fp32 for one layer, most of what a checkpointed 7B prune step holds besides weights.
 //! Row `i` of the attention needs only its own scores against keys `0..=i`, so a block of
 //! [`QUERY_BLOCK`] rows at a time holds `[batch, heads, QUERY_BLOCK, seq]`, and the backward pass
 //! recomputes each block's probabilities from the queries and keys instead of saving them (as
@@ -140,7 +140,7 @@ mod tests {
 
     use super::*;
 
-    /// The unfused attention autodiff differentiates in training (llama.rs), on a graph.
+    /// The whole-sequence attention autodiff differentiates in training (llama.rs), on a graph.
     fn naive(
         query: Tensor<4>,
         key: Tensor<4>,
@@ -155,11 +155,11 @@ mod tests {
         (a - b).abs().max().into_scalar::<f32>() / scale
     }
 
-    /// Forward and all three gradients equal autodiff through the unfused attention, for a
+    /// Forward and all three gradients equal autodiff through the whole-sequence attention, for a
     /// sequence shorter than one block, exactly one block, and several blocks with a ragged last
     /// one; fp32 to rounding, bf16 within bf16's resolution.
     #[test]
-    fn blockwise_equals_autodiff_of_the_unfused_attention() {
+    fn blockwise_equals_autodiff_of_the_whole_sequence_attention() {
         for (seq, precision, tolerance) in [
             (7, Precision::Fp32, 1e-5),
             (QUERY_BLOCK, Precision::Fp32, 1e-5),

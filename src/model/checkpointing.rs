@@ -413,7 +413,7 @@ mod tests {
             let mut plain_parameters = GradientsParams::from_module(&mut plain, &model);
 
             // Over several blocks in bf16 the context and the key and value gradients are sums of per-block bf16
-            // products (in fp32) where the unfused attention makes one bf16 product: they agree to
+            // products (in fp32) where the whole-sequence attention makes one bf16 product: they agree to
             // bf16's resolution (2⁻⁸ ≈ 4e-3), not to fp32 rounding.
             let tolerance = if precision == Precision::Bf16 && seq > 7 {
                 1e-2

@@ -316,16 +316,16 @@ pub fn estimate(
 /// - `q_proj`, `k_proj`, `v_proj` share one saved input, the norm's output `// [b, s, d]`;
 /// - `q·kᵀ` saves query and key after RoPE and `repeat_kv` `// 2 × [b, H, s, h]` (RoPE multiplies
 ///   by constant tables and saves nothing of size);
-/// - the unfused softmax saves `exp(scores)` and the probabilities `// 2 × [b, H, s, s]`, and its
-///   row sums `// [b, H, s, 1]`;
+/// - the causal softmax (one fused node, [`super::fused`]) saves its output, the probabilities
+///   `// [b, H, s, s]`;
 /// - `probs · v` saves value `// [b, H, s, h]` (the probabilities are already counted);
 /// - `o_proj` saves its input, the context made contiguous `// [b, s, H·h]`.
 ///
 /// MLP sub-block (absent when the layer has no intermediate units):
 /// - `post_attention_layernorm` as above `// 2 × [b, s, d] + [b, s, 1]`; `gate_proj`/`up_proj`
 ///   share its output `// [b, s, d]`;
-/// - `silu(g) = g · sigmoid(g)` saves `g` and `sigmoid(g)`, `silu(g) ⊙ up` saves both factors, and
-///   `down_proj` saves the product `// 5 × [b, s, I]`.
+/// - the fused `silu(g)` saves `g`, `silu(g) ⊙ up` saves both factors, and `down_proj` saves the
+///   product `// 4 × [b, s, I]`.
 ///
 /// Masks (prune), each when its module is pruned:
 /// - `hidden_z` multiplies each norm's output: `// [b, s, d]` per norm, and each block output;
@@ -354,8 +354,7 @@ pub fn layer_saved_elements(
         elements += norm;
         elements += tokens * hidden; // q/k/v_proj input [b, s, d]
         elements += 3 * per_head; // query, key, value [b, H, s, h]
-        elements += 2 * batch * heads * seq * seq; // exp(scores), probs [b, H, s, s]
-        elements += batch * heads * seq; // softmax row sums [b, H, s, 1]
+        elements += batch * heads * seq * seq; // probabilities [b, H, s, s]
         elements += per_head; // o_proj input [b, s, H·h]
         if masks.head {
             elements += per_head; // context before head_z [b, H, s, h]
@@ -365,7 +364,7 @@ pub fn layer_saved_elements(
     if intermediate > 0 {
         elements += norm;
         elements += tokens * hidden; // gate/up_proj input [b, s, d]
-        elements += 5 * tokens * intermediate; // gate, sigmoid, silu, up, silu⊙up [b, s, I]
+        elements += 4 * tokens * intermediate; // gate, silu, up, silu⊙up [b, s, I]
         if masks.intermediate {
             elements += tokens * intermediate; // up before intermediate_z [b, s, I]
         }
@@ -377,7 +376,7 @@ pub fn layer_saved_elements(
 /// Elements alive while a checkpointed step recomputes and back-propagates one layer
 /// ([`super::checkpointing`]): what [`layer_saved_elements`] counts, except that the attention runs
 /// block by block ([`super::blockwise_attention`], `B` = `min(QUERY_BLOCK, s)` query rows): instead
-/// of the softmax's `2 × [b, H, s, s]` and its row sums, one block's probabilities, their gradient
+/// of the softmax's probabilities `[b, H, s, s]`, one block's probabilities, their gradient
 /// and the scores' gradient `// 3 × [b, H, B, s]`, and besides them the context, its gradient and the
 /// query, key and value gradients `// 5 × [b, H, s, h]`.
 pub fn layer_recomputed_elements(
@@ -395,15 +394,14 @@ pub fn layer_recomputed_elements(
     let seq = shape.seq_len as u64;
     let block = QUERY_BLOCK.min(shape.seq_len) as u64;
     let per_head = batch * seq * heads * config.head_dim as u64; // [b, H, s, h]
-    let scores = 2 * batch * heads * seq * seq + batch * heads * seq; // what the unfused softmax saves
-    saved - scores + 3 * batch * heads * block * seq + 5 * per_head
+    let probabilities = batch * heads * seq * seq; // what the whole-sequence softmax saves
+    saved - probabilities + 3 * batch * heads * block * seq + 5 * per_head
 }
 
 /// Elements saved by the head of the model in a training step: the final norm
 /// `// 2 × [b, s, d] + [b, s, 1]` (+ its output before `hidden_z`), the `lm_head` input
-/// `// [b, s, d]`, and for the loss the logits shifted by their max (saved by log-softmax's `exp`),
-/// the log-probabilities, and — alive at the start of backward — the gradient of the logits
-/// `// 3 × [b, s, V]`.
+/// `// [b, s, d]`, and for the loss the log-probabilities (what the fused log-softmax saves) and,
+/// while its backward runs, their gradient and the logits' gradient `// 3 × [b, s, V]`.
 pub fn head_saved_elements(config: &LlamaConfig, shape: StepShape, masks: MaskSet) -> u64 {
     let tokens = (shape.micro_batch * shape.seq_len) as u64;
     let hidden = config.hidden_size as u64;
@@ -488,10 +486,10 @@ mod tests {
         assert_eq!(config.parameter_counts().total, 372);
         // b = 1, s = 3: tokens 3.
         // Attention: norm 2·3·4 + 3 = 27, qkv input 12, q/k/v 3·(3·2·2) = 36,
-        // softmax 2·(1·2·3·3) = 36, row sums 1·2·3 = 6, o_proj input 12 → 129.
-        // MLP: norm 27, input 12, 5·3·6 = 90 → 129. Layer: 258.
+        // probabilities 1·2·3·3 = 18, o_proj input 12 → 105.
+        // MLP: norm 27, input 12, 4·3·6 = 72 → 111. Layer: 216.
         let layer = layer_saved_elements(&config, config.layer(0), shape(1, 3), MaskSet::default());
-        assert_eq!(layer, 258);
+        assert_eq!(layer, 216);
         // Head: norm 27, lm_head input 12, 3·3·10 = 90 → 129.
         assert_eq!(
             head_saved_elements(&config, shape(1, 3), MaskSet::default()),
@@ -510,12 +508,12 @@ mod tests {
                 gradients_bytes: 372 * 4,
                 optimizer_bytes: 2 * 372 * 4,
                 masks_bytes: 0,
-                activations_bytes: (2 * 258 + 129) * 4,
+                activations_bytes: (2 * 216 + 129) * 4,
                 optimizer_on_host: false,
                 teacher_bytes: 0,
             }
         );
-        assert_eq!(estimate.total_bytes(), 1488 + 1488 + 2976 + 2580);
+        assert_eq!(estimate.total_bytes(), 1488 + 1488 + 2976 + 2244);
     }
 
     #[test]
@@ -543,12 +541,12 @@ mod tests {
         // z_loga: head [2, 2] = 4, intermediate [2, 6] = 12, layer [2] = 2, hidden [4] = 4;
         // λ: 4 × 2 = 8 → 30.
         assert_eq!(l0_parameter_count(&config, &PruningModule::ALL), 30);
-        // Per layer on top of 258: attention norm output before hidden_z 12, context before head_z
+        // Per layer on top of 216: attention norm output before hidden_z 12, context before head_z
         // 12, block output before layer_z and hidden_z 2·12; MLP norm 12, up before
-        // intermediate_z 18, block output 24 → 258 + 48 + 54 = 360.
+        // intermediate_z 18, block output 24 → 216 + 48 + 54 = 318.
         assert_eq!(
             layer_saved_elements(&config, config.layer(0), shape(1, 3), ALL_MASKS),
-            360
+            318
         );
         // Head: 129 + final norm output before hidden_z 12 = 141.
         assert_eq!(head_saved_elements(&config, shape(1, 3), ALL_MASKS), 141);
@@ -562,7 +560,7 @@ mod tests {
             MemoryOptions::FP32,
         );
         assert_eq!(estimate.masks_bytes, 30 * 5 * 4);
-        assert_eq!(estimate.activations_bytes, (2 * 360 + 141) * 4);
+        assert_eq!(estimate.activations_bytes, (2 * 318 + 141) * 4);
         assert_eq!(estimate.weights_bytes, 372 * 4);
     }
 
@@ -576,10 +574,10 @@ mod tests {
         };
         let estimate = estimate(&config, Step::Train { grad_accum: 1 }, shape(1, 3), options);
         // 2 layer inputs of 3·4 = 24, the residual's gradient 12, and the larger of the head's
-        // pass (129) and one layer recomputed: 258 saved, less the softmax's 2·(1·2·3·3) + 1·2·3
-        // = 42, plus one block of 3 rows 3·(1·2·3·3) = 54 and the context and its gradients
-        // 5·(1·2·3·2) = 60 → 330.
-        assert_eq!(estimate.activations_bytes, (24 + 12 + 330) * 4);
+        // pass (129) and one layer recomputed: 216 saved, less the probabilities 1·2·3·3 = 18,
+        // plus one block of 3 rows 3·(1·2·3·3) = 54 and the context and its gradients
+        // 5·(1·2·3·2) = 60 → 312.
+        assert_eq!(estimate.activations_bytes, (24 + 12 + 312) * 4);
     }
 
     #[test]
@@ -608,12 +606,12 @@ mod tests {
     fn forward_only_keeps_weights_and_one_layer() {
         let config = tiny();
         let estimate = estimate(&config, Step::Forward, shape(1, 3), MemoryOptions::FP32);
-        // Residual 12 + one layer 258 + norm output 12 + logits and log-softmax 2·3·10 = 60.
+        // Residual 12 + one layer 216 + norm output 12 + logits and log-softmax 2·3·10 = 60.
         assert_eq!(
             estimate,
             MemoryEstimate {
                 weights_bytes: 372 * 4,
-                activations_bytes: (12 + 258 + 12 + 60) * 4,
+                activations_bytes: (12 + 216 + 12 + 60) * 4,
                 ..MemoryEstimate::default()
             }
         );
@@ -778,7 +776,7 @@ mod llama2_7b {
         assert_eq!(step.masks_bytes, 357_416 * 20);
         assert_eq!(
             step.describe(),
-            "peak memory ≈ 6.2 TiB (weights 25.1 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 6.1 TiB)"
+            "peak memory ≈ 4.1 TiB (weights 25.1 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 4.0 TiB)"
         );
     }
 
@@ -787,21 +785,21 @@ mod llama2_7b {
         let plain = prune_step(1, Precision::Bf16, false);
         assert_eq!(
             plain.describe(),
-            "peak memory ≈ 236.1 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 98.0 GiB)"
+            "peak memory ≈ 201.4 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 63.3 GiB)"
         );
         let checkpointed = prune_step(1, Precision::Bf16, true);
         assert_eq!(
             checkpointed.describe(),
-            "peak memory ≈ 140.5 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 2.4 GiB)"
+            "peak memory ≈ 140.4 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 2.3 GiB)"
         );
         assert_eq!(
             prune_step(1, Precision::Fp32, false).describe(),
-            "peak memory ≈ 321.5 GiB (weights 25.1 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 196.0 GiB)"
+            "peak memory ≈ 252.1 GiB (weights 25.1 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 126.6 GiB)"
         );
     }
 
     /// The target of the GPU issue: pruning LLaMA2-7B on ONE 141 GB (131.3 GiB) GPU. Without
-    /// offloading the moments, bf16 + checkpointing needs 140.5 GiB; with them on the host the
+    /// offloading the moments, bf16 + checkpointing needs 140.4 GiB; with them on the host the
     /// device peak is the backward's, and micro-batches of 4 sequences (recipes/2.7b.toml) fit.
     #[test]
     fn offloaded_moments_fit_one_141_gb_gpu() {
@@ -810,7 +808,7 @@ mod llama2_7b {
         let offloaded = prune_step_with(1, Precision::Bf16, true, true);
         assert_eq!(
             offloaded.describe(),
-            "peak memory ≈ 90.3 GiB (weights 37.7 GiB, grads 50.2 GiB, masks 6.8 MiB, activations 2.4 GiB; adam 50.2 GiB on the host between steps)"
+            "peak memory ≈ 90.2 GiB (weights 37.7 GiB, grads 50.2 GiB, masks 6.8 MiB, activations 2.3 GiB; adam 50.2 GiB on the host between steps)"
         );
         let micro_4 = prune_step_with(4, Precision::Bf16, true, true);
         assert!(micro_4.total_bytes() < one_gpu, "{}", micro_4.describe());

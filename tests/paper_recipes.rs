@@ -150,7 +150,7 @@ fn set_reaches_keys_kept_out_of_the_key_at_their_defaults() {
     assert_eq!(memory["micro_batch"], 1, "{memory}");
     assert_eq!(memory["precision"], "bf16", "{memory}");
     assert_eq!(memory["activation_checkpointing"], true, "{memory}");
-    // ≈ 141 GiB (docs/training.md): far below the 4.1 TiB of one fp32 pass of 32 × 4096.
+    // ≈ 141 GiB (docs/training.md): far below the 4.0 TiB of one fp32 pass of 32 × 4096.
     let bytes = prune["preview"]["memory_bytes"]
         .as_u64()
         .expect("memory_bytes");

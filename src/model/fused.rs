@@ -1,5 +1,5 @@
-//! Fused training ops: log-softmax, the attention's scaled causal softmax and SiLU, each one autodiff
-//! node with a closed-form backward.
+//! Fused training ops: log-softmax, the next-token loss, the attention's scaled causal softmax, RoPE
+//! and SiLU, each one autodiff node with a closed-form backward.
 //!
 //! Why: burn's autodiff records these as the chains of elementwise ops they are written with (a
 //! log-softmax is max, subtract, exp, sum, log, subtract), and its backward walks every link, so a
@@ -10,6 +10,8 @@
 //! closed form in three passes or fewer:
 //!
 //! - `y = log_softmax(x)`: `∂x = g − exp(y) · Σg`
+//! - `ℓ = −log_softmax(x)[target]`: `∂x = g · (exp(log_softmax(x)) − onehot(target))`
+//! - `y = x · cos + rotate_half(x) · sin`: `∂x = g · cos − rotate_half(g · sin)`
 //! - `y = softmax(s · x + mask)`: `∂x = s · y ⊙ (g − Σ(g ⊙ y))` (masked entries have `y = 0`)
 //! - `y = x · σ(x)`: `∂x = g · σ(x) · (1 + x · (1 − σ(x)))`
 //!
@@ -24,12 +26,12 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::tensor::{BoolTensor, FloatTensor};
-use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{Bool, Tensor};
+use burn::backend::tensor::{BoolTensor, FloatTensor, IndexingUpdateOp, IntTensor};
+use burn::backend::{Backend, Dispatch, Flex, Shape, Slice, TensorMetadata, backend_extension};
+use burn::tensor::{Bool, Int, Tensor};
 
-/// The fused ops over backend primitives; [`log_softmax`], [`causal_softmax`] and [`silu`] are the
-/// tensor-level entry points. Every op works on the last dimension.
+/// The fused ops over backend primitives; [`log_softmax`], [`token_nll`], [`causal_softmax`],
+/// [`rope`] and [`silu`] are the tensor-level entry points. Every op works on the last dimension.
 #[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait FusedOps: Backend {
     /// `log_softmax` over the last dimension.
@@ -46,6 +48,54 @@ pub trait FusedOps: Backend {
         let last = grad.shape().num_dims() - 1;
         let grad_sum = Self::float_sum_dim(grad.clone(), last);
         Self::float_sub(grad, Self::float_mul(Self::float_exp(output), grad_sum))
+    }
+
+    /// Next-token negative log-likelihood: `logits [.., vocab]`, `targets [..]` (ids in
+    /// `0..vocab`) → `−log_softmax(logits)[targets]`, shape `[..]`.
+    fn fused_token_nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        pick_negated::<Self>(Self::fused_log_softmax(logits), targets)
+    }
+
+    /// The gradient of [`FusedOps::fused_token_nll`] from the saved `log_probs`:
+    /// `grad · (exp(log_probs) − onehot(targets))`, shape of `log_probs`.
+    fn fused_token_nll_backward(
+        grad: FloatTensor<Self>,
+        log_probs: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let grad = Self::float_reshape(grad, with_last_one(&log_probs.shape())); // [.., 1]
+        let targets = Self::int_reshape(targets, with_last_one(&log_probs.shape())); // [.., 1]
+        let last = log_probs.shape().num_dims() - 1;
+        let spread = Self::float_mul(Self::float_exp(log_probs), grad.clone()); // [.., vocab]
+        Self::float_scatter(
+            last,
+            spread,
+            targets,
+            Self::float_neg(grad),
+            IndexingUpdateOp::Add,
+        )
+    }
+
+    /// RoPE, `x · cos + rotate_half(x) · sin` over the last dimension, `rotate_half([a, b]) = [−b, a]`;
+    /// `cos` and `sin` broadcast against `x` and are constants (no gradient).
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let rotated = rotate_half::<Self>(x.clone());
+        Self::float_add(Self::float_mul(x, cos), Self::float_mul(rotated, sin))
+    }
+
+    /// The gradient of [`FusedOps::fused_rope`] with respect to `x`: `grad · cos − rotate_half(grad ·
+    /// sin)` (`rotate_half` is antisymmetric: its transpose is its negative).
+    fn fused_rope_backward(
+        grad: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let rotated = rotate_half::<Self>(Self::float_mul(grad.clone(), sin));
+        Self::float_sub(Self::float_mul(grad, cos), rotated)
     }
 
     /// `softmax(scale · scores)` over the last dimension, with the entries where `future` is true
@@ -88,6 +138,39 @@ pub trait FusedOps: Backend {
     }
 }
 
+/// `shape` with its last dimension set to 1 (`[.., vocab]` → `[.., 1]`).
+fn with_last_one(shape: &Shape) -> Shape {
+    let rank = shape.num_dims();
+    let dims: Vec<usize> = (0..rank)
+        .map(|i| if i + 1 == rank { 1 } else { shape[i] })
+        .collect();
+    Shape::from(dims)
+}
+
+/// `−log_probs[.., targets]`: `log_probs [.., vocab]`, `targets [..]` → `[..]`.
+fn pick_negated<B: Backend>(log_probs: FloatTensor<B>, targets: IntTensor<B>) -> FloatTensor<B> {
+    let shape = log_probs.shape();
+    let last = shape.num_dims() - 1;
+    let targets = B::int_reshape(targets, with_last_one(&shape)); // [.., 1]
+    let picked = B::float_gather(last, log_probs, targets); // [.., 1]
+    let dims: Vec<usize> = (0..last).map(|i| shape[i]).collect();
+    B::float_neg(B::float_reshape(picked, Shape::from(dims))) // [..]
+}
+
+/// `[a, b]` → `[−b, a]` over the last dimension (halves `a`, `b`): HF's `rotate_half`.
+fn rotate_half<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    let last = shape.num_dims() - 1;
+    let half = (shape[last] / 2) as isize;
+    let part = |start: isize, end: isize| {
+        let mut slices = vec![Slice::full(); last];
+        slices.push(Slice::new(start, Some(end), 1));
+        B::float_slice(x.clone(), &slices)
+    };
+    let (first, second) = (part(0, half), part(half, 2 * half));
+    B::float_cat(vec![B::float_neg(second), first], last)
+}
+
 impl FusedOps for Flex {}
 
 #[cfg(feature = "tch")]
@@ -95,10 +178,20 @@ mod libtorch {
     use super::FusedOps;
     use burn::backend::LibTorch;
     use burn::backend::libtorch::TchTensor;
-    use burn::backend::tensor::{BoolTensor, FloatTensor};
+    use burn::backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 
     fn last_dim(tensor: &tch::Tensor) -> i64 {
         tensor.dim() as i64 - 1
+    }
+
+    /// `[a, b]` → `[−b, a]` over the last dimension.
+    fn rotate_half(x: &tch::Tensor) -> tch::Tensor {
+        let dim = last_dim(x);
+        let half = x.size()[dim as usize] / 2;
+        tch::Tensor::cat(
+            &[x.narrow(dim, half, half).neg(), x.narrow(dim, 0, half)],
+            dim,
+        )
     }
 
     /// libtorch's own kernels, forward and backward, as PyTorch's autograd calls them.
@@ -120,6 +213,39 @@ mod libtorch {
                 dim,
                 kind,
             ))
+        }
+
+        fn fused_token_nll_backward(
+            grad: FloatTensor<Self>,
+            log_probs: FloatTensor<Self>,
+            targets: IntTensor<Self>,
+        ) -> FloatTensor<Self> {
+            let dim = last_dim(&log_probs.tensor);
+            let grad = grad.tensor.unsqueeze(dim); // [.., 1]
+            let mut spread = log_probs.tensor.exp(); // [.., vocab]
+            let _ = spread.g_mul_(&grad);
+            let _ = spread.scatter_add_(dim, &targets.tensor.unsqueeze(dim), &grad.neg());
+            TchTensor::new(spread)
+        }
+
+        fn fused_rope(
+            x: FloatTensor<Self>,
+            cos: FloatTensor<Self>,
+            sin: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            let mut output = &x.tensor * &cos.tensor;
+            let _ = output.addcmul_(&rotate_half(&x.tensor), &sin.tensor);
+            TchTensor::new(output)
+        }
+
+        fn fused_rope_backward(
+            grad: FloatTensor<Self>,
+            cos: FloatTensor<Self>,
+            sin: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            let mut input_grad = &grad.tensor * &cos.tensor;
+            let _ = input_grad.g_sub_(&rotate_half(&(&grad.tensor * &sin.tensor)));
+            TchTensor::new(input_grad)
         }
 
         fn fused_causal_softmax(
@@ -192,6 +318,77 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(output.clone(), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_log_softmax(x)),
+        }
+    }
+
+    fn fused_token_nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct TokenNllBackward;
+
+        impl<B: Backend + FusedOps> Backward<B, 1> for TokenNllBackward {
+            type State = (FloatTensor<B>, IntTensor<B>); // log-probabilities, targets
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (log_probs, targets) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::fused_token_nll_backward(grad, log_probs, targets)
+                });
+            }
+        }
+
+        let (logits, node) = logits.into_parts();
+        match TokenNllBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let log_probs = B::fused_log_softmax(logits);
+                let output = pick_negated::<B>(log_probs.clone(), targets.clone());
+                prep.finish((log_probs, targets), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_token_nll(logits, targets)),
+        }
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RopeBackward;
+
+        impl<B: Backend + FusedOps> Backward<B, 1> for RopeBackward {
+            type State = (FloatTensor<B>, FloatTensor<B>); // cos, sin
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (cos, sin) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::fused_rope_backward(grad, cos, sin)
+                });
+            }
+        }
+
+        // The tables are constants: only `x` is a parent.
+        let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
+        let (x, node) = x.into_parts();
+        match RopeBackward.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::fused_rope(x, cos.clone(), sin.clone());
+                prep.finish((cos, sin), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_rope(x, cos, sin)),
         }
     }
 
@@ -269,6 +466,25 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 /// `log_softmax` over the last dimension, one autodiff node.
 pub fn log_softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_log_softmax(x.into_dispatch()))
+}
+
+/// Next-token negative log-likelihood `−log_softmax(logits)[targets]`: `logits [batch, seq, vocab]`,
+/// `targets [batch, seq]` → `[batch, seq]`, one autodiff node that saves only the log-probabilities.
+pub fn token_nll(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_token_nll(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+    ))
+}
+
+/// RoPE `x · cos + rotate_half(x) · sin` over the last dimension (`x: [batch, heads, seq,
+/// head_dim]`, `cos`, `sin`: `[1, 1, seq, head_dim]`, constants), one autodiff node.
+pub fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_rope(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+    ))
 }
 
 /// `softmax(scale · scores)` over the last dimension with `future` entries masked out (`future`
@@ -350,6 +566,49 @@ mod tests {
             .try_into_vec::<f32>()
             .unwrap();
         assert_eq!(first_row, vec![1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn token_nll_equals_log_softmax_then_gather() {
+        let device = crate::model::device::for_tests().autodiff();
+        let targets = Tensor::<2, Int>::from_data(
+            burn::tensor::TensorData::new(vec![0i64, 16, 3, 3, 9, 1], [2, 3]),
+            &device,
+        );
+        let picked = |x: Tensor<3>| {
+            let log_probs = activation::log_softmax(x, 2);
+            log_probs
+                .gather(2, targets.clone().unsqueeze_dim::<3>(2))
+                .neg() // [2, 3, 1]
+        };
+        // Compared through a [2, 3, 1]-shaped output so that `check` can weight it.
+        check(
+            [2, 3, 17],
+            |x| {
+                let summed = token_nll(x.clone(), targets.clone()).unsqueeze_dim::<3>(2);
+                // broadcast back to the input's shape: the weights then meet every row once
+                summed.expand([2, 3, 17]) / 17.0
+            },
+            |x| picked(x).expand([2, 3, 17]) / 17.0,
+        );
+    }
+
+    #[test]
+    fn rope_equals_the_spelled_out_rotation() {
+        let device = crate::model::device::for_tests().autodiff();
+        device.seed(5);
+        let table = || Tensor::<4>::random([1, 1, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+        let (cos, sin) = (table(), table());
+        check(
+            [2, 2, 3, 8],
+            |x| rope(x, cos.clone(), sin.clone()),
+            |x| {
+                let first = x.clone().narrow(3, 0, 4);
+                let second = x.clone().narrow(3, 4, 4);
+                let rotated = Tensor::cat(vec![second.neg(), first], 3);
+                x * cos.clone() + rotated * sin.clone()
+            },
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::ModelError;
 use super::config::{LayerWidths, LlamaConfig, RopeScaling};
-use super::fused::{causal_softmax, silu};
+use super::fused::{causal_softmax, rope, silu};
 use super::precision::Precision;
 
 /// Pruning masks for one forward pass. Every mask is optional; absent masks cost nothing.
@@ -239,14 +239,9 @@ impl Rope {
         }
     }
 
-    /// `x: [batch, heads, seq, head_dim]` → `x·cos + rotate_half(x)·sin`.
+    /// `x: [batch, heads, seq, head_dim]` → `x·cos + rotate_half(x)·sin` (one fused node).
     pub(super) fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let head_dim = x.dims()[3];
-        let half = head_dim / 2;
-        let first = x.clone().narrow(3, 0, half); // [batch, heads, seq, half]
-        let second = x.clone().narrow(3, half, half); // [batch, heads, seq, half]
-        let rotated = Tensor::cat(vec![second.neg(), first], 3); // [batch, heads, seq, head_dim]
-        x * self.cos.clone() + rotated * self.sin.clone()
+        rope(x, self.cos.clone(), self.sin.clone()) // [batch, heads, seq, head_dim]
     }
 }
 

@@ -3,15 +3,12 @@
 
 use burn::tensor::{Int, Tensor};
 
-use super::fused::log_softmax;
+use super::fused::{log_softmax, token_nll};
 
 /// Negative log-likelihood of each target token: `logits [batch, seq, vocab]`, `targets [batch, seq]`
 /// → `[batch, seq]`. Target ids must lie in `0..vocab` (no ignore index).
 pub fn token_losses(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
-    let [batch, seq, _] = logits.dims();
-    let log_probs = log_softmax(logits); // [batch, seq, vocab]
-    let picked = log_probs.gather(2, targets.unsqueeze_dim::<3>(2)); // [batch, seq, 1]
-    picked.reshape([batch, seq]).neg()
+    token_nll(logits, targets) // [batch, seq]
 }
 
 /// Token-mean cross-entropy over the whole batch, shape `[1]` (PyTorch `F.cross_entropy` with

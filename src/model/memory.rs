@@ -400,14 +400,14 @@ pub fn layer_recomputed_elements(
 
 /// Elements saved by the head of the model in a training step: the final norm
 /// `// 2 × [b, s, d] + [b, s, 1]` (+ its output before `hidden_z`), the `lm_head` input
-/// `// [b, s, d]`, and for the loss the log-probabilities (what the fused log-softmax saves) and,
-/// while its backward runs, their gradient and the logits' gradient `// 3 × [b, s, V]`.
+/// `// [b, s, d]`, and for the loss the log-probabilities (what the fused loss saves) and, while its
+/// backward runs, the logits' gradient `// 2 × [b, s, V]`.
 pub fn head_saved_elements(config: &LlamaConfig, shape: StepShape, masks: MaskSet) -> u64 {
     let tokens = (shape.micro_batch * shape.seq_len) as u64;
     let hidden = config.hidden_size as u64;
     let vocab = config.vocab_size as u64;
     let norm = 2 * tokens * hidden + tokens + if masks.hidden { tokens * hidden } else { 0 };
-    norm + tokens * hidden + 3 * tokens * vocab
+    norm + tokens * hidden + 2 * tokens * vocab
 }
 
 /// Activation elements alive at the peak of a training step.
@@ -490,10 +490,10 @@ mod tests {
         // MLP: norm 27, input 12, 4·3·6 = 72 → 111. Layer: 216.
         let layer = layer_saved_elements(&config, config.layer(0), shape(1, 3), MaskSet::default());
         assert_eq!(layer, 216);
-        // Head: norm 27, lm_head input 12, 3·3·10 = 90 → 129.
+        // Head: norm 27, lm_head input 12, 2·3·10 = 60 → 99.
         assert_eq!(
             head_saved_elements(&config, shape(1, 3), MaskSet::default()),
-            129
+            99
         );
         let estimate = estimate(
             &config,
@@ -508,12 +508,12 @@ mod tests {
                 gradients_bytes: 372 * 4,
                 optimizer_bytes: 2 * 372 * 4,
                 masks_bytes: 0,
-                activations_bytes: (2 * 216 + 129) * 4,
+                activations_bytes: (2 * 216 + 99) * 4,
                 optimizer_on_host: false,
                 teacher_bytes: 0,
             }
         );
-        assert_eq!(estimate.total_bytes(), 1488 + 1488 + 2976 + 2244);
+        assert_eq!(estimate.total_bytes(), 1488 + 1488 + 2976 + 2124);
     }
 
     #[test]
@@ -548,8 +548,8 @@ mod tests {
             layer_saved_elements(&config, config.layer(0), shape(1, 3), ALL_MASKS),
             318
         );
-        // Head: 129 + final norm output before hidden_z 12 = 141.
-        assert_eq!(head_saved_elements(&config, shape(1, 3), ALL_MASKS), 141);
+        // Head: 99 + final norm output before hidden_z 12 = 111.
+        assert_eq!(head_saved_elements(&config, shape(1, 3), ALL_MASKS), 111);
         let estimate = estimate(
             &config,
             Step::Prune {
@@ -560,7 +560,7 @@ mod tests {
             MemoryOptions::FP32,
         );
         assert_eq!(estimate.masks_bytes, 30 * 5 * 4);
-        assert_eq!(estimate.activations_bytes, (2 * 318 + 141) * 4);
+        assert_eq!(estimate.activations_bytes, (2 * 318 + 111) * 4);
         assert_eq!(estimate.weights_bytes, 372 * 4);
     }
 
@@ -574,7 +574,7 @@ mod tests {
         };
         let estimate = estimate(&config, Step::Train { grad_accum: 1 }, shape(1, 3), options);
         // 2 layer inputs of 3·4 = 24, the residual's gradient 12, and the larger of the head's
-        // pass (129) and one layer recomputed: 216 saved, less the probabilities 1·2·3·3 = 18,
+        // pass (99) and one layer recomputed: 216 saved, less the probabilities 1·2·3·3 = 18,
         // plus one block of 3 rows 3·(1·2·3·3) = 54 and the context and its gradients
         // 5·(1·2·3·2) = 60 → 312.
         assert_eq!(estimate.activations_bytes, (24 + 12 + 312) * 4);
@@ -776,7 +776,7 @@ mod llama2_7b {
         assert_eq!(step.masks_bytes, 357_416 * 20);
         assert_eq!(
             step.describe(),
-            "peak memory ≈ 4.1 TiB (weights 25.1 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 4.0 TiB)"
+            "peak memory ≈ 4.0 TiB (weights 25.1 GiB, grads 25.1 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 3.9 TiB)"
         );
     }
 
@@ -785,7 +785,7 @@ mod llama2_7b {
         let plain = prune_step(1, Precision::Bf16, false);
         assert_eq!(
             plain.describe(),
-            "peak memory ≈ 201.4 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 63.3 GiB)"
+            "peak memory ≈ 201.1 GiB (weights 37.7 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 63.1 GiB)"
         );
         let checkpointed = prune_step(1, Precision::Bf16, true);
         assert_eq!(
@@ -794,7 +794,7 @@ mod llama2_7b {
         );
         assert_eq!(
             prune_step(1, Precision::Fp32, false).describe(),
-            "peak memory ≈ 252.1 GiB (weights 25.1 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 126.6 GiB)"
+            "peak memory ≈ 251.6 GiB (weights 25.1 GiB, grads 50.2 GiB, adam 50.2 GiB, masks 6.8 MiB, activations 126.1 GiB)"
         );
     }
 

@@ -4,7 +4,8 @@
 //! - [`llama`]: the model ([`Llama`], [`DecoderLayer`], [`Attention`], [`Mlp`], [`RmsNorm`]) and the
 //!   pruning [`Masks`] (where each mask multiplies: docs/model.md, "Masks").
 //! - [`loss`]: next-token cross-entropy (token mean, per sequence).
-//! - [`fused`]: log-softmax, the attention's causal softmax and SiLU as one autodiff node each.
+//! - [`fused`]: the next-token loss, log-softmax, the attention's causal softmax, RoPE and SiLU as one
+//!   autodiff node each.
 //! - [`batch`]: the one builder of `input_ids`/`labels` tensors from token rows.
 //! - [`precision`]: `fp32` or `bf16` mixed precision of the matrix products.
 //! - [`checkpointing`]: per-layer activation checkpointing (`Llama::backward_checkpointed`).

@@ -285,75 +285,77 @@ mod libtorch {
     }
 }
 
-/// One autodiff node per fused op; the backward calls the inner backend's backward op.
+/// The backward step of a one-input fused op: `gradient(grad, state)` is the input's gradient.
+struct UnaryBackward<B: Backend, S> {
+    name: &'static str,
+    gradient: fn(FloatTensor<B>, S) -> FloatTensor<B>,
+}
+
+impl<B: Backend, S> std::fmt::Debug for UnaryBackward<B, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}Backward", self.name)
+    }
+}
+
+impl<B: Backend, S: Clone + Send + std::fmt::Debug + 'static> Backward<B, 1>
+    for UnaryBackward<B, S>
+{
+    type State = S;
+
+    fn backward(self, ops: Ops<S, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (state, gradient) = (ops.state, self.gradient);
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| gradient(grad, state));
+    }
+}
+
+/// Records a one-input op as one autodiff node: when `input` is tracked, `forward` computes the
+/// state the backward needs and the output; when it is not, `plain` computes the output alone.
+fn record_unary<B: Backend, C: CheckpointStrategy, S: Clone + Send + std::fmt::Debug + 'static>(
+    input: FloatTensor<Autodiff<B, C>>,
+    backward: UnaryBackward<B, S>,
+    forward: impl FnOnce(FloatTensor<B>) -> (S, FloatTensor<B>),
+    plain: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (input, node) = input.into_parts();
+    match backward.prepare::<C>([node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (state, output) = forward(input);
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(plain(input)),
+    }
+}
+
+/// One autodiff node per fused op; its backward calls the inner backend's backward op.
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_log_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LogSoftmaxBackward;
-
-        impl<B: Backend + FusedOps> Backward<B, 1> for LogSoftmaxBackward {
-            type State = FloatTensor<B>; // the output
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let output = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::fused_log_softmax_backward(grad, output)
-                });
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        match LogSoftmaxBackward
-            .prepare::<C>([node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let output = B::fused_log_softmax(x);
-                prep.finish(output.clone(), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_log_softmax(x)),
-        }
+        let backward = UnaryBackward {
+            name: "LogSoftmax",
+            gradient: |grad, output| B::fused_log_softmax_backward(grad, output),
+        };
+        let forward = |x| {
+            let output = B::fused_log_softmax(x);
+            (output.clone(), output)
+        };
+        record_unary::<B, C, _>(x, backward, forward, B::fused_log_softmax)
     }
 
     fn fused_token_nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct TokenNllBackward;
-
-        impl<B: Backend + FusedOps> Backward<B, 1> for TokenNllBackward {
-            type State = (FloatTensor<B>, IntTensor<B>); // log-probabilities, targets
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (log_probs, targets) = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::fused_token_nll_backward(grad, log_probs, targets)
-                });
-            }
-        }
-
-        let (logits, node) = logits.into_parts();
-        match TokenNllBackward
-            .prepare::<C>([node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let log_probs = B::fused_log_softmax(logits);
-                let output = pick_negated::<B>(log_probs.clone(), targets.clone());
-                prep.finish((log_probs, targets), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_token_nll(logits, targets)),
-        }
+        let backward = UnaryBackward {
+            name: "TokenNll",
+            gradient: |grad, (log_probs, targets)| {
+                B::fused_token_nll_backward(grad, log_probs, targets)
+            },
+        };
+        let saved_targets = targets.clone();
+        let forward = |logits| {
+            let log_probs = B::fused_log_softmax(logits);
+            let output = pick_negated::<B>(log_probs.clone(), saved_targets.clone());
+            ((log_probs, saved_targets), output)
+        };
+        record_unary::<B, C, _>(logits, backward, forward, |logits| {
+            B::fused_token_nll(logits, targets)
+        })
     }
 
     fn fused_rope(
@@ -361,35 +363,20 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct RopeBackward;
-
-        impl<B: Backend + FusedOps> Backward<B, 1> for RopeBackward {
-            type State = (FloatTensor<B>, FloatTensor<B>); // cos, sin
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (cos, sin) = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::fused_rope_backward(grad, cos, sin)
-                });
-            }
-        }
-
+        let backward = UnaryBackward {
+            name: "Rope",
+            gradient: |grad, (cos, sin)| B::fused_rope_backward(grad, cos, sin),
+        };
         // The tables are constants: only `x` is a parent.
         let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
-        let (x, node) = x.into_parts();
-        match RopeBackward.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = B::fused_rope(x, cos.clone(), sin.clone());
-                prep.finish((cos, sin), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_rope(x, cos, sin)),
-        }
+        let (plain_cos, plain_sin) = (cos.clone(), sin.clone());
+        let forward = |x| {
+            let output = B::fused_rope(x, cos.clone(), sin.clone());
+            ((cos, sin), output)
+        };
+        record_unary::<B, C, _>(x, backward, forward, |x| {
+            B::fused_rope(x, plain_cos, plain_sin)
+        })
     }
 
     fn fused_causal_softmax(
@@ -397,69 +384,27 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         future: BoolTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct CausalSoftmaxBackward {
-            scale: f64,
-        }
-
-        impl<B: Backend + FusedOps> Backward<B, 1> for CausalSoftmaxBackward {
-            type State = FloatTensor<B>; // the output
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let (output, scale) = (ops.state, self.scale);
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::fused_causal_softmax_backward(grad, output, scale)
-                });
-            }
-        }
-
-        let (scores, node) = scores.into_parts();
-        match (CausalSoftmaxBackward { scale })
-            .prepare::<C>([node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let output = B::fused_causal_softmax(scores, future, scale);
-                prep.finish(output.clone(), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_causal_softmax(scores, future, scale)),
-        }
+        let backward = UnaryBackward {
+            name: "CausalSoftmax",
+            gradient: |grad, (output, scale)| B::fused_causal_softmax_backward(grad, output, scale),
+        };
+        let mask = future.clone();
+        let forward = |scores| {
+            let output = B::fused_causal_softmax(scores, mask, scale);
+            ((output.clone(), scale), output)
+        };
+        record_unary::<B, C, _>(scores, backward, forward, |scores| {
+            B::fused_causal_softmax(scores, future, scale)
+        })
     }
 
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SiluBackward;
-
-        impl<B: Backend + FusedOps> Backward<B, 1> for SiluBackward {
-            type State = FloatTensor<B>; // the input
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                let input = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::fused_silu_backward(grad, input)
-                });
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        match SiluBackward.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = B::fused_silu(x.clone());
-                prep.finish(x, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_silu(x)),
-        }
+        let backward = UnaryBackward {
+            name: "Silu",
+            gradient: |grad, input| B::fused_silu_backward(grad, input),
+        };
+        let forward = |x: FloatTensor<B>| (x.clone(), B::fused_silu(x));
+        record_unary::<B, C, _>(x, backward, forward, B::fused_silu)
     }
 }
 

@@ -19,9 +19,9 @@
 //! All tensors live on a plain (non-autodiff) device: `[batch, heads, seq, head_dim]`, fp32 in and
 //! out, keys and values already repeated to one per query head.
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
+use super::fused::causal_softmax;
 use super::precision::Precision;
 
 /// Query rows per block. The transient memory of one block is about three
@@ -113,12 +113,11 @@ fn probabilities(
     let end = start + rows;
     let query_block = query.clone().narrow(2, start, rows); // [batch, heads, rows, head_dim]
     let key_prefix = key.clone().narrow(2, 0, end); // [batch, heads, end, head_dim]
-    let scores = matmul(query_block, key_prefix.swap_dims(2, 3), precision)
-        .mul_scalar(attention_scale(head_dim)); // [batch, heads, rows, end]
+    let scores = matmul(query_block, key_prefix.swap_dims(2, 3), precision); // [batch, heads, rows, end]
     // Row r is query position start + r: keys after it are the future.
     let future =
         Tensor::<2, Bool>::tril_mask([rows, end], start as i64, &scores.device()).unsqueeze::<4>(); // [1, 1, rows, end]
-    softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3) // [batch, heads, rows, end]
+    causal_softmax(scores, future, attention_scale(head_dim)) // [batch, heads, rows, end]
 }
 
 /// `a · b` in the compute dtype, fp32 out.

@@ -460,16 +460,17 @@ mod tests {
 
     /// The fused op and burn's composed ops give the same values and the same gradient of
     /// `Σ op(x) ⊙ w` for a random `w` (so every output entry's gradient counts, with its own weight).
-    fn check<const D: usize>(
+    fn check<const D: usize, const E: usize>(
         shape: [usize; D],
-        fused: impl Fn(Tensor<D>) -> Tensor<D>,
-        composed: impl Fn(Tensor<D>) -> Tensor<D>,
+        fused: impl Fn(Tensor<D>) -> Tensor<E>,
+        composed: impl Fn(Tensor<D>) -> Tensor<E>,
     ) {
         let device = crate::model::device::for_tests().autodiff();
         device.seed(3);
         let x = Tensor::<D>::random(shape, Distribution::Normal(0.0, 2.0), &device);
-        let w = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let run = |op: &dyn Fn(Tensor<D>) -> Tensor<D>| {
+        let output_shape = composed(x.clone()).shape();
+        let w = Tensor::<E>::random(output_shape, Distribution::Normal(0.0, 1.0), &device);
+        let run = |op: &dyn Fn(Tensor<D>) -> Tensor<E>| {
             let x = x.clone().require_grad();
             let y = op(x.clone());
             let gradients = (y.clone() * w.clone()).sum().backward();
@@ -520,21 +521,14 @@ mod tests {
             burn::tensor::TensorData::new(vec![0i64, 16, 3, 3, 9, 1], [2, 3]),
             &device,
         );
-        let picked = |x: Tensor<3>| {
-            let log_probs = activation::log_softmax(x, 2);
-            log_probs
-                .gather(2, targets.clone().unsqueeze_dim::<3>(2))
-                .neg() // [2, 3, 1]
-        };
-        // Compared through a [2, 3, 1]-shaped output so that `check` can weight it.
         check(
             [2, 3, 17],
+            |x| token_nll(x, targets.clone()),
             |x| {
-                let summed = token_nll(x.clone(), targets.clone()).unsqueeze_dim::<3>(2);
-                // broadcast back to the input's shape: the weights then meet every row once
-                summed.expand([2, 3, 17]) / 17.0
+                let log_probs = activation::log_softmax(x, 2); // [2, 3, 17]
+                let picked = log_probs.gather(2, targets.clone().unsqueeze_dim::<3>(2)); // [2, 3, 1]
+                picked.reshape([2, 3]).neg()
             },
-            |x| picked(x).expand([2, 3, 17]) / 17.0,
         );
     }
 

@@ -8,8 +8,9 @@
 //! causal `attention` op does not express.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor};
 
+use super::fused::causal_softmax;
 use super::llama::{Attention, Llama, Rope, project, repeat_kv};
 use super::precision::Precision;
 
@@ -127,20 +128,14 @@ impl Attention {
                 .to_compute(query)
                 .matmul(precision.to_compute(key).swap_dims(2, 3)),
         ); // [batch, heads, new, total]
-        let mut scores = scores.mul_scalar(scale);
-        if new > 1 {
+        let weights = if new > 1 {
             // Query i sits at position start + i and sees keys 0..=start + i.
-            let future: Vec<bool> = (0..new)
-                .flat_map(|i| (0..total).map(move |j| j > start + i))
-                .collect();
-            let future = Tensor::<2, Bool>::from_data(
-                TensorData::new(future, [new, total]),
-                &scores.device(),
-            )
-            .unsqueeze::<4>(); // [1, 1, new, total]
-            scores = scores.mask_fill(future, f32::NEG_INFINITY);
-        }
-        let weights = softmax(scores, 3); // [batch, heads, new, total]
+            let future = Tensor::<2, Bool>::tril_mask([new, total], start as i64, &scores.device())
+                .unsqueeze::<4>(); // [1, 1, new, total]
+            causal_softmax(scores, future, scale)
+        } else {
+            softmax(scores.mul_scalar(scale), 3) // one new position sees every key
+        }; // [batch, heads, new, total]
         let context = precision.to_fp32(
             precision
                 .to_compute(weights)
@@ -159,6 +154,7 @@ mod tests {
     use crate::model::LlamaConfig;
     use crate::model::device;
     use crate::model::init::seeded_normal_init;
+    use burn::tensor::TensorData;
 
     fn max_difference(a: Tensor<3>, b: Tensor<3>) -> f32 {
         (a - b).abs().max().into_scalar()

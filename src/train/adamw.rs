@@ -1,4 +1,4 @@
-//! PyTorch's AdamW update in three fused passes per parameter, as a burn [`Optimizer`].
+//! PyTorch's AdamW update in three fused steps per parameter, as a burn [`Optimizer`].
 //!
 //! Why not burn's `AdamW`: it spells the update as about fourteen tensor ops per parameter (scale
 //! the moments, add, square, divide by each bias correction, square root, add eps, divide, scale,
@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! m ← lerp(m, g, 1−β1)                      (one pass)
-//! v ← β2·v + (1−β2)·g²                      (addcmul: two passes)
+//! v ← β2·v + (1−β2)·g²                      (scale, then addcmul)
 //! p ← p·(1 − lr·wd) − (lr / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + eps)
 //! ```
 //!

@@ -289,6 +289,30 @@ mod tests {
         }
     }
 
+    /// The libtorch update works in place only on tensors nothing else holds: a parameter value
+    /// someone kept (a checkpoint being written, a teacher) keeps its values through later steps.
+    #[test]
+    fn a_step_never_changes_tensors_others_hold() {
+        let device = crate::model::device::for_tests().autodiff();
+        let settings = AdamWSettings::default();
+        let mut optimizer = settings.build();
+        let mut model = tiny(&device);
+        let grads = grads_of(&model, [0.1, -0.3, 2.0], &device);
+        model = optimizer.step(0.01, model, grads);
+        let kept = model.proj.clone(); // shares the parameter's storage
+        let kept_values = values(&kept);
+        for g in [[-0.2f32, 0.4, 1.0], [0.7, 0.0, -1.5]] {
+            let grads = grads_of(&model, g, &device);
+            model = optimizer.step(0.01, model, grads);
+        }
+        assert_ne!(
+            values(&model.proj),
+            kept_values,
+            "the steps moved the parameter"
+        );
+        assert_eq!(values(&kept), kept_values);
+    }
+
     #[test]
     fn offloaded_moments_give_the_same_bits() {
         let device = crate::model::device::for_tests().autodiff();
